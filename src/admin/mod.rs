@@ -1,0 +1,150 @@
+//! The admin listener (default `127.0.0.1:9180`).
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process serves (liveness) |
+//! | `GET /readyz` | 200 when every upstream can answer (a usable token or a stale path), else 503; JSON per upstream |
+//! | `GET /status` | JSON inventory ([`status`]) |
+//! | `GET /metrics` | Prometheus text |
+//! | `POST /reload` | same as SIGHUP; answers with the result; needs the admin bearer when `admin.token_file` is set |
+//!
+//! `HEAD` is answered wherever `GET` is. Nothing here ever shows a token
+//! value: tokens appear as `sha256:` fingerprints.
+
+pub mod status;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::Encoder;
+use sha2::{Digest, Sha256};
+
+use crate::app::{App, Trigger};
+
+pub struct AdminApp {
+    pub app: Arc<App>,
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Vec<u8>> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .expect("static response parts")
+}
+
+fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .expect("static response parts")
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        let bearer = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|v| Sha256::digest(v.trim().as_bytes()));
+        let get = method == Method::GET || method == Method::HEAD;
+        let mut resp = match (path.as_str(), get, method == Method::POST) {
+            ("/healthz", true, _) => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+            ("/readyz", true, _) => {
+                let (ready, body) = status::readiness(&self.app);
+                let code = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                json(code, &body)
+            }
+            ("/status", true, _) => json(StatusCode::OK, &status::status(&self.app)),
+            ("/metrics", true, _) => {
+                let enc = prometheus::TextEncoder::new();
+                crate::app::refresh_token_state_metrics(&self.app.live.load());
+                let mut buf = Vec::new();
+                match enc.encode(&prometheus::gather(), &mut buf) {
+                    Ok(()) => text(StatusCode::OK, enc.format_type(), buf),
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                }
+            }
+            ("/reload", _, true) => match self.authorize(bearer).await {
+                Err(resp) => resp,
+                Ok(()) => {
+                    let r = self.app.reload(Trigger::Admin).await;
+                    let code = if r.ok {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    };
+                    json(code, &serde_json::to_value(&r).unwrap_or_default())
+                }
+            },
+            ("/healthz" | "/readyz" | "/status" | "/metrics" | "/reload", _, _) => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        };
+        if method == Method::HEAD {
+            resp.body_mut().clear();
+        }
+        resp
+    }
+}
+
+impl AdminApp {
+    /// Checks the admin bearer when `admin.token_file` is configured. The
+    /// file is read on each call (reloads are rare), so rotating it needs no
+    /// restart. Compares SHA-256 digests so that timing reveals nothing
+    /// useful about the value.
+    async fn authorize(
+        &self,
+        presented: Option<sha2::digest::Output<Sha256>>,
+    ) -> Result<(), Response<Vec<u8>>> {
+        let gen = self.app.live.load_full();
+        let Some(path) = &gen.loaded.config.admin.token_file else {
+            return Ok(());
+        };
+        let secret = crate::tokens::source::read(&crate::config::SourceSpec::File(path.clone()))
+            .await
+            .map_err(|e| {
+                log::error!("admin token file: {e}");
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the admin token file cannot be read; see the log",
+                )
+            })?;
+        let expected = Sha256::digest(secret.expose().as_bytes());
+        match presented {
+            Some(p) if p == expected => Ok(()),
+            _ => {
+                let mut r = error(StatusCode::UNAUTHORIZED, "admin bearer token required");
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"graceway-admin\""),
+                );
+                Err(r)
+            }
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! `/status` (the inventory of external dependencies) and `/readyz`.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::app::App;
+use crate::generation::Upstream;
+use crate::tokens::TokenState;
+
+fn ts(t: Option<SystemTime>) -> Value {
+    t.map_or(Value::Null, |t| {
+        Value::String(humantime::format_rfc3339_seconds(t).to_string())
+    })
+}
+
+#[derive(Serialize)]
+struct TokenView {
+    index: usize,
+    source: String,
+    kind: &'static str,
+    fingerprint: String,
+    state: TokenState,
+    expires_at: Value,
+    last_used: Value,
+    error: Option<String>,
+}
+
+/// `healthy`, `degraded` or `down`, and why.
+pub fn upstream_state(up: &Upstream, now: SystemTime) -> (&'static str, Option<&'static str>) {
+    if up.inject.is_some() && !up.tokens.any_usable(now) {
+        return ("down", Some(crate::proxy::no_token_reason(up)));
+    }
+    ("healthy", None)
+}
+
+pub fn status(app: &App) -> Value {
+    let gen = app.live.load_full();
+    let now = SystemTime::now();
+    let upstreams: Vec<Value> = gen
+        .upstreams
+        .iter()
+        .map(|u| {
+            let tokens: Vec<TokenView> = u
+                .tokens
+                .tokens
+                .iter()
+                .map(|t| TokenView {
+                    index: t.index,
+                    source: t.spec.source.describe(),
+                    kind: t.spec.source.kind(),
+                    fingerprint: t.fingerprint.clone(),
+                    state: t.state(now),
+                    expires_at: ts(t.expires_at),
+                    last_used: ts(t.last_used()),
+                    error: t.unavailable_reason.clone(),
+                })
+                .collect();
+            let (state, reason) = upstream_state(u, now);
+            let failure = u.status.last_failure();
+            json!({
+                "name": u.config.name,
+                "url": u.config.url.original,
+                "route": {
+                    "host": u.config.route.host,
+                    "path_prefix": u.config.route.path_prefix,
+                },
+                "state": state,
+                "reason": reason,
+                "last_success": ts(u.status.last_success()),
+                "last_failure": failure.map(|(at, r)| json!({
+                    "at": ts(Some(at)),
+                    "reason": r.map(|r| r.as_str()),
+                })),
+                "tokens": tokens,
+            })
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "started_at": ts(Some(app.started_at)),
+        "config": {
+            "path": gen.loaded.path.display().to_string(),
+            "hash": gen.loaded.file_hash,
+            "generation": gen.number,
+            "loaded_at": ts(Some(gen.loaded_at)),
+        },
+        "reload": &**app.last_reload.load(),
+        "upstreams": upstreams,
+    })
+}
+
+/// Ready when every upstream can answer: it needs no token, has a usable
+/// one, or has a stale path. Degraded-but-serving is ready.
+pub fn readiness(app: &App) -> (bool, Value) {
+    let gen = app.live.load_full();
+    let now = SystemTime::now();
+    let mut all = true;
+    let ups: Vec<Value> = gen
+        .upstreams
+        .iter()
+        .map(|u| {
+            let (state, reason) = upstream_state(u, now);
+            let ready = state != "down";
+            all &= ready;
+            json!({ "name": u.config.name, "ready": ready, "state": state, "reason": reason })
+        })
+        .collect();
+    (
+        all,
+        json!({ "ready": all, "generation": gen.number, "upstreams": ups }),
+    )
+}

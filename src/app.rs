@@ -1,0 +1,324 @@
+//! The process-wide state every service shares, and the one way it changes:
+//! [`App::reload`] and [`App::refresh_tokens`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::config;
+use crate::generation::{self, Generation, SourcePolicy, UpstreamStatus};
+use crate::metrics::metrics;
+use crate::tokens::TokenState;
+
+/// What started a reload; shown in `/status` and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    Startup,
+    Signal,
+    Admin,
+    FileChange,
+    Refresh,
+}
+
+/// The result of the last reload attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadRecord {
+    /// Counts every attempt, applied or not; `graceway reload` waits for it
+    /// to move to learn the result of the SIGHUP it sent.
+    pub attempt: u64,
+    #[serde(with = "crate::json::unix_time")]
+    pub at: SystemTime,
+    pub trigger: Trigger,
+    pub ok: bool,
+    /// Why it failed, or what changed. Never a token value.
+    pub message: String,
+    /// The generation in force after this attempt.
+    pub generation: u64,
+}
+
+pub struct App {
+    /// The config and tokens in force. An `ArcSwap` so that the request path
+    /// reads it with one atomic load and no lock, and a reload replaces it
+    /// whole: requests already running keep the generation they loaded.
+    /// Written only by `reload`/`refresh_tokens`, one at a time.
+    pub live: ArcSwap<Generation>,
+    /// The last reload attempt; read by `/status` and `graceway reload`.
+    pub last_reload: ArcSwap<ReloadRecord>,
+    /// Per-upstream state that outlives reloads, by upstream name. A mutex
+    /// is fine here: it is taken only while building a generation.
+    statuses: Mutex<HashMap<String, Arc<UpstreamStatus>>>,
+    /// Serialises reloads so that two triggers never build at once.
+    reload_lock: tokio::sync::Mutex<()>,
+    pub config_path: PathBuf,
+    pub started_at: SystemTime,
+}
+
+impl App {
+    /// Builds the first generation. Token sources that fail leave their
+    /// token `unavailable` (see [`SourcePolicy::Tolerate`]).
+    pub async fn start(loaded: config::LoadedConfig) -> Result<Arc<App>, generation::BuildErrors> {
+        let statuses = Mutex::new(HashMap::new());
+        let gen = {
+            let lookup = |name: &str| status_for(&statuses, name);
+            generation::build(
+                loaded.clone(),
+                1,
+                None,
+                &lookup,
+                SourcePolicy::Tolerate,
+                false,
+            )
+            .await?
+        };
+        let path = loaded.path.clone();
+        publish_token_metrics(&gen, None);
+        let app = App {
+            last_reload: ArcSwap::from_pointee(ReloadRecord {
+                attempt: 0,
+                at: SystemTime::now(),
+                trigger: Trigger::Startup,
+                ok: true,
+                message: format!("started with {} ({})", path.display(), loaded.file_hash),
+                generation: 1,
+            }),
+            live: ArcSwap::from_pointee(gen),
+            statuses,
+            reload_lock: tokio::sync::Mutex::new(()),
+            config_path: path,
+            started_at: SystemTime::now(),
+        };
+        Ok(Arc::new(app))
+    }
+
+    /// Re-reads the config file and every token source, checks them, and
+    /// swaps them in at once. On any error the old generation stays in
+    /// force; the failure is logged, counted and kept for `/status`.
+    pub async fn reload(&self, trigger: Trigger) -> ReloadRecord {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let current = self.live.load_full();
+        let result = match config::load(&self.config_path) {
+            Err(e) => Err(format!(
+                "config: {}",
+                e.0.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+            Ok(loaded) => {
+                let mut notes = Vec::new();
+                let old = &current.loaded.config;
+                if loaded.config.listen != old.listen
+                    || loaded.config.admin.listen != old.admin.listen
+                    || loaded.config.pid_file != old.pid_file
+                {
+                    notes.push(
+                        "listen, admin.listen and pid_file changes apply at the next restart"
+                            .to_string(),
+                    );
+                }
+                let lookup = |name: &str| status_for(&self.statuses, name);
+                generation::build(
+                    loaded,
+                    current.number + 1,
+                    Some(&current),
+                    &lookup,
+                    SourcePolicy::Require,
+                    false,
+                )
+                .await
+                .map(|g| (g, notes))
+                .map_err(|e| e.to_string())
+            }
+        };
+        self.finish(trigger, &current, result)
+    }
+
+    /// Re-reads the token sources of the config in force (a watched file
+    /// changed, or a command's refresh came due). Swaps only when a value
+    /// changed; tokens whose value did not change keep their state.
+    pub async fn refresh_tokens(&self, trigger: Trigger) -> Option<ReloadRecord> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let current = self.live.load_full();
+        let lookup = |name: &str| status_for(&self.statuses, name);
+        let built = generation::build(
+            current.loaded.clone(),
+            current.number + 1,
+            Some(&current),
+            &lookup,
+            SourcePolicy::Require,
+            true,
+        )
+        .await;
+        if let Ok(g) = &built {
+            let unchanged = g
+                .upstreams
+                .iter()
+                .zip(current.upstreams.iter())
+                .all(|(n, o)| {
+                    n.tokens.tokens.len() == o.tokens.tokens.len()
+                        && n.tokens
+                            .tokens
+                            .iter()
+                            .zip(o.tokens.tokens.iter())
+                            .all(|(a, b)| a.same_value(b))
+                });
+            if unchanged {
+                return None;
+            }
+        }
+        Some(self.finish(
+            trigger,
+            &current,
+            built.map(|g| (g, Vec::new())).map_err(|e| e.to_string()),
+        ))
+    }
+
+    fn finish(
+        &self,
+        trigger: Trigger,
+        current: &Generation,
+        result: Result<(Generation, Vec<String>), String>,
+    ) -> ReloadRecord {
+        let attempt = self.last_reload.load().attempt + 1;
+        let record = match result {
+            Ok((gen, notes)) => {
+                let changes = describe_changes(current, &gen);
+                let mut message = changes;
+                for n in notes {
+                    message.push_str("; ");
+                    message.push_str(&n);
+                }
+                let number = gen.number;
+                publish_token_metrics(&gen, Some(current));
+                self.live.store(Arc::new(gen));
+                metrics()
+                    .token_reloads_total
+                    .with_label_values(&["ok"])
+                    .inc();
+                log::info!("reload ({trigger:?}) applied generation {number}: {message}");
+                ReloadRecord {
+                    attempt,
+                    at: SystemTime::now(),
+                    trigger,
+                    ok: true,
+                    message,
+                    generation: number,
+                }
+            }
+            Err(message) => {
+                metrics()
+                    .token_reloads_total
+                    .with_label_values(&["failed"])
+                    .inc();
+                log::error!(
+                    "reload ({trigger:?}) failed, generation {} stays in force: {message}",
+                    current.number
+                );
+                ReloadRecord {
+                    attempt,
+                    at: SystemTime::now(),
+                    trigger,
+                    ok: false,
+                    message,
+                    generation: current.number,
+                }
+            }
+        };
+        self.last_reload.store(Arc::new(record.clone()));
+        record
+    }
+}
+
+fn status_for(
+    map: &Mutex<HashMap<String, Arc<UpstreamStatus>>>,
+    name: &str,
+) -> Arc<UpstreamStatus> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    map.entry(name.to_string())
+        .or_insert_with(|| Arc::new(UpstreamStatus::new(name)))
+        .clone()
+}
+
+/// A one-line summary of what a reload changed, by fingerprint.
+fn describe_changes(old: &Generation, new: &Generation) -> String {
+    let mut parts = Vec::new();
+    if old.loaded.file_hash != new.loaded.file_hash {
+        parts.push(format!(
+            "config {} -> {}",
+            old.loaded.file_hash, new.loaded.file_hash
+        ));
+    }
+    for u in &new.upstreams {
+        let before = old.upstream_named(&u.config.name);
+        for t in &u.tokens.tokens {
+            let prev = before.and_then(|b| b.tokens.tokens.get(t.index));
+            if prev.is_none_or(|p| p.fingerprint != t.fingerprint) {
+                parts.push(format!(
+                    "{}.tokens[{}] {} -> {}",
+                    u.config.name,
+                    t.index,
+                    prev.map_or("none", |p| p.fingerprint.as_str()),
+                    t.fingerprint
+                ));
+            }
+        }
+    }
+    if parts.is_empty() {
+        "no change".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Sets `token_state` and `token_expiry_timestamp_seconds` for a new
+/// generation, removing the series of tokens that no longer exist.
+pub fn publish_token_metrics(gen: &Generation, old: Option<&Generation>) {
+    let m = metrics();
+    if let Some(old) = old {
+        for u in &old.upstreams {
+            for t in &u.tokens.tokens {
+                let idx = t.index.to_string();
+                for s in TokenState::ALL {
+                    let _ = m
+                        .token_state
+                        .remove_label_values(&[&u.config.name, &idx, s.as_str()]);
+                }
+                let _ = m
+                    .token_expiry_timestamp_seconds
+                    .remove_label_values(&[&u.config.name, &idx]);
+            }
+        }
+    }
+    refresh_token_state_metrics(gen);
+}
+
+/// Re-evaluates every token's state gauge (states move with time: a token
+/// becomes `expiring`, then `expired`, without any event).
+pub fn refresh_token_state_metrics(gen: &Generation) {
+    let m = metrics();
+    let now = SystemTime::now();
+    for u in &gen.upstreams {
+        for t in &u.tokens.tokens {
+            let idx = t.index.to_string();
+            let state = t.state(now);
+            for s in TokenState::ALL {
+                m.token_state
+                    .with_label_values(&[&u.config.name, &idx, s.as_str()])
+                    .set(i64::from(s == state));
+            }
+            if let Some(exp) = t.expires_at {
+                let secs = exp
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                m.token_expiry_timestamp_seconds
+                    .with_label_values(&[&u.config.name, &idx])
+                    .set(secs);
+            }
+        }
+    }
+}

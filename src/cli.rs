@@ -1,0 +1,322 @@
+//! The commands besides `run`: `check`, `reload`, `status`.
+//! Each returns the process exit code.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::client;
+use crate::config;
+use crate::generation::{self, SourcePolicy, UpstreamStatus};
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime starts")
+        .block_on(f)
+}
+
+/// `graceway check -c FILE`: like `nginx -t`. Validates the file, then reads
+/// every token source, resolves every upstream and loads every CA file.
+/// Prints every problem with its field path; exit 0 only when none.
+pub fn check(path: &Path) -> i32 {
+    let loaded = match config::load(path) {
+        Ok(l) => l,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("graceway: {e}");
+            }
+            eprintln!(
+                "graceway: configuration file {} test failed ({} error{})",
+                path.display(),
+                errors.0.len(),
+                if errors.0.len() == 1 { "" } else { "s" }
+            );
+            return 1;
+        }
+    };
+    let built = block_on(async {
+        let lookup = |name: &str| std::sync::Arc::new(UpstreamStatus::new(name));
+        generation::build(loaded, 1, None, &lookup, SourcePolicy::Require, false).await
+    });
+    match built {
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("graceway: {e}");
+            }
+            eprintln!(
+                "graceway: configuration file {} test failed ({} error{})",
+                path.display(),
+                errors.0.len(),
+                if errors.0.len() == 1 { "" } else { "s" }
+            );
+            1
+        }
+        Ok(gen) => {
+            println!(
+                "graceway: configuration file {} syntax is ok",
+                path.display()
+            );
+            for u in &gen.upstreams {
+                let fps: Vec<String> = u
+                    .tokens
+                    .tokens
+                    .iter()
+                    .map(|t| format!("{} {}", t.spec.source.describe(), t.fingerprint))
+                    .collect();
+                println!(
+                    "graceway: upstream {} -> {} ({}); tokens: {}",
+                    u.config.name,
+                    u.config.url.original,
+                    u.peer._address,
+                    if fps.is_empty() {
+                        "none".into()
+                    } else {
+                        fps.join(", ")
+                    }
+                );
+            }
+            println!(
+                "graceway: configuration file {} test is successful",
+                path.display()
+            );
+            0
+        }
+    }
+}
+
+fn admin_url_from_config(path: &Path) -> Option<String> {
+    config::load(path)
+        .ok()
+        .map(|l| format!("http://{}", l.config.admin.listen))
+}
+
+async fn get_status(admin: &str) -> Result<Value, String> {
+    let r = client::request(
+        "GET",
+        &format!("{}/status", admin.trim_end_matches('/')),
+        &[],
+        b"",
+        Duration::from_secs(5),
+    )
+    .await?;
+    if r.status != 200 {
+        return Err(format!("/status answered {}", r.status));
+    }
+    serde_json::from_slice(&r.body).map_err(|e| format!("/status is not JSON: {e}"))
+}
+
+/// `graceway reload -c FILE`: checks the file, sends SIGHUP to the pid in
+/// `pid_file`, then waits for the admin listener to report the result.
+/// Exit 0 when the reload applied, 1 when it failed or could not be sent.
+pub fn reload(path: &Path) -> i32 {
+    let loaded = match config::load(path) {
+        Ok(l) => l,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("graceway: {e}");
+            }
+            eprintln!("graceway: not reloading: {} is invalid", path.display());
+            return 1;
+        }
+    };
+    let pid_file = &loaded.config.pid_file;
+    let pid: i32 = match std::fs::read_to_string(pid_file) {
+        Ok(s) => match s.trim().parse() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                eprintln!("graceway: {} does not hold a pid", pid_file.display());
+                return 1;
+            }
+        },
+        Err(e) => {
+            eprintln!(
+                "graceway: cannot read pid file {}: {e} (is graceway running with this config?)",
+                pid_file.display()
+            );
+            return 1;
+        }
+    };
+    let admin = format!("http://{}", loaded.config.admin.listen);
+    block_on(async {
+        let before = get_status(&admin)
+            .await
+            .ok()
+            .and_then(|s| s["reload"]["attempt"].as_u64());
+        let rc = send_sighup(pid);
+        if let Err(e) = rc {
+            eprintln!("graceway: cannot signal pid {pid}: {e}");
+            return 1;
+        }
+        let Some(before) = before else {
+            println!("graceway: SIGHUP sent to pid {pid}; the admin listener {admin} did not answer, so the result is unknown (see the log)");
+            return 0;
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(s) = get_status(&admin).await {
+                let r = &s["reload"];
+                if r["attempt"].as_u64().is_some_and(|a| a > before) {
+                    let msg = r["message"].as_str().unwrap_or("");
+                    if r["ok"].as_bool() == Some(true) {
+                        println!(
+                            "graceway: reload applied (generation {}): {msg}",
+                            r["generation"]
+                        );
+                        return 0;
+                    }
+                    eprintln!("graceway: reload FAILED, the previous config and tokens stay in force: {msg}");
+                    return 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!(
+            "graceway: SIGHUP sent to pid {pid}, but no reload result within 60s (see the log)"
+        );
+        1
+    })
+}
+
+fn send_sighup(pid: i32) -> std::io::Result<()> {
+    // kill(2) has no memory-safety preconditions; the crate denies `unsafe`
+    // and allows it only for this call.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(pid, libc::SIGHUP) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `graceway status`: the inventory as a table.
+pub fn status(admin: Option<String>, config_path: Option<&Path>) -> i32 {
+    let admin = admin
+        .or_else(|| config_path.and_then(admin_url_from_config))
+        .unwrap_or_else(|| "http://127.0.0.1:9180".into());
+    match block_on(get_status(&admin)) {
+        Ok(s) => {
+            print!("{}", render_status(&s));
+            0
+        }
+        Err(e) => {
+            eprintln!("graceway: cannot read {admin}/status: {e}");
+            1
+        }
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Renders `/status` JSON as aligned text tables.
+pub fn render_status(st: &Value) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "graceway {}  pid {}  config {} ({}, generation {})\n",
+        s(&st["version"]),
+        s(&st["pid"]),
+        s(&st["config"]["path"]),
+        s(&st["config"]["hash"]),
+        s(&st["config"]["generation"]),
+    ));
+    let r = &st["reload"];
+    out.push_str(&format!(
+        "last reload: {} {} ({}) {}\n",
+        s(&r["at"]),
+        if r["ok"].as_bool() == Some(true) {
+            "ok"
+        } else {
+            "FAILED"
+        },
+        s(&r["trigger"]),
+        s(&r["message"]),
+    ));
+    if let Some(c) = st.get("cache") {
+        out.push_str(&format!(
+            "cache: {} entries, {} of {} bytes\n",
+            s(&c["entries"]),
+            s(&c["bytes"]),
+            s(&c["limit_bytes"])
+        ));
+    }
+    out.push('\n');
+    let mut rows = vec![vec![
+        "UPSTREAM".to_string(),
+        "STATE".into(),
+        "REASON".into(),
+        "URL".into(),
+        "LAST SUCCESS".into(),
+        "LAST FAILURE".into(),
+    ]];
+    let mut token_rows = vec![vec![
+        "UPSTREAM".to_string(),
+        "TOKEN".into(),
+        "SOURCE".into(),
+        "FINGERPRINT".into(),
+        "STATE".into(),
+        "EXPIRES".into(),
+        "LAST USED".into(),
+    ]];
+    for u in st["upstreams"].as_array().into_iter().flatten() {
+        let lf = &u["last_failure"];
+        rows.push(vec![
+            s(&u["name"]),
+            s(&u["state"]),
+            s(&u["reason"]),
+            s(&u["url"]),
+            s(&u["last_success"]),
+            if lf.is_null() {
+                "-".into()
+            } else {
+                format!("{} {}", s(&lf["at"]), s(&lf["reason"]))
+            },
+        ]);
+        for t in u["tokens"].as_array().into_iter().flatten() {
+            token_rows.push(vec![
+                s(&u["name"]),
+                s(&t["index"]),
+                s(&t["source"]),
+                s(&t["fingerprint"]),
+                s(&t["state"]),
+                s(&t["expires_at"]),
+                s(&t["last_used"]),
+            ]);
+        }
+    }
+    out.push_str(&table(&rows));
+    out.push('\n');
+    out.push_str(&table(&token_rows));
+    out
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |v| v.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("{v:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,111 @@
+//! Config: the YAML file ([`schema`]) and the validated model ([`model`]).
+//!
+//! Data flows one way: file text -> [`schema::FileConfig`] (serde, unknown
+//! keys refused) -> [`Config`] (every value parsed and checked, all problems
+//! reported together with their field paths). Nothing outside this module
+//! sees the file schema.
+
+pub mod model;
+pub mod schema;
+pub mod units;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+pub use model::*;
+
+/// One problem in a config file, tied to the field it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Field path such as `upstreams[0].credentials.inject.header`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A config file read, hashed and validated.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub path: PathBuf,
+    /// `sha256:` + 12 hex of the file's bytes, shown in `/status` so an
+    /// operator can tell which version of the file is in force.
+    pub file_hash: String,
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let config = parse(&text, &base)?;
+    let digest = Sha256::digest(text.as_bytes());
+    Ok(LoadedConfig {
+        config,
+        path: path.to_path_buf(),
+        file_hash: format!("sha256:{}", &hex(&digest)[..12]),
+    })
+}
+
+/// Parses config text; relative paths are taken relative to `base_dir`.
+pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    let file: schema::FileConfig = serde_yaml::from_str(text).map_err(|e| {
+        // serde_yaml puts the field path first ("upstreams[0].timeouts: unknown
+        // field ..."); keep it as the error's path so output looks the same as
+        // validation errors.
+        let msg = e.to_string();
+        let (path, message) = match msg.split_once(": ") {
+            Some((p, m)) if !p.contains(' ') => (p.to_string(), m.to_string()),
+            _ => (String::new(), msg),
+        };
+        ConfigErrors(vec![ConfigError { path, message }])
+    })?;
+    Config::from_file(file, base_dir)
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
+}

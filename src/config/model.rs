@@ -1,0 +1,945 @@
+//! The validated config: what the rest of graceway is built from.
+//!
+//! [`Config::from_file`] turns a [`FileConfig`] into this model and collects
+//! every problem it finds, each with the field path it belongs to, so that
+//! `graceway check` shows them all at once like `nginx -t` does.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::schema::*;
+use super::units::{parse_duration, parse_size};
+use super::{ConfigError, ConfigErrors};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin: AdminConfig,
+    pub pid_file: PathBuf,
+    pub server: ServerSettings,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub cache: CacheConfig,
+    pub memory: MemoryConfig,
+    pub alerts: AlertsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    /// Idle keep-alive connections from clients are closed after this long.
+    pub client_keepalive_timeout: Duration,
+    /// Request header blocks larger than this get 431.
+    pub max_request_header_bytes: usize,
+    pub upgrade_sock: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub url: UpstreamUrl,
+    pub route: RouteMatch,
+    pub timeouts: Timeouts,
+    pub tls: TlsSettings,
+    pub credentials: Option<Credentials>,
+    pub health: HealthPolicy,
+    pub stale: StalePolicy,
+}
+
+/// `url` taken apart: graceway forwards the request path unchanged, so the
+/// URL names only scheme, host and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub tls: bool,
+    /// Host as written, without brackets for IPv6; used for SNI and `Host`.
+    pub host: String,
+    pub port: u16,
+    /// The value of the `Host` header sent upstream (`host` or `host:port`).
+    pub host_header: String,
+    pub original: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteMatch {
+    /// Lower-cased host without port, when set.
+    pub host: Option<String>,
+    pub path_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub ca_file: Option<PathBuf>,
+    pub verify: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub inject: Injection,
+    pub tokens: Vec<TokenSpec>,
+    pub expires_warning: Duration,
+    pub probe: Option<ProbeSpec>,
+    pub preflight: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injection {
+    /// `header: value` where value is `prefix` + token.
+    Header { name: String, prefix: String },
+    /// `?param=token`, replacing any client-sent `param`.
+    Query { param: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSpec {
+    pub source: SourceSpec,
+    /// Explicit expiry; a JWT's `exp` claim is used when this is absent.
+    pub expires_at: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    File(PathBuf),
+    Env(String),
+    Command {
+        argv: Vec<String>,
+        refresh: Option<Duration>,
+        timeout: Duration,
+    },
+}
+
+impl SourceSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceSpec::File(_) => "file",
+            SourceSpec::Env(_) => "env",
+            SourceSpec::Command { .. } => "command",
+        }
+    }
+
+    /// Where the token comes from, safe to show: a path, a variable name or
+    /// the command's program name (never its arguments, which may hold secrets).
+    pub fn describe(&self) -> String {
+        match self {
+            SourceSpec::File(p) => format!("file:{}", p.display()),
+            SourceSpec::Env(n) => format!("env:{n}"),
+            SourceSpec::Command { argv, .. } => format!("command:{}", argv[0]),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeSpec {
+    pub path: String,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthPolicy {
+    pub open_after: u32,
+    pub retry_after: Duration,
+    pub max_retry_after: Duration,
+}
+
+/// The outcomes that may be answered from the last-good store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StaleTriggers {
+    pub s401: bool,
+    pub s403: bool,
+    pub s429: bool,
+    pub s5xx: bool,
+    pub timeout: bool,
+    pub connect_error: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StalePolicy {
+    pub on: StaleTriggers,
+    pub max_stale: Duration,
+    pub warning_header: bool,
+    /// Honour an origin's `must-revalidate` and `stale-if-error=N`.
+    pub honor_origin_directives: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub memory_bytes: u64,
+    pub max_object_bytes: u64,
+    pub persist_path: Option<PathBuf>,
+    pub redis: Option<RedisConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemoryConfig {
+    pub soft_limit: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    pub webhook: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: log::LevelFilter,
+    pub access: bool,
+    pub format: LogFormat,
+}
+
+/// The largest token graceway accepts; bigger values are refused at load.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Collects validation problems with their field paths.
+struct Check {
+    errors: Vec<ConfigError>,
+    base_dir: PathBuf,
+}
+
+impl Check {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &str, v: &Option<Human>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(h) => parse_duration(&h.0).unwrap_or_else(|e| {
+                self.err(path, e);
+                default
+            }),
+        }
+    }
+
+    fn positive_duration(&mut self, path: &str, v: &Option<Human>, default: Duration) -> Duration {
+        let d = self.duration(path, v, default);
+        if d.is_zero() {
+            self.err(path, "must be greater than zero");
+            return default;
+        }
+        d
+    }
+
+    fn size(&mut self, path: &str, v: &Option<Human>, default: u64) -> u64 {
+        match v {
+            None => default,
+            Some(h) => parse_size(&h.0).unwrap_or_else(|e| {
+                self.err(path, e);
+                default
+            }),
+        }
+    }
+
+    fn addr(&mut self, path: &str, v: &Option<String>, default: &str) -> SocketAddr {
+        let text = v.as_deref().unwrap_or(default);
+        text.parse().unwrap_or_else(|_| {
+            self.err(
+                path,
+                format!("`{text}` is not an address; write ip:port, e.g. `127.0.0.1:8080`"),
+            );
+            default.parse().expect("default address parses")
+        })
+    }
+
+    /// Relative paths in the config are relative to the config file.
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+impl Config {
+    /// Validates a parsed file. `base_dir` anchors relative paths (the
+    /// config file's folder).
+    pub fn from_file(file: FileConfig, base_dir: &Path) -> Result<Config, ConfigErrors> {
+        let mut c = Check {
+            errors: Vec::new(),
+            base_dir: base_dir.to_path_buf(),
+        };
+
+        let listen = c.addr("listen", &file.listen, "0.0.0.0:8080");
+        let admin_file = file.admin.unwrap_or_default();
+        let admin = AdminConfig {
+            listen: c.addr("admin.listen", &admin_file.listen, "127.0.0.1:9180"),
+            token_file: admin_file.token_file.as_deref().map(|p| c.path(p)),
+        };
+        if admin.listen == listen {
+            c.err("admin.listen", "must differ from `listen`");
+        }
+        let pid_file = c.path(file.pid_file.as_deref().unwrap_or("/run/graceway.pid"));
+
+        let s = file.server.unwrap_or_default();
+        let threads = match s.threads {
+            Some(0) => {
+                c.err("server.threads", "must be at least 1");
+                1
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let server = ServerSettings {
+            threads,
+            grace_period: c.duration("server.grace_period", &s.grace_period, Duration::ZERO),
+            graceful_shutdown_timeout: c.duration(
+                "server.graceful_shutdown_timeout",
+                &s.graceful_shutdown_timeout,
+                Duration::from_secs(10),
+            ),
+            client_keepalive_timeout: c.positive_duration(
+                "server.client_keepalive_timeout",
+                &s.client_keepalive_timeout,
+                Duration::from_secs(60),
+            ),
+            max_request_header_bytes: c.size(
+                "server.max_request_header_bytes",
+                &s.max_request_header_bytes,
+                64 << 10,
+            ) as usize,
+            upgrade_sock: match &s.upgrade_sock {
+                Some(p) => c.path(p),
+                None => pid_file.with_extension("upgrade.sock"),
+            },
+        };
+
+        if file.upstreams.is_empty() {
+            c.err("upstreams", "at least one upstream is required");
+        }
+        let mut upstreams = Vec::new();
+        let mut names = HashSet::new();
+        let mut routes = HashSet::new();
+        for (i, u) in file.upstreams.iter().enumerate() {
+            let up = upstream(&mut c, &format!("upstreams[{i}]"), u);
+            if !names.insert(up.name.clone()) {
+                c.err(
+                    format!("upstreams[{i}].name"),
+                    format!("`{}` is used by an earlier upstream", up.name),
+                );
+            }
+            if !routes.insert(up.route.clone()) {
+                c.err(
+                    format!("upstreams[{i}].match"),
+                    "an earlier upstream has the same host and path_prefix; this one would never be used",
+                );
+            }
+            upstreams.push(up);
+        }
+
+        let cf = file.cache.unwrap_or_default();
+        let cache = CacheConfig {
+            memory_bytes: c.size("cache.memory_bytes", &cf.memory_bytes, 64 << 20),
+            max_object_bytes: c.size("cache.max_object_bytes", &cf.max_object_bytes, 1 << 20),
+            persist_path: match cf.persist {
+                None => None,
+                Some(FilePersist { path: Some(p) }) => Some(c.path(&p)),
+                Some(FilePersist { path: None }) => {
+                    c.err("cache.persist.path", "is required when `persist` is set");
+                    None
+                }
+            },
+            redis: match cf.redis {
+                None => None,
+                Some(r) => {
+                    let url = r.url.unwrap_or_default();
+                    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                        c.err("cache.redis.url", "must start with redis:// or rediss://");
+                    }
+                    Some(RedisConfig {
+                        url,
+                        timeout: c.positive_duration(
+                            "cache.redis.timeout",
+                            &r.timeout,
+                            Duration::from_millis(50),
+                        ),
+                    })
+                }
+            },
+        };
+        if cache.max_object_bytes > cache.memory_bytes {
+            c.err(
+                "cache.max_object_bytes",
+                "must not exceed cache.memory_bytes",
+            );
+        }
+        if cache.max_object_bytes > u32::MAX as u64 / 2 {
+            c.err("cache.max_object_bytes", "must be below 2GiB");
+        }
+
+        let mf = file.memory.unwrap_or_default();
+        let memory = MemoryConfig {
+            soft_limit: mf
+                .soft_limit
+                .as_ref()
+                .map(|_| c.size("memory.soft_limit", &mf.soft_limit, 0)),
+        };
+        let alerts = AlertsConfig {
+            webhook: file.alerts.and_then(|a| a.webhook),
+        };
+        if let Some(w) = &alerts.webhook {
+            if !w.starts_with("http://") {
+                c.err(
+                    "alerts.webhook",
+                    "must be an http:// URL (send it to a local relay for HTTPS)",
+                );
+            }
+        }
+        let lf = file.log.unwrap_or_default();
+        let log = LogConfig {
+            level: match lf.level.as_deref().unwrap_or("info").parse() {
+                Ok(l) => l,
+                Err(_) => {
+                    c.err(
+                        "log.level",
+                        "must be one of off, error, warn, info, debug, trace",
+                    );
+                    log::LevelFilter::Info
+                }
+            },
+            access: lf.access.unwrap_or(false),
+            format: match lf.format.as_deref().unwrap_or("plain") {
+                "plain" => LogFormat::Plain,
+                "json" => LogFormat::Json,
+                other => {
+                    c.err(
+                        "log.format",
+                        format!("`{other}`: must be `plain` or `json`"),
+                    );
+                    LogFormat::Plain
+                }
+            },
+        };
+
+        if c.errors.is_empty() {
+            Ok(Config {
+                listen,
+                admin,
+                pid_file,
+                server,
+                upstreams,
+                cache,
+                memory,
+                alerts,
+                log,
+            })
+        } else {
+            Err(ConfigErrors(c.errors))
+        }
+    }
+
+    /// Every file a token comes from, for the file watcher.
+    pub fn token_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for u in &self.upstreams {
+            if let Some(cr) = &u.credentials {
+                for t in &cr.tokens {
+                    if let SourceSpec::File(p) = &t.source {
+                        out.push(p.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamConfig {
+    let name = match &u.name {
+        None => {
+            c.err(format!("{at}.name"), "is required");
+            String::new()
+        }
+        Some(n) => {
+            let ok = !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            if !ok {
+                c.err(
+                    format!("{at}.name"),
+                    format!("`{n}`: use 1-64 characters from a-z, A-Z, 0-9, `-`, `_`, `.`"),
+                );
+            }
+            n.clone()
+        }
+    };
+
+    let url = match &u.url {
+        None => {
+            c.err(format!("{at}.url"), "is required");
+            None
+        }
+        Some(s) => match parse_url(s) {
+            Ok(url) => Some(url),
+            Err(e) => {
+                c.err(format!("{at}.url"), e);
+                None
+            }
+        },
+    }
+    .unwrap_or(UpstreamUrl {
+        tls: false,
+        host: String::new(),
+        port: 0,
+        host_header: String::new(),
+        original: String::new(),
+    });
+
+    let m = u.route.as_ref();
+    let path_prefix = m
+        .and_then(|m| m.path_prefix.clone())
+        .unwrap_or_else(|| "/".into());
+    if !path_prefix.starts_with('/') {
+        c.err(
+            format!("{at}.match.path_prefix"),
+            format!("`{path_prefix}` must start with `/`"),
+        );
+    }
+    let host = m
+        .and_then(|m| m.host.as_ref())
+        .map(|h| h.to_ascii_lowercase());
+    if let Some(h) = &host {
+        if h.is_empty() || h.contains(['/', ' ', ':']) {
+            c.err(
+                format!("{at}.match.host"),
+                format!("`{h}` must be a bare host name, without scheme, port or path"),
+            );
+        }
+    }
+    let route = RouteMatch { host, path_prefix };
+
+    let t = u.timeouts.as_ref();
+    let timeouts = Timeouts {
+        connect: c.positive_duration(
+            &format!("{at}.timeouts.connect"),
+            &t.and_then(|t| t.connect.clone()),
+            Duration::from_secs(2),
+        ),
+        read: c.positive_duration(
+            &format!("{at}.timeouts.read"),
+            &t.and_then(|t| t.read.clone()),
+            Duration::from_secs(10),
+        ),
+        write: c.positive_duration(
+            &format!("{at}.timeouts.write"),
+            &t.and_then(|t| t.write.clone()),
+            Duration::from_secs(10),
+        ),
+    };
+
+    let tls_file = u.tls.as_ref();
+    let tls = TlsSettings {
+        ca_file: tls_file
+            .and_then(|t| t.ca_file.as_deref())
+            .map(|p| c.path(p)),
+        verify: tls_file.and_then(|t| t.verify).unwrap_or(true),
+    };
+    if (tls.ca_file.is_some() || !tls.verify) && !url.tls && !url.original.is_empty() {
+        c.err(
+            format!("{at}.tls"),
+            "is set but the url is http://; use https:// or remove `tls`",
+        );
+    }
+    if let Some(ca) = &tls.ca_file {
+        if let Err(e) = std::fs::metadata(ca) {
+            c.err(
+                format!("{at}.tls.ca_file"),
+                format!("cannot read {}: {e}", ca.display()),
+            );
+        }
+    }
+
+    let credentials = u
+        .credentials
+        .as_ref()
+        .map(|cr| credentials(c, &format!("{at}.credentials"), cr));
+
+    let h = u.health.as_ref();
+    let health = HealthPolicy {
+        open_after: match h.and_then(|h| h.open_after) {
+            Some(0) => {
+                c.err(format!("{at}.health.open_after"), "must be at least 1");
+                5
+            }
+            Some(n) => n,
+            None => 5,
+        },
+        retry_after: c.positive_duration(
+            &format!("{at}.health.retry_after"),
+            &h.and_then(|h| h.retry_after.clone()),
+            Duration::from_secs(1),
+        ),
+        max_retry_after: c.positive_duration(
+            &format!("{at}.health.max_retry_after"),
+            &h.and_then(|h| h.max_retry_after.clone()),
+            Duration::from_secs(30),
+        ),
+    };
+    if health.max_retry_after < health.retry_after {
+        c.err(
+            format!("{at}.health.max_retry_after"),
+            "must not be shorter than retry_after",
+        );
+    }
+
+    let st = u.stale.as_ref();
+    let on = match st.and_then(|s| s.on.as_ref()) {
+        None => StaleTriggers {
+            s401: true,
+            s403: true,
+            s429: true,
+            s5xx: true,
+            timeout: true,
+            connect_error: true,
+        },
+        Some(list) => {
+            let mut on = StaleTriggers::default();
+            for (j, item) in list.iter().enumerate() {
+                match item.as_str() {
+                    "401" => on.s401 = true,
+                    "403" => on.s403 = true,
+                    "429" => on.s429 = true,
+                    "5xx" => on.s5xx = true,
+                    "timeout" => on.timeout = true,
+                    "connect_error" => on.connect_error = true,
+                    other => c.err(
+                        format!("{at}.stale.on[{j}]"),
+                        format!(
+                            "`{other}`: must be one of 401, 403, 429, 5xx, timeout, connect_error"
+                        ),
+                    ),
+                }
+            }
+            on
+        }
+    };
+    let stale = StalePolicy {
+        on,
+        max_stale: c.positive_duration(
+            &format!("{at}.stale.max_stale"),
+            &st.and_then(|s| s.max_stale.clone()),
+            Duration::from_secs(24 * 3600),
+        ),
+        warning_header: st.and_then(|s| s.warning_header).unwrap_or(false),
+        honor_origin_directives: match st.and_then(|s| s.origin_directives.as_deref()) {
+            None | Some("honor") => true,
+            Some("ignore") => false,
+            Some(other) => {
+                c.err(
+                    format!("{at}.stale.origin_directives"),
+                    format!("`{other}`: must be `honor` or `ignore`"),
+                );
+                true
+            }
+        },
+    };
+
+    UpstreamConfig {
+        name,
+        url,
+        route,
+        timeouts,
+        tls,
+        credentials,
+        health,
+        stale,
+    }
+}
+
+fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Credentials {
+    let inj = cr.inject.as_ref();
+    let inject = match inj {
+        Some(FileInject {
+            query: Some(q),
+            header: None,
+            prefix: None,
+        }) => {
+            if q.is_empty()
+                || !q
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+            {
+                c.err(
+                    format!("{at}.inject.query"),
+                    format!("`{q}` is not a plain query parameter name"),
+                );
+            }
+            Injection::Query { param: q.clone() }
+        }
+        Some(FileInject { query: Some(_), .. }) => {
+            c.err(
+                format!("{at}.inject"),
+                "set either `header` (with optional `prefix`) or `query`, not both",
+            );
+            Injection::Query {
+                param: String::new(),
+            }
+        }
+        other => {
+            let name = other
+                .and_then(|i| i.header.clone())
+                .unwrap_or_else(|| "Authorization".into());
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                c.err(
+                    format!("{at}.inject.header"),
+                    format!("`{name}` is not a valid header name"),
+                );
+            } else if is_reserved_header(&name) {
+                c.err(
+                    format!("{at}.inject.header"),
+                    format!("`{name}` is a hop-by-hop or framing header and cannot carry a token"),
+                );
+            }
+            let prefix = other.and_then(|i| i.prefix.clone()).unwrap_or_else(|| {
+                if name.eq_ignore_ascii_case("authorization") {
+                    "Bearer ".into()
+                } else {
+                    String::new()
+                }
+            });
+            if prefix.bytes().any(|b| b.is_ascii_control()) {
+                c.err(
+                    format!("{at}.inject.prefix"),
+                    "must not contain control characters",
+                );
+            }
+            Injection::Header { name, prefix }
+        }
+    };
+
+    if cr.tokens.is_empty() {
+        c.err(
+            format!("{at}.tokens"),
+            "at least one token source is required",
+        );
+    }
+    let mut tokens = Vec::new();
+    for (i, t) in cr.tokens.iter().enumerate() {
+        let tat = format!("{at}.tokens[{i}]");
+        let set = [t.file.is_some(), t.env.is_some(), t.command.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if set != 1 {
+            c.err(&tat, "set exactly one of `file`, `env` or `command`");
+            continue;
+        }
+        if t.command.is_none() && (t.refresh.is_some() || t.timeout.is_some()) {
+            c.err(
+                &tat,
+                "`refresh` and `timeout` apply to `command` sources only",
+            );
+        }
+        let source = if let Some(f) = &t.file {
+            if f.is_empty() {
+                c.err(format!("{tat}.file"), "must not be empty");
+            }
+            SourceSpec::File(c.path(f))
+        } else if let Some(e) = &t.env {
+            if e.is_empty() || e.contains('=') || e.contains('\0') {
+                c.err(format!("{tat}.env"), "is not a valid variable name");
+            }
+            SourceSpec::Env(e.clone())
+        } else {
+            let argv = t.command.clone().unwrap_or_default();
+            if argv.is_empty() || argv[0].is_empty() {
+                c.err(
+                    format!("{tat}.command"),
+                    "must name a program: [\"program\", \"arg\", ...]",
+                );
+            }
+            let refresh = t.refresh.as_ref().map(|_| {
+                c.positive_duration(
+                    &format!("{tat}.refresh"),
+                    &t.refresh,
+                    Duration::from_secs(900),
+                )
+            });
+            if let Some(r) = refresh {
+                if r < Duration::from_secs(1) {
+                    c.err(format!("{tat}.refresh"), "must be at least 1s");
+                }
+            }
+            SourceSpec::Command {
+                argv: if argv.is_empty() {
+                    vec![String::new()]
+                } else {
+                    argv
+                },
+                refresh,
+                timeout: c.positive_duration(
+                    &format!("{tat}.timeout"),
+                    &t.timeout,
+                    Duration::from_secs(10),
+                ),
+            }
+        };
+        let expires_at =
+            t.expires_at
+                .as_ref()
+                .and_then(|s| match humantime::parse_rfc3339_weak(s) {
+                    Ok(ts) => Some(ts),
+                    Err(_) => {
+                        c.err(
+                            format!("{tat}.expires_at"),
+                            format!("`{s}` is not a timestamp; write e.g. `2026-12-31T23:59:59Z`"),
+                        );
+                        None
+                    }
+                });
+        tokens.push(TokenSpec { source, expires_at });
+    }
+
+    let probe = cr.probe.as_ref().map(|p| {
+        let path = p.path.clone().unwrap_or_default();
+        if !path.starts_with('/') {
+            c.err(
+                format!("{at}.probe.path"),
+                "is required and must start with `/`",
+            );
+        }
+        ProbeSpec {
+            path,
+            interval: c.positive_duration(
+                &format!("{at}.probe.interval"),
+                &p.interval,
+                Duration::from_secs(60),
+            ),
+        }
+    });
+    let preflight = cr.preflight.unwrap_or(false);
+    if preflight && probe.is_none() {
+        c.err(
+            format!("{at}.preflight"),
+            "needs `probe`: the new token is tried with the probe request before it is swapped in",
+        );
+    }
+
+    Credentials {
+        inject,
+        tokens,
+        expires_warning: c.duration(
+            &format!("{at}.expires_warning"),
+            &cr.expires_warning,
+            Duration::from_secs(72 * 3600),
+        ),
+        probe,
+        preflight,
+    }
+}
+
+fn is_reserved_header(name: &str) -> bool {
+    const RESERVED: [&str; 9] = [
+        "host",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+    ];
+    RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name))
+}
+
+/// `scheme://host[:port][/]`. A path, query, or user info is refused: the
+/// request path is forwarded unchanged and credentials come from `tokens`.
+pub fn parse_url(s: &str) -> Result<UpstreamUrl, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL ({e})"))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(format!("`{s}` must start with http:// or https://")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{s}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "`{s}` must not carry user info; put credentials in `credentials.tokens`"
+        ));
+    }
+    let raw_host = authority.host();
+    if raw_host.is_empty() {
+        return Err(format!("`{s}` has no host"));
+    }
+    let path = uri.path();
+    if (path != "/" && !path.is_empty()) || uri.query().is_some() {
+        return Err(format!(
+            "`{s}` must not have a path or query; graceway forwards the request path unchanged"
+        ));
+    }
+    let host = raw_host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let default_port = if tls { 443 } else { 80 };
+    let port = authority.port_u16().unwrap_or(default_port);
+    let host_header = if port == default_port {
+        raw_host.to_string()
+    } else {
+        format!("{raw_host}:{port}")
+    };
+    Ok(UpstreamUrl {
+        tls,
+        host,
+        port,
+        host_header,
+        original: s.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_url("https://api.emoji.example").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.host.as_str(), u.port), ("api.emoji.example", 443));
+        assert_eq!(u.host_header, "api.emoji.example");
+        let u = parse_url("http://127.0.0.1:8081/").unwrap();
+        assert_eq!(u.host_header, "127.0.0.1:8081");
+        let u = parse_url("http://[::1]:9000").unwrap();
+        assert_eq!(u.host, "::1");
+        assert_eq!(u.host_header, "[::1]:9000");
+        assert!(parse_url("ftp://x").is_err());
+        assert!(parse_url("http://x/v1").is_err());
+        assert!(parse_url("http://user:pw@x").is_err());
+        assert!(parse_url("api.example").is_err());
+    }
+}

@@ -1,0 +1,221 @@
+//! The config file as written: serde types that mirror the YAML one to one.
+//!
+//! Nothing here is trusted. Every struct refuses unknown keys, durations and
+//! sizes stay strings until [`super::model`] parses them, so that validation
+//! can report every bad value at once with its field path instead of stopping
+//! at the first one.
+
+use serde::Deserialize;
+
+/// A duration (`2s`, `15m`, `24h`) or a size (`64MiB`), as written.
+///
+/// YAML reads `60` as a number and `60s` as a string; both are accepted here
+/// and kept as text, so that the model parses every value in one place and
+/// reports bad ones with their field path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Human(pub String);
+
+impl<'de> Deserialize<'de> for Human {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Human;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration like `2s` or a size like `64MiB`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Human, E> {
+                Ok(Human(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Human, E> {
+                Ok(Human(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Human, E> {
+                Ok(Human(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub admin: Option<FileAdmin>,
+    pub pid_file: Option<String>,
+    #[serde(default)]
+    pub server: Option<FileServer>,
+    #[serde(default)]
+    pub upstreams: Vec<FileUpstream>,
+    #[serde(default)]
+    pub cache: Option<FileCache>,
+    #[serde(default)]
+    pub memory: Option<FileMemory>,
+    #[serde(default)]
+    pub alerts: Option<FileAlerts>,
+    #[serde(default)]
+    pub log: Option<FileLog>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub listen: Option<String>,
+    pub token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    pub threads: Option<usize>,
+    pub grace_period: Option<Human>,
+    pub graceful_shutdown_timeout: Option<Human>,
+    pub client_keepalive_timeout: Option<Human>,
+    pub max_request_header_bytes: Option<Human>,
+    pub upgrade_sock: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstream {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    #[serde(rename = "match", default)]
+    pub route: Option<FileMatch>,
+    #[serde(default)]
+    pub timeouts: Option<FileTimeouts>,
+    #[serde(default)]
+    pub tls: Option<FileTls>,
+    #[serde(default)]
+    pub credentials: Option<FileCredentials>,
+    #[serde(default)]
+    pub health: Option<FileHealth>,
+    #[serde(default)]
+    pub stale: Option<FileStale>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileMatch {
+    pub path_prefix: Option<String>,
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    pub connect: Option<Human>,
+    pub read: Option<Human>,
+    pub write: Option<Human>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub ca_file: Option<String>,
+    pub verify: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCredentials {
+    #[serde(default)]
+    pub inject: Option<FileInject>,
+    #[serde(default)]
+    pub tokens: Vec<FileToken>,
+    pub expires_warning: Option<Human>,
+    #[serde(default)]
+    pub probe: Option<FileProbe>,
+    pub preflight: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileInject {
+    pub header: Option<String>,
+    pub prefix: Option<String>,
+    pub query: Option<String>,
+}
+
+/// One token entry: exactly one of `file`, `env`, `command` must be set.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileToken {
+    pub file: Option<String>,
+    pub env: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub refresh: Option<Human>,
+    pub timeout: Option<Human>,
+    pub expires_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileProbe {
+    pub path: Option<String>,
+    pub interval: Option<Human>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    pub open_after: Option<u32>,
+    pub retry_after: Option<Human>,
+    pub max_retry_after: Option<Human>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileStale {
+    pub on: Option<Vec<String>>,
+    pub max_stale: Option<Human>,
+    pub warning_header: Option<bool>,
+    /// `honor` (default) follows RFC 9111 `must-revalidate` and RFC 5861
+    /// `stale-if-error`; `ignore` serves any copy younger than `max_stale`.
+    pub origin_directives: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileCache {
+    pub memory_bytes: Option<Human>,
+    pub max_object_bytes: Option<Human>,
+    #[serde(default)]
+    pub persist: Option<FilePersist>,
+    #[serde(default)]
+    pub redis: Option<FileRedis>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FilePersist {
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileRedis {
+    pub url: Option<String>,
+    pub timeout: Option<Human>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileMemory {
+    pub soft_limit: Option<Human>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileAlerts {
+    pub webhook: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    pub level: Option<String>,
+    pub access: Option<bool>,
+    pub format: Option<String>,
+}

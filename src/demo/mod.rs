@@ -1,0 +1,349 @@
+//! `graceway demo`: one process with the demo emoji API ([`api`]), graceway
+//! in front of it, and a walkthrough that runs each step and prints what a
+//! user would type and see.
+//!
+//! The walkthrough is also a self-check: each step states what it expects,
+//! and `graceway demo --exit` exits non-zero when any expectation failed.
+
+pub mod api;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{BackgroundService, GenBackgroundService};
+use pingora::services::listening::Service;
+
+use crate::app::App;
+use crate::client::{self, Reply};
+use crate::server::{self, RunOptions};
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub api: SocketAddr,
+    /// Exit after the walkthrough (status 0 when every step went as expected).
+    pub exit: bool,
+    /// Folder for the demo's config, token files and pid file.
+    pub dir: Option<PathBuf>,
+}
+
+/// Writes the demo's files and runs everything until Ctrl-C (or the end of
+/// the walkthrough with `exit`).
+pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    let dir = opts.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("graceway-demo-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&dir)?;
+    let first = api::mint_token(0);
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{first}\n"))?;
+    let config_path = dir.join("graceway.yaml");
+    std::fs::write(&config_path, demo_config(&opts, &dir))?;
+
+    let loaded = crate::config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    server::init_logging(&crate::config::LogConfig {
+        level: log::LevelFilter::Warn,
+        ..loaded.config.log.clone()
+    });
+    let app = server::start_app(loaded)?;
+    let (mut srv, services) = server::build_server(
+        &app,
+        &RunOptions {
+            config: config_path.clone(),
+            ..RunOptions::default()
+        },
+    )?;
+
+    let mut api_service = Service::new(
+        "demo emoji API".to_string(),
+        HttpServer::new_app(api::DemoApi::new(&first, dir.join("token.next"))),
+    );
+    api_service.add_tcp(&opts.api.to_string());
+    let api_handle = srv.add_service(api_service);
+
+    let walk = GenBackgroundService::new(
+        "demo walkthrough".to_string(),
+        Arc::new(Walkthrough {
+            app,
+            opts: opts.clone(),
+            dir: dir.clone(),
+            config_path,
+        }),
+    );
+    let walk_handle = srv.add_service(walk);
+    walk_handle.add_dependency(&services.proxy);
+    walk_handle.add_dependency(&services.admin);
+    walk_handle.add_dependency(&api_handle);
+    srv.run_forever();
+}
+
+fn demo_config(o: &DemoOptions, dir: &Path) -> String {
+    format!(
+        r#"# Written by `graceway demo`. Edit and `graceway reload -c {cfg}` to experiment.
+listen: "{listen}"
+admin: {{ listen: "{admin}" }}
+pid_file: {dir}/graceway.pid
+server: {{ graceful_shutdown_timeout: 1s }}
+upstreams:
+  - name: emoji
+    url: "http://{api}"
+    match: {{ path_prefix: "/v1/" }}
+    timeouts: {{ connect: 1s, read: 3s }}
+    credentials:
+      inject: {{ header: Authorization, prefix: "Bearer " }}
+      tokens:
+        - {{ file: {dir}/token }}
+      expires_warning: 72h
+    stale:
+      on: [401, 403, 429, 5xx, timeout, connect_error]
+      max_stale: 24h
+cache:
+  memory_bytes: 16MiB
+  max_object_bytes: 1MiB
+"#,
+        cfg = dir.join("graceway.yaml").display(),
+        listen = o.listen,
+        admin = o.admin,
+        api = o.api,
+        dir = dir.display(),
+    )
+}
+
+struct Walkthrough {
+    app: Arc<App>,
+    opts: DemoOptions,
+    dir: PathBuf,
+    config_path: PathBuf,
+}
+
+/// Counts expectations met and missed.
+#[derive(Default)]
+struct Score {
+    failed: Vec<String>,
+}
+
+impl Score {
+    fn expect(&mut self, ok: bool, what: &str) {
+        if ok {
+            println!("   ✔ {what}");
+        } else {
+            println!("   ✘ expected: {what}");
+            self.failed.push(what.to_string());
+        }
+    }
+}
+
+fn show(r: &Result<Reply, String>) {
+    match r {
+        Err(e) => println!("   error: {e}"),
+        Ok(r) => {
+            println!("   HTTP {}", r.status);
+            for h in ["x-graceway-degraded", "cache-status", "age", "retry-after"] {
+                if let Some(v) = r.header(h) {
+                    println!("   {h}: {v}");
+                }
+            }
+            let body = r.text();
+            let body = body.trim();
+            let short: String = body.chars().take(160).collect();
+            if !short.is_empty() {
+                println!(
+                    "   {short}{}",
+                    if body.chars().count() > 160 {
+                        " …"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+}
+
+const T: Duration = Duration::from_secs(10);
+
+impl Walkthrough {
+    fn gw(&self, path: &str) -> String {
+        format!("http://{}{path}", self.opts.listen)
+    }
+    fn api(&self, path: &str) -> String {
+        format!("http://{}{path}", self.opts.api)
+    }
+    fn admin(&self, path: &str) -> String {
+        format!("http://{}{path}", self.opts.admin)
+    }
+
+    async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+        let hs: String = headers
+            .iter()
+            .map(|(k, v)| format!(" -H '{k}: {v}'"))
+            .collect();
+        println!("   $ curl -i{hs} {url}");
+        let r = client::request("GET", url, headers, b"", T).await;
+        show(&r);
+        r
+    }
+
+    async fn post(&self, url: &str) -> Result<Reply, String> {
+        println!("   $ curl -X POST {url}");
+        let r = client::request("POST", url, &[], b"", T).await;
+        show(&r);
+        r
+    }
+
+    async fn last_token_seen(&self) -> String {
+        client::request("GET", &self.api("/demo/stats"), &[], b"", T)
+            .await
+            .ok()
+            .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+            .and_then(|v| v["last_token"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "none".into())
+    }
+
+    async fn script(&self) -> Score {
+        let mut s = Score::default();
+        let token_file = self.dir.join("token");
+        let fp0 = self.app.live.load().upstreams[0].tokens.tokens[0]
+            .fingerprint
+            .clone();
+        println!();
+        println!("graceway demo: an emoji API that needs a token, and graceway in front of it");
+        println!("   emoji API (the vendor)   http://{}", self.opts.api);
+        println!("   graceway (your sidecar)  http://{}", self.opts.listen);
+        println!("   graceway admin           http://{}", self.opts.admin);
+        println!("   config and token files   {}", self.dir.display());
+        println!();
+
+        println!("1. Your service asks graceway for an emoji, with no token of its own.");
+        let r = self.get(&self.gw("/v1/emojis/smile"), &[]).await;
+        s.expect(
+            r.as_ref().is_ok_and(|r| r.status == 200),
+            "200 from the API through graceway",
+        );
+        let seen = self.last_token_seen().await;
+        println!("   The API received token {seen}; graceway's token file holds {fp0}.");
+        s.expect(seen == fp0, "graceway injected its token");
+        println!();
+
+        println!("2. A client that sends its own Authorization header cannot override the token.");
+        let r = self
+            .get(
+                &self.gw("/v1/emojis/rocket"),
+                &[("Authorization", "Bearer stolen-or-stale")],
+            )
+            .await;
+        let seen = self.last_token_seen().await;
+        s.expect(
+            r.as_ref().is_ok_and(|r| r.status == 200) && seen == fp0,
+            "the client's header was replaced by graceway's token",
+        );
+        println!();
+
+        println!(
+            "3. The vendor silently deprecates the token (this is how the 16-hour outage began)."
+        );
+        let _ = self.post(&self.api("/demo/revoke")).await;
+        println!();
+
+        println!("4. Your service asks again. Users keep their emoji: graceway answers from the last good copy, and says so.");
+        let r = self.get(&self.gw("/v1/emojis/smile"), &[]).await;
+        s.expect(
+            r.as_ref().is_ok_and(|r| {
+                r.status == 200 && r.header("x-graceway-degraded") == Some("token-rejected")
+            }),
+            "200 from the last good copy with X-Graceway-Degraded: token-rejected",
+        );
+        println!(
+            "   A path never fetched before has no copy: a clear 503, never the vendor's 401 body."
+        );
+        let r = self.get(&self.gw("/v1/emojis/tada"), &[]).await;
+        s.expect(
+            r.as_ref()
+                .is_ok_and(|r| r.status == 503 && r.text().contains("token-rejected")),
+            "503 JSON naming the reason",
+        );
+        println!();
+
+        println!("5. Operators see it at once: readiness, status and metrics name the upstream and the token.");
+        let r = self.get(&self.admin("/status"), &[]).await;
+        s.expect(
+            r.as_ref().is_ok_and(|r| r.text().contains("\"rejected\"")),
+            "/status shows the token as rejected",
+        );
+        println!(
+            "   (also: graceway status --admin http://{}   and   curl http://{}/metrics)",
+            self.opts.admin, self.opts.admin
+        );
+        println!();
+
+        println!("6. The vendor issues a new token; the secret lands in the watched token file.");
+        let _ = self.post(&self.api("/demo/rotate")).await;
+        let next = self.dir.join("token.next");
+        println!("   $ mv {} {}", next.display(), token_file.display());
+        let moved = std::fs::rename(&next, &token_file);
+        s.expect(moved.is_ok(), "token file replaced");
+        let gen_before = self.app.live.load().number;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.app.live.load().number == gen_before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let rec = self.app.last_reload.load();
+        println!("   graceway noticed the file change: {}", rec.message);
+        s.expect(
+            self.app.live.load().number > gen_before,
+            "the new token is live without a restart",
+        );
+        println!(
+            "   (by hand: graceway reload -c {}   or   curl -X POST http://{}/reload)",
+            self.config_path.display(),
+            self.opts.admin
+        );
+        println!();
+
+        println!("7. Recovery: fresh answers again, no degradation header.");
+        let r = self.get(&self.gw("/v1/emojis/tada"), &[]).await;
+        s.expect(
+            r.as_ref()
+                .is_ok_and(|r| r.status == 200 && r.header("x-graceway-degraded").is_none()),
+            "200 fresh from the API with the new token",
+        );
+        println!();
+        s
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Walkthrough {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let score = self.script().await;
+        if score.failed.is_empty() {
+            println!("Every step went as expected.");
+        } else {
+            println!("{} step(s) did not go as expected:", score.failed.len());
+            for f in &score.failed {
+                println!("   - {f}");
+            }
+        }
+        if self.opts.exit {
+            let _ = std::fs::remove_file(self.dir.join("graceway.pid"));
+            std::process::exit(i32::from(!score.failed.is_empty()));
+        }
+        println!();
+        println!("graceway keeps running; try the curl lines above (the vendor's controls:");
+        println!(
+            "   curl -X POST {}   {}   {}   {} ).",
+            self.api("/demo/revoke"),
+            self.api("/demo/rotate"),
+            self.api("/demo/fail?status=503"),
+            self.api("/demo/recover")
+        );
+        println!("Stop with Ctrl-C.");
+        let _ = shutdown.changed().await;
+    }
+}

@@ -1,0 +1,327 @@
+//! One generation of config and tokens: everything the request path reads,
+//! built and checked off the request path, then swapped in whole.
+//!
+//! A request loads the current [`Generation`] once (an `Arc` from the
+//! `ArcSwap` in [`crate::app::App`]) and keeps it to the end, retries
+//! included. So a request sees the old tokens or the new ones, never a mix,
+//! and a reload never waits for requests or makes them wait.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::{Injection, LoadedConfig, UpstreamConfig};
+use crate::metrics::UpstreamMetrics;
+use crate::outcome::Reason;
+use crate::tokens::{self, TokenSet};
+
+/// Everything one request needs, swapped atomically on reload.
+#[derive(Debug)]
+pub struct Generation {
+    /// Counts reloads that were applied (1 = the config graceway started with).
+    pub number: u64,
+    pub loaded: LoadedConfig,
+    pub router: Router,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub loaded_at: SystemTime,
+}
+
+/// One upstream, with every per-request value precomputed.
+#[derive(Debug)]
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    /// A connected-ready peer (resolved address, SNI, TLS and timeouts);
+    /// each request clones it.
+    pub peer: HttpPeer,
+    pub host_header: HeaderValue,
+    pub inject: Option<InjectTarget>,
+    pub tokens: TokenSet,
+    /// Outlives generations: counters, last success/failure, breakers.
+    pub status: Arc<UpstreamStatus>,
+}
+
+/// Where the token goes.
+#[derive(Debug, Clone)]
+pub enum InjectTarget {
+    /// The header name in the case the config wrote it, and its lookup form.
+    Header {
+        name: bytes::Bytes,
+        lookup: http::HeaderName,
+    },
+    Query {
+        /// `param=`, to find and drop a client-sent value.
+        key_eq: String,
+    },
+}
+
+/// What outlives a reload for one upstream name: counters and recent
+/// history. Written by the request path with relaxed atomics only.
+pub struct UpstreamStatus {
+    pub name: String,
+    pub metrics: UpstreamMetrics,
+    last_success: AtomicU64,
+    last_failure: AtomicU64,
+    last_failure_reason: AtomicU8,
+}
+
+impl std::fmt::Debug for UpstreamStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamStatus")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl UpstreamStatus {
+    pub fn new(name: &str) -> UpstreamStatus {
+        UpstreamStatus {
+            name: name.to_string(),
+            metrics: UpstreamMetrics::new(name),
+            last_success: AtomicU64::new(0),
+            last_failure: AtomicU64::new(0),
+            last_failure_reason: AtomicU8::new(0),
+        }
+    }
+
+    #[inline]
+    pub fn record_success(&self, now_secs: u64) {
+        if self.last_success.load(Ordering::Relaxed) != now_secs {
+            self.last_success.store(now_secs, Ordering::Relaxed);
+        }
+    }
+
+    pub fn record_failure(&self, now_secs: u64, reason: Reason) {
+        self.last_failure.store(now_secs, Ordering::Relaxed);
+        self.last_failure_reason
+            .store(reason as u8, Ordering::Relaxed);
+    }
+
+    pub fn last_success(&self) -> Option<SystemTime> {
+        unix_opt(self.last_success.load(Ordering::Relaxed))
+    }
+
+    pub fn last_failure(&self) -> Option<(SystemTime, Option<Reason>)> {
+        unix_opt(self.last_failure.load(Ordering::Relaxed)).map(|t| {
+            (
+                t,
+                Reason::from_u8(self.last_failure_reason.load(Ordering::Relaxed)),
+            )
+        })
+    }
+}
+
+fn unix_opt(secs: u64) -> Option<SystemTime> {
+    (secs != 0).then(|| UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Unix seconds now.
+#[inline]
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Picks the upstream for a request: routes whose `host` (if any) matches,
+/// then the longest `path_prefix`; on a tie, a route with a host wins.
+#[derive(Debug, Default)]
+pub struct Router {
+    /// (host, prefix, upstream index), most specific first.
+    routes: Vec<(Option<String>, String, usize)>,
+}
+
+impl Router {
+    pub fn new(upstreams: &[UpstreamConfig]) -> Router {
+        let mut routes: Vec<_> = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.route.host.clone(), u.route.path_prefix.clone(), i))
+            .collect();
+        routes.sort_by(|a, b| {
+            b.1.len()
+                .cmp(&a.1.len())
+                .then(b.0.is_some().cmp(&a.0.is_some()))
+        });
+        Router { routes }
+    }
+
+    /// `host` is the request's Host without port, as sent (any case).
+    #[inline]
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        self.routes.iter().find_map(|(h, prefix, i)| {
+            let host_ok = match h {
+                None => true,
+                Some(h) => host.is_some_and(|req| req.eq_ignore_ascii_case(h)),
+            };
+            (host_ok && path.starts_with(prefix.as_str())).then_some(*i)
+        })
+    }
+}
+
+/// Why a generation could not be built.
+#[derive(Debug, Clone)]
+pub struct BuildErrors(pub Vec<String>);
+
+impl std::fmt::Display for BuildErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
+
+/// How strictly token sources are judged while building.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourcePolicy {
+    /// First start: a failed source makes that token `unavailable` and the
+    /// process starts anyway (readiness reports it). A sidecar that refuses
+    /// to start because a secret store is slow only makes things worse.
+    Tolerate,
+    /// Reload: any failed source fails the reload and the old state stays.
+    Require,
+}
+
+/// Builds a generation from a loaded config: resolves addresses, loads CA
+/// files and reads every token source. `previous` lends each upstream its
+/// long-lived status (matched by name) and, when `keep_token_states`, the
+/// rejection state of tokens whose value did not change.
+pub async fn build(
+    loaded: LoadedConfig,
+    number: u64,
+    previous: Option<&Generation>,
+    statuses: &(dyn Fn(&str) -> Arc<UpstreamStatus> + Sync),
+    policy: SourcePolicy,
+    keep_token_states: bool,
+) -> Result<Generation, BuildErrors> {
+    let mut errors = Vec::new();
+    let mut upstreams = Vec::new();
+    for (i, u) in loaded.config.upstreams.iter().enumerate() {
+        let at = format!("upstreams[{i}]");
+        let peer = match make_peer(u).await {
+            Ok(p) => p,
+            Err((field, e)) => {
+                errors.push(format!("{at}.{field}: {e}"));
+                continue;
+            }
+        };
+        let (tokens, inject) = match &u.credentials {
+            None => (TokenSet::default(), None),
+            Some(cr) => {
+                let (set, errs) = tokens::load_set(cr).await;
+                for (j, e) in errs {
+                    let field = format!("{at}.credentials.tokens[{j}]");
+                    match policy {
+                        SourcePolicy::Require => errors.push(format!("{field}: {e}")),
+                        SourcePolicy::Tolerate => {
+                            log::error!("{field}: token source failed, token unavailable: {e}")
+                        }
+                    }
+                }
+                let target = match &cr.inject {
+                    Injection::Header { name, .. } => InjectTarget::Header {
+                        name: bytes::Bytes::from(name.clone()),
+                        lookup: http::HeaderName::from_bytes(name.as_bytes())
+                            .expect("validated header name"),
+                    },
+                    Injection::Query { param } => InjectTarget::Query {
+                        key_eq: format!("{param}="),
+                    },
+                };
+                (set, Some(target))
+            }
+        };
+        if keep_token_states {
+            if let Some(prev) = previous.and_then(|g| g.upstream_named(&u.name)) {
+                for t in &tokens.tokens {
+                    if let Some(old) = prev.tokens.tokens.get(t.index) {
+                        t.inherit_state(old);
+                    }
+                }
+            }
+        }
+        let host_header = match HeaderValue::from_str(&u.url.host_header) {
+            Ok(v) => v,
+            Err(_) => {
+                errors.push(format!(
+                    "{at}.url: host `{}` is not a valid Host header",
+                    u.url.host
+                ));
+                continue;
+            }
+        };
+        upstreams.push(Arc::new(Upstream {
+            config: u.clone(),
+            peer,
+            host_header,
+            inject,
+            tokens,
+            status: statuses(&u.name),
+        }));
+    }
+    if !errors.is_empty() {
+        return Err(BuildErrors(errors));
+    }
+    Ok(Generation {
+        number,
+        router: Router::new(&loaded.config.upstreams),
+        loaded,
+        upstreams,
+        loaded_at: SystemTime::now(),
+    })
+}
+
+impl Generation {
+    pub fn upstream_named(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.config.name == name)
+    }
+}
+
+/// Resolves the upstream's address now (Pingora's `HttpPeer::new` would do
+/// a blocking lookup and panic on failure) and sets TLS and timeouts.
+async fn make_peer(u: &UpstreamConfig) -> Result<HttpPeer, (&'static str, String)> {
+    let addr: SocketAddr = match tokio::net::lookup_host((u.url.host.as_str(), u.url.port)).await {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| ("url", format!("`{}` resolved to no address", u.url.host)))?,
+        Err(e) => return Err(("url", format!("cannot resolve `{}`: {e}", u.url.host))),
+    };
+    let mut peer = HttpPeer::new(addr, u.url.tls, u.url.host.clone());
+    let o = &mut peer.options;
+    o.connection_timeout = Some(u.timeouts.connect);
+    o.total_connection_timeout = Some(u.timeouts.connect * 2);
+    o.read_timeout = Some(u.timeouts.read);
+    o.write_timeout = Some(u.timeouts.write);
+    o.idle_timeout = Some(Duration::from_secs(55));
+    o.verify_cert = u.tls.verify;
+    o.verify_hostname = u.tls.verify;
+    if let Some(ca) = &u.tls.ca_file {
+        o.ca = Some(Arc::from(
+            load_ca(ca)
+                .map_err(|e| ("tls.ca_file", e))?
+                .into_boxed_slice(),
+        ));
+    }
+    Ok(peer)
+}
+
+/// Reads a PEM CA bundle; every certificate is parsed before Pingora sees it
+/// (its own parser panics on bad DER).
+fn load_ca(path: &std::path::Path) -> Result<Vec<pingora::utils::tls::WrappedX509>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for item in rustls_pemfile::certs(&mut text.as_slice()) {
+        let der = item.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+        x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| format!("{}: bad certificate: {e}", path.display()))?;
+        out.push(pingora::utils::tls::WrappedX509::new(
+            der.as_ref().to_vec(),
+            pingora::utils::tls::parse_x509,
+        ));
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no PEM certificate found", path.display()));
+    }
+    Ok(out)
+}

@@ -1,0 +1,36 @@
+//! Small JSON helpers shared by the admin endpoints and error bodies.
+
+/// Serialises a `SystemTime` as an RFC 3339 UTC timestamp (seconds).
+pub mod unix_time {
+    use std::time::SystemTime;
+
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string())
+    }
+}
+
+/// Like [`unix_time`], for optional timestamps (`null` when absent).
+pub mod opt_unix_time {
+    use std::time::SystemTime;
+
+    pub fn serialize<S: serde::Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// `{"error": .., "upstream": .., "reason": ..}`, the body of every error
+/// graceway answers itself. Values are escaped by serde_json.
+pub fn error_body(error: &str, upstream: Option<&str>, reason: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "error": error,
+        "upstream": upstream,
+        "reason": reason,
+    }))
+    .unwrap_or_default()
+}

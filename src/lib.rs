@@ -1,0 +1,39 @@
+//! graceway: a reverse-proxy sidecar on Pingora that injects an external
+//! API's token into every request, hot-swaps tokens without dropping a
+//! request, and answers from the last good response when the upstream
+//! turns the token away or fails, saying so in headers, metrics and health.
+//!
+//! # Layout
+//! Data flows one way: config -> model -> generation -> services; and for a
+//! request: route -> token -> upstream -> outcome.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`config`] | the YAML schema, the validated model, durations and sizes |
+//! | [`tokens`] | token sources, value checks and fingerprints, the per-upstream set with states |
+//! | [`generation`] | one swapped snapshot of config + tokens with precomputed request values; the router |
+//! | [`app`] | process-wide state (`ArcSwap<Generation>`), reload and token refresh |
+//! | [`proxy`] | the Pingora `ProxyHttp` implementation: the data plane |
+//! | [`admin`] | health, readiness, status, metrics and reload endpoints |
+//! | [`control`] | SIGHUP, pid file, token file watcher, command refresh |
+//! | [`server`] | wiring of the Pingora server and its services |
+//! | [`cli`] | `check`, `reload`, `status` |
+//! | [`demo`] | the demo emoji API and the walkthrough of `graceway demo` |
+//! | [`metrics`], [`outcome`], [`client`], [`json`] | shared small pieces |
+
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod generation;
+pub mod json;
+pub mod metrics;
+pub mod outcome;
+pub mod proxy;
+pub mod server;
+pub mod tokens;

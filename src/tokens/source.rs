@@ -1,0 +1,120 @@
+//! Reading a token from its source: a file, an environment variable, or a
+//! command's standard output.
+//!
+//! Errors name the source, never its output: a command that fails may have
+//! printed half a token, so neither stdout nor stderr is ever echoed.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use super::value::{Secret, ValueError};
+use crate::config::{SourceSpec, MAX_TOKEN_BYTES};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("environment variable {0} is not set")]
+    EnvMissing(String),
+    #[error("environment variable {0} is not valid UTF-8")]
+    EnvNotUnicode(String),
+    #[error("command `{program}` could not start: {reason}")]
+    CommandStart { program: String, reason: String },
+    #[error("command `{program}` exited with {status} ({stderr_bytes} bytes on stderr, not shown: run it by hand to see them)")]
+    CommandFailed {
+        program: String,
+        status: String,
+        stderr_bytes: usize,
+    },
+    #[error("command `{program}` did not finish within {timeout:?}")]
+    CommandTimeout { program: String, timeout: Duration },
+    #[error("{source_name}: {error}")]
+    Value {
+        source_name: String,
+        error: ValueError,
+    },
+}
+
+/// Reads and checks the token of one source.
+pub async fn read(spec: &SourceSpec) -> Result<Secret, SourceError> {
+    let raw = match spec {
+        SourceSpec::File(path) => read_file(path).await?,
+        SourceSpec::Env(name) => match std::env::var(name) {
+            Ok(v) => v,
+            Err(std::env::VarError::NotPresent) => {
+                return Err(SourceError::EnvMissing(name.clone()))
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(SourceError::EnvNotUnicode(name.clone()))
+            }
+        },
+        SourceSpec::Command { argv, timeout, .. } => run_command(argv, *timeout).await?,
+    };
+    Secret::parse(&raw).map_err(|error| SourceError::Value {
+        source_name: spec.describe(),
+        error,
+    })
+}
+
+async fn read_file(path: &std::path::Path) -> Result<String, SourceError> {
+    let err = |reason: String| SourceError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    // Read at most one byte past the limit: a huge file is refused without
+    // loading it.
+    let mut buf = Vec::new();
+    file.take(MAX_TOKEN_BYTES as u64 + 64)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    String::from_utf8(buf).map_err(|_| err("the file is not UTF-8 text".into()))
+}
+
+async fn run_command(argv: &[String], timeout: Duration) -> Result<String, SourceError> {
+    let program = argv[0].clone();
+    let child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| SourceError::CommandStart {
+            program: program.clone(),
+            reason: e.to_string(),
+        })?;
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => return Err(SourceError::CommandTimeout { program, timeout }),
+        Ok(Err(e)) => {
+            return Err(SourceError::CommandStart {
+                program,
+                reason: e.to_string(),
+            })
+        }
+        Ok(Ok(out)) => out,
+    };
+    if !out.status.success() {
+        return Err(SourceError::CommandFailed {
+            program,
+            status: out.status.to_string(),
+            stderr_bytes: out.stderr.len(),
+        });
+    }
+    if out.stdout.len() > MAX_TOKEN_BYTES + 64 {
+        return Err(SourceError::Value {
+            source_name: format!("command:{program}"),
+            error: ValueError::TooLong(out.stdout.len()),
+        });
+    }
+    String::from_utf8(out.stdout).map_err(|_| SourceError::CommandFailed {
+        program,
+        status: "output that is not UTF-8 text".into(),
+        stderr_bytes: 0,
+    })
+}
