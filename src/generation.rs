@@ -199,13 +199,9 @@ pub async fn build(
     let mut upstreams = Vec::new();
     for (i, u) in loaded.config.upstreams.iter().enumerate() {
         let at = format!("upstreams[{i}]");
-        let peer = match make_peer(u).await {
-            Ok(p) => p,
-            Err((field, e)) => {
-                errors.push(format!("{at}.{field}: {e}"));
-                continue;
-            }
-        };
+        let peer = make_peer(u)
+            .await
+            .map_err(|(field, e)| format!("{at}.{field}: {e}"));
         let (tokens, inject) = match &u.credentials {
             None => (TokenSet::default(), None),
             Some(cr) => {
@@ -248,6 +244,13 @@ pub async fn build(
                     "{at}.url: host `{}` is not a valid Host header",
                     u.url.host
                 ));
+                continue;
+            }
+        };
+        let peer = match peer {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(e);
                 continue;
             }
         };

@@ -38,6 +38,9 @@ enum Command {
     Check {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Check the file only: do not read token sources, resolve hosts or load CA files
+        #[arg(long)]
+        skip_sources: bool,
     },
     /// Send SIGHUP to the running instance (pid file from the config) and report the result
     Reload {
@@ -89,7 +92,10 @@ fn main() {
                 }
             }
         }
-        Command::Check { config } => graceway::cli::check(&config),
+        Command::Check {
+            config,
+            skip_sources,
+        } => graceway::cli::check(&config, skip_sources),
         Command::Reload { config } => graceway::cli::reload(&config),
         Command::Status { admin, config } => graceway::cli::status(admin, config.as_deref()),
         Command::Demo {

@@ -45,7 +45,20 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     init_logging(&loaded.config.log);
     let app = start_app(loaded)?;
     let (server, _) = build_server(&app, &opts)?;
-    server.run_forever();
+    server.run(pingora::server::RunArgs::default());
+    remove_pid_file(&app);
+    log::info!("graceway stopped");
+    Ok(())
+}
+
+/// Removes the pid file if it still names this process (a graceful upgrade
+/// hands it to the new process, which rewrites it).
+pub fn remove_pid_file(app: &App) {
+    let pid_file = app.live.load().loaded.config.pid_file.clone();
+    if std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim() == std::process::id().to_string())
+    {
+        let _ = std::fs::remove_file(pid_file);
+    }
 }
 
 /// Builds the first generation on a short-lived runtime (Pingora starts its

@@ -1,0 +1,204 @@
+#![allow(clippy::useless_format)] // every case is written the same way, placeholders or not
+//! `graceway check`: every shipped config passes; bad configs fail with
+//! messages that name the field path.
+
+mod support;
+
+use support::{run_cli, TestDir};
+
+fn check(dir: &TestDir, yaml: &str) -> (i32, String, String) {
+    let p = dir.file("check.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    run_cli(&["check", "-c", p.to_str().unwrap()])
+}
+
+const GOOD_HEAD: &str = r#"
+listen: "127.0.0.1:18080"
+pid_file: /tmp/graceway-check.pid
+"#;
+
+#[test]
+fn every_shipped_config_passes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "yaml") {
+            // The examples name production paths and hosts; check the file
+            // itself, as on a build machine.
+            let (code, out, err) = run_cli(&["check", "--skip-sources", "-c", p.to_str().unwrap()]);
+            assert_eq!(code, 0, "{}: {out}{err}", p.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "expected the example configs in conf/");
+}
+
+#[test]
+fn full_check_reads_sources_and_reports_fingerprints() {
+    let dir = TestDir::new();
+    dir.write("token", "tok-check-1\n");
+    let yaml = format!(
+        r#"{GOOD_HEAD}
+upstreams:
+  - name: emoji
+    url: "http://127.0.0.1:9"
+    credentials:
+      tokens:
+        - {{ file: "{}" }}
+"#,
+        dir.file("token").display()
+    );
+    let (code, out, err) = check(&dir, &yaml);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("test is successful"), "{out}");
+    assert!(
+        out.contains(&graceway::tokens::fingerprint("tok-check-1")),
+        "{out}"
+    );
+    assert!(!out.contains("tok-check-1"), "token value printed: {out}");
+}
+
+/// (config body after the head, expected fragments of stderr)
+fn bad_configs(dir: &TestDir) -> Vec<(String, Vec<&'static str>)> {
+    let tok = dir.write("token", "ok-token\n");
+    let empty = dir.write("empty", "\n");
+    let crlf = dir.write("crlf", "abc\r\nX-Injected: 1\n");
+    let big = dir.write("big", &"x".repeat(9000));
+    let t = tok.display().to_string();
+    vec![
+        ("upstreams: []\n".into(), vec!["upstreams: at least one upstream is required"]),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://x\"\n    tokenz: 1\n"),
+            vec!["upstreams[0]", "unknown field `tokenz`"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"ftp://x\"\n"),
+            vec!["upstreams[0].url: `ftp://x` must start with http:// or https://"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://x/v1\"\n"),
+            vec!["upstreams[0].url:", "must not have a path"],
+        ),
+        (
+            format!("upstreams:\n  - url: \"http://x\"\n"),
+            vec!["upstreams[0].name: is required"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://x\"\n    timeouts: {{ connect: soon }}\n"),
+            vec!["upstreams[0].timeouts.connect: `soon` is not a duration"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://x\"\ncache: {{ memory_bytes: lots }}\n"),
+            vec!["cache.memory_bytes: `lots` is not a size"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://x\"\n    credentials:\n      inject: {{ header: \"Bad Header\" }}\n      tokens: [ {{ file: {t} }} ]\n"),
+            vec!["upstreams[0].credentials.inject.header: `Bad Header` is not a valid header name"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://x\"\n    credentials:\n      tokens: [ {{ file: {t}, env: X }} ]\n"),
+            vec!["upstreams[0].credentials.tokens[0]: set exactly one of `file`, `env` or `command`"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://x\"\n    credentials:\n      tokens: []\n"),
+            vec!["upstreams[0].credentials.tokens: at least one token source is required"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://x\"\n    credentials:\n      tokens: [ {{ file: {t} }} ]\n      preflight: true\n"),
+            vec!["upstreams[0].credentials.preflight: needs `probe`"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://x\"\n    stale: {{ on: [401, 418] }}\n"),
+            vec!["upstreams[0].stale.on[1]: `418`: must be one of"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://x\"\n  - name: a\n    url: \"http://y\"\n"),
+            vec!["upstreams[1].name: `a` is used by an earlier upstream", "upstreams[1].match:"],
+        ),
+        (
+            format!("listen: nowhere\nupstreams:\n  - name: a\n    url: \"http://x\"\n"),
+            vec!["listen: `nowhere` is not an address"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    credentials:\n      tokens: [ {{ file: {} }} ]\n", empty.display()),
+            vec!["upstreams[0].credentials.tokens[0]:", "the token is empty"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    credentials:\n      tokens: [ {{ file: {} }} ]\n", crlf.display()),
+            vec!["upstreams[0].credentials.tokens[0]:", "control character"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    credentials:\n      tokens: [ {{ file: {} }} ]\n", big.display()),
+            vec!["upstreams[0].credentials.tokens[0]:", "the limit is 8192"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    credentials:\n      tokens: [ {{ env: GRACEWAY_TEST_SURELY_UNSET }} ]\n"),
+            vec!["upstreams[0].credentials.tokens[0]: environment variable GRACEWAY_TEST_SURELY_UNSET is not set"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    credentials:\n      tokens: [ {{ command: [\"false\"] }} ]\n"),
+            vec!["upstreams[0].credentials.tokens[0]: command `false` exited with"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"https://127.0.0.1:9\"\n    tls: {{ ca_file: {t} }}\n"),
+            vec!["upstreams[0].tls.ca_file:", "no PEM certificate found"],
+        ),
+    ]
+}
+
+#[test]
+fn bad_configs_fail_with_field_paths() {
+    let dir = TestDir::new();
+    let cases = bad_configs(&dir);
+    assert!(cases.len() >= 12);
+    for (body, expected) in cases {
+        let yaml = if body.starts_with("listen:") {
+            format!("pid_file: /tmp/x.pid\n{body}")
+        } else {
+            format!("{GOOD_HEAD}{body}")
+        };
+        let (code, out, err) = check(&dir, &yaml);
+        assert_ne!(code, 0, "config should fail:\n{yaml}\nstdout: {out}");
+        for e in expected {
+            assert!(
+                err.contains(e),
+                "expected `{e}` in the errors of\n{yaml}\ngot:\n{err}"
+            );
+        }
+        assert!(err.contains("test failed"), "{err}");
+        assert!(
+            !err.contains("ok-token") && !err.contains("X-Injected"),
+            "token value leaked: {err}"
+        );
+    }
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let dir = TestDir::new();
+    let yaml = format!(
+        "{GOOD_HEAD}upstreams:\n  - name: a\n    url: \"ftp://x\"\n    timeouts: {{ read: never }}\n    stale: {{ max_stale: 0s }}\ncache: {{ max_object_bytes: 2MiB, memory_bytes: 1MiB }}\n"
+    );
+    let (code, _, err) = check(&dir, &yaml);
+    assert_ne!(code, 0);
+    for e in [
+        "upstreams[0].url:",
+        "upstreams[0].timeouts.read:",
+        "upstreams[0].stale.max_stale: must be greater than zero",
+        "cache.max_object_bytes: must not exceed cache.memory_bytes",
+        "(4 errors)",
+    ] {
+        assert!(err.contains(e), "missing `{e}` in:\n{err}");
+    }
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let (code, _, err) = run_cli(&["check", "-c", "/nonexistent/graceway.yaml"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("cannot read /nonexistent/graceway.yaml"),
+        "{err}"
+    );
+}
