@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::config;
 use crate::generation::{self, Generation, SourcePolicy, UpstreamStatus};
 use crate::metrics::metrics;
+use crate::stale::{persist, LastGoodStore};
 use crate::tokens::TokenState;
 
 /// What started a reload; shown in `/status` and logs.
@@ -56,6 +57,8 @@ pub struct App {
     reload_lock: tokio::sync::Mutex<()>,
     pub config_path: PathBuf,
     pub started_at: SystemTime,
+    /// Last-good copies; outlives reloads (its size is fixed at start).
+    pub store: LastGoodStore,
 }
 
 impl App {
@@ -77,6 +80,29 @@ impl App {
         };
         let path = loaded.path.clone();
         publish_token_metrics(&gen, None);
+        let cache = &loaded.config.cache;
+        let writer = cache
+            .persist_path
+            .as_ref()
+            .and_then(|p| match persist::Writer::open(p) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    log::error!("persistence is off: {e}");
+                    None
+                }
+            });
+        let store = LastGoodStore::new(cache.memory_bytes, cache.max_object_bytes, writer);
+        let max_age = loaded
+            .config
+            .upstreams
+            .iter()
+            .map(|u| u.stale.max_stale)
+            .max()
+            .unwrap_or_default();
+        let restored = store.load_persisted(&|name: &str| status_for(&statuses, name), max_age);
+        if restored > 0 {
+            log::info!("restored {restored} last-good copies from the persist file");
+        }
         let app = App {
             last_reload: ArcSwap::from_pointee(ReloadRecord {
                 attempt: 0,
@@ -91,6 +117,7 @@ impl App {
             reload_lock: tokio::sync::Mutex::new(()),
             config_path: path,
             started_at: SystemTime::now(),
+            store,
         };
         Ok(Arc::new(app))
     }

@@ -69,6 +69,7 @@ impl BackgroundService for Control {
                     }
                 }
                 _ = tick.tick() => {
+                    self.app.store.maintain();
                     if refresh.due(&self.app) {
                         self.app.refresh_tokens(Trigger::Refresh).await;
                     }

@@ -7,7 +7,7 @@
 //! and a reload never waits for requests or makes them wait.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +66,16 @@ pub struct UpstreamStatus {
     last_success: AtomicU64,
     last_failure: AtomicU64,
     last_failure_reason: AtomicU8,
+    /// Copies in the last-good store for this upstream, and their bytes;
+    /// kept by the store as it inserts and evicts.
+    pub stored_entries: AtomicI64,
+    pub stored_bytes: AtomicI64,
+    /// True while the last answer for this upstream was degraded.
+    degraded: AtomicBool,
+    /// Reason of the current degradation (see [`Reason`]), 0 when none.
+    degraded_reason: AtomicU8,
+    /// Unix seconds when the current degradation began (0 when healthy).
+    degraded_since: AtomicU64,
 }
 
 impl std::fmt::Debug for UpstreamStatus {
@@ -84,7 +94,46 @@ impl UpstreamStatus {
             last_success: AtomicU64::new(0),
             last_failure: AtomicU64::new(0),
             last_failure_reason: AtomicU8::new(0),
+            stored_entries: AtomicI64::new(0),
+            stored_bytes: AtomicI64::new(0),
+            degraded: AtomicBool::new(false),
+            degraded_reason: AtomicU8::new(0),
+            degraded_since: AtomicU64::new(0),
         }
+    }
+
+    /// A fresh answer: ends a degradation (logged once).
+    #[inline]
+    pub fn mark_healthy(&self) {
+        if self.degraded.load(Ordering::Relaxed) && self.degraded.swap(false, Ordering::Relaxed) {
+            self.metrics.degraded.set(0);
+            self.degraded_reason.store(0, Ordering::Relaxed);
+            self.degraded_since.store(0, Ordering::Relaxed);
+            log::info!("upstream {}: recovered, answers are fresh again", self.name);
+        }
+    }
+
+    /// A degraded answer: starts a degradation (logged once) or updates its
+    /// reason.
+    pub fn mark_degraded(&self, reason: Reason) {
+        let now = unix_now();
+        self.record_failure(now, reason);
+        if self.degraded_reason.swap(reason as u8, Ordering::Relaxed) != reason as u8 {
+            log::warn!("upstream {}: degraded ({})", self.name, reason.as_str());
+        }
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            self.metrics.degraded.set(1);
+            self.degraded_since.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// The current degradation: reason and since when.
+    pub fn degradation(&self) -> Option<(Reason, SystemTime)> {
+        if !self.degraded.load(Ordering::Relaxed) {
+            return None;
+        }
+        let r = Reason::from_u8(self.degraded_reason.load(Ordering::Relaxed))?;
+        Some((r, unix_opt(self.degraded_since.load(Ordering::Relaxed))?))
     }
 
     #[inline]

@@ -14,6 +14,7 @@
 //! | [`generation`] | one swapped snapshot of config + tokens with precomputed request values; the router |
 //! | [`app`] | process-wide state (`ArcSwap<Generation>`), reload and token refresh |
 //! | [`proxy`] | the Pingora `ProxyHttp` implementation: the data plane |
+//! | [`stale`] | the last-good store: memory tier, persist tier, what may be stored and served |
 //! | [`admin`] | health, readiness, status, metrics and reload endpoints |
 //! | [`control`] | SIGHUP, pid file, token file watcher, command refresh |
 //! | [`server`] | wiring of the Pingora server and its services |
@@ -36,4 +37,5 @@ pub mod metrics;
 pub mod outcome;
 pub mod proxy;
 pub mod server;
+pub mod stale;
 pub mod tokens;

@@ -9,6 +9,8 @@
 
 use std::sync::OnceLock;
 
+use crate::outcome::Reason;
+
 use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
     register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -120,6 +122,9 @@ pub struct UpstreamMetrics {
     pub ok: IntCounter,
     pub stale: IntCounter,
     pub error: IntCounter,
+    pub degraded: IntGauge,
+    /// `stale_served_total` by [`Reason`] (index = `reason as usize - 1`).
+    stale_by_reason: Vec<IntCounter>,
     pub duration: Histogram,
     name: String,
     /// Lazily resolved `upstream_responses_total` handle per status code.
@@ -137,12 +142,24 @@ impl UpstreamMetrics {
             ok: m.requests_total.with_label_values(&[upstream, "ok"]),
             stale: m.requests_total.with_label_values(&[upstream, "stale"]),
             error: m.requests_total.with_label_values(&[upstream, "error"]),
+            degraded: m.degraded.with_label_values(&[upstream]),
+            stale_by_reason: Reason::ALL
+                .iter()
+                .map(|r| {
+                    m.stale_served_total
+                        .with_label_values(&[upstream, r.as_str()])
+                })
+                .collect(),
             duration: m
                 .upstream_request_duration_seconds
                 .with_label_values(&[upstream]),
             name: upstream.to_string(),
             responses: (0..600).map(|_| OnceLock::new()).collect(),
         }
+    }
+
+    pub fn stale_served(&self, reason: Reason) {
+        self.stale_by_reason[reason as usize - 1].inc();
     }
 
     #[inline]

@@ -35,6 +35,13 @@ pub fn init_logging(cfg: &LogConfig) {
     if let Ok(spec) = std::env::var("RUST_LOG") {
         b.parse_filters(&spec);
     }
+    // Its only warning, "Respond header is already sent", fires on every
+    // degraded answer written directly over an empty upstream body (see
+    // `proxy`); those are counted in metrics instead.
+    b.filter_module(
+        "pingora_core::protocols::http::v1::server",
+        log::LevelFilter::Error,
+    );
     let _ = b.try_init();
 }
 

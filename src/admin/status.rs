@@ -1,5 +1,6 @@
 //! `/status` (the inventory of external dependencies) and `/readyz`.
 
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -27,10 +28,16 @@ struct TokenView {
     error: Option<String>,
 }
 
-/// `healthy`, `degraded` or `down`, and why.
+/// `healthy`, `degraded` or `down`, and why. Down means a request can get
+/// nothing but an error: no usable token and no stored copy to serve.
 pub fn upstream_state(up: &Upstream, now: SystemTime) -> (&'static str, Option<&'static str>) {
+    let copies = up.status.stored_entries.load(Ordering::Relaxed) > 0;
     if up.inject.is_some() && !up.tokens.any_usable(now) {
-        return ("down", Some(crate::proxy::no_token_reason(up)));
+        let why = crate::proxy::no_token_reason(up);
+        return (if copies { "degraded" } else { "down" }, Some(why));
+    }
+    if let Some((reason, _)) = up.status.degradation() {
+        return ("degraded", Some(reason.as_str()));
     }
     ("healthy", None)
 }
@@ -68,12 +75,17 @@ pub fn status(app: &App) -> Value {
                 },
                 "state": state,
                 "reason": reason,
+                "degraded_since": ts(u.status.degradation().map(|(_, t)| t)),
                 "last_success": ts(u.status.last_success()),
                 "last_failure": failure.map(|(at, r)| json!({
                     "at": ts(Some(at)),
                     "reason": r.map(|r| r.as_str()),
                 })),
                 "tokens": tokens,
+                "stored": {
+                    "entries": u.status.stored_entries.load(Ordering::Relaxed).max(0),
+                    "bytes": u.status.stored_bytes.load(Ordering::Relaxed).max(0),
+                },
             })
         })
         .collect();
@@ -88,6 +100,13 @@ pub fn status(app: &App) -> Value {
             "loaded_at": ts(Some(gen.loaded_at)),
         },
         "reload": &**app.last_reload.load(),
+        "cache": {
+            "entries": app.store.entries(),
+            "bytes": app.store.bytes(),
+            "limit_bytes": app.store.budget(),
+            "max_object_bytes": app.store.max_object,
+            "persist": app.store.persist_status(),
+        },
         "upstreams": upstreams,
     })
 }

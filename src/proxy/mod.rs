@@ -1,30 +1,76 @@
 //! The data plane: Pingora's [`ProxyHttp`] for graceway.
 //!
 //! A request flows: `request_filter` (load the generation, route, choose a
-//! token) -> `upstream_peer` -> `upstream_request_filter` (Host, token) ->
-//! upstream -> `upstream_response_filter` (status bookkeeping) ->
-//! `response_filter` -> client. Everything a request reads was computed at
-//! load time ([`crate::generation`]); the hooks only clone precomputed
-//! values and bump relaxed atomics.
+//! token; or answer at once) -> `upstream_peer` -> `upstream_request_filter`
+//! (Host, token) -> upstream -> `upstream_response_filter` (status
+//! bookkeeping; a failure becomes the stored answer here) ->
+//! `response_filter` (`Cache-Status`) -> `response_body_filter` (capture
+//! the body for the store, or swap in the stored body) -> client.
+//! Timeouts and refused connections have no upstream header and end in
+//! `fail_to_proxy`.
+//!
+//! Everything a request reads was computed at load time
+//! ([`crate::generation`]); the hooks clone precomputed values and bump
+//! relaxed atomics. Which hook answers a degraded request matters for the
+//! client's connection (measured, see `docs/benchmarks.md`):
+//! - request phase (no usable token): written before any upstream contact,
+//!   keep-alive kept, no upstream round trip;
+//! - response phase (upstream said 401/403/429/5xx): the header is replaced
+//!   and the body swapped at end of stream, keep-alive kept; when the
+//!   upstream said `Content-Length: 0` Pingora calls no body filter, so the
+//!   answer is written directly instead;
+//! - error path (timeout, refused, reset): Pingora will not reuse either
+//!   connection after a failed attempt, so the answer says
+//!   `Connection: close` instead of promising keep-alive.
 
 mod respond;
 
-pub use respond::no_token_reason;
-
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::app::App;
 use crate::generation::{unix_now, Generation, InjectTarget, Upstream};
+use crate::outcome::Reason;
+use crate::stale::stored::{self, CacheControl};
+use crate::stale::{self as store, LastGoodStore, StoredResponse};
 use crate::tokens::Injected;
+
+pub use respond::no_token_reason;
 
 pub struct Proxy {
     pub app: Arc<App>,
+}
+
+/// How the request ended, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Outcome {
+    /// Not decided yet, or answered by graceway before routing (404, 431).
+    #[default]
+    Unrouted,
+    /// The upstream's own answer.
+    Fresh,
+    /// A last-good copy, for this reason.
+    Stale(Reason),
+    /// graceway's 503 (or the upstream's error when not in `stale.on`).
+    Error(Option<Reason>),
+}
+
+/// A body being captured for the last-good store.
+struct Capture {
+    primary: String,
+    variant: Option<(Arc<[HeaderName]>, String)>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    cc: CacheControl,
+    /// The upstream's chunks, kept by reference (no copy per chunk).
+    parts: Vec<Bytes>,
+    size: usize,
 }
 
 /// Per-request state.
@@ -40,6 +86,15 @@ pub struct RequestCtx {
     tried: u64,
     /// The upstream's status on the last attempt, once known.
     upstream_status: u16,
+    /// GET without the client's own `Authorization` or `Cookie`.
+    storable_request: bool,
+    capture: Option<Capture>,
+    /// Drop the upstream's body chunks (its answer was replaced).
+    drop_upstream_body: bool,
+    /// Emit this body at end of stream (the replaced answer's body).
+    replace_body: Option<Bytes>,
+    outcome: Outcome,
+    sent_at: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -70,6 +125,23 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
+static CS_STORED: HeaderValue = HeaderValue::from_static("graceway; fwd=miss; stored");
+static CS_MISS: HeaderValue = HeaderValue::from_static("graceway; fwd=miss");
+
+impl Proxy {
+    fn store(&self) -> &LastGoodStore {
+        &self.app.store
+    }
+
+    /// Records a degraded answer in metrics and the upstream's state.
+    fn count_degraded(up: &Upstream, reason: Reason, stale: bool) {
+        if stale {
+            up.status.metrics.stale_served(reason);
+        }
+        up.status.mark_degraded(reason);
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
@@ -79,9 +151,10 @@ impl ProxyHttp for Proxy {
     }
 
     /// First hook with the request header. Routes the request and picks its
-    /// token, or answers it here: unknown route (404), oversized header
-    /// block (431), no usable token (degraded answer). Returning `Ok(true)`
-    /// means the response was written and nothing goes upstream.
+    /// token, or answers it here without any upstream contact: unknown
+    /// route (404), oversized header block (431), no usable token (the
+    /// last-good copy, or 503). Returning `Ok(true)` means the response was
+    /// written and nothing goes upstream.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let gen = self.app.live.load_full();
         let server = &gen.loaded.config.server;
@@ -116,27 +189,52 @@ impl ProxyHttp for Proxy {
             .await?;
             return Ok(true);
         };
-        let up = &gen.upstreams[index];
+        ctx.storable_request = req.method == http::Method::GET
+            && !req.headers.contains_key(http::header::AUTHORIZATION)
+            && !req.headers.contains_key(http::header::COOKIE);
+        ctx.upstream = index;
+        let up = gen.upstreams[index].clone();
+        ctx.gen = Some(gen);
+
         if up.inject.is_some() {
             match up.tokens.pick(0, SystemTime::now()) {
                 Some(t) => ctx.token = Some(t.index),
                 None => {
-                    let reason = respond::no_token_reason(up);
-                    up.status.metrics.error.inc();
-                    respond::error(
-                        session,
-                        503,
-                        "no usable token for this upstream",
-                        Some(&up.config.name),
-                        reason,
-                    )
-                    .await?;
+                    // No token can be sent: answer now, without an upstream
+                    // round trip (the auth circuit breaker's open state).
+                    let (reason, fwd) = respond::no_token(&up);
+                    let reason_word = respond::no_token_reason(&up);
+                    let answer = match reason {
+                        Some(r) if respond::triggered(&up.config.stale.on, r, fwd) => {
+                            respond::degraded(
+                                self.store(),
+                                &up,
+                                session.req_header(),
+                                r,
+                                fwd,
+                                None,
+                            )?
+                        }
+                        _ => respond::json_error(
+                            503,
+                            "no usable token for this upstream",
+                            Some(&up.config.name),
+                            reason_word,
+                            None,
+                        )?,
+                    };
+                    let r = reason.unwrap_or(Reason::TokenRejected);
+                    ctx.outcome = if answer.stale {
+                        Outcome::Stale(r)
+                    } else {
+                        Outcome::Error(reason)
+                    };
+                    Self::count_degraded(&up, r, answer.stale);
+                    respond::write(session, answer).await?;
                     return Ok(true);
                 }
             }
         }
-        ctx.upstream = index;
-        ctx.gen = Some(gen);
         Ok(false)
     }
 
@@ -161,6 +259,7 @@ impl ProxyHttp for Proxy {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.sent_at = Some(Instant::now());
         let Some(gen) = ctx.gen.as_ref() else {
             return Error::e_explain(ErrorType::InternalError, "no generation");
         };
@@ -195,19 +294,28 @@ impl ProxyHttp for Proxy {
     }
 
     /// First look at the upstream's answer, before anything reaches the
-    /// client: counts the status and marks the token rejected on 401/403.
+    /// client. Counts the status, marks the token rejected on 401/403, and
+    /// turns a failure listed in `stale.on` into the last-good copy (or the
+    /// 503 JSON). A 200 to a storable GET starts a capture for the store.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = resp.status.as_u16();
         ctx.upstream_status = status;
-        let Some(up) = ctx.upstream() else {
+        let Some(gen) = ctx.gen.clone() else {
             return Ok(());
         };
+        let up = &gen.upstreams[ctx.upstream];
         up.status.metrics.upstream_response(status);
+        if let Some(t0) = ctx.sent_at {
+            up.status
+                .metrics
+                .duration
+                .observe(t0.elapsed().as_secs_f64());
+        }
         if status == 401 || status == 403 {
             crate::metrics::metrics()
                 .upstream_auth_failures_total
@@ -217,7 +325,7 @@ impl ProxyHttp for Proxy {
                 ])
                 .inc();
             if let Some(t) = ctx.token.and_then(|i| up.tokens.tokens.get(i)) {
-                if t.mark_rejected() {
+                if t.mark_rejected(status) {
                     log::warn!(
                         "upstream {}: token {} ({}) rejected with {status}",
                         up.config.name,
@@ -227,7 +335,206 @@ impl ProxyHttp for Proxy {
                 }
             }
         }
+
+        if let Some(reason) = Reason::from_status(status) {
+            if respond::triggered(&up.config.stale.on, reason, Some(status)) {
+                let retry_after = resp.headers.get(http::header::RETRY_AFTER).cloned();
+                let answer = respond::degraded(
+                    self.store(),
+                    up,
+                    session.req_header(),
+                    reason,
+                    Some(status),
+                    retry_after.as_ref(),
+                )?;
+                ctx.outcome = if answer.stale {
+                    Outcome::Stale(reason)
+                } else {
+                    Outcome::Error(Some(reason))
+                };
+                Self::count_degraded(up, reason, answer.stale);
+                ctx.drop_upstream_body = true;
+                let head = session.req_header().method == http::Method::HEAD;
+                let upstream_has_no_body = status == 204
+                    || status == 304
+                    || resp
+                        .headers
+                        .get(http::header::CONTENT_LENGTH)
+                        .is_some_and(|v| v.as_bytes() == b"0");
+                if !head && upstream_has_no_body && !answer.body.is_empty() {
+                    // Pingora calls no body filter for an empty upstream
+                    // body: write the whole answer now. Pingora then tries
+                    // to send `resp` too and logs a warning, which the
+                    // logger filters (see `server::init_logging`).
+                    session
+                        .write_response_header(Box::new(answer.header.clone()), false)
+                        .await?;
+                    session.write_response_body(Some(answer.body), true).await?;
+                    *resp = answer.header;
+                } else {
+                    *resp = answer.header;
+                    ctx.replace_body = (!head).then_some(answer.body);
+                }
+                return Ok(());
+            }
+        }
+
+        ctx.outcome = Outcome::Fresh;
+        if status < 400 {
+            up.status.mark_healthy();
+        }
+        if ctx.storable_request && status == 200 {
+            if let Some((cc, headers)) = stored::storable_meta(resp, self.store().max_object) {
+                let req = session.req_header();
+                let primary = store::primary_key(&up.config.name, req);
+                let names = stored::vary_names(&headers);
+                let variant = (!names.is_empty()).then(|| {
+                    let vkey = store::variant_key(&primary, &names, req);
+                    (Arc::from(names), vkey)
+                });
+                ctx.capture = Some(Capture {
+                    primary,
+                    variant,
+                    headers,
+                    cc,
+                    parts: Vec::new(),
+                    size: 0,
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Client-visible headers of fresh answers: `Cache-Status` says whether
+    /// the answer is being kept as the last good copy.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.outcome == Outcome::Fresh {
+            let v = if ctx.capture.is_some() {
+                &CS_STORED
+            } else {
+                &CS_MISS
+            };
+            resp.insert_header("Cache-Status", v.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Body chunks on their way to the client. Captures a storable body (by
+    /// reference, copied once at the end into an exactly-sized buffer so the
+    /// store's byte count is the memory held), or swaps a replaced answer's
+    /// body in for the upstream's.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.drop_upstream_body {
+            *body = None;
+            if end_of_stream {
+                *body = ctx.replace_body.take();
+            }
+            return Ok(None);
+        }
+        if let Some(cap) = ctx.capture.as_mut() {
+            if let Some(b) = body.as_ref() {
+                cap.size += b.len();
+                if cap.size as u64 > self.store().max_object {
+                    // Too big: stream on untouched, keep nothing.
+                    ctx.capture = None;
+                    return Ok(None);
+                }
+                cap.parts.push(b.clone());
+            }
+            if end_of_stream {
+                if let (Some(cap), Some(up)) = (ctx.capture.take(), ctx.upstream()) {
+                    self.keep(up, cap);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The request failed with an error: a timeout, a refused or reset
+    /// connection, or anything else. Upstream failures listed in `stale.on`
+    /// are answered from the store (or the 503 JSON) when nothing has been
+    /// sent to the client yet; the client connection is closed after it,
+    /// with `Connection: close` said up front (Pingora does not reuse a
+    /// connection after a failed upstream attempt).
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let upstream_failure = *e.esource() == ErrorSource::Upstream;
+        let reason = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(Reason::UpstreamTimeout),
+            _ if upstream_failure => Some(Reason::UpstreamUnreachable),
+            _ => None,
+        };
+        if let (Some(reason), Some(gen)) = (reason, ctx.gen.clone()) {
+            let up = &gen.upstreams[ctx.upstream];
+            let not_started = session.response_written().is_none();
+            if not_started && respond::triggered(&up.config.stale.on, reason, None) {
+                let answer =
+                    respond::degraded(self.store(), up, session.req_header(), reason, None, None);
+                if let Ok(mut answer) = answer {
+                    session.set_keepalive(None);
+                    let _ = answer
+                        .header
+                        .insert_header(http::header::CONNECTION, "close");
+                    let code = answer.header.status.as_u16();
+                    ctx.outcome = if answer.stale {
+                        Outcome::Stale(reason)
+                    } else {
+                        Outcome::Error(Some(reason))
+                    };
+                    Self::count_degraded(up, reason, answer.stale);
+                    if let Err(err) = respond::write(session, answer).await {
+                        log::debug!("writing the degraded answer failed: {err}");
+                    }
+                    return FailToProxy {
+                        error_code: code,
+                        can_reuse_downstream: false,
+                    };
+                }
+            }
+            if upstream_failure {
+                up.status.mark_degraded(reason);
+                ctx.outcome = Outcome::Error(Some(reason));
+            }
+        }
+        // Not ours to answer: Pingora's default (502/504/400...).
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Degraded answers are counted in metrics, not logged one by one.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        matches!(ctx.outcome, Outcome::Stale(_) | Outcome::Error(Some(_)))
     }
 
     /// Counts the outcome once the response is done.
@@ -236,14 +543,43 @@ impl ProxyHttp for Proxy {
             return;
         };
         let m = &up.status.metrics;
-        if e.is_none() && ctx.upstream_status != 0 && ctx.upstream_status < 500 {
-            m.ok.inc();
-            if ctx.upstream_status < 400 {
-                up.status.record_success(unix_now());
+        match ctx.outcome {
+            Outcome::Fresh if e.is_none() => {
+                m.ok.inc();
+                if ctx.upstream_status < 400 {
+                    up.status.record_success(unix_now());
+                }
             }
-        } else {
-            m.error.inc();
+            Outcome::Stale(_) => m.stale.inc(),
+            _ => m.error.inc(),
         }
+    }
+}
+
+impl Proxy {
+    /// Turns a finished capture into a stored copy.
+    fn keep(&self, up: &Upstream, cap: Capture) {
+        let mut body = BytesMut::with_capacity(cap.size);
+        for p in &cap.parts {
+            body.extend_from_slice(p);
+        }
+        let key_len = cap
+            .variant
+            .as_ref()
+            .map_or(cap.primary.len(), |(_, k)| k.len());
+        let weight = LastGoodStore::weigh(key_len, &cap.headers, cap.size);
+        let fresh = cap.cc.s_maxage.or(cap.cc.max_age).unwrap_or(0);
+        let copy = Arc::new(StoredResponse {
+            headers: cap.headers,
+            body: body.freeze(),
+            stored_at: SystemTime::now(),
+            fresh_for: std::time::Duration::from_secs(fresh),
+            must_revalidate: cap.cc.must_revalidate,
+            stale_if_error: cap.cc.stale_if_error.map(std::time::Duration::from_secs),
+            weight,
+            owner: up.status.clone(),
+        });
+        self.store().insert(&cap.primary, cap.variant, copy, true);
     }
 }
 

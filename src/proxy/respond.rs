@@ -1,14 +1,28 @@
-//! Answers graceway writes itself, from the request phase.
+//! Answers graceway writes itself: JSON errors and degraded answers from
+//! the last-good store, with the degradation headers.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
+use http::HeaderValue;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
+use crate::config::{StalePolicy, StaleTriggers};
 use crate::generation::Upstream;
+use crate::outcome::Reason;
+use crate::stale::StoredResponse;
 use crate::tokens::TokenState;
+
+/// A complete answer to write in place of the upstream's.
+pub struct Replacement {
+    pub header: ResponseHeader,
+    pub body: Bytes,
+    /// Served from the store (`stale`) or an error (`error`).
+    pub stale: bool,
+}
 
 /// Writes a JSON error `{"error","upstream","reason"}` with `status`.
 /// A 503 carries `Retry-After`.
@@ -19,35 +33,211 @@ pub async fn error(
     upstream: Option<&str>,
     reason: &str,
 ) -> Result<()> {
+    let r = json_error(status, message, upstream, reason, None)?;
+    write(session, r).await
+}
+
+/// Builds a JSON error answer.
+pub fn json_error(
+    status: u16,
+    message: &str,
+    upstream: Option<&str>,
+    reason: &str,
+    retry_after: Option<&HeaderValue>,
+) -> Result<Replacement> {
     let body = crate::json::error_body(message, upstream, reason);
-    let mut resp = ResponseHeader::build(status, Some(5))?;
+    let mut resp = ResponseHeader::build(status, Some(6))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     if status == 503 {
-        resp.insert_header(http::header::RETRY_AFTER, "5")?;
+        match retry_after {
+            Some(v) => resp.insert_header(http::header::RETRY_AFTER, v.clone())?,
+            None => resp.insert_header(http::header::RETRY_AFTER, "5")?,
+        }
     }
-    let head_only = session.req_header().method == http::Method::HEAD;
+    Ok(Replacement {
+        header: resp,
+        body: Bytes::from(body),
+        stale: false,
+    })
+}
+
+/// Writes a complete answer from the request phase (or the error path).
+pub async fn write(session: &mut Session, r: Replacement) -> Result<()> {
+    let head_only = session.req_header().method == http::Method::HEAD || r.body.is_empty();
     session
-        .write_response_header(Box::new(resp), head_only)
+        .write_response_header(Box::new(r.header), head_only)
         .await?;
     if !head_only {
-        session
-            .write_response_body(Some(Bytes::from(body)), true)
-            .await?;
+        session.write_response_body(Some(r.body), true).await?;
     }
     Ok(())
 }
 
 /// Why an upstream has no usable token, for the error body and logs.
 pub fn no_token_reason(up: &Upstream) -> &'static str {
-    let now = SystemTime::now();
-    let states: Vec<TokenState> = up.tokens.tokens.iter().map(|t| t.state(now)).collect();
-    if states.contains(&TokenState::Rejected) {
-        "token-rejected"
-    } else if states.contains(&TokenState::Expired) {
-        "token-expired"
-    } else {
-        "token-unavailable"
+    match no_token(up).0 {
+        Some(Reason::TokenExpired) => "token-expired",
+        Some(_) => "token-rejected",
+        None => "token-unavailable",
     }
+}
+
+/// The degradation reason when no token is usable, and the status that
+/// rejected it (for `fwd-status`): `None` when every token is unavailable.
+pub fn no_token(up: &Upstream) -> (Option<Reason>, Option<u16>) {
+    let now = SystemTime::now();
+    let mut expired = false;
+    for t in &up.tokens.tokens {
+        match t.state(now) {
+            TokenState::Rejected => {
+                return (
+                    Some(Reason::TokenRejected),
+                    Some(t.rejected_status()).filter(|s| *s != 0),
+                )
+            }
+            TokenState::Expired => expired = true,
+            _ => {}
+        }
+    }
+    if expired {
+        (Some(Reason::TokenExpired), None)
+    } else {
+        (None, None)
+    }
+}
+
+/// Whether the operator allows a stale answer for this reason and status.
+pub fn triggered(on: &StaleTriggers, reason: Reason, status: Option<u16>) -> bool {
+    match reason {
+        Reason::TokenRejected => match status {
+            Some(403) => on.s403,
+            _ => on.s401,
+        },
+        Reason::TokenExpired => on.s401,
+        Reason::RateLimited => on.s429,
+        Reason::Upstream5xx => on.s5xx,
+        Reason::UpstreamTimeout => on.timeout,
+        Reason::UpstreamUnreachable => on.connect_error,
+    }
+}
+
+/// A servable copy for this request, if the store has one.
+pub fn servable_copy(
+    store: &crate::stale::LastGoodStore,
+    up: &Upstream,
+    req: &RequestHeader,
+) -> Option<Arc<StoredResponse>> {
+    if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        return None;
+    }
+    let policy: &StalePolicy = &up.config.stale;
+    store.lookup(&up.config.name, req).filter(|c| {
+        c.servable(
+            SystemTime::now(),
+            policy.max_stale,
+            policy.honor_origin_directives,
+        )
+    })
+}
+
+/// The degraded answer for a request whose upstream outcome is `reason`:
+/// the stored copy (or a 304 when the client's validators match it) with
+/// the degradation headers, else the 503 JSON error.
+pub fn degraded(
+    store: &crate::stale::LastGoodStore,
+    up: &Upstream,
+    req: &RequestHeader,
+    reason: Reason,
+    fwd_status: Option<u16>,
+    retry_after: Option<&HeaderValue>,
+) -> Result<Replacement> {
+    let Some(copy) = servable_copy(store, up, req) else {
+        return json_error(
+            503,
+            "the upstream cannot answer and no last good copy exists for this request",
+            Some(&up.config.name),
+            reason.as_str(),
+            retry_after,
+        );
+    };
+    let now = SystemTime::now();
+    let not_modified = not_modified(req, &copy);
+    let mut h = if not_modified {
+        let mut h = ResponseHeader::build(304, Some(6))?;
+        for name in [
+            http::header::ETAG,
+            http::header::LAST_MODIFIED,
+            http::header::CACHE_CONTROL,
+            http::header::VARY,
+        ] {
+            if let Some(v) = copy.header(&name) {
+                h.insert_header(name, v.clone())?;
+            }
+        }
+        h.insert_header(http::header::AGE, copy.age(now).as_secs())?;
+        h
+    } else {
+        copy.response_header(now)?
+    };
+    let mut cs = String::with_capacity(80);
+    cs.push_str("graceway; fwd=stale");
+    if let Some(s) = fwd_status {
+        cs.push_str("; fwd-status=");
+        cs.push_str(&s.to_string());
+    }
+    cs.push_str("; detail=");
+    cs.push_str(reason.as_str());
+    h.insert_header("Cache-Status", cs)?;
+    h.insert_header("X-Graceway-Degraded", reason.as_str())?;
+    if up.config.stale.warning_header {
+        h.insert_header(http::header::WARNING, "110 - \"Response is Stale\"")?;
+    }
+    Ok(Replacement {
+        header: h,
+        body: if not_modified {
+            Bytes::new()
+        } else {
+            copy.body.clone()
+        },
+        stale: true,
+    })
+}
+
+/// RFC 9110 §13.1: `If-None-Match` (weak comparison) wins over
+/// `If-Modified-Since`.
+fn not_modified(req: &RequestHeader, copy: &StoredResponse) -> bool {
+    let h = &req.headers;
+    if let Some(inm) = h
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        let Some(etag) = copy
+            .header(&http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
+        return inm.trim() == "*" || inm.split(',').any(|t| weak(t) == weak(etag));
+    }
+    if let Some(ims) = h
+        .get(http::header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(httpdate_parse)
+    {
+        if let Some(lm) = copy
+            .header(&http::header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(httpdate_parse)
+        {
+            return lm <= ims;
+        }
+    }
+    false
+}
+
+fn httpdate_parse(s: &str) -> Option<SystemTime> {
+    httpdate::parse_http_date(s.trim()).ok()
 }

@@ -1,6 +1,6 @@
 //! The tokens of one upstream, in failover order, with their live states.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -67,6 +67,8 @@ pub struct Token {
     /// Set by a 401/403, cleared by a reload (new `Token`) or a good probe.
     /// An atomic so that the request path can flip it without a lock.
     rejected: AtomicBool,
+    /// The status (401 or 403) of the last rejection.
+    rejected_status: AtomicU16,
     /// Unix seconds of the last request that carried this token (0 = never).
     last_used: AtomicU64,
     expires_warning: Duration,
@@ -93,6 +95,7 @@ impl Token {
                     expires_at,
                     unavailable_reason: None,
                     rejected: AtomicBool::new(false),
+                    rejected_status: AtomicU16::new(0),
                     last_used: AtomicU64::new(0),
                     expires_warning,
                 }
@@ -106,6 +109,7 @@ impl Token {
                 injected: None,
                 unavailable_reason: Some(reason),
                 rejected: AtomicBool::new(false),
+                rejected_status: AtomicU16::new(0),
                 last_used: AtomicU64::new(0),
                 expires_warning,
             },
@@ -132,8 +136,14 @@ impl Token {
 
     /// Marks the token rejected; true when this call changed the state (so
     /// the caller logs the transition once, not once per request).
-    pub fn mark_rejected(&self) -> bool {
+    pub fn mark_rejected(&self, status: u16) -> bool {
+        self.rejected_status.store(status, Ordering::Relaxed);
         !self.rejected.swap(true, Ordering::Relaxed)
+    }
+
+    /// The status of the last rejection (401 or 403), 0 when none.
+    pub fn rejected_status(&self) -> u16 {
+        self.rejected_status.load(Ordering::Relaxed)
     }
 
     /// Clears a rejection (a probe succeeded with this token); true when
@@ -169,6 +179,8 @@ impl Token {
     pub fn inherit_state(&self, previous: &Token) {
         if self.same_value(previous) && previous.rejected.load(Ordering::Relaxed) {
             self.rejected.store(true, Ordering::Relaxed);
+            self.rejected_status
+                .store(previous.rejected_status(), Ordering::Relaxed);
         }
         self.last_used.store(
             previous.last_used.load(Ordering::Relaxed),

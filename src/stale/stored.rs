@@ -1,0 +1,344 @@
+//! One last-good copy, what may become one, and its on-disk form.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
+
+use crate::generation::UpstreamStatus;
+
+/// A stored 200 response. Immutable once built; shared by `Arc` between
+/// the memory tier, the persist writer and requests being answered.
+#[derive(Debug)]
+pub struct StoredResponse {
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+    pub stored_at: SystemTime,
+    /// Freshness lifetime from `s-maxage`/`max-age` (zero when absent).
+    pub fresh_for: Duration,
+    /// `must-revalidate`, `proxy-revalidate` or `no-cache`: RFC 9111 forbids
+    /// serving it stale.
+    pub must_revalidate: bool,
+    /// RFC 5861 `stale-if-error=N`.
+    pub stale_if_error: Option<Duration>,
+    /// Bytes this copy costs in memory (key + headers + body + overhead).
+    pub weight: u32,
+    /// Per-upstream counters (`stored_entries`, `stored_bytes`).
+    pub owner: Arc<UpstreamStatus>,
+}
+
+/// Fixed cost per entry on top of its bytes: the `Arc`, the map slot, the
+/// policy's bookkeeping. An estimate, kept conservative.
+pub const ENTRY_OVERHEAD: usize = 160;
+
+impl StoredResponse {
+    pub fn header(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    pub fn age(&self, now: SystemTime) -> Duration {
+        now.duration_since(self.stored_at).unwrap_or_default()
+    }
+
+    /// May this copy answer a failed request now? `max_stale` is the
+    /// operator's limit; with `honor`, the origin's directives narrow it.
+    pub fn servable(&self, now: SystemTime, max_stale: Duration, honor: bool) -> bool {
+        let age = self.age(now);
+        if age > max_stale {
+            return false;
+        }
+        if honor {
+            if self.must_revalidate && age > self.fresh_for {
+                return false;
+            }
+            if let Some(sie) = self.stale_if_error {
+                if age > self.fresh_for + sie {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// The response header of this copy, with `Content-Length` set and
+    /// `Age` computed; the caller adds the degradation headers.
+    pub fn response_header(&self, now: SystemTime) -> pingora::Result<ResponseHeader> {
+        let mut h = ResponseHeader::build(200, Some(self.headers.len() + 6))?;
+        for (k, v) in &self.headers {
+            h.append_header(k.clone(), v.clone())?;
+        }
+        h.insert_header(http::header::CONTENT_LENGTH, self.body.len())?;
+        h.insert_header(http::header::AGE, self.age(now).as_secs())?;
+        Ok(h)
+    }
+}
+
+/// The parts of `Cache-Control` graceway acts on.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheControl {
+    pub no_store: bool,
+    pub private: bool,
+    pub must_revalidate: bool,
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+    pub stale_if_error: Option<u64>,
+}
+
+impl CacheControl {
+    pub fn parse<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> CacheControl {
+        let mut cc = CacheControl::default();
+        for v in values {
+            let Ok(v) = v.to_str() else { continue };
+            for d in v.split(',') {
+                let d = d.trim();
+                let (name, arg) = match d.split_once('=') {
+                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
+                    None => (d, None),
+                };
+                let num = || arg.and_then(|a| a.parse::<u64>().ok());
+                match name.to_ascii_lowercase().as_str() {
+                    "no-store" => cc.no_store = true,
+                    "private" => cc.private = true,
+                    "must-revalidate" | "proxy-revalidate" | "no-cache" => {
+                        cc.must_revalidate = true
+                    }
+                    "max-age" => cc.max_age = num(),
+                    "s-maxage" => cc.s_maxage = num(),
+                    "stale-if-error" => cc.stale_if_error = num(),
+                    _ => {}
+                }
+            }
+        }
+        cc
+    }
+}
+
+/// Headers that describe one connection, not the response: never stored.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::*;
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == TE
+        || name == TRAILER
+        || name == UPGRADE
+        || name == CONTENT_LENGTH
+        || name == AGE
+        || name == PROXY_AUTHENTICATE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Decides, from the upstream's response header, whether it may become a
+/// last-good copy. Returns the metadata to keep when it may.
+pub fn storable_meta(
+    resp: &ResponseHeader,
+    max_object: u64,
+) -> Option<(CacheControl, Vec<(HeaderName, HeaderValue)>)> {
+    if resp.status.as_u16() != 200 {
+        return None;
+    }
+    let h = &resp.headers;
+    let cc = CacheControl::parse(h.get_all(http::header::CACHE_CONTROL).iter());
+    if cc.no_store || cc.private {
+        return None;
+    }
+    // A response that sets a cookie is someone's, not everyone's.
+    if h.contains_key(http::header::SET_COOKIE) {
+        return None;
+    }
+    if h.get_all(http::header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|p| p.trim() == "*"))
+    }) {
+        return None;
+    }
+    if let Some(len) = h
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > max_object {
+            return None;
+        }
+    }
+    let headers = h
+        .iter()
+        .filter(|(k, _)| !hop_by_hop(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Some((cc, headers))
+}
+
+/// Header names the response varies on, lower-cased, sorted.
+pub fn vary_names(headers: &[(HeaderName, HeaderValue)]) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = headers
+        .iter()
+        .filter(|(k, _)| k == http::header::VARY)
+        .filter_map(|(_, v)| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names
+}
+
+// On-disk form, version 1:
+// u8 version | u64 stored_at (unix ms) | u64 fresh_for (ms) | u8 flags
+// (bit0 must_revalidate, bit1 has stale_if_error) | u64 stale_if_error (ms)
+// | u32 header count | (u32 len, name, u32 len, value)* | u32 len, body
+const FORMAT_VERSION: u8 = 1;
+
+pub fn encode(s: &StoredResponse) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.body.len() + 256);
+    out.push(FORMAT_VERSION);
+    let ms = |d: Duration| d.as_millis() as u64;
+    out.extend_from_slice(
+        &ms(s.stored_at.duration_since(UNIX_EPOCH).unwrap_or_default()).to_le_bytes(),
+    );
+    out.extend_from_slice(&ms(s.fresh_for).to_le_bytes());
+    out.push(u8::from(s.must_revalidate) | (u8::from(s.stale_if_error.is_some()) << 1));
+    out.extend_from_slice(&ms(s.stale_if_error.unwrap_or_default()).to_le_bytes());
+    out.extend_from_slice(&(s.headers.len() as u32).to_le_bytes());
+    for (k, v) in &s.headers {
+        out.extend_from_slice(&(k.as_str().len() as u32).to_le_bytes());
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.extend_from_slice(&(s.body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&s.body);
+    out
+}
+
+/// The fields of a decoded copy; the store adds weight and owner.
+pub struct Decoded {
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+    pub stored_at: SystemTime,
+    pub fresh_for: Duration,
+    pub must_revalidate: bool,
+    pub stale_if_error: Option<Duration>,
+}
+
+/// Decodes the on-disk form; `None` for anything malformed (never panics).
+pub fn decode(mut b: &[u8]) -> Option<Decoded> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
+            return None;
+        }
+        let (h, t) = b.split_at(n);
+        *b = t;
+        Some(h)
+    }
+    fn u64le(b: &mut &[u8]) -> Option<u64> {
+        Some(u64::from_le_bytes(take(b, 8)?.try_into().ok()?))
+    }
+    fn u32le(b: &mut &[u8]) -> Option<usize> {
+        Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize)
+    }
+    if take(&mut b, 1)?[0] != FORMAT_VERSION {
+        return None;
+    }
+    let stored_at = UNIX_EPOCH + Duration::from_millis(u64le(&mut b)?);
+    let fresh_for = Duration::from_millis(u64le(&mut b)?);
+    let flags = take(&mut b, 1)?[0];
+    let sie = Duration::from_millis(u64le(&mut b)?);
+    let n = u32le(&mut b)?;
+    if n > 1000 {
+        return None;
+    }
+    let mut headers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let kl = u32le(&mut b)?;
+        let k = HeaderName::from_bytes(take(&mut b, kl)?).ok()?;
+        let vl = u32le(&mut b)?;
+        let v = HeaderValue::from_bytes(take(&mut b, vl)?).ok()?;
+        headers.push((k, v));
+    }
+    let bl = u32le(&mut b)?;
+    let body = Bytes::copy_from_slice(take(&mut b, bl)?);
+    if !b.is_empty() {
+        return None;
+    }
+    Some(Decoded {
+        headers,
+        body,
+        stored_at,
+        fresh_for,
+        must_revalidate: flags & 1 != 0,
+        stale_if_error: (flags & 2 != 0).then_some(sie),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hv(s: &str) -> HeaderValue {
+        HeaderValue::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn cache_control() {
+        let v = [
+            hv("public, max-age=60"),
+            hv("stale-if-error=300, must-revalidate"),
+        ];
+        let cc = CacheControl::parse(v.iter());
+        assert_eq!(cc.max_age, Some(60));
+        assert_eq!(cc.stale_if_error, Some(300));
+        assert!(cc.must_revalidate && !cc.no_store && !cc.private);
+        let cc = CacheControl::parse([hv("No-Store")].iter());
+        assert!(cc.no_store);
+    }
+
+    #[test]
+    fn round_trip_and_garbage() {
+        let s = StoredResponse {
+            headers: vec![(http::header::CONTENT_TYPE, hv("application/json"))],
+            body: Bytes::from_static(b"{\"a\":1}"),
+            stored_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            fresh_for: Duration::from_secs(60),
+            must_revalidate: false,
+            stale_if_error: Some(Duration::from_secs(5)),
+            weight: 0,
+            owner: Arc::new(UpstreamStatus::new("t")),
+        };
+        let d = decode(&encode(&s)).unwrap();
+        assert_eq!(d.body, s.body);
+        assert_eq!(d.headers, s.headers);
+        assert_eq!(d.stored_at, s.stored_at);
+        assert_eq!(d.stale_if_error, s.stale_if_error);
+        let enc = encode(&s);
+        for cut in 0..enc.len() {
+            assert!(decode(&enc[..cut]).is_none());
+        }
+        assert!(decode(b"\xff garbage").is_none());
+    }
+
+    #[test]
+    fn servable_honours_directives() {
+        let now = SystemTime::now();
+        let mk = |age: u64, fresh: u64, mr: bool, sie: Option<u64>| StoredResponse {
+            headers: vec![],
+            body: Bytes::new(),
+            stored_at: now - Duration::from_secs(age),
+            fresh_for: Duration::from_secs(fresh),
+            must_revalidate: mr,
+            stale_if_error: sie.map(Duration::from_secs),
+            weight: 0,
+            owner: Arc::new(UpstreamStatus::new("t")),
+        };
+        let day = Duration::from_secs(86400);
+        assert!(mk(100, 0, false, None).servable(now, day, true));
+        assert!(!mk(100, 0, false, None).servable(now, Duration::from_secs(50), true));
+        assert!(!mk(100, 60, true, None).servable(now, day, true));
+        assert!(mk(30, 60, true, None).servable(now, day, true));
+        assert!(mk(100, 60, true, None).servable(now, day, false));
+        assert!(!mk(100, 10, false, Some(30)).servable(now, day, true));
+        assert!(mk(30, 10, false, Some(30)).servable(now, day, true));
+    }
+}
