@@ -653,7 +653,7 @@ async fn degraded_answers_keep_the_client_connection() {
     // Response phase, upstream body with a length (rewrite).
     up.set_handler(|_| MockReply::status(503, "{\"down\":true}"));
     let a = tokio::task::spawn_blocking({
-        let f = one_connection.clone();
+        let f = one_connection;
         move || f(vec!["/v1/fill", "/v1/fill2", "/v1/fill"])
     })
     .await
@@ -666,7 +666,7 @@ async fn degraded_answers_keep_the_client_connection() {
     // Response phase, upstream `Content-Length: 0` (direct write).
     up.set_handler(|_| MockReply::status(502, ""));
     let a = tokio::task::spawn_blocking({
-        let f = one_connection.clone();
+        let f = one_connection;
         move || f(vec!["/v1/fill", "/v1/fill2", "/v1/fill"])
     })
     .await
@@ -682,7 +682,7 @@ async fn degraded_answers_keep_the_client_connection() {
     up.set_handler(|_| MockReply::status(401, ""));
     let before = up.request_count();
     let a = tokio::task::spawn_blocking({
-        let f = one_connection.clone();
+        let f = one_connection;
         move || f(vec!["/v1/fill", "/v1/fill2", "/v1/fill", "/v1/fill2"])
     })
     .await
