@@ -149,7 +149,7 @@ impl App {
                     );
                 }
                 let lookup = |name: &str| status_for(&self.statuses, name);
-                generation::build(
+                match generation::build(
                     loaded,
                     current.number + 1,
                     Some(&current),
@@ -158,8 +158,10 @@ impl App {
                     false,
                 )
                 .await
-                .map(|g| (g, notes))
-                .map_err(|e| e.to_string())
+                {
+                    Err(e) => Err(e.to_string()),
+                    Ok(g) => crate::probe::preflight(&g, &current).await.map(|_| (g, notes)),
+                }
             }
         };
         self.finish(trigger, &current, result)
@@ -177,32 +179,37 @@ impl App {
             current.number + 1,
             Some(&current),
             &lookup,
-            SourcePolicy::Require,
+            SourcePolicy::KeepPrevious,
             true,
         )
         .await;
-        if let Ok(g) = &built {
-            let unchanged = g
-                .upstreams
-                .iter()
-                .zip(current.upstreams.iter())
-                .all(|(n, o)| {
-                    n.tokens.tokens.len() == o.tokens.tokens.len()
-                        && n.tokens
-                            .tokens
-                            .iter()
-                            .zip(o.tokens.tokens.iter())
-                            .all(|(a, b)| a.same_value(b))
-                });
-            if unchanged {
-                return None;
-            }
+        let gen = match built {
+            Ok(g) => g,
+            Err(e) => return Some(self.finish(trigger, &current, Err(e.to_string()))),
+        };
+        let unchanged = gen.upstreams.iter().zip(current.upstreams.iter()).all(|(n, o)| {
+            n.tokens.tokens.len() == o.tokens.tokens.len()
+                && n.tokens
+                    .tokens
+                    .iter()
+                    .zip(o.tokens.tokens.iter())
+                    .all(|(a, b)| a.same_value(b))
+        });
+        if unchanged && gen.warnings.is_empty() {
+            return None;
         }
-        Some(self.finish(
-            trigger,
-            &current,
-            built.map(|g| (g, Vec::new())).map_err(|e| e.to_string()),
-        ))
+        if let Err(e) = crate::probe::preflight(&gen, &current).await {
+            return Some(self.finish(trigger, &current, Err(e)));
+        }
+        if !gen.warnings.is_empty() {
+            // Report the failed sources; apply what did change.
+            let message = gen.warnings.join("; ");
+            if !unchanged {
+                self.finish(trigger, &current, Ok((gen, Vec::new())));
+            }
+            return Some(self.finish(trigger, &self.live.load_full(), Err(message)));
+        }
+        Some(self.finish(trigger, &current, Ok((gen, Vec::new()))))
     }
 
     fn finish(

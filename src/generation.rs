@@ -14,10 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::breaker::Breaker;
 use crate::config::{Injection, LoadedConfig, UpstreamConfig};
 use crate::metrics::UpstreamMetrics;
 use crate::outcome::Reason;
-use crate::tokens::{self, TokenSet};
+use crate::tokens::{self, Injected, TokenSet};
 
 /// Everything one request needs, swapped atomically on reload.
 #[derive(Debug)]
@@ -28,6 +29,9 @@ pub struct Generation {
     pub router: Router,
     pub upstreams: Vec<Arc<Upstream>>,
     pub loaded_at: SystemTime,
+    /// Token sources that failed but did not fail the build (see
+    /// [`SourcePolicy`]); empty when every source was read.
+    pub warnings: Vec<String>,
 }
 
 /// One upstream, with every per-request value precomputed.
@@ -40,7 +44,11 @@ pub struct Upstream {
     pub host_header: HeaderValue,
     pub inject: Option<InjectTarget>,
     pub tokens: TokenSet,
-    /// Outlives generations: counters, last success/failure, breakers.
+    /// Opens when no token is usable; lives and dies with this generation,
+    /// so a reload or a token change closes it.
+    pub auth: Breaker,
+    /// Outlives generations: counters, last success/failure, the health
+    /// breaker.
     pub status: Arc<UpstreamStatus>,
 }
 
@@ -76,6 +84,9 @@ pub struct UpstreamStatus {
     degraded_reason: AtomicU8,
     /// Unix seconds when the current degradation began (0 when healthy).
     degraded_since: AtomicU64,
+    /// Upstream-health breaker (timeouts, refused, 5xx streaks); survives
+    /// reloads, its settings are updated in place.
+    pub health: Breaker,
 }
 
 impl std::fmt::Debug for UpstreamStatus {
@@ -99,6 +110,7 @@ impl UpstreamStatus {
             degraded: AtomicBool::new(false),
             degraded_reason: AtomicU8::new(0),
             degraded_since: AtomicU64::new(0),
+            health: Breaker::new(5, Duration::from_secs(1), Duration::from_secs(30)),
         }
     }
 
@@ -230,6 +242,10 @@ pub enum SourcePolicy {
     Tolerate,
     /// Reload: any failed source fails the reload and the old state stays.
     Require,
+    /// Token refresh (a watched file changed, a command or OAuth2 refresh
+    /// came due): a failed source keeps its previous value, the others
+    /// apply; the failure is reported.
+    KeepPrevious,
 }
 
 /// Builds a generation from a loaded config: resolves addresses, loads CA
@@ -245,6 +261,7 @@ pub async fn build(
     keep_token_states: bool,
 ) -> Result<Generation, BuildErrors> {
     let mut errors = Vec::new();
+    let mut warnings = Vec::new();
     let mut upstreams = Vec::new();
     for (i, u) in loaded.config.upstreams.iter().enumerate() {
         let at = format!("upstreams[{i}]");
@@ -254,13 +271,28 @@ pub async fn build(
         let (tokens, inject) = match &u.credentials {
             None => (TokenSet::default(), None),
             Some(cr) => {
-                let (set, errs) = tokens::load_set(cr).await;
+                let (mut set, errs) = tokens::load_set(cr).await;
                 for (j, e) in errs {
                     let field = format!("{at}.credentials.tokens[{j}]");
                     match policy {
                         SourcePolicy::Require => errors.push(format!("{field}: {e}")),
                         SourcePolicy::Tolerate => {
-                            log::error!("{field}: token source failed, token unavailable: {e}")
+                            log::error!("{field}: token source failed, token unavailable: {e}");
+                            warnings.push(format!("{field}: {e}"));
+                        }
+                        SourcePolicy::KeepPrevious => {
+                            let kept = previous
+                                .and_then(|g| g.upstream_named(&u.name))
+                                .and_then(|p| p.tokens.tokens.get(j))
+                                .filter(|p| p.spec == set.tokens[j].spec)
+                                .and_then(|p| p.carry_over());
+                            match kept {
+                                Some(t) => {
+                                    set.tokens[j] = t;
+                                    warnings.push(format!("{field}: {e} (the previous value stays in use)"));
+                                }
+                                None => warnings.push(format!("{field}: {e} (token unavailable)")),
+                            }
                         }
                     }
                 }
@@ -303,13 +335,17 @@ pub async fn build(
                 continue;
             }
         };
+        let status = statuses(&u.name);
+        let h = &u.health;
+        status.health.configure(h.open_after, h.retry_after, h.max_retry_after);
         upstreams.push(Arc::new(Upstream {
             config: u.clone(),
             peer,
             host_header,
             inject,
             tokens,
-            status: statuses(&u.name),
+            auth: Breaker::new(1, h.retry_after, h.max_retry_after),
+            status,
         }));
     }
     if !errors.is_empty() {
@@ -317,11 +353,79 @@ pub async fn build(
     }
     Ok(Generation {
         number,
+        warnings,
         router: Router::new(&loaded.config.upstreams),
         loaded,
         upstreams,
         loaded_at: SystemTime::now(),
     })
+}
+
+impl InjectTarget {
+    /// Puts the token into the request, replacing whatever the client sent
+    /// in that header or query parameter.
+    pub fn inject(&self, token: &crate::tokens::Token, req: &mut pingora::http::RequestHeader) -> pingora::Result<()> {
+        match (self, token.injected.as_ref()) {
+            (InjectTarget::Header { name, lookup }, Some(Injected::Header(value))) => {
+                req.remove_header(lookup);
+                req.insert_header(name.clone(), value.clone())?;
+            }
+            (InjectTarget::Query { key_eq }, Some(Injected::Query(piece))) => {
+                let uri = with_query_token(&req.uri, key_eq, piece);
+                req.set_raw_path(uri.as_bytes())?;
+            }
+            _ => {
+                return pingora::Error::e_explain(
+                    pingora::ErrorType::InternalError,
+                    "token has no value to inject",
+                )
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The request target with `key_eq…` pairs removed and `piece` appended.
+fn with_query_token(uri: &http::Uri, key_eq: &str, piece: &str) -> String {
+    let mut out = String::with_capacity(uri.path().len() + piece.len() + 64);
+    out.push_str(uri.path());
+    out.push('?');
+    if let Some(q) = uri.query() {
+        for pair in q.split('&') {
+            if pair.is_empty() || pair.starts_with(key_eq) || pair == &key_eq[..key_eq.len() - 1] {
+                continue;
+            }
+            out.push_str(pair);
+            out.push('&');
+        }
+    }
+    out.push_str(piece);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_token_replaces_client_value() {
+        let uri: http::Uri = "/v1/x?a=1&access_token=client&b=2&access_token"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            with_query_token(&uri, "access_token=", "access_token=T"),
+            "/v1/x?a=1&b=2&access_token=T"
+        );
+        let uri: http::Uri = "/v1/x".parse().unwrap();
+        assert_eq!(with_query_token(&uri, "k=", "k=T"), "/v1/x?k=T");
+    }
+
+}
+
+impl Upstream {
+    pub fn probe(&self) -> Option<&crate::config::ProbeSpec> {
+        self.config.credentials.as_ref().and_then(|c| c.probe.as_ref())
+    }
 }
 
 impl Generation {
@@ -333,26 +437,45 @@ impl Generation {
 /// Resolves the upstream's address now (Pingora's `HttpPeer::new` would do
 /// a blocking lookup and panic on failure) and sets TLS and timeouts.
 async fn make_peer(u: &UpstreamConfig) -> Result<HttpPeer, (&'static str, String)> {
-    let addr: SocketAddr = match tokio::net::lookup_host((u.url.host.as_str(), u.url.port)).await {
+    let mut peer = peer_for(
+        &u.url,
+        u.tls.verify,
+        u.tls.ca_file.as_deref(),
+        u.timeouts.connect,
+        u.timeouts.read,
+    )
+    .await?;
+    peer.options.write_timeout = Some(u.timeouts.write);
+    Ok(peer)
+}
+
+/// A peer for any URL graceway talks to (upstreams, OAuth2 token
+/// endpoints). The error names the config field it concerns.
+pub async fn peer_for(
+    url: &crate::config::UpstreamUrl,
+    verify: bool,
+    ca_file: Option<&std::path::Path>,
+    connect: Duration,
+    read: Duration,
+) -> Result<HttpPeer, (&'static str, String)> {
+    let addr: SocketAddr = match tokio::net::lookup_host((url.host.as_str(), url.port)).await {
         Ok(mut addrs) => addrs
             .next()
-            .ok_or_else(|| ("url", format!("`{}` resolved to no address", u.url.host)))?,
-        Err(e) => return Err(("url", format!("cannot resolve `{}`: {e}", u.url.host))),
+            .ok_or_else(|| ("url", format!("`{}` resolved to no address", url.host)))?,
+        Err(e) => return Err(("url", format!("cannot resolve `{}`: {e}", url.host))),
     };
-    let mut peer = HttpPeer::new(addr, u.url.tls, u.url.host.clone());
+    let mut peer = HttpPeer::new(addr, url.tls, url.host.clone());
     let o = &mut peer.options;
-    o.connection_timeout = Some(u.timeouts.connect);
-    o.total_connection_timeout = Some(u.timeouts.connect * 2);
-    o.read_timeout = Some(u.timeouts.read);
-    o.write_timeout = Some(u.timeouts.write);
+    o.connection_timeout = Some(connect);
+    o.total_connection_timeout = Some(connect * 2);
+    o.read_timeout = Some(read);
+    o.write_timeout = Some(read);
     o.idle_timeout = Some(Duration::from_secs(55));
-    o.verify_cert = u.tls.verify;
-    o.verify_hostname = u.tls.verify;
-    if let Some(ca) = &u.tls.ca_file {
+    o.verify_cert = verify;
+    o.verify_hostname = verify;
+    if let Some(ca) = ca_file {
         o.ca = Some(Arc::from(
-            load_ca(ca)
-                .map_err(|e| ("tls.ca_file", e))?
-                .into_boxed_slice(),
+            load_ca(ca).map_err(|e| ("tls.ca_file", e))?.into_boxed_slice(),
         ));
     }
     Ok(peer)

@@ -13,6 +13,7 @@
 //! | [`tokens`] | token sources, value checks and fingerprints, the per-upstream set with states |
 //! | [`generation`] | one swapped snapshot of config + tokens with precomputed request values; the router |
 //! | [`app`] | process-wide state (`ArcSwap<Generation>`), reload and token refresh |
+//! | [`breaker`] | the circuit breaker used twice per upstream: health and auth |
 //! | [`proxy`] | the Pingora `ProxyHttp` implementation: the data plane |
 //! | [`stale`] | the last-good store: memory tier, persist tier, what may be stored and served |
 //! | [`admin`] | health, readiness, status, metrics and reload endpoints |
@@ -20,12 +21,15 @@
 //! | [`server`] | wiring of the Pingora server and its services |
 //! | [`cli`] | `check`, `reload`, `status` |
 //! | [`demo`] | the demo emoji API and the walkthrough of `graceway demo` |
+//! | [`probe`] | background token probes and reload preflight |
+//! | [`outbound`] | graceway's own requests (probes, OAuth2) through Pingora's connector |
 //! | [`metrics`], [`outcome`], [`client`], [`json`] | shared small pieces |
 
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod app;
+pub mod breaker;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -34,7 +38,9 @@ pub mod demo;
 pub mod generation;
 pub mod json;
 pub mod metrics;
+pub mod outbound;
 pub mod outcome;
+pub mod probe;
 pub mod proxy;
 pub mod server;
 pub mod stale;

@@ -123,6 +123,7 @@ pub struct UpstreamMetrics {
     pub stale: IntCounter,
     pub error: IntCounter,
     pub degraded: IntGauge,
+    pub breaker_open: IntGauge,
     /// `stale_served_total` by [`Reason`] (index = `reason as usize - 1`).
     stale_by_reason: Vec<IntCounter>,
     pub duration: Histogram,
@@ -143,6 +144,7 @@ impl UpstreamMetrics {
             stale: m.requests_total.with_label_values(&[upstream, "stale"]),
             error: m.requests_total.with_label_values(&[upstream, "error"]),
             degraded: m.degraded.with_label_values(&[upstream]),
+            breaker_open: m.upstream_breaker_open.with_label_values(&[upstream]),
             stale_by_reason: Reason::ALL
                 .iter()
                 .map(|r| {

@@ -125,7 +125,7 @@ impl AdminApp {
         let Some(path) = &gen.loaded.config.admin.token_file else {
             return Ok(());
         };
-        let secret = crate::tokens::source::read(&crate::config::SourceSpec::File(path.clone()))
+        let secret = crate::tokens::source::read_value(&crate::config::SourceSpec::File(path.clone()))
             .await
             .map_err(|e| {
                 log::error!("admin token file: {e}");

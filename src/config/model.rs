@@ -106,14 +106,14 @@ pub enum Injection {
     Query { param: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TokenSpec {
     pub source: SourceSpec,
     /// Explicit expiry; a JWT's `exp` claim is used when this is absent.
     pub expires_at: Option<SystemTime>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SourceSpec {
     File(PathBuf),
     Env(String),
@@ -122,6 +122,38 @@ pub enum SourceSpec {
         refresh: Option<Duration>,
         timeout: Duration,
     },
+    OAuth2(OAuth2Spec),
+}
+
+/// Where a client id or secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    Literal(String),
+    Env(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Basic,
+    Body,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OAuth2Spec {
+    /// Full token endpoint URL (a path is allowed here).
+    pub token_url: String,
+    pub endpoint: UpstreamUrl,
+    pub path_and_query: String,
+    pub client_id: CredentialSource,
+    pub client_secret: CredentialSource,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    pub client_auth: ClientAuth,
+    pub refresh_fraction: f64,
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub verify: bool,
 }
 
 impl SourceSpec {
@@ -130,6 +162,7 @@ impl SourceSpec {
             SourceSpec::File(_) => "file",
             SourceSpec::Env(_) => "env",
             SourceSpec::Command { .. } => "command",
+            SourceSpec::OAuth2(_) => "oauth2",
         }
     }
 
@@ -140,6 +173,7 @@ impl SourceSpec {
             SourceSpec::File(p) => format!("file:{}", p.display()),
             SourceSpec::Env(n) => format!("env:{n}"),
             SourceSpec::Command { argv, .. } => format!("command:{}", argv[0]),
+            SourceSpec::OAuth2(o) => format!("oauth2:{}", o.token_url),
         }
     }
 }
@@ -748,12 +782,17 @@ fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Credentials {
     let mut tokens = Vec::new();
     for (i, t) in cr.tokens.iter().enumerate() {
         let tat = format!("{at}.tokens[{i}]");
-        let set = [t.file.is_some(), t.env.is_some(), t.command.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let set = [
+            t.file.is_some(),
+            t.env.is_some(),
+            t.command.is_some(),
+            t.oauth2.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if set != 1 {
-            c.err(&tat, "set exactly one of `file`, `env` or `command`");
+            c.err(&tat, "set exactly one of `file`, `env`, `command` or `oauth2`");
             continue;
         }
         if t.command.is_none() && (t.refresh.is_some() || t.timeout.is_some()) {
@@ -767,6 +806,11 @@ fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Credentials {
                 c.err(format!("{tat}.file"), "must not be empty");
             }
             SourceSpec::File(c.path(f))
+        } else if let Some(o) = &t.oauth2 {
+            match oauth2(c, &format!("{tat}.oauth2"), o) {
+                Some(spec) => SourceSpec::OAuth2(spec),
+                None => continue,
+            }
         } else if let Some(e) = &t.env {
             if e.is_empty() || e.contains('=') || e.contains('\0') {
                 c.err(format!("{tat}.env"), "is not a valid variable name");
@@ -942,4 +986,111 @@ mod tests {
         assert!(parse_url("http://user:pw@x").is_err());
         assert!(parse_url("api.example").is_err());
     }
+}
+
+fn credential(
+    c: &mut Check,
+    at: &str,
+    what: &str,
+    literal: Option<&String>,
+    env: Option<&String>,
+    file: Option<&String>,
+) -> Option<CredentialSource> {
+    let n = usize::from(literal.is_some()) + usize::from(env.is_some()) + usize::from(file.is_some());
+    if n != 1 {
+        let options = if what == "client_id" {
+            format!("`{what}`, `{what}_env` or `{what}_file`")
+        } else {
+            format!("`{what}_env` or `{what}_file`")
+        };
+        c.err(at, format!("set exactly one of {options}"));
+        return None;
+    }
+    match (literal, env, file) {
+        (Some(l), _, _) => Some(CredentialSource::Literal(l.clone())),
+        (_, Some(e), _) => Some(CredentialSource::Env(e.clone())),
+        (_, _, Some(f)) => Some(CredentialSource::File(c.path(f))),
+        _ => None,
+    }
+}
+
+fn oauth2(c: &mut Check, at: &str, o: &FileOAuth2) -> Option<OAuth2Spec> {
+    let errors_before = c.errors.len();
+    let url = o.token_url.clone().unwrap_or_default();
+    let parsed = url
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+    let Some(uri) = parsed else {
+        c.err(
+            format!("{at}.token_url"),
+            "is required: the https:// URL of the token endpoint",
+        );
+        return None;
+    };
+    let base = format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or("https"),
+        uri.authority().map_or("", |a| a.as_str())
+    );
+    let endpoint = match parse_url(&base) {
+        Ok(e) => e,
+        Err(e) => {
+            c.err(format!("{at}.token_url"), e);
+            return None;
+        }
+    };
+    let path_and_query = uri
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.as_str().to_string());
+    let client_id = credential(
+        c,
+        &format!("{at}.client_id"),
+        "client_id",
+        o.client_id.as_ref(),
+        o.client_id_env.as_ref(),
+        o.client_id_file.as_ref(),
+    );
+    let client_secret = credential(
+        c,
+        &format!("{at}.client_secret"),
+        "client_secret",
+        None,
+        o.client_secret_env.as_ref(),
+        o.client_secret_file.as_ref(),
+    );
+    let client_auth = match o.client_auth.as_deref() {
+        None | Some("basic") => ClientAuth::Basic,
+        Some("body") => ClientAuth::Body,
+        Some(other) => {
+            c.err(
+                format!("{at}.client_auth"),
+                format!("`{other}`: must be `basic` or `body`"),
+            );
+            ClientAuth::Basic
+        }
+    };
+    let refresh_fraction = o.refresh_fraction.unwrap_or(0.8);
+    if !(0.1..=0.95).contains(&refresh_fraction) {
+        c.err(format!("{at}.refresh_fraction"), "must be between 0.1 and 0.95");
+    }
+    let timeout = c.positive_duration(&format!("{at}.timeout"), &o.timeout, Duration::from_secs(10));
+    let tls = o.tls.as_ref();
+    if c.errors.len() > errors_before {
+        return None;
+    }
+    Some(OAuth2Spec {
+        token_url: url,
+        endpoint,
+        path_and_query,
+        client_id: client_id?,
+        client_secret: client_secret?,
+        scope: o.scope.clone(),
+        audience: o.audience.clone(),
+        client_auth,
+        refresh_fraction,
+        timeout,
+        ca_file: tls.and_then(|t| t.ca_file.as_deref()).map(|p| c.path(p)),
+        verify: tls.and_then(|t| t.verify).unwrap_or(true),
+    })
 }

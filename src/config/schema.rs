@@ -138,16 +138,39 @@ pub struct FileInject {
     pub query: Option<String>,
 }
 
-/// One token entry: exactly one of `file`, `env`, `command` must be set.
+/// One token entry: exactly one of `file`, `env`, `command`, `oauth2`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileToken {
     pub file: Option<String>,
     pub env: Option<String>,
     pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub oauth2: Option<FileOAuth2>,
     pub refresh: Option<Human>,
     pub timeout: Option<Human>,
     pub expires_at: Option<String>,
+}
+
+/// OAuth2 client-credentials grant (RFC 6749 §4.4).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileOAuth2 {
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_id_env: Option<String>,
+    pub client_id_file: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    /// `basic` (HTTP Basic, RFC 6749's recommendation) or `body`.
+    pub client_auth: Option<String>,
+    /// Refresh once this fraction of `expires_in` has passed (default 0.8).
+    pub refresh_fraction: Option<f64>,
+    pub timeout: Option<Human>,
+    #[serde(default)]
+    pub tls: Option<FileTls>,
 }
 
 #[derive(Debug, Deserialize, Default)]

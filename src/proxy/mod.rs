@@ -36,11 +36,11 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::app::App;
-use crate::generation::{unix_now, Generation, InjectTarget, Upstream};
+use crate::generation::{unix_now, Generation, Upstream};
 use crate::outcome::Reason;
 use crate::stale::stored::{self, CacheControl};
 use crate::stale::{self as store, LastGoodStore, StoredResponse};
-use crate::tokens::Injected;
+use crate::tokens::TokenState;
 
 pub use respond::no_token_reason;
 
@@ -95,6 +95,13 @@ pub struct RequestCtx {
     replace_body: Option<Bytes>,
     outcome: Outcome,
     sent_at: Option<Instant>,
+    /// This request is the health breaker's half-open trial.
+    health_trial: bool,
+    /// This request is the auth breaker's half-open trial (it carries a
+    /// rejected token to see whether the upstream accepts it again).
+    auth_trial: bool,
+    /// A 401/403 was answered by retrying with the next token.
+    failover_pending: bool,
 }
 
 impl RequestCtx {
@@ -131,6 +138,58 @@ static CS_MISS: HeaderValue = HeaderValue::from_static("graceway; fwd=miss");
 impl Proxy {
     fn store(&self) -> &LastGoodStore {
         &self.app.store
+    }
+
+    /// Answers from the store (or the 503 JSON) in the request phase,
+    /// without contacting the upstream.
+    async fn short_circuit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        up: &Upstream,
+        reason: Reason,
+        fwd: Option<u16>,
+    ) -> Result<()> {
+        let answer = if respond::triggered(&up.config.stale.on, reason, fwd) {
+            respond::degraded(self.store(), up, session.req_header(), reason, fwd, None)?
+        } else {
+            respond::json_error(
+                503,
+                "the upstream cannot answer",
+                Some(&up.config.name),
+                reason.as_str(),
+                None,
+            )?
+        };
+        ctx.outcome = if answer.stale {
+            Outcome::Stale(reason)
+        } else {
+            Outcome::Error(Some(reason))
+        };
+        Self::count_degraded(up, reason, answer.stale);
+        respond::write(session, answer).await
+    }
+
+    /// Feeds the health breaker a failure; logs and publishes an opening.
+    fn health_failure(up: &Upstream, reason: Reason) {
+        if up.status.health.failure(reason) {
+            up.status.metrics.breaker_open.set(1);
+            log::warn!(
+                "upstream {}: health breaker open after {} consecutive failures ({}); answering from the last-good store at once",
+                up.config.name,
+                up.config.health.open_after,
+                reason.as_str()
+            );
+        }
+    }
+
+    /// Feeds the health breaker a success; logs and publishes a closing.
+    #[inline]
+    fn health_success(up: &Upstream) {
+        if up.status.health.success() {
+            up.status.metrics.breaker_open.set(0);
+            log::info!("upstream {}: health breaker closed: the upstream answers again", up.config.name);
+        }
     }
 
     /// Records a degraded answer in metrics and the upstream's state.
@@ -195,43 +254,58 @@ impl ProxyHttp for Proxy {
         ctx.upstream = index;
         let up = gen.upstreams[index].clone();
         ctx.gen = Some(gen);
+        let probed = up.probe().is_some();
+
+        // Upstream known down: answer at once. Without a probe, one request
+        // per backoff window goes through as the half-open trial.
+        if let Some(reason) = up.status.health.reason() {
+            if probed || !up.status.health.try_trial() {
+                self.short_circuit(session, ctx, &up, reason, None).await?;
+                return Ok(true);
+            }
+            ctx.health_trial = true;
+        }
 
         if up.inject.is_some() {
             match up.tokens.pick(0, SystemTime::now()) {
                 Some(t) => ctx.token = Some(t.index),
                 None => {
-                    // No token can be sent: answer now, without an upstream
-                    // round trip (the auth circuit breaker's open state).
+                    // No token can be sent: the auth breaker is open.
                     let (reason, fwd) = respond::no_token(&up);
-                    let reason_word = respond::no_token_reason(&up);
-                    let answer = match reason {
-                        Some(r) if respond::triggered(&up.config.stale.on, r, fwd) => {
-                            respond::degraded(
-                                self.store(),
-                                &up,
-                                session.req_header(),
-                                r,
-                                fwd,
-                                None,
-                            )?
+                    if up.auth.trip(reason.unwrap_or(Reason::TokenRejected)) {
+                        log::warn!(
+                            "upstream {}: auth breaker open: no usable token ({}); answering from the last-good store until {}",
+                            up.config.name,
+                            respond::no_token_reason(&up),
+                            if probed { "a probe succeeds or the tokens change" } else { "a trial request succeeds or the tokens change" }
+                        );
+                    }
+                    let trial_token = (!probed)
+                        .then(|| up.tokens.tokens.iter().find(|t| t.state(SystemTime::now()) == TokenState::Rejected))
+                        .flatten();
+                    match trial_token {
+                        Some(t) if up.auth.try_trial() => {
+                            ctx.token = Some(t.index);
+                            ctx.auth_trial = true;
                         }
-                        _ => respond::json_error(
-                            503,
-                            "no usable token for this upstream",
-                            Some(&up.config.name),
-                            reason_word,
-                            None,
-                        )?,
-                    };
-                    let r = reason.unwrap_or(Reason::TokenRejected);
-                    ctx.outcome = if answer.stale {
-                        Outcome::Stale(r)
-                    } else {
-                        Outcome::Error(reason)
-                    };
-                    Self::count_degraded(&up, r, answer.stale);
-                    respond::write(session, answer).await?;
-                    return Ok(true);
+                        _ => {
+                            match reason {
+                                Some(r) => self.short_circuit(session, ctx, &up, r, fwd).await?,
+                                None => {
+                                    let answer = respond::json_error(
+                                        503,
+                                        "no usable token for this upstream",
+                                        Some(&up.config.name),
+                                        respond::no_token_reason(&up),
+                                        None,
+                                    )?;
+                                    ctx.outcome = Outcome::Error(None);
+                                    respond::write(session, answer).await?;
+                                }
+                            }
+                            return Ok(true);
+                        }
+                    }
                 }
             }
         }
@@ -268,25 +342,11 @@ impl ProxyHttp for Proxy {
         let Some(target) = &up.inject else {
             return Ok(());
         };
-        let token = ctx
-            .token
-            .and_then(|i| up.tokens.tokens.get(i))
-            .and_then(|t| t.injected.as_ref().map(|inj| (t, inj)));
-        match (target, token) {
-            (InjectTarget::Header { name, lookup }, Some((t, Injected::Header(value)))) => {
-                req.remove_header(lookup);
-                req.insert_header(name.clone(), value.clone())?;
-                t.touch(unix_now());
-            }
-            (InjectTarget::Query { key_eq }, Some((t, Injected::Query(piece)))) => {
-                let uri = with_query_token(&req.uri, key_eq, piece);
-                req.set_raw_path(uri.as_bytes())?;
-                t.touch(unix_now());
-            }
-            _ => {
-                return Error::e_explain(ErrorType::InternalError, "token missing for injection");
-            }
-        }
+        let Some(t) = ctx.token.and_then(|i| up.tokens.tokens.get(i)) else {
+            return Error::e_explain(ErrorType::InternalError, "token missing for injection");
+        };
+        target.inject(t, req)?;
+        t.touch(unix_now());
         if let Some(i) = ctx.token {
             ctx.tried |= 1 << i;
         }
@@ -316,24 +376,64 @@ impl ProxyHttp for Proxy {
                 .duration
                 .observe(t0.elapsed().as_secs_f64());
         }
+        if status >= 500 {
+            Self::health_failure(up, Reason::Upstream5xx);
+        } else {
+            Self::health_success(up);
+        }
         if status == 401 || status == 403 {
             crate::metrics::metrics()
                 .upstream_auth_failures_total
-                .with_label_values(&[
-                    up.config.name.as_str(),
-                    if status == 401 { "401" } else { "403" },
-                ])
+                .with_label_values(&[up.config.name.as_str(), if status == 401 { "401" } else { "403" }])
                 .inc();
             if let Some(t) = ctx.token.and_then(|i| up.tokens.tokens.get(i)) {
+                let now = SystemTime::now();
+                let next = up.tokens.pick(ctx.tried, now);
                 if t.mark_rejected(status) {
-                    log::warn!(
-                        "upstream {}: token {} ({}) rejected with {status}",
+                    match next {
+                        Some(n) => log::warn!(
+                            "upstream {}: token {} ({}) rejected with {status}; failing over to token {} ({})",
+                            up.config.name,
+                            t.index,
+                            t.fingerprint,
+                            n.index,
+                            n.fingerprint
+                        ),
+                        None => log::warn!(
+                            "upstream {}: token {} ({}) rejected with {status}; no other usable token",
+                            up.config.name,
+                            t.index,
+                            t.fingerprint
+                        ),
+                    }
+                }
+                // Retry once with the next usable token. The upstream refused
+                // the request, so nothing happened there: replaying it is
+                // safe when its body is still at hand (see error_while_proxy).
+                if let (Some(n), false) = (next, ctx.failover_pending) {
+                    ctx.token = Some(n.index);
+                    ctx.failover_pending = true;
+                    let mut e = Error::explain(
+                        ErrorType::HTTPStatus(status),
+                        "token rejected; retrying with the next token",
+                    )
+                    .into_up();
+                    e.set_retry(true);
+                    return Err(e);
+                }
+            }
+        } else if ctx.auth_trial {
+            if let Some(t) = ctx.token.and_then(|i| up.tokens.tokens.get(i)) {
+                if t.clear_rejected() {
+                    log::info!(
+                        "upstream {}: token {} ({}) accepted again (answered {status}); auth breaker closed",
                         up.config.name,
                         t.index,
                         t.fingerprint
                     );
                 }
             }
+            up.auth.success();
         }
 
         if let Some(reason) = Reason::from_status(status) {
@@ -479,12 +579,25 @@ impl ProxyHttp for Proxy {
             _ if upstream_failure => Some(Reason::UpstreamUnreachable),
             _ => None,
         };
+        // A token-rejected retry that was not allowed (a body too large to
+        // replay): answer like any other rejection, never with the 401.
+        let reason = match e.etype() {
+            ErrorType::HTTPStatus(401 | 403) if ctx.failover_pending => Some(Reason::TokenRejected),
+            _ => reason,
+        };
         if let (Some(reason), Some(gen)) = (reason, ctx.gen.clone()) {
             let up = &gen.upstreams[ctx.upstream];
+            if matches!(reason, Reason::UpstreamTimeout | Reason::UpstreamUnreachable) {
+                Self::health_failure(up, reason);
+            }
             let not_started = session.response_written().is_none();
-            if not_started && respond::triggered(&up.config.stale.on, reason, None) {
+            let fwd = match e.etype() {
+                ErrorType::HTTPStatus(s) => Some(*s),
+                _ => None,
+            };
+            if not_started && respond::triggered(&up.config.stale.on, reason, fwd) {
                 let answer =
-                    respond::degraded(self.store(), up, session.req_header(), reason, None, None);
+                    respond::degraded(self.store(), up, session.req_header(), reason, fwd, None);
                 if let Ok(mut answer) = answer {
                     session.set_keepalive(None);
                     let _ = answer
@@ -530,6 +643,44 @@ impl ProxyHttp for Proxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// An error after the upstream connection was made. For graceway's own
+    /// token-rejected retry the rule is: the upstream refused the request,
+    /// so replaying it has no side effect; it is replayed when the method is
+    /// idempotent or its whole body is still in Pingora's retry buffer.
+    /// Other errors keep Pingora's default policy.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let replayable = session.req_header().method.is_idempotent()
+            || !session.as_ref().retry_buffer_truncated();
+        if ctx.failover_pending && matches!(e.etype(), ErrorType::HTTPStatus(401 | 403)) {
+            e.set_retry(replayable);
+        } else if !replayable {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    /// The failover retry is logged once per token (on its rejection), not
+    /// once per request.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        ctx.failover_pending && matches!(error.etype(), ErrorType::HTTPStatus(401 | 403))
     }
 
     /// Degraded answers are counted in metrics, not logged one by one.
@@ -583,40 +734,9 @@ impl Proxy {
     }
 }
 
-/// The request target with `key_eq…` pairs removed and `piece` appended.
-fn with_query_token(uri: &http::Uri, key_eq: &str, piece: &str) -> String {
-    let mut out = String::with_capacity(uri.path().len() + piece.len() + 64);
-    out.push_str(uri.path());
-    out.push('?');
-    if let Some(q) = uri.query() {
-        for pair in q.split('&') {
-            if pair.is_empty() || pair.starts_with(key_eq) || pair == &key_eq[..key_eq.len() - 1] {
-                continue;
-            }
-            out.push_str(pair);
-            out.push('&');
-        }
-    }
-    out.push_str(piece);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_token_replaces_client_value() {
-        let uri: http::Uri = "/v1/x?a=1&access_token=client&b=2&access_token"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            with_query_token(&uri, "access_token=", "access_token=T"),
-            "/v1/x?a=1&b=2&access_token=T"
-        );
-        let uri: http::Uri = "/v1/x".parse().unwrap();
-        assert_eq!(with_query_token(&uri, "k=", "k=T"), "/v1/x?k=T");
-    }
 
     #[test]
     fn host_port_is_stripped() {

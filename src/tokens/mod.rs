@@ -6,6 +6,7 @@
 //! upstream. Everything else (logs, status, metrics, errors) sees only the
 //! `sha256:` fingerprint.
 
+pub mod oauth2;
 pub mod set;
 pub mod source;
 pub mod value;
@@ -24,8 +25,8 @@ pub async fn load_set(creds: &Credentials) -> (TokenSet, Vec<(usize, SourceError
     let mut errors = Vec::new();
     for (index, spec) in creds.tokens.iter().enumerate() {
         let got = match source::read(&spec.source).await {
-            Ok(secret) => match Injected::build(&secret, &creds.inject) {
-                Ok(inj) => Ok((secret, inj)),
+            Ok((secret, expires)) => match Injected::build(&secret, &creds.inject) {
+                Ok(inj) => Ok((secret, inj, expires)),
                 Err(error) => Err(SourceError::Value {
                     source_name: spec.source.describe(),
                     error,

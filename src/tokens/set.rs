@@ -78,13 +78,14 @@ impl Token {
     pub fn new(
         index: usize,
         spec: TokenSpec,
-        secret: Result<(Secret, Injected), String>,
+        secret: Result<(Secret, Injected, Option<SystemTime>), String>,
         expires_warning: Duration,
     ) -> Token {
         match secret {
-            Ok((secret, injected)) => {
+            Ok((secret, injected, source_expiry)) => {
                 let expires_at = spec
                     .expires_at
+                    .or(source_expiry)
                     .or_else(|| super::value::jwt_expiry(secret.expose()));
                 Token {
                     index,
@@ -165,6 +166,20 @@ impl Token {
             0 => None,
             s => Some(UNIX_EPOCH + Duration::from_secs(s)),
         }
+    }
+
+    /// A copy of this token for a new generation (same value, expiry and
+    /// state); `None` when it has no value.
+    pub fn carry_over(&self) -> Option<Token> {
+        let (secret, injected) = (self.secret.clone()?, self.injected.clone()?);
+        let t = Token::new(
+            self.index,
+            self.spec.clone(),
+            Ok((secret, injected, self.expires_at)),
+            self.expires_warning,
+        );
+        t.inherit_state(self);
+        Some(t)
     }
 
     /// Whether this token holds the same value as `other` (same fingerprint

@@ -30,6 +30,8 @@ pub enum SourceError {
     },
     #[error("command `{program}` did not finish within {timeout:?}")]
     CommandTimeout { program: String, timeout: Duration },
+    #[error("oauth2 {0}")]
+    OAuth2(String),
     #[error("{source_name}: {error}")]
     Value {
         source_name: String,
@@ -37,9 +39,24 @@ pub enum SourceError {
     },
 }
 
-/// Reads and checks the token of one source.
-pub async fn read(spec: &SourceSpec) -> Result<Secret, SourceError> {
+/// Reads and checks the token of one source, with the expiry the source
+/// itself reports (OAuth2's `expires_in`), if any.
+pub async fn read(spec: &SourceSpec) -> Result<(Secret, Option<std::time::SystemTime>), SourceError> {
+    match spec {
+        SourceSpec::OAuth2(o) => super::oauth2::read(o).await,
+        other => read_value(other).await.map(|s| (s, None)),
+    }
+}
+
+/// Reads a file, variable or command (not `oauth2`) and checks the value.
+pub async fn read_value(spec: &SourceSpec) -> Result<Secret, SourceError> {
     let raw = match spec {
+        SourceSpec::OAuth2(o) => {
+            return Err(SourceError::OAuth2(format!(
+                "{}: not a plain value source",
+                o.token_url
+            )))
+        }
         SourceSpec::File(path) => read_file(path).await?,
         SourceSpec::Env(name) => match std::env::var(name) {
             Ok(v) => v,
@@ -53,9 +70,9 @@ pub async fn read(spec: &SourceSpec) -> Result<Secret, SourceError> {
         SourceSpec::Command { argv, timeout, .. } => run_command(argv, *timeout).await?,
     };
     Secret::parse(&raw).map_err(|error| SourceError::Value {
-        source_name: spec.describe(),
-        error,
-    })
+            source_name: spec.describe(),
+            error,
+        })
 }
 
 async fn read_file(path: &std::path::Path) -> Result<String, SourceError> {

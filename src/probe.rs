@@ -1,0 +1,220 @@
+//! Probes: a cheap request (`credentials.probe.path`) sent with each token
+//! in the background, to find a rejected token before users do and to see
+//! recovery; and the same request as a reload's preflight.
+//!
+//! What a probe answer means:
+//! - 401/403: the token is rejected (failover and the auth breaker follow);
+//! - 5xx, a timeout or no connection: the upstream is unwell (fed to the
+//!   health breaker; the next probe backs off, up to 8x the interval);
+//! - anything else: the token is accepted and the upstream answers (a
+//!   rejected token is cleared, which closes the auth breaker; the health
+//!   breaker closes).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pingora::http::RequestHeader;
+
+use crate::app::App;
+use crate::generation::Upstream;
+use crate::outbound::{self, Failure};
+use crate::outcome::Reason;
+use crate::tokens::Token;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeResult {
+    Accepted(u16),
+    Rejected(u16),
+    Failed(Reason),
+}
+
+/// Sends the probe request with `token`.
+pub async fn probe_token(up: &Upstream, token: &Token) -> ProbeResult {
+    let Some(spec) = up.probe() else {
+        return ProbeResult::Failed(Reason::UpstreamUnreachable);
+    };
+    let (Some(target), true) = (&up.inject, token.injected.is_some()) else {
+        return ProbeResult::Failed(Reason::UpstreamUnreachable);
+    };
+    let Ok(mut req) = RequestHeader::build("GET", spec.path.as_bytes(), Some(4)) else {
+        return ProbeResult::Failed(Reason::UpstreamUnreachable);
+    };
+    let built = req
+        .insert_header(http::header::HOST, up.host_header.clone())
+        .and_then(|_| {
+            req.insert_header(
+                http::header::USER_AGENT,
+                concat!("graceway-probe/", env!("CARGO_PKG_VERSION")),
+            )
+        })
+        .and_then(|_| target.inject(token, &mut req));
+    if built.is_err() {
+        return ProbeResult::Failed(Reason::UpstreamUnreachable);
+    }
+    let deadline = up.config.timeouts.connect + up.config.timeouts.read;
+    match outbound::send(&up.peer, req, None, deadline, 1 << 20).await {
+        Ok(a) if a.status == 401 || a.status == 403 => ProbeResult::Rejected(a.status),
+        Ok(a) if a.status >= 500 => ProbeResult::Failed(Reason::Upstream5xx),
+        Ok(a) => ProbeResult::Accepted(a.status),
+        Err(Failure::Timeout) => ProbeResult::Failed(Reason::UpstreamTimeout),
+        Err(Failure::Unreachable(_)) => ProbeResult::Failed(Reason::UpstreamUnreachable),
+    }
+}
+
+/// Applies a probe's answer to the token and the breakers.
+pub fn apply(up: &Upstream, token: &Token, result: ProbeResult) {
+    let name = &up.config.name;
+    match result {
+        ProbeResult::Accepted(status) => {
+            if token.clear_rejected() {
+                log::info!(
+                    "upstream {name}: probe: token {} ({}) accepted again ({status})",
+                    token.index,
+                    token.fingerprint
+                );
+            }
+            health_success(up);
+        }
+        ProbeResult::Rejected(status) => {
+            if token.mark_rejected(status) {
+                log::warn!(
+                    "upstream {name}: probe: token {} ({}) rejected with {status}",
+                    token.index,
+                    token.fingerprint
+                );
+            }
+            health_success(up);
+        }
+        ProbeResult::Failed(reason) => {
+            if up.status.health.failure(reason) {
+                up.status.metrics.breaker_open.set(1);
+                log::warn!(
+                    "upstream {name}: health breaker open: probes failing ({})",
+                    reason.as_str()
+                );
+            }
+        }
+    }
+    if up.tokens.any_usable(SystemTime::now()) {
+        if up.auth.success() {
+            log::info!("upstream {name}: auth breaker closed: a token is usable again");
+        }
+    }
+}
+
+fn health_success(up: &Upstream) {
+    if up.status.health.success() {
+        up.status.metrics.breaker_open.set(0);
+        log::info!(
+            "upstream {}: health breaker closed: the probe is answered again",
+            up.config.name
+        );
+    }
+}
+
+/// Probes every token of one upstream once; true when the upstream
+/// answered (whatever it said about the tokens).
+pub async fn probe_upstream(up: &Upstream) -> bool {
+    let mut answered = true;
+    for t in &up.tokens.tokens {
+        if t.injected.is_none() {
+            continue;
+        }
+        let r = probe_token(up, t).await;
+        if matches!(r, ProbeResult::Failed(_)) {
+            answered = false;
+        }
+        apply(up, t, r);
+    }
+    answered
+}
+
+/// A small deterministic jitter: ±10% of `d`, varied by the clock.
+fn jitter(d: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos() as u64);
+    let span = d.as_millis() as u64 / 5; // 20% wide window
+    if span == 0 {
+        return d;
+    }
+    let offset = nanos % span;
+    d - Duration::from_millis(span / 2) + Duration::from_millis(offset)
+}
+
+/// The probe loop of one upstream of one generation; the control service
+/// aborts it when a new generation is swapped in and starts the next.
+pub async fn run(app: Arc<App>, generation: u64, name: String) {
+    let mut failures: u32 = 0;
+    loop {
+        let gen = app.live.load_full();
+        if gen.number != generation {
+            return;
+        }
+        let Some(up) = gen.upstream_named(&name).cloned() else {
+            return;
+        };
+        let Some(interval) = up.probe().map(|p| p.interval) else {
+            return;
+        };
+        drop(gen);
+        let backoff = 1u32 << failures.min(3);
+        tokio::time::sleep(jitter(interval * backoff)).await;
+        if probe_upstream(&up).await {
+            failures = 0;
+        } else {
+            failures += 1;
+        }
+    }
+}
+
+/// Reload preflight: tries every token of `new` whose value the running
+/// generation does not already use, for upstreams with `preflight: true`.
+/// A refused token fails the reload (the message names its fingerprint and
+/// the upstream's status); an upstream that cannot be reached does not
+/// (preflight guards against a refused token, not against an outage).
+pub async fn preflight(new: &crate::generation::Generation, current: &crate::generation::Generation) -> Result<(), String> {
+    let mut refused = Vec::new();
+    for (i, up) in new.upstreams.iter().enumerate() {
+        let enabled = up
+            .config
+            .credentials
+            .as_ref()
+            .is_some_and(|c| c.preflight && c.probe.is_some());
+        if !enabled {
+            continue;
+        }
+        let old = current.upstream_named(&up.config.name);
+        for t in &up.tokens.tokens {
+            if t.injected.is_none() {
+                continue;
+            }
+            let known = old.is_some_and(|o| o.tokens.tokens.iter().any(|ot| ot.same_value(t)));
+            if known {
+                continue;
+            }
+            match probe_token(up, t).await {
+                ProbeResult::Rejected(status) => refused.push(format!(
+                    "upstreams[{i}].credentials.tokens[{}]: preflight: upstream {} refused token {} with {status}",
+                    t.index, up.config.name, t.fingerprint
+                )),
+                ProbeResult::Failed(reason) => log::warn!(
+                    "upstream {}: preflight could not check token {} ({}); applying it anyway",
+                    up.config.name,
+                    t.fingerprint,
+                    reason.as_str()
+                ),
+                ProbeResult::Accepted(status) => log::info!(
+                    "upstream {}: preflight: token {} accepted ({status})",
+                    up.config.name,
+                    t.fingerprint
+                ),
+            }
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(refused.join("; "))
+    }
+}
