@@ -160,7 +160,9 @@ impl App {
                 .await
                 {
                     Err(e) => Err(e.to_string()),
-                    Ok(g) => crate::probe::preflight(&g, &current).await.map(|_| (g, notes)),
+                    Ok(g) => crate::probe::preflight(&g, &current)
+                        .await
+                        .map(|_| (g, notes)),
                 }
             }
         };
@@ -187,14 +189,18 @@ impl App {
             Ok(g) => g,
             Err(e) => return Some(self.finish(trigger, &current, Err(e.to_string()))),
         };
-        let unchanged = gen.upstreams.iter().zip(current.upstreams.iter()).all(|(n, o)| {
-            n.tokens.tokens.len() == o.tokens.tokens.len()
-                && n.tokens
-                    .tokens
-                    .iter()
-                    .zip(o.tokens.tokens.iter())
-                    .all(|(a, b)| a.same_value(b))
-        });
+        let unchanged = gen
+            .upstreams
+            .iter()
+            .zip(current.upstreams.iter())
+            .all(|(n, o)| {
+                n.tokens.tokens.len() == o.tokens.tokens.len()
+                    && n.tokens
+                        .tokens
+                        .iter()
+                        .zip(o.tokens.tokens.iter())
+                        .all(|(a, b)| a.same_value(b))
+            });
         if unchanged && gen.warnings.is_empty() {
             return None;
         }

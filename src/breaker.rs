@@ -60,8 +60,10 @@ impl Breaker {
     pub fn configure(&self, open_after: u32, retry_after: Duration, max_retry_after: Duration) {
         let base = retry_after.as_millis().max(1) as u64;
         self.base_ms.store(base, Ordering::Relaxed);
-        self.max_ms
-            .store((max_retry_after.as_millis() as u64).max(base), Ordering::Relaxed);
+        self.max_ms.store(
+            (max_retry_after.as_millis() as u64).max(base),
+            Ordering::Relaxed,
+        );
         self.open_after.store(open_after.max(1), Ordering::Relaxed);
     }
 
@@ -152,9 +154,8 @@ impl Breaker {
 
     /// When the next trial may go, while open.
     pub fn next_trial(&self) -> Option<SystemTime> {
-        self.is_open().then(|| {
-            UNIX_EPOCH + Duration::from_millis(self.next_trial_ms.load(Ordering::Relaxed))
-        })
+        self.is_open()
+            .then(|| UNIX_EPOCH + Duration::from_millis(self.next_trial_ms.load(Ordering::Relaxed)))
     }
 }
 

@@ -47,17 +47,18 @@ impl BackgroundService for Control {
         let (events_tx, mut events) = mpsc::channel::<()>(16);
         let mut watcher = TokenWatcher::new(events_tx);
         watcher.watch(&self.app.live.load().loaded.config.token_files());
+        let mut probes = ProbeSupervisor::default();
+        probes.sync(&self.app);
         ready.notify_ready();
         log::info!("graceway ready (pid {})", std::process::id());
 
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut refresh = RefreshClock::default();
         loop {
             tokio::select! {
                 _ = hup.recv() => {
                     log::info!("SIGHUP: reloading {}", self.app.config_path.display());
                     self.app.reload(Trigger::Signal).await;
-                    watcher.watch(&self.app.live.load().loaded.config.token_files());
                 }
                 Some(()) = events.recv() => {
                     // Let a burst of events (editors write, rename, chmod;
@@ -76,7 +77,13 @@ impl BackgroundService for Control {
                 }
                 _ = shutdown.changed() => break,
             }
+            // Whatever changed the generation (signal, admin, file, refresh),
+            // follow it: watch its token folders, probe its upstreams.
+            if probes.sync(&self.app) {
+                watcher.watch(&self.app.live.load().loaded.config.token_files());
+            }
         }
+        probes.stop();
         let pid_file = self.app.live.load().loaded.config.pid_file.clone();
         if std::fs::read_to_string(&pid_file)
             .is_ok_and(|s| s.trim() == std::process::id().to_string())
@@ -153,11 +160,14 @@ impl TokenWatcher {
     }
 }
 
-/// When each `command` source with a `refresh` interval is next due.
+/// When sources are due to be read again: a `command` with `refresh` at
+/// that interval, an `oauth2` source at its refresh point, and any
+/// `command` or `oauth2` source that failed (its token `unavailable`)
+/// with backoff, 2 s doubling to 5 min.
 #[derive(Default)]
 struct RefreshClock {
-    /// (upstream name, token index) -> last refresh.
-    last: HashMap<(String, usize), Instant>,
+    /// (upstream name, token index) -> (last attempt, consecutive failures).
+    last: HashMap<(String, usize), (Instant, u32)>,
 }
 
 impl RefreshClock {
@@ -167,20 +177,63 @@ impl RefreshClock {
         let mut due = false;
         for u in &gen.upstreams {
             for t in &u.tokens.tokens {
-                if let SourceSpec::Command {
-                    refresh: Some(every),
-                    ..
-                } = &t.spec.source
-                {
-                    let key = (u.config.name.clone(), t.index);
-                    let last = *self.last.entry(key.clone()).or_insert(now);
-                    if now.duration_since(last) >= *every {
-                        self.last.insert(key, now);
-                        due = true;
+                let key = (u.config.name.clone(), t.index);
+                let (last, failures) = *self.last.entry(key.clone()).or_insert((now, 0));
+                let failed = t.injected.is_none();
+                let failures = if failed { failures } else { 0 };
+                let retry = Duration::from_secs((2u64 << failures.min(7)).min(300));
+                let is_due = match &t.spec.source {
+                    SourceSpec::OAuth2(o) => crate::tokens::oauth2::due(o),
+                    SourceSpec::Command { refresh, .. } => {
+                        (failed && now.duration_since(last) >= retry)
+                            || refresh.is_some_and(|every| now.duration_since(last) >= every)
                     }
+                    _ => false,
+                };
+                if is_due {
+                    self.last
+                        .insert(key, (now, if failed { failures + 1 } else { 0 }));
+                    due = true;
+                } else if !failed && failures != 0 {
+                    self.last.insert(key, (last, 0));
                 }
             }
         }
         due
+    }
+}
+
+/// One probe task per upstream with a `probe`, for the generation in force.
+#[derive(Default)]
+struct ProbeSupervisor {
+    generation: u64,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ProbeSupervisor {
+    /// Restarts the probe tasks when the generation changed; true then.
+    fn sync(&mut self, app: &Arc<App>) -> bool {
+        let gen = app.live.load_full();
+        if gen.number == self.generation {
+            return false;
+        }
+        self.stop();
+        self.generation = gen.number;
+        for u in &gen.upstreams {
+            if u.probe().is_some() {
+                self.tasks.push(tokio::spawn(crate::probe::run(
+                    app.clone(),
+                    gen.number,
+                    u.config.name.clone(),
+                )));
+            }
+        }
+        true
+    }
+
+    fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
     }
 }

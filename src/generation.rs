@@ -289,7 +289,9 @@ pub async fn build(
                             match kept {
                                 Some(t) => {
                                     set.tokens[j] = t;
-                                    warnings.push(format!("{field}: {e} (the previous value stays in use)"));
+                                    warnings.push(format!(
+                                        "{field}: {e} (the previous value stays in use)"
+                                    ));
                                 }
                                 None => warnings.push(format!("{field}: {e} (token unavailable)")),
                             }
@@ -337,7 +339,9 @@ pub async fn build(
         };
         let status = statuses(&u.name);
         let h = &u.health;
-        status.health.configure(h.open_after, h.retry_after, h.max_retry_after);
+        status
+            .health
+            .configure(h.open_after, h.retry_after, h.max_retry_after);
         upstreams.push(Arc::new(Upstream {
             config: u.clone(),
             peer,
@@ -364,7 +368,11 @@ pub async fn build(
 impl InjectTarget {
     /// Puts the token into the request, replacing whatever the client sent
     /// in that header or query parameter.
-    pub fn inject(&self, token: &crate::tokens::Token, req: &mut pingora::http::RequestHeader) -> pingora::Result<()> {
+    pub fn inject(
+        &self,
+        token: &crate::tokens::Token,
+        req: &mut pingora::http::RequestHeader,
+    ) -> pingora::Result<()> {
         match (self, token.injected.as_ref()) {
             (InjectTarget::Header { name, lookup }, Some(Injected::Header(value))) => {
                 req.remove_header(lookup);
@@ -419,12 +427,14 @@ mod tests {
         let uri: http::Uri = "/v1/x".parse().unwrap();
         assert_eq!(with_query_token(&uri, "k=", "k=T"), "/v1/x?k=T");
     }
-
 }
 
 impl Upstream {
     pub fn probe(&self) -> Option<&crate::config::ProbeSpec> {
-        self.config.credentials.as_ref().and_then(|c| c.probe.as_ref())
+        self.config
+            .credentials
+            .as_ref()
+            .and_then(|c| c.probe.as_ref())
     }
 }
 
@@ -475,7 +485,9 @@ pub async fn peer_for(
     o.verify_hostname = verify;
     if let Some(ca) = ca_file {
         o.ca = Some(Arc::from(
-            load_ca(ca).map_err(|e| ("tls.ca_file", e))?.into_boxed_slice(),
+            load_ca(ca)
+                .map_err(|e| ("tls.ca_file", e))?
+                .into_boxed_slice(),
         ));
     }
     Ok(peer)

@@ -173,7 +173,10 @@ pub async fn run(app: Arc<App>, generation: u64, name: String) {
 /// A refused token fails the reload (the message names its fingerprint and
 /// the upstream's status); an upstream that cannot be reached does not
 /// (preflight guards against a refused token, not against an outage).
-pub async fn preflight(new: &crate::generation::Generation, current: &crate::generation::Generation) -> Result<(), String> {
+pub async fn preflight(
+    new: &crate::generation::Generation,
+    current: &crate::generation::Generation,
+) -> Result<(), String> {
     let mut refused = Vec::new();
     for (i, up) in new.upstreams.iter().enumerate() {
         let enabled = up

@@ -98,7 +98,7 @@ fn bad_configs(dir: &TestDir) -> Vec<(String, Vec<&'static str>)> {
         ),
         (
             format!("upstreams:\n  - name: a\n    url: \"http://x\"\n    credentials:\n      tokens: [ {{ file: {t}, env: X }} ]\n"),
-            vec!["upstreams[0].credentials.tokens[0]: set exactly one of `file`, `env` or `command`"],
+            vec!["upstreams[0].credentials.tokens[0]: set exactly one of `file`, `env`, `command` or `oauth2`"],
         ),
         (
             format!("upstreams:\n  - name: a\n    url: \"http://x\"\n    credentials:\n      tokens: []\n"),

@@ -605,7 +605,9 @@ async fn degraded_answers_keep_the_client_connection() {
         "/v1/fill" | "/v1/fill2" => MockReply::ok("{\"ok\":1}"),
         _ => MockReply::ok("{}"),
     });
-    let g = start(up.port, "", "");
+    // A high open_after keeps the health breaker out of this test: it is
+    // about the response-phase paths (tests/breaker.rs covers the breaker).
+    let g = start(up.port, "    health: { open_after: 100 }", "");
     let c = client();
     assert_eq!(c.get(g.url("/v1/fill")).send().await.unwrap().status(), 200);
     assert_eq!(

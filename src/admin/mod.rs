@@ -125,15 +125,16 @@ impl AdminApp {
         let Some(path) = &gen.loaded.config.admin.token_file else {
             return Ok(());
         };
-        let secret = crate::tokens::source::read_value(&crate::config::SourceSpec::File(path.clone()))
-            .await
-            .map_err(|e| {
-                log::error!("admin token file: {e}");
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the admin token file cannot be read; see the log",
-                )
-            })?;
+        let secret =
+            crate::tokens::source::read_value(&crate::config::SourceSpec::File(path.clone()))
+                .await
+                .map_err(|e| {
+                    log::error!("admin token file: {e}");
+                    error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the admin token file cannot be read; see the log",
+                    )
+                })?;
         let expected = Sha256::digest(secret.expose().as_bytes());
         match presented {
             Some(p) if p == expected => Ok(()),

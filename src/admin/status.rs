@@ -34,12 +34,30 @@ pub fn upstream_state(up: &Upstream, now: SystemTime) -> (&'static str, Option<&
     let copies = up.status.stored_entries.load(Ordering::Relaxed) > 0;
     if up.inject.is_some() && !up.tokens.any_usable(now) {
         let why = crate::proxy::no_token_reason(up);
-        return (if copies { "degraded" } else { "down" }, Some(why));
+        // Copies are served for a rejected or expired token, not when every
+        // source failed (there is nothing to say the upstream would refuse).
+        let servable = copies && why != "token-unavailable";
+        return (if servable { "degraded" } else { "down" }, Some(why));
+    }
+    if let Some(reason) = up.status.health.reason() {
+        return (
+            if copies { "degraded" } else { "down" },
+            Some(reason.as_str()),
+        );
     }
     if let Some((reason, _)) = up.status.degradation() {
         return ("degraded", Some(reason.as_str()));
     }
     ("healthy", None)
+}
+
+fn breaker_view(b: &crate::breaker::Breaker) -> Value {
+    json!({
+        "open": b.is_open(),
+        "reason": b.reason().map(|r| r.as_str()),
+        "since": ts(b.since()),
+        "next_trial": ts(b.next_trial()),
+    })
 }
 
 pub fn status(app: &App) -> Value {
@@ -81,6 +99,10 @@ pub fn status(app: &App) -> Value {
                     "at": ts(Some(at)),
                     "reason": r.map(|r| r.as_str()),
                 })),
+                "breakers": {
+                    "health": breaker_view(&u.status.health),
+                    "auth": breaker_view(&u.auth),
+                },
                 "tokens": tokens,
                 "stored": {
                     "entries": u.status.stored_entries.load(Ordering::Relaxed).max(0),

@@ -792,7 +792,10 @@ fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Credentials {
         .filter(|b| **b)
         .count();
         if set != 1 {
-            c.err(&tat, "set exactly one of `file`, `env`, `command` or `oauth2`");
+            c.err(
+                &tat,
+                "set exactly one of `file`, `env`, `command` or `oauth2`",
+            );
             continue;
         }
         if t.command.is_none() && (t.refresh.is_some() || t.timeout.is_some()) {
@@ -996,7 +999,8 @@ fn credential(
     env: Option<&String>,
     file: Option<&String>,
 ) -> Option<CredentialSource> {
-    let n = usize::from(literal.is_some()) + usize::from(env.is_some()) + usize::from(file.is_some());
+    let n =
+        usize::from(literal.is_some()) + usize::from(env.is_some()) + usize::from(file.is_some());
     if n != 1 {
         let options = if what == "client_id" {
             format!("`{what}`, `{what}_env` or `{what}_file`")
@@ -1072,9 +1076,16 @@ fn oauth2(c: &mut Check, at: &str, o: &FileOAuth2) -> Option<OAuth2Spec> {
     };
     let refresh_fraction = o.refresh_fraction.unwrap_or(0.8);
     if !(0.1..=0.95).contains(&refresh_fraction) {
-        c.err(format!("{at}.refresh_fraction"), "must be between 0.1 and 0.95");
+        c.err(
+            format!("{at}.refresh_fraction"),
+            "must be between 0.1 and 0.95",
+        );
     }
-    let timeout = c.positive_duration(&format!("{at}.timeout"), &o.timeout, Duration::from_secs(10));
+    let timeout = c.positive_duration(
+        &format!("{at}.timeout"),
+        &o.timeout,
+        Duration::from_secs(10),
+    );
     let tls = o.tls.as_ref();
     if c.errors.len() > errors_before {
         return None;

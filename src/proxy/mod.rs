@@ -188,7 +188,10 @@ impl Proxy {
     fn health_success(up: &Upstream) {
         if up.status.health.success() {
             up.status.metrics.breaker_open.set(0);
-            log::info!("upstream {}: health breaker closed: the upstream answers again", up.config.name);
+            log::info!(
+                "upstream {}: health breaker closed: the upstream answers again",
+                up.config.name
+            );
         }
     }
 
@@ -281,7 +284,12 @@ impl ProxyHttp for Proxy {
                         );
                     }
                     let trial_token = (!probed)
-                        .then(|| up.tokens.tokens.iter().find(|t| t.state(SystemTime::now()) == TokenState::Rejected))
+                        .then(|| {
+                            up.tokens
+                                .tokens
+                                .iter()
+                                .find(|t| t.state(SystemTime::now()) == TokenState::Rejected)
+                        })
                         .flatten();
                     match trial_token {
                         Some(t) if up.auth.try_trial() => {
@@ -384,7 +392,10 @@ impl ProxyHttp for Proxy {
         if status == 401 || status == 403 {
             crate::metrics::metrics()
                 .upstream_auth_failures_total
-                .with_label_values(&[up.config.name.as_str(), if status == 401 { "401" } else { "403" }])
+                .with_label_values(&[
+                    up.config.name.as_str(),
+                    if status == 401 { "401" } else { "403" },
+                ])
                 .inc();
             if let Some(t) = ctx.token.and_then(|i| up.tokens.tokens.get(i)) {
                 let now = SystemTime::now();
@@ -587,7 +598,10 @@ impl ProxyHttp for Proxy {
         };
         if let (Some(reason), Some(gen)) = (reason, ctx.gen.clone()) {
             let up = &gen.upstreams[ctx.upstream];
-            if matches!(reason, Reason::UpstreamTimeout | Reason::UpstreamUnreachable) {
+            if matches!(
+                reason,
+                Reason::UpstreamTimeout | Reason::UpstreamUnreachable
+            ) {
                 Self::health_failure(up, reason);
             }
             let not_started = session.response_written().is_none();

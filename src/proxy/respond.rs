@@ -154,13 +154,16 @@ pub fn degraded(
     retry_after: Option<&HeaderValue>,
 ) -> Result<Replacement> {
     let Some(copy) = servable_copy(store, up, req) else {
-        return json_error(
+        let mut r = json_error(
             503,
             "the upstream cannot answer and no last good copy exists for this request",
             Some(&up.config.name),
             reason.as_str(),
             retry_after,
-        );
+        )?;
+        r.header
+            .insert_header("X-Graceway-Degraded", reason.as_str())?;
+        return Ok(r);
     };
     let now = SystemTime::now();
     let not_modified = not_modified(req, &copy);

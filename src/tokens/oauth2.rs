@@ -93,8 +93,8 @@ pub async fn read(spec: &OAuth2Spec) -> Result<(Secret, Option<SystemTime>), Sou
         Err(e) => {
             let failures = cached.as_ref().map_or(0, |c| c.failures) + 1;
             let backoff = Duration::from_secs((1u64 << failures.min(8)).min(300));
-            let keep = cached
-                .filter(|c| c.secret.is_some() && c.expires_at.is_none_or(|x| x > now));
+            let keep =
+                cached.filter(|c| c.secret.is_some() && c.expires_at.is_none_or(|x| x > now));
             map.insert(
                 k,
                 Cached {
@@ -166,8 +166,11 @@ async fn fetch(spec: &OAuth2Spec) -> Result<(Secret, Option<Duration>), SourceEr
     let h = |e: Box<pingora::Error>| fail(e.to_string());
     req.insert_header(http::header::HOST, spec.endpoint.host_header.as_str())
         .map_err(h)?;
-    req.insert_header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .map_err(h)?;
+    req.insert_header(
+        http::header::CONTENT_TYPE,
+        "application/x-www-form-urlencoded",
+    )
+    .map_err(h)?;
     req.insert_header(http::header::ACCEPT, "application/json")
         .map_err(h)?;
     req.insert_header(http::header::CONTENT_LENGTH, form.len())
@@ -185,7 +188,8 @@ async fn fetch(spec: &OAuth2Spec) -> Result<(Secret, Option<Duration>), SourceEr
         ))
         .map_err(|_| fail("client credentials are not header-safe".into()))?;
         v.set_sensitive(true);
-        req.insert_header(http::header::AUTHORIZATION, v).map_err(h)?;
+        req.insert_header(http::header::AUTHORIZATION, v)
+            .map_err(h)?;
     }
     let answer = crate::outbound::send(&peer, req, Some(Bytes::from(form)), spec.timeout, 64 << 10)
         .await
@@ -199,7 +203,10 @@ async fn fetch(spec: &OAuth2Spec) -> Result<(Secret, Option<Duration>), SourceEr
             .and_then(|j| j["error"].as_str())
             .map(|c| format!(" ({c})"))
             .unwrap_or_default();
-        return Err(fail(format!("token endpoint answered {}{code}", answer.status)));
+        return Err(fail(format!(
+            "token endpoint answered {}{code}",
+            answer.status
+        )));
     }
     let json = json.ok_or_else(|| fail("the answer is not JSON".into()))?;
     let token = json["access_token"]

@@ -41,7 +41,9 @@ pub enum SourceError {
 
 /// Reads and checks the token of one source, with the expiry the source
 /// itself reports (OAuth2's `expires_in`), if any.
-pub async fn read(spec: &SourceSpec) -> Result<(Secret, Option<std::time::SystemTime>), SourceError> {
+pub async fn read(
+    spec: &SourceSpec,
+) -> Result<(Secret, Option<std::time::SystemTime>), SourceError> {
     match spec {
         SourceSpec::OAuth2(o) => super::oauth2::read(o).await,
         other => read_value(other).await.map(|s| (s, None)),
@@ -70,9 +72,9 @@ pub async fn read_value(spec: &SourceSpec) -> Result<Secret, SourceError> {
         SourceSpec::Command { argv, timeout, .. } => run_command(argv, *timeout).await?,
     };
     Secret::parse(&raw).map_err(|error| SourceError::Value {
-            source_name: spec.describe(),
-            error,
-        })
+        source_name: spec.describe(),
+        error,
+    })
 }
 
 async fn read_file(path: &std::path::Path) -> Result<String, SourceError> {

@@ -151,10 +151,11 @@ impl Graceway {
     pub fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = http_get_blocking(self.admin, "/healthz") {
-                if r == 200 {
-                    return;
-                }
+            // The admin and proxy listeners start side by side: wait for both.
+            let admin_up = http_get_blocking(self.admin, "/healthz").is_ok_and(|r| r == 200);
+            let proxy_up = std::net::TcpStream::connect(("127.0.0.1", self.listen)).is_ok();
+            if admin_up && proxy_up {
+                return;
             }
             if Instant::now() > deadline {
                 panic!("graceway did not become healthy\n{}", self.logs());
