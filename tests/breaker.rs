@@ -1,0 +1,293 @@
+//! The upstream-health breaker (hanging, refusing and failing upstreams
+//! answered at once from the store) and reload preflight.
+
+mod support;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::mock::Wire;
+use support::{client, run_cli, wait_for_async, Graceway, MockReply, MockUpstream, TestDir};
+
+const NORMAL: u8 = 0;
+const HANG: u8 = 1;
+const FAIL: u8 = 2;
+
+/// An upstream switched between normal answers, hanging, and 503.
+fn switchable() -> (MockUpstream, Arc<AtomicU8>) {
+    let mode = Arc::new(AtomicU8::new(NORMAL));
+    let m = mode.clone();
+    let up = MockUpstream::start(move |r| match m.load(Ordering::SeqCst) {
+        HANG => MockReply::ok("{}").wire(Wire::Hang),
+        FAIL => MockReply::status(503, r#"{"error":"down"}"#),
+        _ => MockReply::ok(&format!(r#"{{"path":"{}"}}"#, r.path())),
+    });
+    (up, mode)
+}
+
+fn config(port: u16, health: &str, extra: &str) -> String {
+    format!(
+        r#"
+listen: "127.0.0.1:{{listen}}"
+admin: {{ listen: "127.0.0.1:{{admin}}" }}
+pid_file: "{{dir}}/graceway.pid"
+server: {{ graceful_shutdown_timeout: 1s }}
+upstreams:
+  - name: emoji
+    url: "http://127.0.0.1:{port}"
+    timeouts: {{ connect: 1s, read: 2s }}
+    health: {health}
+    credentials:
+      tokens:
+        - {{ file: "{{dir}}/token" }}
+{extra}
+"#
+    )
+}
+
+fn start(port: u16, health: &str, extra: &str) -> Graceway {
+    let dir = TestDir::new();
+    dir.write("token", "tok-health\n");
+    Graceway::start_in(dir, &config(port, health, extra))
+}
+
+fn degraded(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get("x-graceway-degraded")
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_upstream_is_answered_at_once_after_the_breaker_opens() {
+    let (up, mode) = switchable();
+    let g = start(up.port, "{ open_after: 2, retry_after: 1s, max_retry_after: 4s }", "");
+    let c = client();
+    for p in ["/v1/a", "/v1/b"] {
+        assert_eq!(c.get(g.url(p)).send().await.unwrap().status(), 200);
+    }
+    mode.store(HANG, Ordering::SeqCst);
+    // open_after: 2 slow answers (each waits the 2 s read timeout).
+    for _ in 0..2 {
+        let t0 = Instant::now();
+        let r = c.get(g.url("/v1/a")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(degraded(&r).as_deref(), Some("upstream-timeout"));
+        assert!(t0.elapsed() >= Duration::from_millis(1900));
+    }
+    let before = up.request_count();
+    let t_open = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut answered = 0;
+    while t_open.elapsed() < Duration::from_millis(3500) {
+        let t0 = Instant::now();
+        let r = c.get(g.url("/v1/b")).send().await.unwrap();
+        let took = t0.elapsed();
+        assert_eq!(r.status(), 200);
+        assert_eq!(degraded(&r).as_deref(), Some("upstream-timeout"));
+        assert_eq!(r.text().await.unwrap(), r#"{"path":"/v1/b"}"#);
+        // The half-open trial itself waits for the timeout; the rest must not.
+        if took < Duration::from_millis(1500) {
+            slowest = slowest.max(took);
+            answered += 1;
+        }
+    }
+    assert!(answered > 20, "{answered}");
+    assert!(slowest < Duration::from_millis(500), "slowest short-circuit: {slowest:?}");
+    let trials = up.request_count() - before;
+    // retry_after 1s: trial at ~1s (waits 2s), next window doubles to 2s.
+    assert!((1..=2).contains(&trials), "half-open trials: {trials}");
+    let st = g.status().await;
+    let h = &st["upstreams"][0]["breakers"]["health"];
+    assert_eq!(h["open"], true, "{st}");
+    assert_eq!(h["reason"], "upstream-timeout");
+    assert_eq!(st["upstreams"][0]["state"], "degraded");
+    let m = c.get(g.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("graceway_upstream_breaker_open{upstream=\"emoji\"} 1"), "{m}");
+
+    // Recovery: the next trial succeeds and closes it.
+    mode.store(NORMAL, Ordering::SeqCst);
+    wait_for_async("the breaker to close", Duration::from_secs(15), || async {
+        let r = c.get(g.url("/v1/b")).send().await.unwrap();
+        degraded(&r).is_none().then_some(())
+    })
+    .await;
+    let m = c.get(g.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("graceway_upstream_breaker_open{upstream=\"emoji\"} 0"));
+    let logs = g.logs();
+    assert_eq!(logs.matches("health breaker open").count(), 1, "{logs}");
+    assert_eq!(logs.matches("health breaker closed").count(), 1, "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_and_5xx_streaks_open_it() {
+    let (up, mode) = switchable();
+    let g = start(up.port, "{ open_after: 3, retry_after: 10s, max_retry_after: 10s }", "");
+    let c = client();
+    assert_eq!(c.get(g.url("/v1/a")).send().await.unwrap().status(), 200);
+    mode.store(FAIL, Ordering::SeqCst);
+    for _ in 0..3 {
+        let r = c.get(g.url("/v1/a")).send().await.unwrap();
+        assert_eq!(degraded(&r).as_deref(), Some("upstream-5xx"));
+    }
+    let before = up.request_count();
+    for _ in 0..20 {
+        let r = c.get(g.url("/v1/a")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(degraded(&r).as_deref(), Some("upstream-5xx"));
+    }
+    assert_eq!(up.request_count(), before, "open: nothing goes upstream");
+    // A path without a copy gets the 503 at once too.
+    let r = c.get(g.url("/v1/none")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+
+    // Refused connections.
+    let (up2, _) = switchable();
+    let g2 = start(up2.port, "{ open_after: 2, retry_after: 10s, max_retry_after: 10s }", "");
+    assert_eq!(c.get(g2.url("/v1/a")).send().await.unwrap().status(), 200);
+    drop(up2);
+    for _ in 0..2 {
+        let r = c.get(g2.url("/v1/a")).send().await.unwrap();
+        assert_eq!(degraded(&r).as_deref(), Some("upstream-unreachable"));
+    }
+    let st = g2.status().await;
+    assert_eq!(st["upstreams"][0]["breakers"]["health"]["open"], true);
+    assert_eq!(st["upstreams"][0]["breakers"]["health"]["reason"], "upstream-unreachable");
+}
+
+/// Short-circuit answers while the breaker is open keep the client's
+/// connection: many answers over one socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_breaker_answers_keep_the_connection() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let (up, mode) = switchable();
+    let g = start(up.port, "{ open_after: 1, retry_after: 30s, max_retry_after: 30s }", "");
+    assert_eq!(client().get(g.url("/v1/a")).send().await.unwrap().status(), 200);
+    mode.store(FAIL, Ordering::SeqCst);
+    assert_eq!(client().get(g.url("/v1/a")).send().await.unwrap().status(), 200);
+    let port = g.listen;
+    let got = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut n = 0;
+        for _ in 0..200 {
+            write!(s, "GET /v1/a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut len = 0;
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+            loop {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            n += 1;
+        }
+        n
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, 200, "200 answers over one connection");
+}
+
+fn preflight_config(port: u16) -> String {
+    format!(
+        r#"
+listen: "127.0.0.1:{{listen}}"
+admin: {{ listen: "127.0.0.1:{{admin}}" }}
+pid_file: "{{dir}}/graceway.pid"
+upstreams:
+  - name: emoji
+    url: "http://127.0.0.1:{port}"
+    timeouts: {{ connect: 1s, read: 2s }}
+    credentials:
+      tokens:
+        - {{ file: "{{dir}}/token" }}
+      probe: {{ path: /v1/ping, interval: 60s }}
+      preflight: true
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_refuses_a_token_the_upstream_refuses() {
+    let up = MockUpstream::start(|r| match r.bearer() {
+        Some("tok-old") | Some("tok-good") => MockReply::ok("{}"),
+        _ => MockReply::status(401, "{}"),
+    });
+    let dir = TestDir::new();
+    dir.write("token", "tok-old\n");
+    dir.write("token.refused", "tok-refused\n");
+    dir.write("token.good", "tok-good\n");
+    let g = Graceway::start_in(dir, &preflight_config(up.port));
+    let c = client();
+    let seen = |up: &MockUpstream| {
+        up.requests()
+            .iter()
+            .rev()
+            .find(|r| r.path() != "/v1/ping")
+            .and_then(|r| r.bearer().map(str::to_string))
+    };
+
+    // Rotation to a refused token, via the file + `graceway reload`.
+    let cfg = g.config.clone();
+    std::fs::copy(g.dir.file("token.refused"), g.dir.file("token")).unwrap();
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || run_cli(&["reload", "-c", cfg.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_ne!(code, 0, "{out}{err}");
+    let fp = graceway::tokens::fingerprint("tok-refused");
+    assert!(err.contains(&fp) && err.contains("401"), "{err}");
+    assert_eq!(c.get(g.url("/v1/a")).send().await.unwrap().status(), 200);
+    assert_eq!(seen(&up).as_deref(), Some("tok-old"), "the old token still serves");
+    let st = g.status().await;
+    assert_eq!(st["reload"]["ok"], false);
+    assert!(st["reload"]["message"].as_str().unwrap().contains(&fp));
+    let m = c.get(g.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("graceway_token_reloads_total{result=\"failed\"}"));
+    assert!(g.logs().contains(&fp));
+
+    // A good token passes.
+    std::fs::copy(g.dir.file("token.good"), g.dir.file("token")).unwrap();
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || run_cli(&["reload", "-c", cfg.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(c.get(g.url("/v1/a")).send().await.unwrap().status(), 200);
+    assert_eq!(seen(&up).as_deref(), Some("tok-good"));
+    assert!(!g.logs().contains("tok-refused") && !g.logs().contains("tok-good"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_with_the_upstream_down_still_applies() {
+    let up = MockUpstream::start(|_| MockReply::ok("{}"));
+    let port = up.port;
+    let dir = TestDir::new();
+    dir.write("token", "tok-before\n");
+    let g = Graceway::start_in(dir, &preflight_config(port));
+    drop(up); // the upstream is down during the rotation
+    let before = g.reload_attempt().await;
+    g.dir.write("token", "tok-after\n");
+    let r = g.wait_reload(before).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(g.logs().contains("preflight could not check token"), "{}", g.logs());
+    let st = g.status().await;
+    assert_eq!(
+        st["upstreams"][0]["tokens"][0]["fingerprint"],
+        graceway::tokens::fingerprint("tok-after")
+    );
+}
