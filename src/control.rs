@@ -44,6 +44,7 @@ impl BackgroundService for Control {
             }
         };
         write_pid_file(&self.app.live.load().loaded.config.pid_file);
+        self.app.store.start_persist();
         let (events_tx, mut events) = mpsc::channel::<()>(16);
         let mut watcher = TokenWatcher::new(events_tx);
         watcher.watch(&self.app.live.load().loaded.config.token_files());

@@ -240,15 +240,16 @@ impl LastGoodStore {
         let Some(p) = &self.persist else { return 0 };
         let now = SystemTime::now();
         let mut loaded = 0;
+        let mut expired = Vec::new();
         for (key, d) in p.load_all() {
-            if now.duration_since(d.stored_at).unwrap_or_default() > max_age {
-                p.delete(&key);
-                continue;
-            }
             let Some((upstream, rest)) = key.split_once('\n') else {
-                p.delete(&key);
+                expired.push(key.to_string());
                 continue;
             };
+            if now.duration_since(d.stored_at).unwrap_or_default() > max_age {
+                expired.push(key.to_string());
+                continue;
+            }
             let weight = LastGoodStore::weigh(key.len(), &d.headers, d.body.len());
             let names = stored::vary_names(&d.headers);
             let copy = Arc::new(StoredResponse {
@@ -277,7 +278,15 @@ impl LastGoodStore {
             }
             loaded += 1;
         }
+        p.remove_now(&expired);
         self.maintain();
         loaded
+    }
+
+    /// Starts the persist writer (see [`persist::Writer::start`]).
+    pub fn start_persist(&self) {
+        if let Some(p) = &self.persist {
+            p.start();
+        }
     }
 }

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -29,6 +29,8 @@ enum Op {
 #[derive(Clone)]
 pub struct Writer {
     tx: SyncSender<Op>,
+    /// The receiving end until [`Writer::start`] hands it to the thread.
+    rx: Arc<Mutex<Option<Receiver<Op>>>>,
     db: Arc<Database>,
     dropped: Arc<AtomicU64>,
     pub path: PathBuf,
@@ -44,7 +46,15 @@ impl Writer {
         }
         let db = match open_checked(path) {
             Ok(db) => db,
-            Err(e) => {
+            Err(OpenError::InUse) => {
+                // Another process holds it: the old process of a graceful
+                // upgrade. Its file is not corrupt, so leave it alone.
+                return Err(format!(
+                    "{} is in use by another process (a graceful upgrade?); this process runs without persistence",
+                    path.display()
+                ));
+            }
+            Err(OpenError::Other(e)) => {
                 let aside = path.with_extension(format!(
                     "corrupt-{}",
                     SystemTime::now()
@@ -58,23 +68,35 @@ impl Writer {
                 );
                 std::fs::rename(path, &aside)
                     .map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
-                open_checked(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?
+                open_checked(path)
+                    .map_err(|e| format!("cannot create {}: {}", path.display(), e.text()))?
             }
         };
         let db = Arc::new(db);
         let (tx, rx) = sync_channel(QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let (wdb, wdropped) = (db.clone(), dropped.clone());
-        std::thread::Builder::new()
-            .name("graceway-persist".into())
-            .spawn(move || write_loop(&wdb, rx, &wdropped))
-            .map_err(|e| format!("cannot start the persist writer: {e}"))?;
         Ok(Writer {
             tx,
+            rx: Arc::new(Mutex::new(Some(rx))),
             db,
-            dropped,
+            dropped: Arc::new(AtomicU64::new(0)),
             path: path.to_path_buf(),
         })
+    }
+
+    /// Starts the writer thread. Called once the process that will serve is
+    /// running (after Pingora's daemon fork, which keeps no threads); writes
+    /// queued before then wait in the channel.
+    pub fn start(&self) {
+        let Some(rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let (db, dropped) = (self.db.clone(), self.dropped.clone());
+        if let Err(e) = std::thread::Builder::new()
+            .name("graceway-persist".into())
+            .spawn(move || write_loop(&db, rx, &dropped))
+        {
+            log::error!("cannot start the persist writer, copies stay in memory only: {e}");
+        }
     }
 
     pub fn put(&self, key: &Arc<str>, copy: &Arc<StoredResponse>) {
@@ -131,27 +153,71 @@ impl Writer {
                 self.path.display(),
                 bad.len()
             );
-            for k in bad {
-                self.delete(&Arc::from(k.as_str()));
-            }
+            self.remove_now(&bad);
         }
         out
+    }
+
+    /// Deletes keys in one transaction on the calling thread (start-up).
+    pub fn remove_now(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        let run = || -> Result<(), redb::Error> {
+            let txn = self.db.begin_write()?;
+            {
+                let mut table = txn.open_table(TABLE)?;
+                for k in keys {
+                    table.remove(k.as_str())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        if let Err(e) = run() {
+            log::error!("persist file {}: cleanup failed: {e}", self.path.display());
+        }
+    }
+}
+
+enum OpenError {
+    InUse,
+    Other(String),
+}
+
+impl OpenError {
+    fn text(&self) -> String {
+        match self {
+            OpenError::InUse => "in use by another process".into(),
+            OpenError::Other(e) => e.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text())
     }
 }
 
 /// Opens the database and reads its table once, so that a corrupt file is
 /// found now and not on the first write.
-fn open_checked(path: &Path) -> Result<Database, String> {
-    let db = Database::create(path).map_err(|e| e.to_string())?;
+fn open_checked(path: &Path) -> Result<Database, OpenError> {
+    let other = |e: &dyn std::fmt::Display| OpenError::Other(e.to_string());
+    let db = match Database::create(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::InUse),
+        Err(e) => return Err(other(&e)),
+    };
     {
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        let txn = db.begin_write().map_err(|e| other(&e))?;
         {
-            let table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
-            for row in table.iter().map_err(|e| e.to_string())? {
-                row.map_err(|e| e.to_string())?;
+            let table = txn.open_table(TABLE).map_err(|e| other(&e))?;
+            for row in table.iter().map_err(|e| other(&e))? {
+                row.map_err(|e| other(&e))?;
             }
         }
-        txn.commit().map_err(|e| e.to_string())?;
+        txn.commit().map_err(|e| other(&e))?;
     }
     Ok(db)
 }
