@@ -59,6 +59,8 @@ pub struct App {
     pub started_at: SystemTime,
     /// Last-good copies; outlives reloads (its size is fixed at start).
     pub store: LastGoodStore,
+    /// Resident memory and shedding figures, written by the memory watch.
+    pub memory: crate::memory::MemoryFigures,
 }
 
 impl App {
@@ -118,6 +120,7 @@ impl App {
             config_path: path,
             started_at: SystemTime::now(),
             store,
+            memory: Default::default(),
         };
         Ok(Arc::new(app))
     }

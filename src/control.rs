@@ -55,6 +55,8 @@ impl BackgroundService for Control {
 
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut refresh = RefreshClock::default();
+        let mut memory = crate::memory::MemoryWatch::default();
+        let mut states = crate::webhook::StateWatch::default();
         loop {
             tokio::select! {
                 _ = hup.recv() => {
@@ -72,6 +74,8 @@ impl BackgroundService for Control {
                 }
                 _ = tick.tick() => {
                     self.app.store.maintain();
+                    memory.tick(&self.app);
+                    states.tick(&self.app);
                     if refresh.due(&self.app) {
                         self.app.refresh_tokens(Trigger::Refresh).await;
                     }

@@ -411,24 +411,6 @@ fn with_query_token(uri: &http::Uri, key_eq: &str, piece: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_token_replaces_client_value() {
-        let uri: http::Uri = "/v1/x?a=1&access_token=client&b=2&access_token"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            with_query_token(&uri, "access_token=", "access_token=T"),
-            "/v1/x?a=1&b=2&access_token=T"
-        );
-        let uri: http::Uri = "/v1/x".parse().unwrap();
-        assert_eq!(with_query_token(&uri, "k=", "k=T"), "/v1/x?k=T");
-    }
-}
-
 impl Upstream {
     pub fn probe(&self) -> Option<&crate::config::ProbeSpec> {
         self.config
@@ -511,4 +493,22 @@ fn load_ca(path: &std::path::Path) -> Result<Vec<pingora::utils::tls::WrappedX50
         return Err(format!("{}: no PEM certificate found", path.display()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_token_replaces_client_value() {
+        let uri: http::Uri = "/v1/x?a=1&access_token=client&b=2&access_token"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            with_query_token(&uri, "access_token=", "access_token=T"),
+            "/v1/x?a=1&b=2&access_token=T"
+        );
+        let uri: http::Uri = "/v1/x".parse().unwrap();
+        assert_eq!(with_query_token(&uri, "k=", "k=T"), "/v1/x?k=T");
+    }
 }

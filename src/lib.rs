@@ -21,12 +21,16 @@
 //! | [`server`] | wiring of the Pingora server and its services |
 //! | [`cli`] | `check`, `reload`, `status` |
 //! | [`demo`] | the demo emoji API and the walkthrough of `graceway demo` |
+//! | [`memory`] | resident-memory watch and shedding above `memory.soft_limit` |
 //! | [`probe`] | background token probes and reload preflight |
 //! | [`outbound`] | graceway's own requests (probes, OAuth2) through Pingora's connector |
+//! | [`webhook`] | JSON POSTs on upstream and token state changes |
+//! | [`access_log`] | one line per request, plain or JSON |
 //! | [`metrics`], [`outcome`], [`client`], [`json`] | shared small pieces |
 
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod breaker;
@@ -37,6 +41,7 @@ pub mod control;
 pub mod demo;
 pub mod generation;
 pub mod json;
+pub mod memory;
 pub mod metrics;
 pub mod outbound;
 pub mod outcome;
@@ -45,3 +50,4 @@ pub mod proxy;
 pub mod server;
 pub mod stale;
 pub mod tokens;
+pub mod webhook;

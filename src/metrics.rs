@@ -31,6 +31,9 @@ pub struct Metrics {
     pub cache_entries: IntGauge,
     pub cache_evictions_total: IntCounter,
     pub upstream_request_duration_seconds: HistogramVec,
+    pub memory_soft_limit_bytes: IntGauge,
+    pub memory_shed_entries_total: IntCounter,
+    pub webhook_deliveries_total: IntCounterVec,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -112,6 +115,22 @@ pub fn metrics() -> &'static Metrics {
             "Time from sending a request upstream to its response header.",
             &["upstream"],
             vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+        )
+        .expect("metric registers"),
+        memory_soft_limit_bytes: register_int_gauge!(
+            "graceway_memory_soft_limit_bytes",
+            "The configured memory.soft_limit (0 when unset)."
+        )
+        .expect("metric registers"),
+        memory_shed_entries_total: register_int_counter!(
+            "graceway_memory_shed_entries_total",
+            "Last-good copies shed because resident memory passed memory.soft_limit."
+        )
+        .expect("metric registers"),
+        webhook_deliveries_total: register_int_counter_vec!(
+            "graceway_webhook_deliveries_total",
+            "Alert webhook deliveries, by result (ok, retried, failed).",
+            &["result"]
         )
         .expect("metric registers"),
     })

@@ -95,10 +95,8 @@ pub fn apply(up: &Upstream, token: &Token, result: ProbeResult) {
             }
         }
     }
-    if up.tokens.any_usable(SystemTime::now()) {
-        if up.auth.success() {
-            log::info!("upstream {name}: auth breaker closed: a token is usable again");
-        }
+    if up.tokens.any_usable(SystemTime::now()) && up.auth.success() {
+        log::info!("upstream {name}: auth breaker closed: a token is usable again");
     }
 }
 

@@ -61,7 +61,11 @@ fn degraded(r: &reqwest::Response) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hanging_upstream_is_answered_at_once_after_the_breaker_opens() {
     let (up, mode) = switchable();
-    let g = start(up.port, "{ open_after: 2, retry_after: 1s, max_retry_after: 4s }", "");
+    let g = start(
+        up.port,
+        "{ open_after: 2, retry_after: 1s, max_retry_after: 4s }",
+        "",
+    );
     let c = client();
     for p in ["/v1/a", "/v1/b"] {
         assert_eq!(c.get(g.url(p)).send().await.unwrap().status(), 200);
@@ -93,7 +97,10 @@ async fn hanging_upstream_is_answered_at_once_after_the_breaker_opens() {
         }
     }
     assert!(answered > 20, "{answered}");
-    assert!(slowest < Duration::from_millis(500), "slowest short-circuit: {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest short-circuit: {slowest:?}"
+    );
     let trials = up.request_count() - before;
     // retry_after 1s: trial at ~1s (waits 2s), next window doubles to 2s.
     assert!((1..=2).contains(&trials), "half-open trials: {trials}");
@@ -102,8 +109,18 @@ async fn hanging_upstream_is_answered_at_once_after_the_breaker_opens() {
     assert_eq!(h["open"], true, "{st}");
     assert_eq!(h["reason"], "upstream-timeout");
     assert_eq!(st["upstreams"][0]["state"], "degraded");
-    let m = c.get(g.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(m.contains("graceway_upstream_breaker_open{upstream=\"emoji\"} 1"), "{m}");
+    let m = c
+        .get(g.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("graceway_upstream_breaker_open{upstream=\"emoji\"} 1"),
+        "{m}"
+    );
 
     // Recovery: the next trial succeeds and closes it.
     mode.store(NORMAL, Ordering::SeqCst);
@@ -112,7 +129,14 @@ async fn hanging_upstream_is_answered_at_once_after_the_breaker_opens() {
         degraded(&r).is_none().then_some(())
     })
     .await;
-    let m = c.get(g.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = c
+        .get(g.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("graceway_upstream_breaker_open{upstream=\"emoji\"} 0"));
     let logs = g.logs();
     assert_eq!(logs.matches("health breaker open").count(), 1, "{logs}");
@@ -122,7 +146,11 @@ async fn hanging_upstream_is_answered_at_once_after_the_breaker_opens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_and_5xx_streaks_open_it() {
     let (up, mode) = switchable();
-    let g = start(up.port, "{ open_after: 3, retry_after: 10s, max_retry_after: 10s }", "");
+    let g = start(
+        up.port,
+        "{ open_after: 3, retry_after: 10s, max_retry_after: 10s }",
+        "",
+    );
     let c = client();
     assert_eq!(c.get(g.url("/v1/a")).send().await.unwrap().status(), 200);
     mode.store(FAIL, Ordering::SeqCst);
@@ -143,7 +171,11 @@ async fn refused_connections_and_5xx_streaks_open_it() {
 
     // Refused connections.
     let (up2, _) = switchable();
-    let g2 = start(up2.port, "{ open_after: 2, retry_after: 10s, max_retry_after: 10s }", "");
+    let g2 = start(
+        up2.port,
+        "{ open_after: 2, retry_after: 10s, max_retry_after: 10s }",
+        "",
+    );
     assert_eq!(c.get(g2.url("/v1/a")).send().await.unwrap().status(), 200);
     drop(up2);
     for _ in 0..2 {
@@ -152,7 +184,10 @@ async fn refused_connections_and_5xx_streaks_open_it() {
     }
     let st = g2.status().await;
     assert_eq!(st["upstreams"][0]["breakers"]["health"]["open"], true);
-    assert_eq!(st["upstreams"][0]["breakers"]["health"]["reason"], "upstream-unreachable");
+    assert_eq!(
+        st["upstreams"][0]["breakers"]["health"]["reason"],
+        "upstream-unreachable"
+    );
 }
 
 /// Short-circuit answers while the breaker is open keep the client's
@@ -161,10 +196,20 @@ async fn refused_connections_and_5xx_streaks_open_it() {
 async fn open_breaker_answers_keep_the_connection() {
     use std::io::{BufRead, BufReader, Read, Write};
     let (up, mode) = switchable();
-    let g = start(up.port, "{ open_after: 1, retry_after: 30s, max_retry_after: 30s }", "");
-    assert_eq!(client().get(g.url("/v1/a")).send().await.unwrap().status(), 200);
+    let g = start(
+        up.port,
+        "{ open_after: 1, retry_after: 30s, max_retry_after: 30s }",
+        "",
+    );
+    assert_eq!(
+        client().get(g.url("/v1/a")).send().await.unwrap().status(),
+        200
+    );
     mode.store(FAIL, Ordering::SeqCst);
-    assert_eq!(client().get(g.url("/v1/a")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client().get(g.url("/v1/a")).send().await.unwrap().status(),
+        200
+    );
     let port = g.listen;
     let got = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -250,11 +295,22 @@ async fn preflight_refuses_a_token_the_upstream_refuses() {
     let fp = graceway::tokens::fingerprint("tok-refused");
     assert!(err.contains(&fp) && err.contains("401"), "{err}");
     assert_eq!(c.get(g.url("/v1/a")).send().await.unwrap().status(), 200);
-    assert_eq!(seen(&up).as_deref(), Some("tok-old"), "the old token still serves");
+    assert_eq!(
+        seen(&up).as_deref(),
+        Some("tok-old"),
+        "the old token still serves"
+    );
     let st = g.status().await;
     assert_eq!(st["reload"]["ok"], false);
     assert!(st["reload"]["message"].as_str().unwrap().contains(&fp));
-    let m = c.get(g.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = c
+        .get(g.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("graceway_token_reloads_total{result=\"failed\"}"));
     assert!(g.logs().contains(&fp));
 
@@ -284,7 +340,11 @@ async fn preflight_with_the_upstream_down_still_applies() {
     g.dir.write("token", "tok-after\n");
     let r = g.wait_reload(before).await;
     assert_eq!(r["ok"], true, "{r}");
-    assert!(g.logs().contains("preflight could not check token"), "{}", g.logs());
+    assert!(
+        g.logs().contains("preflight could not check token"),
+        "{}",
+        g.logs()
+    );
     let st = g.status().await;
     assert_eq!(
         st["upstreams"][0]["tokens"][0]["fingerprint"],

@@ -122,6 +122,16 @@ pub fn status(app: &App) -> Value {
             "loaded_at": ts(Some(gen.loaded_at)),
         },
         "reload": &**app.last_reload.load(),
+        "memory": {
+            "rss_bytes": app.memory.rss.load(Ordering::Relaxed),
+            "soft_limit_bytes": gen.loaded.config.memory.soft_limit,
+            "shed_entries": app.memory.shed_entries.load(Ordering::Relaxed),
+            "shed_bytes": app.memory.shed_bytes.load(Ordering::Relaxed),
+            "last_shed": ts((app.memory.last_shed_unix.load(Ordering::Relaxed) != 0).then(|| {
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(app.memory.last_shed_unix.load(Ordering::Relaxed))
+            })),
+        },
         "cache": {
             "entries": app.store.entries(),
             "bytes": app.store.bytes(),

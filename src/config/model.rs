@@ -122,7 +122,7 @@ pub enum SourceSpec {
         refresh: Option<Duration>,
         timeout: Duration,
     },
-    OAuth2(OAuth2Spec),
+    OAuth2(Box<OAuth2Spec>),
 }
 
 /// Where a client id or secret comes from.
@@ -811,7 +811,7 @@ fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Credentials {
             SourceSpec::File(c.path(f))
         } else if let Some(o) = &t.oauth2 {
             match oauth2(c, &format!("{tat}.oauth2"), o) {
-                Some(spec) => SourceSpec::OAuth2(spec),
+                Some(spec) => SourceSpec::OAuth2(Box::new(spec)),
                 None => continue,
             }
         } else if let Some(e) = &t.env {
@@ -969,28 +969,6 @@ pub fn parse_url(s: &str) -> Result<UpstreamUrl, String> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        let u = parse_url("https://api.emoji.example").unwrap();
-        assert!(u.tls);
-        assert_eq!((u.host.as_str(), u.port), ("api.emoji.example", 443));
-        assert_eq!(u.host_header, "api.emoji.example");
-        let u = parse_url("http://127.0.0.1:8081/").unwrap();
-        assert_eq!(u.host_header, "127.0.0.1:8081");
-        let u = parse_url("http://[::1]:9000").unwrap();
-        assert_eq!(u.host, "::1");
-        assert_eq!(u.host_header, "[::1]:9000");
-        assert!(parse_url("ftp://x").is_err());
-        assert!(parse_url("http://x/v1").is_err());
-        assert!(parse_url("http://user:pw@x").is_err());
-        assert!(parse_url("api.example").is_err());
-    }
-}
-
 fn credential(
     c: &mut Check,
     at: &str,
@@ -1104,4 +1082,26 @@ fn oauth2(c: &mut Check, at: &str, o: &FileOAuth2) -> Option<OAuth2Spec> {
         ca_file: tls.and_then(|t| t.ca_file.as_deref()).map(|p| c.path(p)),
         verify: tls.and_then(|t| t.verify).unwrap_or(true),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_url("https://api.emoji.example").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.host.as_str(), u.port), ("api.emoji.example", 443));
+        assert_eq!(u.host_header, "api.emoji.example");
+        let u = parse_url("http://127.0.0.1:8081/").unwrap();
+        assert_eq!(u.host_header, "127.0.0.1:8081");
+        let u = parse_url("http://[::1]:9000").unwrap();
+        assert_eq!(u.host, "::1");
+        assert_eq!(u.host_header, "[::1]:9000");
+        assert!(parse_url("ftp://x").is_err());
+        assert!(parse_url("http://x/v1").is_err());
+        assert!(parse_url("http://user:pw@x").is_err());
+        assert!(parse_url("api.example").is_err());
+    }
 }

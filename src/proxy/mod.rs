@@ -102,6 +102,10 @@ pub struct RequestCtx {
     auth_trial: bool,
     /// A 401/403 was answered by retrying with the next token.
     failover_pending: bool,
+    /// When the request arrived (for the access log).
+    started_at: Option<Instant>,
+    /// Upstream time to the response header.
+    upstream_time: Option<std::time::Duration>,
 }
 
 impl RequestCtx {
@@ -219,6 +223,9 @@ impl ProxyHttp for Proxy {
     /// written and nothing goes upstream.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let gen = self.app.live.load_full();
+        if gen.loaded.config.log.access {
+            ctx.started_at = Some(Instant::now());
+        }
         let server = &gen.loaded.config.server;
         session.set_keepalive(Some(server.client_keepalive_timeout.as_secs()));
 
@@ -702,8 +709,12 @@ impl ProxyHttp for Proxy {
         matches!(ctx.outcome, Outcome::Stale(_) | Outcome::Error(Some(_)))
     }
 
-    /// Counts the outcome once the response is done.
-    async fn logging(&self, _session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    /// Counts the outcome once the response is done, and writes the access
+    /// log line when `log.access` is on.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(t0) = ctx.started_at {
+            self.access_log(session, e, ctx, t0);
+        }
         let Some(up) = ctx.upstream() else {
             return;
         };
@@ -722,6 +733,44 @@ impl ProxyHttp for Proxy {
 }
 
 impl Proxy {
+    fn access_log(&self, session: &Session, e: Option<&Error>, ctx: &RequestCtx, t0: Instant) {
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let up = ctx.upstream();
+        let (outcome, reason) = match ctx.outcome {
+            Outcome::Fresh if e.is_none() => ("ok", "-"),
+            Outcome::Stale(r) => ("stale", r.as_str()),
+            Outcome::Error(Some(r)) => ("error", r.as_str()),
+            Outcome::Unrouted if e.is_none() => ("ok", "-"),
+            _ => ("error", "-"),
+        };
+        let token = up
+            .and_then(|u| ctx.token.and_then(|i| u.tokens.tokens.get(i)))
+            .map_or("-", |t| t.fingerprint.as_str());
+        let json = ctx
+            .gen
+            .as_ref()
+            .map_or(self.app.live.load().loaded.config.log.format, |g| {
+                g.loaded.config.log.format
+            })
+            == crate::config::LogFormat::Json;
+        crate::access_log::write(
+            &crate::access_log::AccessLine {
+                time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status,
+                upstream: up.map_or("-", |u| u.config.name.as_str()),
+                outcome,
+                reason,
+                token,
+                upstream_ms: ctx.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+                total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            },
+            json,
+        );
+    }
+
     /// Turns a finished capture into a stored copy.
     fn keep(&self, up: &Upstream, cap: Capture) {
         let mut body = BytesMut::with_capacity(cap.size);

@@ -283,6 +283,31 @@ impl LastGoodStore {
         loaded
     }
 
+    /// Removes the oldest copies until at least `bytes` are freed (or the
+    /// store is empty). Returns (entries, bytes) removed.
+    pub fn shed_oldest(&self, bytes: u64) -> (u64, u64) {
+        let mut copies: Vec<(SystemTime, u32, Arc<str>)> = self
+            .cache
+            .iter()
+            .filter_map(|(k, v)| match &v {
+                Slot::Copy(c) => Some((c.stored_at, v.weight(&k), Arc::clone(&*k))),
+                Slot::Vary(_) => None,
+            })
+            .collect();
+        copies.sort_by_key(|(t, _, _)| *t);
+        let (mut n, mut freed) = (0u64, 0u64);
+        for (_, w, k) in copies {
+            if freed >= bytes {
+                break;
+            }
+            self.cache.invalidate(&k);
+            freed += u64::from(w);
+            n += 1;
+        }
+        self.maintain();
+        (n, freed)
+    }
+
     /// Starts the persist writer (see [`persist::Writer::start`]).
     pub fn start_persist(&self) {
         if let Some(p) = &self.persist {

@@ -1,0 +1,97 @@
+//! Memory watch: samples the process's resident memory and, above
+//! `memory.soft_limit`, sheds the coldest last-good copies.
+//!
+//! "Coldest" is the oldest copy: every fresh answer re-stores its copy, so
+//! a copy's age is the time since its path was last fetched with success.
+//! The allocator gives memory back to the system lazily, so after shedding
+//! the watch waits 10 s before it judges the RSS again, instead of emptying
+//! the store chasing a number that is still falling.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::app::App;
+
+/// The resident set size in bytes, from `/proc/self/statm`.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+fn page_size() -> u64 {
+    #[allow(unsafe_code)]
+    // sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u64
+    } else {
+        4096
+    }
+}
+
+/// Figures for `/status`.
+#[derive(Debug, Default)]
+pub struct MemoryFigures {
+    pub rss: AtomicU64,
+    pub shed_entries: AtomicU64,
+    pub shed_bytes: AtomicU64,
+    pub last_shed_unix: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct MemoryWatch {
+    last_sample: Option<Instant>,
+    cooldown_until: Option<Instant>,
+}
+
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+const COOLDOWN: Duration = Duration::from_secs(10);
+
+impl MemoryWatch {
+    /// Called from the control loop; samples at most once a second.
+    pub fn tick(&mut self, app: &App) {
+        let now = Instant::now();
+        if self.last_sample.is_some_and(|t| now - t < SAMPLE_EVERY) {
+            return;
+        }
+        self.last_sample = Some(now);
+        let Some(rss) = rss_bytes() else { return };
+        app.memory.rss.store(rss, Ordering::Relaxed);
+        let limit = app.live.load().loaded.config.memory.soft_limit.unwrap_or(0);
+        crate::metrics::metrics()
+            .memory_soft_limit_bytes
+            .set(limit as i64);
+        if limit == 0 || rss <= limit {
+            return;
+        }
+        if self.cooldown_until.is_some_and(|t| now < t) {
+            return;
+        }
+        let excess = rss - limit;
+        let (entries, bytes) = app.store.shed_oldest(excess);
+        self.cooldown_until = Some(now + COOLDOWN);
+        if entries > 0 {
+            let m = &app.memory;
+            m.shed_entries.fetch_add(entries, Ordering::Relaxed);
+            m.shed_bytes.fetch_add(bytes, Ordering::Relaxed);
+            m.last_shed_unix
+                .store(crate::generation::unix_now(), Ordering::Relaxed);
+            crate::metrics::metrics()
+                .memory_shed_entries_total
+                .inc_by(entries);
+            log::warn!(
+                "memory: resident {} MiB is above memory.soft_limit {} MiB; shed the {entries} oldest last-good copies ({} KiB)",
+                rss >> 20,
+                limit >> 20,
+                bytes >> 10
+            );
+        } else {
+            log::warn!(
+                "memory: resident {} MiB is above memory.soft_limit {} MiB and the last-good store is empty",
+                rss >> 20,
+                limit >> 20
+            );
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The alert webhook (`alerts.webhook`): a JSON POST for each change of an
+//! upstream's state (`healthy`, `degraded`, `down`, with its reason) and
+//! of a token's state (`active`, `rejected`, `expiring`, `expired`,
+//! `unavailable`).
+//!
+//! States are compared once a second, so a flap inside a second is not
+//! reported (the debounce), and the changes of one second go out in one
+//! POST. Delivery runs in its own task with retries (1 s, doubling, 5
+//! tries); at most 64 batches wait, older ones are dropped and counted.
+//! Requests never wait for it. A payload names tokens by index and
+//! fingerprint, never by value.
+//!
+//! ```json
+//! {"source":"graceway","host":"...","events":[
+//!   {"kind":"upstream","upstream":"emoji","from":"healthy","to":"degraded","reason":"token-rejected","at":"..."},
+//!   {"kind":"token","upstream":"emoji","token":0,"fingerprint":"sha256:...","from":"active","to":"rejected","at":"..."}]}
+//! ```
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::app::App;
+use crate::metrics::metrics;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub kind: &'static str,
+    pub upstream: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    pub from: String,
+    pub to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub at: String,
+}
+
+/// Watches states and hands changes to the delivery task.
+#[derive(Default)]
+pub struct StateWatch {
+    /// (upstream) -> state, (upstream, token index, fingerprint) -> state.
+    upstreams: HashMap<String, (String, Option<String>)>,
+    tokens: HashMap<(String, usize, String), String>,
+    last: Option<Instant>,
+    tx: Option<mpsc::Sender<Vec<Event>>>,
+    url: Option<String>,
+}
+
+impl StateWatch {
+    /// Called from the control loop; compares at most once a second.
+    pub fn tick(&mut self, app: &App) {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now - t < Duration::from_secs(1)) {
+            return;
+        }
+        self.last = Some(now);
+        let gen = app.live.load_full();
+        let url = gen.loaded.config.alerts.webhook.clone();
+        if url != self.url {
+            self.url = url.clone();
+            self.tx = url.map(|u| {
+                let (tx, rx) = mpsc::channel(64);
+                tokio::spawn(deliver(u, rx));
+                tx
+            });
+        }
+        let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let mut events = Vec::new();
+        let sys_now = SystemTime::now();
+        for u in &gen.upstreams {
+            let (state, reason) = crate::admin::status::upstream_state(u, sys_now);
+            let cur = (state.to_string(), reason.map(str::to_string));
+            let name = u.config.name.clone();
+            match self.upstreams.insert(name.clone(), cur.clone()) {
+                Some(prev) if prev != cur => events.push(Event {
+                    kind: "upstream",
+                    upstream: name.clone(),
+                    token: None,
+                    fingerprint: None,
+                    from: prev.0,
+                    to: cur.0,
+                    reason: cur.1,
+                    at: at.clone(),
+                }),
+                _ => {}
+            }
+            for t in &u.tokens.tokens {
+                let key = (name.clone(), t.index, t.fingerprint.clone());
+                let st = t.state(sys_now).as_str().to_string();
+                match self.tokens.insert(key, st.clone()) {
+                    Some(prev) if prev != st => events.push(Event {
+                        kind: "token",
+                        upstream: name.clone(),
+                        token: Some(t.index),
+                        fingerprint: Some(t.fingerprint.clone()),
+                        from: prev,
+                        to: st,
+                        reason: None,
+                        at: at.clone(),
+                    }),
+                    // A new token (rotation) is reported when it first shows
+                    // in a state other than active.
+                    None if st != "active" && !self.tokens.is_empty() => events.push(Event {
+                        kind: "token",
+                        upstream: name.clone(),
+                        token: Some(t.index),
+                        fingerprint: Some(t.fingerprint.clone()),
+                        from: "new".into(),
+                        to: st,
+                        reason: None,
+                        at: at.clone(),
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        if events.is_empty() {
+            return;
+        }
+        if let Some(tx) = &self.tx {
+            if tx.try_send(events).is_err() {
+                metrics()
+                    .webhook_deliveries_total
+                    .with_label_values(&["dropped"])
+                    .inc();
+            }
+        }
+    }
+}
+
+async fn deliver(url: String, mut rx: mpsc::Receiver<Vec<Event>>) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    while let Some(events) = rx.recv().await {
+        let body = serde_json::json!({
+            "source": "graceway",
+            "host": host,
+            "events": events,
+        })
+        .to_string();
+        let mut delay = Duration::from_secs(1);
+        let mut delivered = false;
+        for attempt in 1..=5 {
+            match crate::client::request(
+                "POST",
+                &url,
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+                Duration::from_secs(5),
+            )
+            .await
+            {
+                Ok(r) if (200..300).contains(&r.status) => {
+                    delivered = true;
+                    break;
+                }
+                Ok(r) => log::warn!("webhook {url}: answered {} (attempt {attempt}/5)", r.status),
+                Err(e) => log::warn!("webhook {url}: {e} (attempt {attempt}/5)"),
+            }
+            metrics()
+                .webhook_deliveries_total
+                .with_label_values(&["retried"])
+                .inc();
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        let result = if delivered { "ok" } else { "failed" };
+        metrics()
+            .webhook_deliveries_total
+            .with_label_values(&[result])
+            .inc();
+        if !delivered {
+            log::error!(
+                "webhook {url}: gave up on {} events after 5 attempts",
+                events.len()
+            );
+        }
+    }
+}
