@@ -5,7 +5,7 @@
 //! | `GET /v1/ping` | `{"ok":true}` (the probe path) |
 //! | `GET /v1/emojis` | the catalogue |
 //! | `GET /v1/emojis/{name}` | one emoji, or 404 |
-//! | `POST /demo/revoke` | the vendor silently deprecates every current token |
+//! | `POST /demo/revoke[?fingerprint=sha256:…]` | the vendor silently deprecates one token, or every current one |
 //! | `POST /demo/rotate` | the vendor issues a new token, written to `<dir>/token.next` |
 //! | `POST /demo/fail?status=503` | answer every API call with that status |
 //! | `POST /demo/hang` | hold every API call without answering (30 s) |
@@ -71,10 +71,10 @@ pub fn mint_token(salt: u64) -> String {
 }
 
 impl DemoApi {
-    pub fn new(first_token: &str, next_token_file: PathBuf) -> DemoApi {
+    pub fn new(tokens: &[&str], next_token_file: PathBuf) -> DemoApi {
         DemoApi {
             state: Mutex::new(State {
-                accepted: HashSet::from([first_token.to_string()]),
+                accepted: tokens.iter().map(|t| t.to_string()).collect(),
                 mode: Mode::Normal,
                 api_requests: 0,
                 last_fingerprint: None,
@@ -117,9 +117,18 @@ impl ServeHttp for DemoApi {
 
         match (method.as_str(), path.as_str()) {
             ("POST", "/demo/revoke") => {
+                // `?fingerprint=sha256:...` revokes one token, else all.
+                let only = query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix("fingerprint="))
+                    .map(|f| f.replace("%3A", ":"));
                 let mut st = self.lock();
-                let n = st.accepted.len();
-                st.accepted.clear();
+                let before = st.accepted.len();
+                match &only {
+                    Some(fp) => st.accepted.retain(|t| &fingerprint(t) != fp),
+                    None => st.accepted.clear(),
+                }
+                let n = before - st.accepted.len();
                 return json(200, serde_json::json!({"revoked": n}), None);
             }
             ("POST", "/demo/rotate") => {

@@ -41,8 +41,10 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     });
     std::fs::create_dir_all(&dir)?;
     let first = api::mint_token(0);
+    let standby = api::mint_token(1000);
     let token_file = dir.join("token");
     std::fs::write(&token_file, format!("{first}\n"))?;
+    std::fs::write(dir.join("token.standby"), format!("{standby}\n"))?;
     let config_path = dir.join("graceway.yaml");
     std::fs::write(&config_path, demo_config(&opts, &dir))?;
 
@@ -62,7 +64,10 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
     let mut api_service = Service::new(
         "demo emoji API".to_string(),
-        HttpServer::new_app(api::DemoApi::new(&first, dir.join("token.next"))),
+        HttpServer::new_app(api::DemoApi::new(
+            &[&first, &standby],
+            dir.join("token.next"),
+        )),
     );
     api_service.add_tcp(&opts.api.to_string());
     let api_handle = srv.add_service(api_service);
@@ -94,11 +99,13 @@ upstreams:
   - name: emoji
     url: "http://{api}"
     match: {{ path_prefix: "/v1/" }}
-    timeouts: {{ connect: 1s, read: 3s }}
+    timeouts: {{ connect: 1s, read: 2s }}
+    health: {{ open_after: 2, retry_after: 1s, max_retry_after: 4s }}
     credentials:
       inject: {{ header: Authorization, prefix: "Bearer " }}
       tokens:
         - {{ file: {dir}/token }}
+        - {{ file: {dir}/token.standby }}
       expires_warning: 72h
     stale:
       on: [401, 403, 429, 5xx, timeout, connect_error]
@@ -206,18 +213,29 @@ impl Walkthrough {
             .unwrap_or_else(|| "none".into())
     }
 
+    async fn status_table(&self) -> Option<String> {
+        let r = client::request("GET", &self.admin("/status"), &[], b"", T)
+            .await
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+        Some(crate::cli::render_status(&v))
+    }
+
     async fn script(&self) -> Score {
         let mut s = Score::default();
         let token_file = self.dir.join("token");
-        let fp0 = self.app.live.load().upstreams[0].tokens.tokens[0]
-            .fingerprint
-            .clone();
+        let (fp0, fp1) = {
+            let g = self.app.live.load();
+            let t = &g.upstreams[0].tokens.tokens;
+            (t[0].fingerprint.clone(), t[1].fingerprint.clone())
+        };
         println!();
         println!("graceway demo: an emoji API that needs a token, and graceway in front of it");
         println!("   emoji API (the vendor)   http://{}", self.opts.api);
         println!("   graceway (your sidecar)  http://{}", self.opts.listen);
         println!("   graceway admin           http://{}", self.opts.admin);
         println!("   config and token files   {}", self.dir.display());
+        println!("   tokens                   primary {fp0}, standby {fp1}");
         println!();
 
         println!("1. Your service asks graceway for an emoji, with no token of its own.");
@@ -227,8 +245,8 @@ impl Walkthrough {
             "200 from the API through graceway",
         );
         let seen = self.last_token_seen().await;
-        println!("   The API received token {seen}; graceway's token file holds {fp0}.");
-        s.expect(seen == fp0, "graceway injected its token");
+        println!("   The API received token {seen}: graceway injected its primary token.");
+        s.expect(seen == fp0, "graceway injected its primary token");
         println!();
 
         println!("2. A client that sends its own Authorization header cannot override the token.");
@@ -245,13 +263,26 @@ impl Walkthrough {
         );
         println!();
 
-        println!(
-            "3. The vendor silently deprecates the token (this is how the 16-hour outage began)."
+        println!("3. The vendor silently deprecates the primary token. graceway fails over to the standby:");
+        println!("   the user gets a normal, fresh answer.");
+        let _ = self
+            .post(&self.api(&format!("/demo/revoke?fingerprint={fp0}")))
+            .await;
+        let r = self.get(&self.gw("/v1/emojis/fire"), &[]).await;
+        let seen = self.last_token_seen().await;
+        s.expect(
+            r.as_ref()
+                .is_ok_and(|r| r.status == 200 && r.header("x-graceway-degraded").is_none())
+                && seen == fp1,
+            "200 fresh, sent again with the standby token",
         );
-        let _ = self.post(&self.api("/demo/revoke")).await;
         println!();
 
-        println!("4. Your service asks again. Users keep their emoji: graceway answers from the last good copy, and says so.");
+        println!(
+            "4. Then the standby dies too (this is how the 16-hour outage began). Users keep their"
+        );
+        println!("   emoji: graceway answers from the last good copy, says so, and stops sending dead tokens.");
+        let _ = self.post(&self.api("/demo/revoke")).await;
         let r = self.get(&self.gw("/v1/emojis/smile"), &[]).await;
         s.expect(
             r.as_ref().is_ok_and(|r| {
@@ -270,15 +301,23 @@ impl Walkthrough {
         );
         println!();
 
-        println!("5. Operators see it at once: readiness, status and metrics name the upstream and the token.");
-        let r = self.get(&self.admin("/status"), &[]).await;
-        s.expect(
-            r.as_ref().is_ok_and(|r| r.text().contains("\"rejected\"")),
-            "/status shows the token as rejected",
-        );
+        println!("5. Operators see it at once: status, readiness and metrics name the upstream and the tokens.");
+        println!("   $ graceway status --admin http://{}", self.opts.admin);
+        match self.status_table().await {
+            Some(t) => {
+                for line in t.lines() {
+                    println!("   {line}");
+                }
+                s.expect(
+                    t.contains("rejected") && t.contains(&fp1),
+                    "the status table shows the rejected tokens",
+                );
+            }
+            None => s.expect(false, "the status table is readable"),
+        }
         println!(
-            "   (also: graceway status --admin http://{}   and   curl http://{}/metrics)",
-            self.opts.admin, self.opts.admin
+            "   (also: curl http://{0}/readyz   curl http://{0}/metrics)",
+            self.opts.admin
         );
         println!();
 
@@ -312,6 +351,45 @@ impl Walkthrough {
             r.as_ref()
                 .is_ok_and(|r| r.status == 200 && r.header("x-graceway-degraded").is_none()),
             "200 fresh from the API with the new token",
+        );
+        println!();
+
+        println!("8. Another day, the vendor's API hangs. The first 2 requests wait for the 2 s read timeout,");
+        println!("   then the health breaker opens and every answer comes from the store at once.");
+        let _ = self.post(&self.api("/demo/hang")).await;
+        for i in 1..=3 {
+            let t0 = Instant::now();
+            let r = self.get(&self.gw("/v1/emojis/smile"), &[]).await;
+            let ms = t0.elapsed().as_millis();
+            println!("   answered in {ms} ms");
+            if i == 3 {
+                s.expect(
+                    r.as_ref().is_ok_and(|r| {
+                        r.status == 200
+                            && r.header("x-graceway-degraded") == Some("upstream-timeout")
+                    }) && ms < 500,
+                    "the breaker is open: a stale answer in well under the read timeout",
+                );
+            }
+        }
+        println!();
+
+        println!("9. The vendor recovers; the next trial request closes the breaker.");
+        let _ = self.post(&self.api("/demo/recover")).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut fresh = false;
+        while Instant::now() < deadline && !fresh {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            fresh = client::request("GET", &self.gw("/v1/emojis/smile"), &[], b"", T)
+                .await
+                .is_ok_and(|r| r.status == 200 && r.header("x-graceway-degraded").is_none());
+        }
+        let r = self.get(&self.gw("/v1/emojis/smile"), &[]).await;
+        s.expect(
+            fresh
+                && r.as_ref()
+                    .is_ok_and(|r| r.header("x-graceway-degraded").is_none()),
+            "fresh answers again after the breaker closed",
         );
         println!();
         s
