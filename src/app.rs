@@ -61,6 +61,8 @@ pub struct App {
     pub store: LastGoodStore,
     /// Resident memory and shedding figures, written by the memory watch.
     pub memory: crate::memory::MemoryFigures,
+    /// Set once the proxy listener was seen accepting (see `/readyz`).
+    pub proxy_listening: std::sync::atomic::AtomicBool,
 }
 
 impl App {
@@ -121,6 +123,7 @@ impl App {
             started_at: SystemTime::now(),
             store,
             memory: Default::default(),
+            proxy_listening: Default::default(),
         };
         Ok(Arc::new(app))
     }

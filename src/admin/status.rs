@@ -143,12 +143,36 @@ pub fn status(app: &App) -> Value {
     })
 }
 
+/// Whether the proxy listener accepts connections. Pingora starts the
+/// admin and proxy services side by side, so the first readiness checks
+/// connect once; after the first success the answer is remembered.
+fn proxy_listening(app: &App, listen: std::net::SocketAddr) -> bool {
+    if app.proxy_listening.load(Ordering::Relaxed) {
+        return true;
+    }
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let ok =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).is_ok();
+    if ok {
+        app.proxy_listening.store(true, Ordering::Relaxed);
+    }
+    ok
+}
+
 /// Ready when every upstream can answer: it needs no token, has a usable
 /// one, or has a stale path. Degraded-but-serving is ready.
 pub fn readiness(app: &App) -> (bool, Value) {
     let gen = app.live.load_full();
     let now = SystemTime::now();
-    let mut all = true;
+    let listening = proxy_listening(app, gen.loaded.config.listen);
+    let mut all = listening;
     let ups: Vec<Value> = gen
         .upstreams
         .iter()
@@ -161,6 +185,6 @@ pub fn readiness(app: &App) -> (bool, Value) {
         .collect();
     (
         all,
-        json!({ "ready": all, "generation": gen.number, "upstreams": ups }),
+        json!({ "ready": all, "listening": listening, "generation": gen.number, "upstreams": ups }),
     )
 }

@@ -223,6 +223,13 @@ impl Walkthrough {
 
     async fn script(&self) -> Score {
         let mut s = Score::default();
+        // The services have started; wait for their sockets to accept.
+        for addr in [self.opts.listen, self.opts.admin, self.opts.api] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while tokio::net::TcpStream::connect(addr).await.is_err() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let token_file = self.dir.join("token");
         let (fp0, fp1) = {
             let g = self.app.live.load();
