@@ -214,8 +214,14 @@ impl App {
             return Some(self.finish(trigger, &current, Err(e)));
         }
         if !gen.warnings.is_empty() {
-            // Report the failed sources; apply what did change.
+            // Report the failed sources; apply what did change. The same
+            // failure seen again with nothing changed is not reported again
+            // (a retry schedule or folder events would repeat it).
             let message = gen.warnings.join("; ");
+            let last = self.last_reload.load();
+            if unchanged && !last.ok && last.message == message {
+                return None;
+            }
             if !unchanged {
                 self.finish(trigger, &current, Ok((gen, Vec::new())));
             }

@@ -72,11 +72,36 @@ pub async fn request(
             .await
             .map_err(|e| e.to_string())?;
         stream.write_all(body).await.map_err(|e| e.to_string())?;
+        // Read until the answer is complete: by Content-Length when the
+        // server sends one (it may keep the connection open regardless of
+        // our `Connection: close`), else until it closes.
         let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?;
+        let mut buf = [0u8; 8192];
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                let complete = match len {
+                    _ if method == "HEAD" => true,
+                    Some(n) => raw.len() >= end + 4 + n,
+                    None => false,
+                };
+                if complete {
+                    break;
+                }
+            }
+            let n = stream
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
         parse_reply(&raw, method == "HEAD")
     })
     .await

@@ -117,6 +117,7 @@ struct TokenWatcher {
     tx: mpsc::Sender<()>,
     inner: Option<notify::RecommendedWatcher>,
     dirs: HashSet<PathBuf>,
+    names: HashSet<std::ffi::OsString>,
 }
 
 impl TokenWatcher {
@@ -125,24 +126,39 @@ impl TokenWatcher {
             tx,
             inner: None,
             dirs: HashSet::new(),
+            names: HashSet::new(),
         }
     }
 
     /// Watches exactly the folders of `files`; call again after a reload.
+    /// Only events on the token files themselves, or on the hidden `..`
+    /// entries through which Kubernetes swaps a Secret volume, count: other
+    /// files in the folder (a log file, say) must not trigger re-reads.
     fn watch(&mut self, files: &[PathBuf]) {
         let dirs: HashSet<PathBuf> = files
             .iter()
             .filter_map(|f| f.parent().map(Path::to_path_buf))
             .collect();
-        if dirs == self.dirs && self.inner.is_some() {
+        let names: HashSet<std::ffi::OsString> = files
+            .iter()
+            .filter_map(|f| f.file_name().map(|n| n.to_os_string()))
+            .collect();
+        if dirs == self.dirs && names == self.names && self.inner.is_some() {
             return;
         }
         let tx = self.tx.clone();
+        let wanted = names.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                if !ev.kind.is_access() {
-                    let _ = tx.try_send(());
-                }
+            let Ok(ev) = res else { return };
+            if ev.kind.is_access() {
+                return;
+            }
+            let relevant = ev.paths.iter().any(|p| {
+                p.file_name()
+                    .is_some_and(|n| wanted.contains(n) || n.to_string_lossy().starts_with(".."))
+            });
+            if relevant {
+                let _ = tx.try_send(());
             }
         });
         let mut watcher = match watcher {
@@ -162,6 +178,7 @@ impl TokenWatcher {
         }
         self.inner = Some(watcher);
         self.dirs = dirs;
+        self.names = names;
     }
 }
 

@@ -43,6 +43,8 @@ pub struct MemoryFigures {
 pub struct MemoryWatch {
     last_sample: Option<Instant>,
     cooldown_until: Option<Instant>,
+    /// Last "store is empty" warning (at most one a minute).
+    warned_empty: Option<Instant>,
 }
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -70,8 +72,8 @@ impl MemoryWatch {
         }
         let excess = rss - limit;
         let (entries, bytes) = app.store.shed_oldest(excess);
-        self.cooldown_until = Some(now + COOLDOWN);
         if entries > 0 {
+            self.cooldown_until = Some(now + COOLDOWN);
             let m = &app.memory;
             m.shed_entries.fetch_add(entries, Ordering::Relaxed);
             m.shed_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -86,7 +88,11 @@ impl MemoryWatch {
                 limit >> 20,
                 bytes >> 10
             );
-        } else {
+        } else if self
+            .warned_empty
+            .is_none_or(|t| now - t > Duration::from_secs(60))
+        {
+            self.warned_empty = Some(now);
             log::warn!(
                 "memory: resident {} MiB is above memory.soft_limit {} MiB and the last-good store is empty",
                 rss >> 20,

@@ -163,6 +163,9 @@ async fn deliver(url: String, mut rx: mpsc::Receiver<Vec<Event>>) {
                 Ok(r) => log::warn!("webhook {url}: answered {} (attempt {attempt}/5)", r.status),
                 Err(e) => log::warn!("webhook {url}: {e} (attempt {attempt}/5)"),
             }
+            if attempt == 5 {
+                break;
+            }
             metrics()
                 .webhook_deliveries_total
                 .with_label_values(&["retried"])

@@ -386,10 +386,9 @@ impl ProxyHttp for Proxy {
         let up = &gen.upstreams[ctx.upstream];
         up.status.metrics.upstream_response(status);
         if let Some(t0) = ctx.sent_at {
-            up.status
-                .metrics
-                .duration
-                .observe(t0.elapsed().as_secs_f64());
+            let took = t0.elapsed();
+            ctx.upstream_time = Some(took);
+            up.status.metrics.duration.observe(took.as_secs_f64());
         }
         if status >= 500 {
             Self::health_failure(up, Reason::Upstream5xx);

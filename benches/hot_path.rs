@@ -1,0 +1,84 @@
+//! Micro benchmarks of the per-request work graceway adds on top of
+//! Pingora: routing, picking a token, looking up a last-good copy, the
+//! breaker checks. `cargo bench --bench hot_path`; prints ns per operation.
+//! No harness crate: a plain timing loop with `black_box`, median of 5.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use graceway::breaker::Breaker;
+use graceway::generation::{Router, UpstreamStatus};
+use graceway::stale::{primary_key, LastGoodStore, StoredResponse};
+
+fn time<F: FnMut()>(name: &str, iters: u32, mut f: F) {
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        samples.push(t0.elapsed().as_nanos() as f64 / f64::from(iters));
+    }
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!("{name:<40} {:>8.1} ns/op", samples[2]);
+}
+
+fn main() {
+    let yaml = r#"
+listen: "127.0.0.1:18080"
+pid_file: /tmp/graceway-bench.pid
+upstreams:
+  - { name: a, url: "http://127.0.0.1:1", match: { path_prefix: "/" } }
+  - { name: b, url: "http://127.0.0.1:2", match: { path_prefix: "/v1/special/" } }
+  - { name: c, url: "http://127.0.0.1:3", match: { host: "emoji.internal" } }
+  - { name: d, url: "http://127.0.0.1:4", match: { path_prefix: "/v2/" } }
+"#;
+    let cfg = graceway::config::parse(yaml, std::path::Path::new("/")).expect("bench config");
+    let router = Router::new(&cfg.upstreams);
+    time("router: longest prefix", 1_000_000, || {
+        black_box(router.route(
+            black_box(Some("api.example")),
+            black_box("/v1/special/emojis/smile"),
+        ));
+    });
+    time("router: host match", 1_000_000, || {
+        black_box(router.route(black_box(Some("EMOJI.internal")), black_box("/v1/x")));
+    });
+
+    let store = LastGoodStore::new(64 << 20, 1 << 20, None);
+    let owner = Arc::new(UpstreamStatus::new("a"));
+    let req = pingora::http::RequestHeader::build("GET", b"/v1/emojis/smile?size=2", None).unwrap();
+    let key = primary_key("a", &req);
+    store.insert(
+        &key,
+        None,
+        Arc::new(StoredResponse {
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            )],
+            body: bytes::Bytes::from_static(br#"{"name":"smile"}"#),
+            stored_at: SystemTime::now(),
+            fresh_for: std::time::Duration::ZERO,
+            must_revalidate: false,
+            stale_if_error: None,
+            weight: 256,
+            owner,
+        }),
+        false,
+    );
+    time("store: primary key + lookup (hit)", 500_000, || {
+        black_box(store.lookup(black_box("a"), black_box(&req)));
+    });
+
+    let breaker = Breaker::new(
+        5,
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(30),
+    );
+    time("breaker: closed check + success", 5_000_000, || {
+        black_box(breaker.is_open());
+        black_box(breaker.success());
+    });
+}
