@@ -263,10 +263,21 @@ pub fn render_status(st: &Value) -> String {
         "UPSTREAM".to_string(),
         "STATE".into(),
         "REASON".into(),
+        "SINCE".into(),
+        "HEALTH BREAKER".into(),
+        "AUTH BREAKER".into(),
+        "COPIES".into(),
         "URL".into(),
         "LAST SUCCESS".into(),
         "LAST FAILURE".into(),
     ]];
+    let breaker = |b: &Value| {
+        if b["open"].as_bool() == Some(true) {
+            format!("open ({}) since {}", s(&b["reason"]), s(&b["since"]))
+        } else {
+            "closed".to_string()
+        }
+    };
     let mut token_rows = vec![vec![
         "UPSTREAM".to_string(),
         "TOKEN".into(),
@@ -282,6 +293,10 @@ pub fn render_status(st: &Value) -> String {
             s(&u["name"]),
             s(&u["state"]),
             s(&u["reason"]),
+            s(&u["degraded_since"]),
+            breaker(&u["breakers"]["health"]),
+            breaker(&u["breakers"]["auth"]),
+            s(&u["stored"]["entries"]),
             s(&u["url"]),
             s(&u["last_success"]),
             if lf.is_null() {

@@ -1,4 +1,5 @@
-//! The alert webhook (`alerts.webhook`): a JSON POST for each change of an
+//! State changes: each is logged once, and with `alerts.webhook` set, sent
+//! as a JSON POST. The webhook gets a POST for each change of an
 //! upstream's state (`healthy`, `degraded`, `down`, with its reason) and
 //! of a token's state (`active`, `rejected`, `expiring`, `expired`,
 //! `unavailable`).
@@ -121,6 +122,28 @@ impl StateWatch {
         }
         if events.is_empty() {
             return;
+        }
+        // Every state change is logged once, webhook or not.
+        for e in &events {
+            match e.token {
+                Some(i) => log::info!(
+                    "upstream {}: token {i} ({}) is now {} (was {})",
+                    e.upstream,
+                    e.fingerprint.as_deref().unwrap_or("-"),
+                    e.to,
+                    e.from
+                ),
+                None => log::warn!(
+                    "upstream {}: state {} -> {}{}",
+                    e.upstream,
+                    e.from,
+                    e.to,
+                    e.reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                ),
+            }
         }
         if let Some(tx) = &self.tx {
             if tx.try_send(events).is_err() {

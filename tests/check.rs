@@ -35,6 +35,36 @@ fn every_shipped_config_passes() {
 }
 
 #[test]
+fn kubernetes_configmap_config_passes() {
+    use serde::Deserialize;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("conf/kubernetes/graceway-sidecar.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut found = 0;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v = serde_yaml::Value::deserialize(doc).unwrap();
+        if v["kind"].as_str() != Some("ConfigMap") {
+            continue;
+        }
+        let Some(cfg) = v["data"]["graceway.yaml"].as_str() else {
+            continue;
+        };
+        let dir = TestDir::new();
+        let p = dir.file("graceway.yaml");
+        std::fs::write(&p, cfg).unwrap();
+        let (code, out, err) = run_cli(&["check", "--skip-sources", "-c", p.to_str().unwrap()]);
+        assert_eq!(code, 0, "the ConfigMap's graceway.yaml: {out}{err}");
+        found += 1;
+    }
+    assert_eq!(
+        found,
+        1,
+        "one ConfigMap with graceway.yaml in {}",
+        path.display()
+    );
+}
+
+#[test]
 fn full_check_reads_sources_and_reports_fingerprints() {
     let dir = TestDir::new();
     dir.write("token", "tok-check-1\n");

@@ -430,3 +430,56 @@ async fn oauth2_client_credentials() {
         "{logs}"
     );
 }
+
+/// The bar: revoking the primary on a live upstream under load
+/// gives zero client-visible errors while a standby is valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_primary_under_load_is_invisible() {
+    let (up, accepted) = gatekeeper(&["tok-primary", "tok-standby"]);
+    let g = start_two(&up, "");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let stop = stop.clone();
+        let url = g.url(&format!("/v1/load/{w}"));
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            let (mut ok, mut bad) = (0u32, Vec::new());
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 5000 {
+                n += 1;
+                match c.get(&url).send().await {
+                    Ok(r)
+                        if r.status() == 200
+                            && r.headers().get("x-graceway-degraded").is_none() =>
+                    {
+                        ok += 1
+                    }
+                    Ok(r) => bad.push(format!(
+                        "{} {:?}",
+                        r.status(),
+                        r.headers().get("x-graceway-degraded")
+                    )),
+                    Err(e) => bad.push(e.to_string()),
+                }
+            }
+            (ok, bad)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    accepted.lock().unwrap().remove("tok-primary");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        let (ok, bad) = w.await.unwrap();
+        assert!(bad.is_empty(), "client-visible errors: {bad:?}");
+        total += ok;
+    }
+    assert!(total > 100, "too little load: {total}");
+    let after: Vec<_> = up.requests().into_iter().rev().take(20).collect();
+    assert!(
+        after.iter().all(|r| r.bearer() == Some("tok-standby")),
+        "the standby carries the load now"
+    );
+}
