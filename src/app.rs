@@ -63,6 +63,8 @@ pub struct App {
     pub memory: crate::memory::MemoryFigures,
     /// Set once the proxy listener was seen accepting (see `/readyz`).
     pub proxy_listening: std::sync::atomic::AtomicBool,
+    /// The pid file this process wrote (a reload does not move it).
+    pub pid_file: std::sync::OnceLock<PathBuf>,
 }
 
 impl App {
@@ -124,6 +126,7 @@ impl App {
             store,
             memory: Default::default(),
             proxy_listening: Default::default(),
+            pid_file: Default::default(),
         };
         Ok(Arc::new(app))
     }

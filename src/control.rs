@@ -43,7 +43,9 @@ impl BackgroundService for Control {
                 return;
             }
         };
-        write_pid_file(&self.app.live.load().loaded.config.pid_file);
+        let pid_file = self.app.live.load().loaded.config.pid_file.clone();
+        write_pid_file(&pid_file);
+        let _ = self.app.pid_file.set(pid_file);
         self.app.store.start_persist();
         let (events_tx, mut events) = mpsc::channel::<()>(16);
         let mut watcher = TokenWatcher::new(events_tx);
@@ -203,7 +205,7 @@ impl RefreshClock {
                 let (last, failures) = *self.last.entry(key.clone()).or_insert((now, 0));
                 let failed = t.injected.is_none();
                 let failures = if failed { failures } else { 0 };
-                let retry = Duration::from_secs((2u64 << failures.min(7)).min(300));
+                let retry = Duration::from_secs((2u64 << failures.min(9)).min(300));
                 let is_due = match &t.spec.source {
                     SourceSpec::OAuth2(o) => crate::tokens::oauth2::due(o),
                     SourceSpec::Command { refresh, .. } => {

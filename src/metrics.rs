@@ -129,7 +129,7 @@ pub fn metrics() -> &'static Metrics {
         .expect("metric registers"),
         webhook_deliveries_total: register_int_counter_vec!(
             "graceway_webhook_deliveries_total",
-            "Alert webhook deliveries, by result (ok, retried, failed).",
+            "Alert webhook deliveries, by result (ok, retried, failed, dropped).",
             &["result"]
         )
         .expect("metric registers"),

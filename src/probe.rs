@@ -156,11 +156,23 @@ pub async fn run(app: Arc<App>, generation: u64, name: String) {
             return;
         };
         drop(gen);
+        // Sleep until the next probe, in short steps: while the health
+        // breaker is open the probe is its half-open test and follows the
+        // breaker's schedule (`retry_after`, doubling to `max_retry_after`).
         let backoff = 1u32 << failures.min(3);
-        tokio::time::sleep(jitter(interval * backoff)).await;
+        let due = tokio::time::Instant::now() + jitter(interval * backoff);
+        let mut trial = false;
+        while tokio::time::Instant::now() < due {
+            if up.status.health.is_open() && up.status.health.try_trial() {
+                trial = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100).min(due - tokio::time::Instant::now()))
+                .await;
+        }
         if probe_upstream(&up).await {
             failures = 0;
-        } else {
+        } else if !trial {
             failures += 1;
         }
     }

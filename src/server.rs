@@ -61,9 +61,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
 /// Removes the pid file if it still names this process (a graceful upgrade
 /// hands it to the new process, which rewrites it).
 pub fn remove_pid_file(app: &App) {
-    let pid_file = app.live.load().loaded.config.pid_file.clone();
-    if std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim() == std::process::id().to_string())
-    {
+    let Some(pid_file) = app.pid_file.get() else {
+        return;
+    };
+    if std::fs::read_to_string(pid_file).is_ok_and(|s| s.trim() == std::process::id().to_string()) {
         let _ = std::fs::remove_file(pid_file);
     }
 }

@@ -7,7 +7,8 @@
 //! States are compared once a second, so a flap inside a second is not
 //! reported (the debounce), and the changes of one second go out in one
 //! POST. Delivery runs in its own task with retries (1 s, doubling, 5
-//! tries); at most 64 batches wait, older ones are dropped and counted.
+//! tries); at most 64 batches wait, a batch beyond that is dropped and
+//! counted (`graceway_webhook_deliveries_total{result="dropped"}`).
 //! Requests never wait for it. A payload names tokens by index and
 //! fingerprint, never by value.
 //!

@@ -802,7 +802,7 @@ async fn access_log_plain_json_and_off() {
         format!(
             " GET /v1/a 200 upstream=emoji outcome=stale reason=token-rejected token={fp} upstream_ms="
         ),
-        " GET /other 404 upstream=- outcome=ok reason=- token=- upstream_ms=- total_ms=".into(),
+        " GET /other 404 upstream=- outcome=error reason=- token=- upstream_ms=- total_ms=".into(),
     ] {
         let n = lines.iter().filter(|l| l.contains(&want)).count();
         assert_eq!(n, 1, "{n} lines with `{want}`:\n{out}");
@@ -865,7 +865,7 @@ async fn access_log_plain_json_and_off() {
     let (fresh, stale, unrouted) = (
         find("/v1/a", "ok"),
         find("/v1/a", "stale"),
-        find("/other", "ok"),
+        find("/other", "error"),
     );
     assert_eq!(fresh["path"], "/v1/a", "{fresh}");
     assert_eq!(fresh["status"], 200);

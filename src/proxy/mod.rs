@@ -160,13 +160,16 @@ impl Proxy {
         let answer = if respond::triggered(&up.config.stale.on, reason, fwd) {
             respond::degraded(self.store(), up, session.req_header(), reason, fwd, None)?
         } else {
-            respond::json_error(
+            let mut r = respond::json_error(
                 503,
                 "the upstream cannot answer",
                 Some(&up.config.name),
                 reason.as_str(),
                 None,
-            )?
+            )?;
+            r.header
+                .insert_header("X-Graceway-Degraded", reason.as_str())?;
+            r
         };
         ctx.outcome = if answer.stale {
             Outcome::Stale(reason)
@@ -285,7 +288,7 @@ impl ProxyHttp for Proxy {
                 None => {
                     // No token can be sent: the auth breaker is open.
                     let (reason, fwd) = respond::no_token(&up);
-                    if up.auth.trip(reason.unwrap_or(Reason::TokenRejected)) {
+                    if reason.is_some_and(|r| up.auth.trip(r)) {
                         log::warn!(
                             "upstream {}: auth breaker open: no usable token ({}); answering from the last-good store until {}",
                             up.config.name,
@@ -751,7 +754,7 @@ impl Proxy {
             Outcome::Fresh if e.is_none() => ("ok", "-"),
             Outcome::Stale(r) => ("stale", r.as_str()),
             Outcome::Error(Some(r)) => ("error", r.as_str()),
-            Outcome::Unrouted if e.is_none() => ("ok", "-"),
+            Outcome::Unrouted if e.is_none() && status < 400 => ("ok", "-"),
             _ => ("error", "-"),
         };
         let token = up
