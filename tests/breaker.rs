@@ -351,3 +351,60 @@ async fn preflight_with_the_upstream_down_still_applies() {
         graceway::tokens::fingerprint("tok-after")
     );
 }
+
+/// With a probe configured, live requests never trial an open breaker; the
+/// probe does, on the breaker's schedule (retry_after), not every
+/// `probe.interval` (60 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_retests_an_open_breaker_on_its_schedule() {
+    let (up, mode) = switchable();
+    let g = start(
+        up.port,
+        "{ open_after: 2, retry_after: 1s, max_retry_after: 2s }",
+        "      probe: { path: /v1/ping, interval: 60s }",
+    );
+    let c = client();
+    assert_eq!(c.get(g.url("/v1/a")).send().await.unwrap().status(), 200);
+    mode.store(FAIL, Ordering::SeqCst);
+    for _ in 0..2 {
+        c.get(g.url("/v1/a")).send().await.unwrap();
+    }
+    let st = g.status().await;
+    assert_eq!(
+        st["upstreams"][0]["breakers"]["health"]["open"], true,
+        "{st}"
+    );
+    let live_before = up
+        .requests()
+        .iter()
+        .filter(|r| r.path() != "/v1/ping")
+        .count();
+    mode.store(NORMAL, Ordering::SeqCst);
+    let t0 = Instant::now();
+    wait_for_async(
+        "the probe to close the breaker",
+        Duration::from_secs(10),
+        || async {
+            let r = c.get(g.url("/v1/a")).send().await.unwrap();
+            degraded(&r).is_none().then_some(())
+        },
+    )
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    let pings = up
+        .requests()
+        .iter()
+        .filter(|r| r.path() == "/v1/ping")
+        .count();
+    assert!(pings >= 1, "the probe did the test");
+    let live_during = up
+        .requests()
+        .iter()
+        .filter(|r| r.path() != "/v1/ping")
+        .count()
+        - live_before;
+    assert!(
+        live_during <= 1,
+        "live requests were short-circuited while open: {live_during}"
+    );
+}
