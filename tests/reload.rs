@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{client, run_cli, wait_for_async, Graceway, MockReply, MockUpstream, TestDir};
+use support::{
+    client, metric_value, run_cli, wait_for_async, Graceway, MockReply, MockUpstream, TestDir,
+};
 
 fn config(up: &MockUpstream, token_path: &str, admin_extra: &str) -> String {
     format!(
@@ -176,20 +178,11 @@ async fn invalid_token_file_on_reload_keeps_old_token() {
     for rec in up.requests() {
         assert!(rec.header("x-injected").is_none());
     }
-    let metrics = client()
-        .get(g.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let failed: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("graceway_token_reloads_total{result=\"failed\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .expect("failed reload counter");
+    let failed = metric_value(
+        &g.metrics().await,
+        "graceway_token_reloads_total{result=\"failed\"}",
+    )
+    .expect("failed reload counter");
     assert!(failed >= 6.0, "{failed}");
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::mock::Wire;
-use support::{client, wait_for_async, Graceway, MockReply, MockUpstream, TestDir};
+use support::{client, metric_value, wait_for_async, Graceway, MockReply, MockUpstream, TestDir};
 
 /// A mock whose answers the test switches: `status` 200 means normal JSON
 /// with the path in the body; anything else is that status.
@@ -433,19 +433,7 @@ async fn byte_budget_holds_under_distinct_keys() {
         max_seen > budget / 2,
         "the test never filled the store: {max_seen}"
     );
-    let m = c
-        .get(g.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let evictions: f64 = m
-        .lines()
-        .find(|l| l.starts_with("graceway_cache_evictions_total "))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap();
+    let evictions = metric_value(&g.metrics().await, "graceway_cache_evictions_total").unwrap();
     assert!(evictions > 0.0);
 }
 

@@ -249,6 +249,18 @@ impl Graceway {
         .await
     }
 
+    /// `/metrics` as text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn reload_attempt(&self) -> u64 {
         self.status().await["reload"]["attempt"].as_u64().unwrap()
     }
@@ -296,6 +308,18 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in
+/// Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// A reqwest client that does not pool connections across tests.
