@@ -39,6 +39,9 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
             return 1;
         }
     };
+    for w in not_active_warnings(&loaded.config) {
+        eprintln!("graceway: warning: {w}");
+    }
     if skip_sources {
         println!(
             "graceway: configuration file {} syntax is ok ({} upstreams; token sources not read)",
@@ -95,6 +98,18 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
             0
         }
     }
+}
+
+/// Settings the config accepts that this build does not act on.
+pub fn not_active_warnings(cfg: &config::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if cfg.cache.redis.is_some() {
+        out.push(
+            "cache.redis: this build has no Redis tier; the setting is validated but has no effect"
+                .to_string(),
+        );
+    }
+    out
 }
 
 fn admin_url_from_config(path: &Path) -> Option<String> {

@@ -114,24 +114,24 @@ impl UpstreamStatus {
         }
     }
 
-    /// A fresh answer: ends a degradation (logged once).
+    /// A fresh answer: ends a degradation.
     #[inline]
     pub fn mark_healthy(&self) {
+        // The transition is logged (once) by the state watch.
         if self.degraded.load(Ordering::Relaxed) && self.degraded.swap(false, Ordering::Relaxed) {
             self.metrics.degraded.set(0);
             self.degraded_reason.store(0, Ordering::Relaxed);
             self.degraded_since.store(0, Ordering::Relaxed);
-            log::info!("upstream {}: recovered, answers are fresh again", self.name);
         }
     }
 
-    /// A degraded answer: starts a degradation (logged once) or updates its
-    /// reason.
+    /// A degraded answer: starts a degradation or updates its reason (the
+    /// state watch logs the transition once).
     pub fn mark_degraded(&self, reason: Reason) {
         let now = unix_now();
         self.record_failure(now, reason);
-        if self.degraded_reason.swap(reason as u8, Ordering::Relaxed) != reason as u8 {
-            log::warn!("upstream {}: degraded ({})", self.name, reason.as_str());
+        if self.degraded_reason.load(Ordering::Relaxed) != reason as u8 {
+            self.degraded_reason.store(reason as u8, Ordering::Relaxed);
         }
         if !self.degraded.swap(true, Ordering::Relaxed) {
             self.metrics.degraded.set(1);

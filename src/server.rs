@@ -50,6 +50,9 @@ pub fn init_logging(cfg: &LogConfig) {
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let loaded = config::load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     init_logging(&loaded.config.log);
+    for w in crate::cli::not_active_warnings(&loaded.config) {
+        log::warn!("{w}");
+    }
     let app = start_app(loaded)?;
     let (server, _) = build_server(&app, &opts)?;
     server.run(pingora::server::RunArgs::default());

@@ -310,3 +310,54 @@ async fn sigterm_exits_cleanly_and_removes_pid_file() {
     assert!(st.success(), "{st:?}");
     assert!(!g.dir.file("graceway.pid").exists());
 }
+
+/// `run --daemon` with a relative config path: the daemon changes its
+/// working directory to `/`, yet reloads still find the file (and the
+/// relative token path in it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_mode_with_a_relative_config_path() {
+    let up = MockUpstream::start(|_| MockReply::ok("{}"));
+    let dir = TestDir::new();
+    dir.write("token", "tok-daemon-1\n");
+    let (listen, admin) = (support::free_port(), support::free_port());
+    let yaml = format!(
+        "listen: \"127.0.0.1:{listen}\"\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\npid_file: graceway.pid\nupstreams:\n  - name: emoji\n    url: \"http://127.0.0.1:{}\"\n    credentials: {{ tokens: [ {{ file: token }} ] }}\n",
+        up.port
+    );
+    std::fs::write(dir.file("graceway.yaml"), yaml).unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["run", "-c", "graceway.yaml", "--daemon"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(dir.file("stdout.log")).unwrap())
+        .stderr(std::fs::File::create(dir.file("stderr.log")).unwrap())
+        .status()
+        .unwrap();
+    assert!(out.success());
+    struct Kill(std::path::PathBuf);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0) {
+                let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+    let _guard = Kill(dir.file("graceway.pid"));
+    let status_url = format!("http://127.0.0.1:{admin}/status");
+    wait_for_async("the daemon to answer", Duration::from_secs(20), || async {
+        reqwest::get(&status_url).await.ok().map(|_| ())
+    })
+    .await;
+    let proxy = format!("http://127.0.0.1:{listen}/v1/a");
+    assert_eq!(client().get(&proxy).send().await.unwrap().status(), 200);
+    assert_eq!(up.requests().last().unwrap().bearer(), Some("tok-daemon-1"));
+    dir.write("token", "tok-daemon-2\n");
+    let cfg = dir.file("graceway.yaml");
+    let (code, o, e) =
+        tokio::task::spawn_blocking(move || run_cli(&["reload", "-c", cfg.to_str().unwrap()]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{o}{e}");
+    assert_eq!(client().get(&proxy).send().await.unwrap().status(), 200);
+    assert_eq!(up.requests().last().unwrap().bearer(), Some("tok-daemon-2"));
+}

@@ -64,6 +64,10 @@ pub struct LoadedConfig {
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    // Absolute from here on: a daemon changes its working directory to `/`,
+    // and a reload must find the same file (and relative paths inside it
+    // must keep meaning the same files).
+    let path = &std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             path: String::new(),
