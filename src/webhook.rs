@@ -15,6 +15,7 @@
 //! ```json
 //! {"source":"graceway","host":"...","events":[
 //!   {"kind":"upstream","upstream":"emoji","from":"healthy","to":"degraded","reason":"token-rejected","at":"..."},
+//!   {"kind":"auth-breaker","upstream":"emoji","from":"closed","to":"open","reason":"token-rejected","at":"..."},
 //!   {"kind":"token","upstream":"emoji","token":0,"fingerprint":"sha256:...","from":"active","to":"rejected","at":"..."}]}
 //! ```
 
@@ -48,6 +49,8 @@ pub struct StateWatch {
     /// (upstream) -> state, (upstream, token index, fingerprint) -> state.
     upstreams: HashMap<String, (String, Option<String>)>,
     tokens: HashMap<(String, usize, String), String>,
+    /// (upstream, "health" | "auth") -> "open" | "closed".
+    breakers: HashMap<(String, &'static str), String>,
     last: Option<Instant>,
     tx: Option<mpsc::Sender<Vec<Event>>>,
     url: Option<String>,
@@ -91,6 +94,27 @@ impl StateWatch {
                 }),
                 _ => {}
             }
+            for (which, b) in [("health", &u.status.health), ("auth", &u.auth)] {
+                let cur = if b.is_open() { "open" } else { "closed" }.to_string();
+                let key = (name.clone(), which);
+                match self.breakers.insert(key, cur.clone()) {
+                    Some(prev) if prev != cur => events.push(Event {
+                        kind: if which == "health" {
+                            "health-breaker"
+                        } else {
+                            "auth-breaker"
+                        },
+                        upstream: name.clone(),
+                        token: None,
+                        fingerprint: None,
+                        from: prev,
+                        to: cur,
+                        reason: b.reason().map(|r| r.as_str().to_string()),
+                        at: at.clone(),
+                    }),
+                    _ => {}
+                }
+            }
             for t in &u.tokens.tokens {
                 let key = (name.clone(), t.index, t.fingerprint.clone());
                 let st = t.state(sys_now).as_str().to_string();
@@ -127,6 +151,17 @@ impl StateWatch {
         // Every state change is logged once, webhook or not.
         for e in &events {
             match e.token {
+                None if e.kind.ends_with("-breaker") => log::info!(
+                    "upstream {}: {} {} -> {}{}",
+                    e.upstream,
+                    e.kind,
+                    e.from,
+                    e.to,
+                    e.reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                ),
                 Some(i) => log::info!(
                     "upstream {}: token {i} ({}) is now {} (was {})",
                     e.upstream,

@@ -141,6 +141,20 @@ async fn hanging_upstream_is_answered_at_once_after_the_breaker_opens() {
     let logs = g.logs();
     assert_eq!(logs.matches("health breaker open").count(), 1, "{logs}");
     assert_eq!(logs.matches("health breaker closed").count(), 1, "{logs}");
+    // The state watch reports the transitions too (log and webhook).
+    assert!(
+        logs.contains("health-breaker closed -> open (upstream-timeout)"),
+        "{logs}"
+    );
+    support::wait_for(
+        "the state watch to see the close",
+        Duration::from_secs(5),
+        || {
+            g.logs()
+                .contains("health-breaker open -> closed")
+                .then_some(())
+        },
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
