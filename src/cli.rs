@@ -18,6 +18,20 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// Prints every error of a failed check and its summary line; exit code 1.
+fn check_failed(path: &Path, errors: &[impl std::fmt::Display]) -> i32 {
+    for e in errors {
+        eprintln!("graceway: {e}");
+    }
+    eprintln!(
+        "graceway: configuration file {} test failed ({} error{})",
+        path.display(),
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+    1
+}
+
 /// `graceway check -c FILE`: like `nginx -t`. Validates the file, then reads
 /// every token source, resolves every upstream and loads every CA file.
 /// Prints every problem with its field path; exit 0 only when none.
@@ -26,18 +40,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 pub fn check(path: &Path, skip_sources: bool) -> i32 {
     let loaded = match config::load(path) {
         Ok(l) => l,
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("graceway: {e}");
-            }
-            eprintln!(
-                "graceway: configuration file {} test failed ({} error{})",
-                path.display(),
-                errors.0.len(),
-                if errors.0.len() == 1 { "" } else { "s" }
-            );
-            return 1;
-        }
+        Err(errors) => return check_failed(path, &errors.0),
     };
     for w in not_active_warnings(&loaded.config) {
         eprintln!("graceway: warning: {w}");
@@ -55,18 +58,7 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
         generation::build(loaded, 1, None, &lookup, SourcePolicy::Require, false).await
     });
     match built {
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("graceway: {e}");
-            }
-            eprintln!(
-                "graceway: configuration file {} test failed ({} error{})",
-                path.display(),
-                errors.0.len(),
-                if errors.0.len() == 1 { "" } else { "s" }
-            );
-            1
-        }
+        Err(errors) => check_failed(path, &errors.0),
         Ok(gen) => {
             println!(
                 "graceway: configuration file {} syntax is ok",

@@ -114,6 +114,31 @@ impl UpstreamStatus {
         }
     }
 
+    /// Feeds the health breaker a failure (a live answer or a probe); logs
+    /// and publishes an opening.
+    pub fn health_failure(&self, reason: Reason) {
+        if self.health.failure(reason) {
+            self.metrics.breaker_open.set(1);
+            log::warn!(
+                "upstream {}: health breaker open after consecutive failures ({}); answering from the last-good store at once",
+                self.name,
+                reason.as_str()
+            );
+        }
+    }
+
+    /// Feeds the health breaker a success; logs and publishes a closing.
+    #[inline]
+    pub fn health_success(&self) {
+        if self.health.success() {
+            self.metrics.breaker_open.set(0);
+            log::info!(
+                "upstream {}: health breaker closed: the upstream answers again",
+                self.name
+            );
+        }
+    }
+
     /// A fresh answer: ends a degradation.
     #[inline]
     pub fn mark_healthy(&self) {

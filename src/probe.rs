@@ -73,7 +73,7 @@ pub fn apply(up: &Upstream, token: &Token, result: ProbeResult) {
                     token.fingerprint
                 );
             }
-            health_success(up);
+            up.status.health_success();
         }
         ProbeResult::Rejected(status) => {
             if token.mark_rejected(status) {
@@ -83,30 +83,12 @@ pub fn apply(up: &Upstream, token: &Token, result: ProbeResult) {
                     token.fingerprint
                 );
             }
-            health_success(up);
+            up.status.health_success();
         }
-        ProbeResult::Failed(reason) => {
-            if up.status.health.failure(reason) {
-                up.status.metrics.breaker_open.set(1);
-                log::warn!(
-                    "upstream {name}: health breaker open: probes failing ({})",
-                    reason.as_str()
-                );
-            }
-        }
+        ProbeResult::Failed(reason) => up.status.health_failure(reason),
     }
     if up.tokens.any_usable(SystemTime::now()) && up.auth.success() {
         log::info!("upstream {name}: auth breaker closed: a token is usable again");
-    }
-}
-
-fn health_success(up: &Upstream) {
-    if up.status.health.success() {
-        up.status.metrics.breaker_open.set(0);
-        log::info!(
-            "upstream {}: health breaker closed: the probe is answered again",
-            up.config.name
-        );
     }
 }
 

@@ -180,31 +180,6 @@ impl Proxy {
         respond::write(session, answer).await
     }
 
-    /// Feeds the health breaker a failure; logs and publishes an opening.
-    fn health_failure(up: &Upstream, reason: Reason) {
-        if up.status.health.failure(reason) {
-            up.status.metrics.breaker_open.set(1);
-            log::warn!(
-                "upstream {}: health breaker open after {} consecutive failures ({}); answering from the last-good store at once",
-                up.config.name,
-                up.config.health.open_after,
-                reason.as_str()
-            );
-        }
-    }
-
-    /// Feeds the health breaker a success; logs and publishes a closing.
-    #[inline]
-    fn health_success(up: &Upstream) {
-        if up.status.health.success() {
-            up.status.metrics.breaker_open.set(0);
-            log::info!(
-                "upstream {}: health breaker closed: the upstream answers again",
-                up.config.name
-            );
-        }
-    }
-
     /// Records a degraded answer in metrics and the upstream's state.
     fn count_degraded(up: &Upstream, reason: Reason, stale: bool) {
         if stale {
@@ -397,9 +372,9 @@ impl ProxyHttp for Proxy {
             up.status.metrics.duration.observe(took.as_secs_f64());
         }
         if status >= 500 {
-            Self::health_failure(up, Reason::Upstream5xx);
+            up.status.health_failure(Reason::Upstream5xx);
         } else {
-            Self::health_success(up);
+            up.status.health_success();
         }
         if status == 401 || status == 403 {
             crate::metrics::metrics()
@@ -622,7 +597,7 @@ impl ProxyHttp for Proxy {
                 reason,
                 Reason::UpstreamTimeout | Reason::UpstreamUnreachable
             ) {
-                Self::health_failure(up, reason);
+                up.status.health_failure(reason);
             }
             let not_started = session.response_written().is_none();
             let fwd = match e.etype() {
