@@ -47,6 +47,8 @@ pub struct Upstream {
     /// Opens when no token is usable; lives and dies with this generation,
     /// so a reload or a token change closes it.
     pub auth: Breaker,
+    /// Counts auth-breaker trials, to cycle through the rejected tokens.
+    pub auth_trials: std::sync::atomic::AtomicUsize,
     /// Outlives generations: counters, last success/failure, the health
     /// breaker.
     pub status: Arc<UpstreamStatus>,
@@ -374,6 +376,7 @@ pub async fn build(
             inject,
             tokens,
             auth: Breaker::new(1, h.retry_after, h.max_retry_after),
+            auth_trials: Default::default(),
             status,
         }));
     }

@@ -483,3 +483,34 @@ async fn revoking_the_primary_under_load_is_invisible() {
         "the standby carries the load now"
     );
 }
+
+/// Without a probe, successive trials cycle through the rejected tokens:
+/// a standby the vendor takes back is found even while the primary stays
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trials_cycle_through_rejected_tokens() {
+    let (up, accepted) = gatekeeper(&["tok-primary"]);
+    let g = start_two(&up, "");
+    let c = client();
+    assert_eq!(c.get(g.url("/v1/a")).send().await.unwrap().status(), 200);
+    accepted.lock().unwrap().clear();
+    let r = c.get(g.url("/v1/a")).send().await.unwrap();
+    assert_eq!(
+        r.headers().get("x-graceway-degraded").unwrap(),
+        "token-rejected"
+    );
+    accepted.lock().unwrap().insert("tok-standby".into());
+    wait_for_async(
+        "a trial with the standby",
+        Duration::from_secs(15),
+        || async {
+            let r = c.get(g.url("/v1/a")).send().await.unwrap();
+            r.headers()
+                .get("x-graceway-degraded")
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(up.requests().last().unwrap().bearer(), Some("tok-standby"));
+}

@@ -271,16 +271,24 @@ impl ProxyHttp for Proxy {
                             if probed { "a probe succeeds or the tokens change" } else { "a trial request succeeds or the tokens change" }
                         );
                     }
-                    let trial_token = (!probed)
+                    // Successive trials cycle through the rejected tokens, so
+                    // whichever the vendor takes back is found.
+                    let now = SystemTime::now();
+                    let rejected: Vec<&crate::tokens::Token> = up
+                        .tokens
+                        .tokens
+                        .iter()
+                        .filter(|t| t.state(now) == TokenState::Rejected)
+                        .collect();
+                    let trial_token = (!probed && !rejected.is_empty() && up.auth.try_trial())
                         .then(|| {
-                            up.tokens
-                                .tokens
-                                .iter()
-                                .find(|t| t.state(SystemTime::now()) == TokenState::Rejected)
-                        })
-                        .flatten();
+                            let n = up
+                                .auth_trials
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            rejected[n % rejected.len()]
+                        });
                     match trial_token {
-                        Some(t) if up.auth.try_trial() => {
+                        Some(t) => {
                             ctx.token = Some(t.index);
                             ctx.auth_trial = true;
                         }
