@@ -9,21 +9,6 @@ pub mod unix_time {
     }
 }
 
-/// Like [`unix_time`], for optional timestamps (`null` when absent).
-pub mod opt_unix_time {
-    use std::time::SystemTime;
-
-    pub fn serialize<S: serde::Serializer>(
-        t: &Option<SystemTime>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-}
-
 /// `{"error": .., "upstream": .., "reason": ..}`, the body of every error
 /// graceway answers itself. Values are escaped by serde_json.
 pub fn error_body(error: &str, upstream: Option<&str>, reason: &str) -> Vec<u8> {

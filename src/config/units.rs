@@ -38,17 +38,6 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{t}` is too large"))
 }
 
-/// Formats a byte count the way the config writes it (`64MiB`).
-pub fn format_size(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
-    for (size, unit) in UNITS {
-        if bytes >= size && bytes % size == 0 {
-            return format!("{}{unit}", bytes / size);
-        }
-    }
-    format!("{bytes}B")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,7 +63,5 @@ mod tests {
         assert!(parse_size("lots").is_err());
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("99999999999999GiB").is_err());
-        assert_eq!(format_size(64 << 20), "64MiB");
-        assert_eq!(format_size(1000), "1000B");
     }
 }

@@ -220,8 +220,3 @@ async fn fetch(spec: &OAuth2Spec) -> Result<(Secret, Option<Duration>), SourceEr
         .map(Duration::from_secs);
     Ok((secret, expires_in))
 }
-
-/// Forgets cached tokens (tests, and a reload that changed the spec).
-pub fn clear() {
-    cache().lock().unwrap_or_else(|p| p.into_inner()).clear();
-}
