@@ -95,8 +95,6 @@ pub struct RequestCtx {
     replace_body: Option<Bytes>,
     outcome: Outcome,
     sent_at: Option<Instant>,
-    /// This request is the health breaker's half-open trial.
-    health_trial: bool,
     /// This request is the auth breaker's half-open trial (it carries a
     /// rejected token to see whether the upstream accepts it again).
     auth_trial: bool,
@@ -254,7 +252,8 @@ impl ProxyHttp for Proxy {
                 self.short_circuit(session, ctx, &up, reason, None).await?;
                 return Ok(true);
             }
-            ctx.health_trial = true;
+            // This request is the half-open trial: its outcome feeds the
+            // breaker like any other (upstream_response_filter, fail_to_proxy).
         }
 
         if up.inject.is_some() {
