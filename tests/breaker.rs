@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::mock::Wire;
-use support::{client, run_cli, wait_for_async, Graceway, MockReply, MockUpstream, TestDir};
+use support::{
+    client, run_cli, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir,
+};
 
 const NORMAL: u8 = 0;
 const HANG: u8 = 1;
@@ -27,23 +29,10 @@ fn switchable() -> (MockUpstream, Arc<AtomicU8>) {
 }
 
 fn config(port: u16, health: &str, extra: &str) -> String {
-    format!(
-        r#"
-listen: "127.0.0.1:{{listen}}"
-admin: {{ listen: "127.0.0.1:{{admin}}" }}
-pid_file: "{{dir}}/graceway.pid"
-server: {{ graceful_shutdown_timeout: 1s }}
-upstreams:
-  - name: emoji
-    url: "http://127.0.0.1:{port}"
-    timeouts: {{ connect: 1s, read: 2s }}
-    health: {health}
-    credentials:
-      tokens:
-        - {{ file: "{{dir}}/token" }}
-{extra}
-"#
-    )
+    EmojiConfig::new(port)
+        .health(health)
+        .upstream(extra)
+        .build()
 }
 
 fn start(port: u16, health: &str, extra: &str) -> Graceway {
@@ -258,22 +247,9 @@ async fn open_breaker_answers_keep_the_connection() {
 }
 
 fn preflight_config(port: u16) -> String {
-    format!(
-        r#"
-listen: "127.0.0.1:{{listen}}"
-admin: {{ listen: "127.0.0.1:{{admin}}" }}
-pid_file: "{{dir}}/graceway.pid"
-upstreams:
-  - name: emoji
-    url: "http://127.0.0.1:{port}"
-    timeouts: {{ connect: 1s, read: 2s }}
-    credentials:
-      tokens:
-        - {{ file: "{{dir}}/token" }}
-      probe: {{ path: /v1/ping, interval: 60s }}
-      preflight: true
-"#
-    )
+    EmojiConfig::new(port)
+        .upstream("      probe: { path: /v1/ping, interval: 60s }\n      preflight: true")
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use support::{client, wait_for_async, Graceway, MockReply, MockUpstream, TestDir};
+use support::{client, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir};
 
 /// An upstream that accepts exactly the tokens in `accepted`.
 fn gatekeeper(accepted: &[&str]) -> (MockUpstream, Arc<Mutex<HashSet<String>>>) {
@@ -32,23 +32,11 @@ fn gatekeeper(accepted: &[&str]) -> (MockUpstream, Arc<Mutex<HashSet<String>>>) 
 }
 
 fn config(port: u16, tokens: &str, extra: &str) -> String {
-    format!(
-        r#"
-listen: "127.0.0.1:{{listen}}"
-admin: {{ listen: "127.0.0.1:{{admin}}" }}
-pid_file: "{{dir}}/graceway.pid"
-server: {{ graceful_shutdown_timeout: 1s }}
-upstreams:
-  - name: emoji
-    url: "http://127.0.0.1:{port}"
-    timeouts: {{ connect: 1s, read: 2s }}
-    health: {{ open_after: 100, retry_after: 1s, max_retry_after: 2s }}
-    credentials:
-      tokens:
-{tokens}
-{extra}
-"#
-    )
+    EmojiConfig::new(port)
+        .health("{ open_after: 100, retry_after: 1s, max_retry_after: 2s }")
+        .tokens(tokens)
+        .upstream(extra)
+        .build()
 }
 
 const TWO_TOKENS: &str =

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::mock::Wire;
-use support::{client, run_cli, wait_for_async, Graceway, MockReply, MockUpstream, TestDir};
+use support::{
+    client, run_cli, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir,
+};
 
 /// The token value every test starts with. It must never show up in a
 /// metric, status page, CLI table, webhook payload or log line.
@@ -49,24 +51,12 @@ fn gated() -> (MockUpstream, Gate) {
 /// `health.retry_after: 30s` keeps the auth breaker from sending half-open
 /// trials during a test, so upstream request counts are deterministic.
 fn config(port: u16, extra_upstream: &str, extra_top: &str) -> String {
-    format!(
-        r#"
-listen: "127.0.0.1:{{listen}}"
-admin: {{ listen: "127.0.0.1:{{admin}}" }}
-pid_file: "{{dir}}/graceway.pid"
-server: {{ graceful_shutdown_timeout: 1s }}
-upstreams:
-  - name: emoji
-    url: "http://127.0.0.1:{port}"
-    timeouts: {{ connect: 1s, read: 2s }}
-    health: {{ retry_after: 30s, max_retry_after: 60s }}
-    credentials:
-      tokens:
-        - {{ file: "{{dir}}/secrets/token" }}
-{extra_upstream}
-{extra_top}
-"#
-    )
+    EmojiConfig::new(port)
+        .health("{ retry_after: 30s, max_retry_after: 60s }")
+        .tokens("        - { file: \"{dir}/secrets/token\" }")
+        .upstream(extra_upstream)
+        .top(extra_top)
+        .build()
 }
 
 /// The token file lives in its own folder, as a mounted secret does.

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::mock::Wire;
-use support::{client, metric_value, wait_for_async, Graceway, MockReply, MockUpstream, TestDir};
+use support::{
+    client, metric_value, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir,
+};
 
 /// A mock whose answers the test switches: `status` 200 means normal JSON
 /// with the path in the body; anything else is that status.
@@ -40,23 +42,11 @@ fn switchable() -> (MockUpstream, Switch) {
 }
 
 fn config(port: u16, extra_upstream: &str, extra_top: &str) -> String {
-    format!(
-        r#"
-listen: "127.0.0.1:{{listen}}"
-admin: {{ listen: "127.0.0.1:{{admin}}" }}
-pid_file: "{{dir}}/graceway.pid"
-server: {{ graceful_shutdown_timeout: 1s }}
-upstreams:
-  - name: emoji
-    url: "http://127.0.0.1:{port}"
-    timeouts: {{ connect: 1s, read: 1s }}
-    credentials:
-      tokens:
-        - {{ file: "{{dir}}/token" }}
-{extra_upstream}
-{extra_top}
-"#
-    )
+    EmojiConfig::new(port)
+        .read_timeout("1s")
+        .upstream(extra_upstream)
+        .top(extra_top)
+        .build()
 }
 
 fn start(port: u16, extra_upstream: &str, extra_top: &str) -> Graceway {

@@ -491,15 +491,17 @@ impl ProxyHttp for Proxy {
         // Under load a hot path would be re-stored on every answer; a copy
         // younger than STORE_REFRESH is kept instead (a lookup costs ~0.15 us,
         // a capture and insert several).
-        let recently_stored = || {
-            self.store()
-                .lookup(&up.config.name, session.req_header())
-                .is_some_and(|c| c.age(SystemTime::now()) < STORE_REFRESH)
-        };
-        if ctx.storable_request && status == 200 && !recently_stored() {
-            if let Some((cc, headers)) = stored::storable_meta(resp, self.store().max_object) {
-                let req = session.req_header();
-                let primary = store::primary_key(&up.config.name, req);
+        if ctx.storable_request && status == 200 {
+            let req = session.req_header();
+            let primary = store::primary_key(&up.config.name, req);
+            let recently_stored = self
+                .store()
+                .lookup_primary(&primary, req)
+                .is_some_and(|c| c.age(SystemTime::now()) < STORE_REFRESH);
+            let meta = (!recently_stored)
+                .then(|| stored::storable_meta(resp, self.store().max_object))
+                .flatten();
+            if let Some((cc, headers)) = meta {
                 let names = stored::vary_names(&headers);
                 let variant = (!names.is_empty()).then(|| {
                     let vkey = store::variant_key(&primary, &names, req);

@@ -128,16 +128,23 @@ impl LastGoodStore {
 
     /// The copy for this request, if any (servability is the caller's call).
     pub fn lookup(&self, upstream: &str, req: &RequestHeader) -> Option<Arc<StoredResponse>> {
-        let primary = primary_key(upstream, req);
-        match self.cache.get(primary.as_str())? {
+        self.lookup_primary(&primary_key(upstream, req), req)
+    }
+
+    /// [`Self::lookup`] for a caller that already built the primary key.
+    pub fn lookup_primary(
+        &self,
+        primary: &str,
+        req: &RequestHeader,
+    ) -> Option<Arc<StoredResponse>> {
+        match self.cache.get(primary)? {
             Slot::Copy(c) => Some(c),
-            Slot::Vary(names) => match self
-                .cache
-                .get(variant_key(&primary, &names, req).as_str())?
-            {
-                Slot::Copy(c) => Some(c),
-                Slot::Vary(_) => None,
-            },
+            Slot::Vary(names) => {
+                match self.cache.get(variant_key(primary, &names, req).as_str())? {
+                    Slot::Copy(c) => Some(c),
+                    Slot::Vary(_) => None,
+                }
+            }
         }
     }
 

@@ -4,12 +4,14 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod config;
 pub mod mock;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use config::EmojiConfig;
 pub use mock::{MockReply, MockUpstream, Recorded};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_graceway");
