@@ -7,7 +7,7 @@
 //! and a reload never waits for requests or makes them wait.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -80,9 +80,8 @@ pub struct UpstreamStatus {
     /// kept by the store as it inserts and evicts.
     pub stored_entries: AtomicI64,
     pub stored_bytes: AtomicI64,
-    /// True while the last answer for this upstream was degraded.
-    degraded: AtomicBool,
-    /// Reason of the current degradation (see [`Reason`]), 0 when none.
+    /// Reason of the current degradation (see [`Reason`]); 0 while the
+    /// answers are fresh.
     degraded_reason: AtomicU8,
     /// Unix seconds when the current degradation began (0 when healthy).
     degraded_since: AtomicU64,
@@ -109,7 +108,6 @@ impl UpstreamStatus {
             last_failure_reason: AtomicU8::new(0),
             stored_entries: AtomicI64::new(0),
             stored_bytes: AtomicI64::new(0),
-            degraded: AtomicBool::new(false),
             degraded_reason: AtomicU8::new(0),
             degraded_since: AtomicU64::new(0),
             health: Breaker::new(5, Duration::from_secs(1), Duration::from_secs(30)),
@@ -145,9 +143,10 @@ impl UpstreamStatus {
     #[inline]
     pub fn mark_healthy(&self) {
         // The transition is logged (once) by the state watch.
-        if self.degraded.load(Ordering::Relaxed) && self.degraded.swap(false, Ordering::Relaxed) {
+        if self.degraded_reason.load(Ordering::Relaxed) != 0
+            && self.degraded_reason.swap(0, Ordering::Relaxed) != 0
+        {
             self.metrics.degraded.set(0);
-            self.degraded_reason.store(0, Ordering::Relaxed);
             self.degraded_since.store(0, Ordering::Relaxed);
         }
     }
@@ -157,10 +156,9 @@ impl UpstreamStatus {
     pub fn mark_degraded(&self, reason: Reason) {
         let now = unix_now();
         self.record_failure(now, reason);
-        if self.degraded_reason.load(Ordering::Relaxed) != reason as u8 {
-            self.degraded_reason.store(reason as u8, Ordering::Relaxed);
-        }
-        if !self.degraded.swap(true, Ordering::Relaxed) {
+        if self.degraded_reason.load(Ordering::Relaxed) != reason as u8
+            && self.degraded_reason.swap(reason as u8, Ordering::Relaxed) == 0
+        {
             self.metrics.degraded.set(1);
             self.degraded_since.store(now, Ordering::Relaxed);
         }
@@ -168,9 +166,6 @@ impl UpstreamStatus {
 
     /// The current degradation: reason and since when.
     pub fn degradation(&self) -> Option<(Reason, SystemTime)> {
-        if !self.degraded.load(Ordering::Relaxed) {
-            return None;
-        }
         let r = Reason::from_u8(self.degraded_reason.load(Ordering::Relaxed))?;
         Some((r, unix_opt(self.degraded_since.load(Ordering::Relaxed))?))
     }
