@@ -118,30 +118,24 @@ impl StateWatch {
             for t in &u.tokens.tokens {
                 let key = (name.clone(), t.index, t.fingerprint.clone());
                 let st = t.state(sys_now).as_str().to_string();
-                match self.tokens.insert(key, st.clone()) {
-                    Some(prev) if prev != st => events.push(Event {
+                // A token seen for the first time (a start or a rotation) is
+                // reported when it shows in a state other than active.
+                let from = match self.tokens.insert(key, st.clone()) {
+                    Some(prev) if prev != st => Some(prev),
+                    None if st != "active" => Some("new".to_string()),
+                    _ => None,
+                };
+                if let Some(from) = from {
+                    events.push(Event {
                         kind: "token",
                         upstream: name.clone(),
                         token: Some(t.index),
                         fingerprint: Some(t.fingerprint.clone()),
-                        from: prev,
+                        from,
                         to: st,
                         reason: None,
                         at: at.clone(),
-                    }),
-                    // A new token (rotation) is reported when it first shows
-                    // in a state other than active.
-                    None if st != "active" && !self.tokens.is_empty() => events.push(Event {
-                        kind: "token",
-                        upstream: name.clone(),
-                        token: Some(t.index),
-                        fingerprint: Some(t.fingerprint.clone()),
-                        from: "new".into(),
-                        to: st,
-                        reason: None,
-                        at: at.clone(),
-                    }),
-                    _ => {}
+                    });
                 }
             }
         }

@@ -158,16 +158,7 @@ impl Proxy {
         let answer = if respond::triggered(&up.config.stale.on, reason, fwd) {
             respond::degraded(self.store(), up, session.req_header(), reason, fwd, None)?
         } else {
-            let mut r = respond::json_error(
-                503,
-                "the upstream cannot answer",
-                Some(&up.config.name),
-                reason.as_str(),
-                None,
-            )?;
-            r.header
-                .insert_header("X-Graceway-Degraded", reason.as_str())?;
-            r
+            respond::unavailable("the upstream cannot answer", up, reason, None)?
         };
         ctx.outcome = if answer.stale {
             Outcome::Stale(reason)

@@ -63,6 +63,25 @@ pub fn json_error(
     })
 }
 
+/// The degraded 503: the JSON error with `X-Graceway-Degraded`.
+pub fn unavailable(
+    message: &str,
+    up: &Upstream,
+    reason: Reason,
+    retry_after: Option<&HeaderValue>,
+) -> Result<Replacement> {
+    let mut r = json_error(
+        503,
+        message,
+        Some(&up.config.name),
+        reason.as_str(),
+        retry_after,
+    )?;
+    r.header
+        .insert_header("X-Graceway-Degraded", reason.as_str())?;
+    Ok(r)
+}
+
 /// Writes a complete answer from the request phase (or the error path).
 pub async fn write(session: &mut Session, r: Replacement) -> Result<()> {
     let head_only = session.req_header().method == http::Method::HEAD || r.body.is_empty();
@@ -154,16 +173,12 @@ pub fn degraded(
     retry_after: Option<&HeaderValue>,
 ) -> Result<Replacement> {
     let Some(copy) = servable_copy(store, up, req) else {
-        let mut r = json_error(
-            503,
+        return unavailable(
             "the upstream cannot answer and no last good copy exists for this request",
-            Some(&up.config.name),
-            reason.as_str(),
+            up,
+            reason,
             retry_after,
-        )?;
-        r.header
-            .insert_header("X-Graceway-Degraded", reason.as_str())?;
-        return Ok(r);
+        );
     };
     let now = SystemTime::now();
     let not_modified = not_modified(req, &copy);
