@@ -65,6 +65,13 @@ pub struct App {
     pub proxy_listening: std::sync::atomic::AtomicBool,
     /// The pid file this process wrote (a reload does not move it).
     pub pid_file: std::sync::OnceLock<PathBuf>,
+    /// Descriptor limits as raised at start.
+    pub limits: std::sync::OnceLock<crate::server::Limits>,
+    /// The last reload run, numbered by start order, so that concurrent
+    /// reload requests share one run (see [`App::reload`]).
+    last_run: Mutex<(u64, Option<ReloadRecord>)>,
+    /// How many reload runs have started.
+    runs_started: std::sync::atomic::AtomicU64,
 }
 
 impl App {
@@ -127,6 +134,9 @@ impl App {
             memory: Default::default(),
             proxy_listening: Default::default(),
             pid_file: Default::default(),
+            limits: Default::default(),
+            last_run: Mutex::new((0, None)),
+            runs_started: Default::default(),
         };
         Ok(Arc::new(app))
     }
@@ -134,8 +144,26 @@ impl App {
     /// Re-reads the config file and every token source, checks them, and
     /// swaps them in at once. On any error the old generation stays in
     /// force; the failure is logged, counted and kept for `/status`.
+    ///
+    /// Concurrent calls coalesce: a call answers with the result of a run
+    /// that started after the call arrived, so a burst of reload requests
+    /// costs at most two runs, and every caller's change is seen.
     pub async fn reload(&self, trigger: Trigger) -> ReloadRecord {
+        use std::sync::atomic::Ordering::SeqCst;
+        let arrived = self.runs_started.load(SeqCst);
         let _one_at_a_time = self.reload_lock.lock().await;
+        if let (run, Some(record)) = &*self.last_run.lock().unwrap_or_else(|e| e.into_inner()) {
+            if *run > arrived {
+                return record.clone();
+            }
+        }
+        let run = self.runs_started.fetch_add(1, SeqCst) + 1;
+        let record = self.reload_now(trigger).await;
+        *self.last_run.lock().unwrap_or_else(|e| e.into_inner()) = (run, Some(record.clone()));
+        record
+    }
+
+    async fn reload_now(&self, trigger: Trigger) -> ReloadRecord {
         let current = self.live.load_full();
         let result = match config::load(&self.config_path) {
             Err(e) => Err(format!(

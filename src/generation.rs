@@ -42,6 +42,8 @@ pub struct Upstream {
     /// each request clones it.
     pub peer: HttpPeer,
     pub host_header: HeaderValue,
+    /// `Allow` of a 405: the upstream's methods, comma-separated.
+    pub allow: HeaderValue,
     pub inject: Option<InjectTarget>,
     pub tokens: TokenSet,
     /// Opens when no token is usable; lives and dies with this generation,
@@ -215,6 +217,9 @@ pub fn unix_now() -> u64 {
 pub struct Router {
     /// (host, prefix, upstream index), most specific first.
     routes: Vec<(Option<String>, String, usize)>,
+    /// Hosts an absolute-form target may name: every route's `match.host`
+    /// and every upstream's own host, lower case.
+    known_hosts: Vec<String>,
 }
 
 impl Router {
@@ -229,7 +234,24 @@ impl Router {
                 .cmp(&a.1.len())
                 .then(b.0.is_some().cmp(&a.0.is_some()))
         });
-        Router { routes }
+        let mut known_hosts: Vec<String> = upstreams
+            .iter()
+            .flat_map(|u| [u.route.host.clone(), Some(u.url.host.to_ascii_lowercase())])
+            .flatten()
+            .collect();
+        known_hosts.sort();
+        known_hosts.dedup();
+        Router {
+            routes,
+            known_hosts,
+        }
+    }
+
+    /// Whether an absolute-form request target may name `host`.
+    pub fn knows_host(&self, host: &str) -> bool {
+        self.known_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host))
     }
 
     /// `host` is the request's Host without port, as sent (any case).
@@ -368,6 +390,14 @@ pub async fn build(
             config: u.clone(),
             peer,
             host_header,
+            allow: HeaderValue::from_str(
+                &u.methods
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+            .unwrap_or(HeaderValue::from_static("GET")),
             inject,
             tokens,
             auth: Breaker::new(1, h.retry_after, h.max_retry_after),

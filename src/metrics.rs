@@ -34,7 +34,34 @@ pub struct Metrics {
     pub memory_soft_limit_bytes: IntGauge,
     pub memory_shed_entries_total: IntCounter,
     pub webhook_deliveries_total: IntCounterVec,
+    /// Requests graceway refused or cut for the client's own doing, by
+    /// reason (a fixed set: [`CLIENT_REJECTIONS`]).
+    pub client_rejections_total: IntCounterVec,
+    /// Open client connections and connections refused over the cap, per
+    /// listener; read from `listener::PROXY`/`ADMIN` at scrape time.
+    pub client_connections: IntGaugeVec,
+    pub client_connections_max: IntGaugeVec,
+    pub client_connections_refused_total: IntCounterVec,
+    /// Expected events Pingora would otherwise log at ERROR or WARN
+    /// (see `logging`), by kind.
+    pub proxy_events_total: IntCounterVec,
 }
+
+/// Every `reason` of `graceway_client_rejections_total`, exported at 0
+/// from start.
+pub const CLIENT_REJECTIONS: [&str; 11] = [
+    "bad-target",
+    "bad-host",
+    "bad-framing",
+    "header-too-large",
+    "body-too-large",
+    "method-not-allowed",
+    "no-route",
+    "header-timeout",
+    "body-timeout",
+    "client-closed",
+    "invalid-request",
+];
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
@@ -43,7 +70,7 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(|| Metrics {
         requests_total: register_int_counter_vec!(
             "graceway_requests_total",
-            "Requests answered, by upstream and outcome (ok, stale, error).",
+            "Requests answered, by upstream and outcome (ok, stale, error, client: the client went away, stalled or sent too much).",
             &["upstream", "outcome"]
         )
         .expect("metric registers"),
@@ -133,7 +160,85 @@ pub fn metrics() -> &'static Metrics {
             &["result"]
         )
         .expect("metric registers"),
+        client_rejections_total: {
+            let c = register_int_counter_vec!(
+                "graceway_client_rejections_total",
+                "Requests refused or cut for the client's own doing (bad target, framing, limits, stalls, disconnects), by reason.",
+                &["reason"]
+            )
+            .expect("metric registers");
+            for r in CLIENT_REJECTIONS {
+                c.with_label_values(&[r]);
+            }
+            c
+        },
+        client_connections: register_int_gauge_vec!(
+            "graceway_client_connections",
+            "Open client connections, by listener (proxy, admin).",
+            &["listener"]
+        )
+        .expect("metric registers"),
+        client_connections_max: register_int_gauge_vec!(
+            "graceway_client_connections_max",
+            "The cap on open client connections, by listener.",
+            &["listener"]
+        )
+        .expect("metric registers"),
+        client_connections_refused_total: register_int_counter_vec!(
+            "graceway_client_connections_refused_total",
+            "Client connections refused because the listener was at its cap.",
+            &["listener"]
+        )
+        .expect("metric registers"),
+        proxy_events_total: {
+            let c = register_int_counter_vec!(
+                "graceway_proxy_events_total",
+                "Expected connection events logged below ERROR, by kind.",
+                &["event"]
+            )
+            .expect("metric registers");
+            for e in crate::logging::EVENTS {
+                c.with_label_values(&[e]);
+            }
+            c
+        },
     })
+}
+
+/// Counts a request refused or cut for the client's doing.
+pub fn client_rejected(reason: &'static str) {
+    metrics()
+        .client_rejections_total
+        .with_label_values(&[reason])
+        .inc();
+}
+
+/// Copies the listener figures into their series (called at scrape time).
+pub fn refresh_listener_metrics() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = metrics();
+    for (name, f) in [
+        ("proxy", &crate::listener::PROXY),
+        ("admin", &crate::listener::ADMIN),
+    ] {
+        m.client_connections
+            .with_label_values(&[name])
+            .set(f.open.load(Relaxed) as i64);
+        m.client_connections_max
+            .with_label_values(&[name])
+            .set(f.cap.load(Relaxed) as i64);
+        let refused = m
+            .client_connections_refused_total
+            .with_label_values(&[name]);
+        let total = f.refused.load(Relaxed);
+        refused.inc_by(total.saturating_sub(refused.get()));
+        if name == "proxy" {
+            let c = m
+                .client_rejections_total
+                .with_label_values(&["header-timeout"]);
+            c.inc_by(f.header_timeouts.load(Relaxed).saturating_sub(c.get()));
+        }
+    }
 }
 
 /// One upstream's metric handles, resolved once.
@@ -141,6 +246,8 @@ pub struct UpstreamMetrics {
     pub ok: IntCounter,
     pub stale: IntCounter,
     pub error: IntCounter,
+    /// The client went away or was refused (`client`): never the upstream's.
+    pub client: IntCounter,
     pub degraded: IntGauge,
     pub breaker_open: IntGauge,
     /// `stale_served_total` by [`Reason`] (index = `reason as usize - 1`).
@@ -162,6 +269,7 @@ impl UpstreamMetrics {
             ok: m.requests_total.with_label_values(&[upstream, "ok"]),
             stale: m.requests_total.with_label_values(&[upstream, "stale"]),
             error: m.requests_total.with_label_values(&[upstream, "error"]),
+            client: m.requests_total.with_label_values(&[upstream, "client"]),
             degraded: m.degraded.with_label_values(&[upstream]),
             breaker_open: m.upstream_breaker_open.with_label_values(&[upstream]),
             stale_by_reason: Reason::ALL

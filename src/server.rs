@@ -14,9 +14,16 @@ use pingora::services::ServiceHandle;
 
 use crate::admin::AdminApp;
 use crate::app::App;
-use crate::config::{self, Config, LogConfig};
+use crate::config::{self, Config};
 use crate::control::Control;
 use crate::proxy::Proxy;
+
+/// The process limits read (and raised) at start; shown in `/status`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Limits {
+    pub nofile_soft: u64,
+    pub nofile_hard: u64,
+}
 
 /// How `graceway run` was asked to start.
 #[derive(Debug, Clone, Default)]
@@ -26,30 +33,11 @@ pub struct RunOptions {
     pub upgrade: bool,
 }
 
-/// Sets up logging once. `RUST_LOG` overrides the config's `log.level`.
-pub fn init_logging(cfg: &LogConfig) {
-    let mut b = env_logger::Builder::new();
-    b.filter_level(cfg.level)
-        .format_timestamp_millis()
-        .format_target(false);
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        b.parse_filters(&spec);
-    }
-    // Its only warning, "Respond header is already sent", fires on every
-    // degraded answer written directly over an empty upstream body (see
-    // `proxy`); those are counted in metrics instead.
-    b.filter_module(
-        "pingora_core::protocols::http::v1::server",
-        log::LevelFilter::Error,
-    );
-    let _ = b.try_init();
-}
-
 /// Loads the config, builds the first generation and runs until a signal
 /// ends the process. Errors before the listeners bind exit non-zero.
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let loaded = config::load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    init_logging(&loaded.config.log);
+    crate::logging::init(&loaded.config.log);
     for w in crate::cli::not_active_warnings(&loaded.config) {
         log::warn!("{w}");
     }
@@ -127,22 +115,50 @@ pub fn build_server(app: &Arc<App>, opts: &RunOptions) -> anyhow::Result<(Server
     );
     let control_handle = server.add_service(control);
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Proxy { app: app.clone() },
-        "graceway proxy",
+    let (nofile_soft, nofile_hard) = crate::listener::raise_nofile_limit();
+    app.limits.get_or_init(|| Limits {
+        nofile_soft,
+        nofile_hard,
+    });
+    let max_connections = cfg
+        .server
+        .max_connections
+        .unwrap_or_else(|| crate::listener::default_max_connections(nofile_soft));
+    let header_timeout = cfg.server.request_header_timeout;
+
+    let proxy_app = crate::listener::Guarded::new(
+        pingora::proxy::http_proxy(&server.configuration, Proxy { app: app.clone() }),
+        &crate::listener::PROXY,
+        max_connections,
+        header_timeout,
     );
+    let mut proxy = Service::new("graceway proxy".to_string(), proxy_app);
     proxy.add_tcp(&cfg.listen.to_string());
     let proxy_handle = server.add_service(proxy);
     proxy_handle.add_dependency(&control_handle);
 
-    let mut admin = Service::new(
-        "graceway admin".to_string(),
+    let admin_app = crate::listener::Guarded::new(
         HttpServer::new_app(AdminApp { app: app.clone() }),
+        &crate::listener::ADMIN,
+        cfg.admin.max_connections,
+        header_timeout,
     );
+    let mut admin = Service::new("graceway admin".to_string(), admin_app);
     admin.add_tcp(&cfg.admin.listen.to_string());
     let admin_handle = server.add_service(admin);
     admin_handle.add_dependency(&control_handle);
+
+    if !cfg.admin.listen.ip().is_loopback() && cfg.admin.token_file.is_none() {
+        log::warn!(
+            "admin.listen {} is not a loopback address and admin.token_file is not set: anyone who can reach it can reload graceway; set admin.token_file or listen on 127.0.0.1",
+            cfg.admin.listen
+        );
+    }
+    if max_connections as u64 * 2 + cfg.admin.max_connections as u64 + 64 > nofile_soft {
+        log::warn!(
+            "server.max_connections {max_connections} may use up the open-file limit {nofile_soft} (each client connection can hold an upstream connection too)"
+        );
+    }
 
     if cfg.upstreams.iter().any(|u| u.url.tls && !u.tls.verify) {
         for u in cfg.upstreams.iter().filter(|u| u.url.tls && !u.tls.verify) {

@@ -6,7 +6,7 @@
 //! | `GET /readyz` | 200 when every upstream can answer (a usable token or a stale path), else 503; JSON per upstream |
 //! | `GET /status` | JSON inventory ([`status`]) |
 //! | `GET /metrics` | Prometheus text |
-//! | `POST /reload` | same as SIGHUP; answers with the result; needs the admin bearer when `admin.token_file` is set |
+//! | `POST /reload` | same as SIGHUP; answers with the result; needs the admin bearer when `admin.token_file` is set; cross-site requests get 403; concurrent calls share one reload |
 //!
 //! `HEAD` is answered wherever `GET` is. Nothing here ever shows a token
 //! value: tokens appear as `sha256:` fingerprints.
@@ -57,7 +57,9 @@ fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        crate::listener::header_complete(session.stream());
         let req = session.req_header();
+        let cross_site = cross_site(req);
         let method = req.method.clone();
         let path = req.uri.path().to_string();
         let bearer = req
@@ -82,12 +84,17 @@ impl ServeHttp for AdminApp {
             ("/metrics", true, _) => {
                 let enc = prometheus::TextEncoder::new();
                 crate::app::refresh_token_state_metrics(&self.app.live.load());
+                crate::metrics::refresh_listener_metrics();
                 let mut buf = Vec::new();
                 match enc.encode(&prometheus::gather(), &mut buf) {
                     Ok(()) => text(StatusCode::OK, enc.format_type(), buf),
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 }
             }
+            ("/reload", _, true) if cross_site => error(
+                StatusCode::FORBIDDEN,
+                "cross-site requests may not reload graceway",
+            ),
             ("/reload", _, true) => match self.authorize(bearer).await {
                 Err(resp) => resp,
                 Ok(()) => {
@@ -109,6 +116,26 @@ impl ServeHttp for AdminApp {
             resp.body_mut().clear();
         }
         resp
+    }
+}
+
+/// Whether a request comes from another site, as a browser on this host
+/// would send it for a page elsewhere (CSRF): `Sec-Fetch-Site` other than
+/// `same-origin` or `none`, or an `Origin` that is not this listener's own
+/// (`http://` + the request's `Host`). Tools such as curl send neither.
+fn cross_site(req: &pingora::http::RequestHeader) -> bool {
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        if site != "same-origin" && site != "none" {
+            return true;
+        }
+    }
+    match header("origin") {
+        None => false,
+        Some(origin) => {
+            let own = header("host").map(|h| format!("http://{h}"));
+            own.as_deref() != Some(origin)
+        }
     }
 }
 

@@ -139,7 +139,27 @@ pub fn status(app: &App) -> Value {
             "max_object_bytes": app.store.max_object,
             "persist": app.store.persist_status(),
         },
+        "connections": connections(app),
         "upstreams": upstreams,
+    })
+}
+
+/// Client connection figures per listener and the descriptor limits.
+fn connections(app: &App) -> Value {
+    let view = |f: &crate::listener::ListenerFigures| {
+        json!({
+            "open": f.open.load(Ordering::Relaxed),
+            "max": f.cap.load(Ordering::Relaxed),
+            "refused": f.refused.load(Ordering::Relaxed),
+            "header_timeouts": f.header_timeouts.load(Ordering::Relaxed),
+        })
+    };
+    let limits = app.limits.get();
+    json!({
+        "proxy": view(&crate::listener::PROXY),
+        "admin": view(&crate::listener::ADMIN),
+        "nofile_soft": limits.map(|l| l.nofile_soft),
+        "nofile_hard": limits.map(|l| l.nofile_hard),
     })
 }
 

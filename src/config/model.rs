@@ -30,6 +30,9 @@ pub struct Config {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token_file: Option<PathBuf>,
+    /// Open admin connections at most (its own budget, so that health
+    /// checks answer while the proxy port is flooded).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -39,8 +42,19 @@ pub struct ServerSettings {
     pub graceful_shutdown_timeout: Duration,
     /// Idle keep-alive connections from clients are closed after this long.
     pub client_keepalive_timeout: Duration,
-    /// Request header blocks larger than this get 431.
+    /// Request header blocks (request line included) larger than this get 431.
     pub max_request_header_bytes: usize,
+    /// Request bodies larger than this get 413 (by `Content-Length` before
+    /// anything goes upstream; a chunked body is cut off when it passes it).
+    pub max_request_body_bytes: u64,
+    /// A request header must be complete this long after the connection
+    /// opened (first request) or after its first byte (later requests): 408.
+    pub request_header_timeout: Duration,
+    /// A client that sends no body bytes for this long gets 408.
+    pub client_body_timeout: Duration,
+    /// Open client connections at most; `None`: derived from the
+    /// descriptor limit at start (see `listener::default_max_connections`).
+    pub max_connections: Option<usize>,
     pub upgrade_sock: PathBuf,
 }
 
@@ -54,6 +68,8 @@ pub struct UpstreamConfig {
     pub credentials: Option<Credentials>,
     pub health: HealthPolicy,
     pub stale: StalePolicy,
+    /// Methods forwarded to this upstream; others get 405 with `Allow`.
+    pub methods: Vec<http::Method>,
 }
 
 /// `url` taken apart: graceway forwards the request path unchanged, so the
@@ -330,6 +346,14 @@ impl Config {
         let admin = AdminConfig {
             listen: c.addr("admin.listen", &admin_file.listen, "127.0.0.1:9180"),
             token_file: admin_file.token_file.as_deref().map(|p| c.path(p)),
+            max_connections: match admin_file.max_connections {
+                Some(0) => {
+                    c.err("admin.max_connections", "must be at least 1");
+                    64
+                }
+                Some(n) => n,
+                None => 64,
+            },
         };
         if admin.listen == listen {
             c.err("admin.listen", "must differ from `listen`");
@@ -363,6 +387,28 @@ impl Config {
                 &s.max_request_header_bytes,
                 64 << 10,
             ) as usize,
+            max_request_body_bytes: c.size(
+                "server.max_request_body_bytes",
+                &s.max_request_body_bytes,
+                10 << 20,
+            ),
+            request_header_timeout: c.positive_duration(
+                "server.request_header_timeout",
+                &s.request_header_timeout,
+                Duration::from_secs(10),
+            ),
+            client_body_timeout: c.positive_duration(
+                "server.client_body_timeout",
+                &s.client_body_timeout,
+                Duration::from_secs(10),
+            ),
+            max_connections: match s.max_connections {
+                Some(0) => {
+                    c.err("server.max_connections", "must be at least 1");
+                    None
+                }
+                n => n,
+            },
             upgrade_sock: match &s.upgrade_sock {
                 Some(p) => c.path(p),
                 None => pid_file.with_extension("upgrade.sock"),
@@ -507,6 +553,49 @@ impl Config {
         }
         out
     }
+}
+
+/// The methods an upstream gets when its config names none.
+pub const DEFAULT_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// `methods:`: HTTP method tokens; TRACE (it echoes the injected token
+/// back) and CONNECT (a tunnel, not a request) are never forwarded.
+fn methods(c: &mut Check, at: &str, list: Option<&[String]>) -> Vec<http::Method> {
+    let Some(list) = list else {
+        return DEFAULT_METHODS
+            .iter()
+            .map(|m| http::Method::from_bytes(m.as_bytes()).expect("standard method"))
+            .collect();
+    };
+    if list.is_empty() {
+        c.err(at, "must name at least one method");
+    }
+    let mut out: Vec<http::Method> = Vec::new();
+    for (j, m) in list.iter().enumerate() {
+        let upper = m.to_ascii_uppercase();
+        if upper == "TRACE" || upper == "CONNECT" {
+            c.err(
+                format!("{at}[{j}]"),
+                format!("`{m}` is never forwarded: TRACE would echo the injected token, CONNECT opens a tunnel"),
+            );
+            continue;
+        }
+        match http::Method::from_bytes(m.as_bytes()) {
+            Ok(method)
+                if m.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                if !out.contains(&method) {
+                    out.push(method);
+                }
+            }
+            _ => c.err(
+                format!("{at}[{j}]"),
+                format!("`{m}` is not an HTTP method name"),
+            ),
+        }
+    }
+    out
 }
 
 fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamConfig {
@@ -700,7 +789,10 @@ fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamConfig {
         },
     };
 
+    let methods = methods(c, &format!("{at}.methods"), u.methods.as_deref());
+
     UpstreamConfig {
+        methods,
         name,
         url,
         route,

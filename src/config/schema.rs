@@ -63,6 +63,7 @@ pub struct FileConfig {
 pub struct FileAdmin {
     pub listen: Option<String>,
     pub token_file: Option<String>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -73,6 +74,10 @@ pub struct FileServer {
     pub graceful_shutdown_timeout: Option<Human>,
     pub client_keepalive_timeout: Option<Human>,
     pub max_request_header_bytes: Option<Human>,
+    pub max_request_body_bytes: Option<Human>,
+    pub request_header_timeout: Option<Human>,
+    pub client_body_timeout: Option<Human>,
+    pub max_connections: Option<usize>,
     pub upgrade_sock: Option<String>,
 }
 
@@ -93,6 +98,7 @@ pub struct FileUpstream {
     pub health: Option<FileHealth>,
     #[serde(default)]
     pub stale: Option<FileStale>,
+    pub methods: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

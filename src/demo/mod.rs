@@ -49,7 +49,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     std::fs::write(&config_path, demo_config(&opts, &dir))?;
 
     let loaded = crate::config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    server::init_logging(&crate::config::LogConfig {
+    crate::logging::init(&crate::config::LogConfig {
         level: log::LevelFilter::Warn,
         ..loaded.config.log.clone()
     });

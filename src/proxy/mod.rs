@@ -23,7 +23,9 @@
 //!   connection after a failed attempt, so the answer says
 //!   `Connection: close` instead of promising keep-alive.
 
+mod admission;
 mod respond;
+pub(crate) mod target;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -60,6 +62,9 @@ pub enum Outcome {
     Stale(Reason),
     /// graceway's 503 (or the upstream's error when not in `stale.on`).
     Error(Option<Reason>),
+    /// The client's own doing: it went away, stalled, or sent too much.
+    /// Never counted against the upstream or its tokens.
+    Client(&'static str),
 }
 
 /// A body being captured for the last-good store.
@@ -104,6 +109,8 @@ pub struct RequestCtx {
     started_at: Option<Instant>,
     /// Upstream time to the response header.
     upstream_time: Option<std::time::Duration>,
+    /// Request body bytes received so far (for `max_request_body_bytes`).
+    body_bytes: u64,
 }
 
 impl RequestCtx {
@@ -112,26 +119,6 @@ impl RequestCtx {
             .as_ref()
             .map(|g| g.upstreams[self.upstream].as_ref())
     }
-}
-
-/// The request's host without port: `Host` header, else the URI authority
-/// (HTTP/2 and absolute-form requests).
-fn request_host(req: &RequestHeader) -> Option<&str> {
-    let raw = match req.headers.get(http::header::HOST) {
-        Some(h) => h.to_str().ok()?,
-        None => req.uri.host()?,
-    };
-    Some(strip_port(raw))
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // [v6]:port
-        return host
-            .split_once(']')
-            .map_or(host, |(h, _)| &host[..h.len() + 1]);
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
 /// A path's copy is refreshed at most this often.
@@ -169,6 +156,32 @@ impl Proxy {
         respond::write(session, answer).await
     }
 
+    /// Answers a request graceway will not forward (4xx), before any token
+    /// is chosen. A 400, 408, 413 or 431 also closes the connection: what
+    /// follows on it (a body, a smuggled request) is not to be read.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        refusal: &admission::Refusal,
+        allow: Option<HeaderValue>,
+    ) -> Result<()> {
+        crate::metrics::client_rejected(refusal.reason);
+        ctx.outcome = Outcome::Client(refusal.reason);
+        let mut answer =
+            respond::json_error(refusal.status, refusal.message, None, refusal.reason, None)?;
+        if let Some(allow) = allow {
+            answer.header.insert_header(http::header::ALLOW, allow)?;
+        }
+        if refusal.status != 404 && refusal.status != 405 {
+            session.set_keepalive(None);
+            answer
+                .header
+                .insert_header(http::header::CONNECTION, "close")?;
+        }
+        respond::write(session, answer).await
+    }
+
     /// Records a degraded answer in metrics and the upstream's state.
     fn count_degraded(up: &Upstream, reason: Reason, stale: bool) {
         if stale {
@@ -186,6 +199,39 @@ impl ProxyHttp for Proxy {
         RequestCtx::default()
     }
 
+    /// Runs as soon as the request header is parsed: the connection's
+    /// header deadline (see [`crate::listener`]) no longer applies.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        crate::listener::header_complete(session.as_downstream().stream());
+        Ok(())
+    }
+
+    /// Counts request body bytes as they pass: a body (chunked, or longer
+    /// than it said) that passes `server.max_request_body_bytes` is cut
+    /// off and the upstream request aborted; the client gets 413 when no
+    /// answer has started.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(b), Some(gen)) = (body.as_ref(), ctx.gen.as_ref()) {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > gen.loaded.config.server.max_request_body_bytes {
+                *body = None;
+                let e = Error::explain(ErrorType::HTTPStatus(413), "request body too large");
+                return Err(e.into_down());
+            }
+        }
+        Ok(())
+    }
+
     /// First hook with the request header. Routes the request and picks its
     /// token, or answers it here without any upstream contact: unknown
     /// route (404), oversized header block (431), no usable token (the
@@ -197,37 +243,57 @@ impl ProxyHttp for Proxy {
             ctx.started_at = Some(Instant::now());
         }
         let server = &gen.loaded.config.server;
-        session.set_keepalive(Some(server.client_keepalive_timeout.as_secs()));
-
-        let req = session.req_header();
-        let header_bytes: usize = req
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum();
-        if header_bytes > server.max_request_header_bytes {
-            respond::error(
-                session,
-                431,
-                "request header fields too large",
-                None,
-                "header-too-large",
-            )
-            .await?;
-            return Ok(true);
+        // Keep-alive only where Pingora left it on: it turns it off for
+        // `Connection: close`, HTTP/1.0 and a request that had both
+        // Content-Length and Transfer-Encoding (RFC 9112 §6.1).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(server.client_keepalive_timeout.as_secs()));
         }
+        // Each read of the request body may wait this long (Pingora's
+        // default is 60 s); a stall is the client's, see `fail_to_proxy`.
+        session.set_read_timeout(Some(server.client_body_timeout));
 
-        let Some(index) = gen.router.route(request_host(req), req.uri.path()) else {
-            respond::error(
-                session,
-                404,
-                "no upstream is configured for this host and path",
-                None,
-                "no-route",
-            )
-            .await?;
+        let admitted = match admission::admit(session.req_header(), server, &gen.router) {
+            Ok(a) => a,
+            Err(refusal) => {
+                self.refuse(session, ctx, &refusal, None).await?;
+                return Ok(true);
+            }
+        };
+        let req = session.req_header();
+        let path = match admitted.rewritten.as_deref() {
+            Some(t) => t.split_once('?').map_or(t, |(p, _)| p),
+            None => req.uri.path(),
+        };
+        let Some(index) = gen.router.route(admitted.host.as_deref(), path) else {
+            let refusal = admission::Refusal {
+                status: 404,
+                message: "no upstream is configured for this host and path",
+                reason: "no-route",
+            };
+            self.refuse(session, ctx, &refusal, None).await?;
             return Ok(true);
         };
+        let up = &gen.upstreams[index];
+        if !up.config.methods.contains(&req.method) {
+            let refusal = admission::Refusal {
+                status: 405,
+                message: "this method is not forwarded to this upstream",
+                reason: "method-not-allowed",
+            };
+            let allow = up.allow.clone();
+            self.refuse(session, ctx, &refusal, Some(allow)).await?;
+            return Ok(true);
+        }
+        if let Some(t) = admitted.rewritten {
+            session.req_header_mut().set_raw_path(t.as_bytes())?;
+        }
+        if let Some(n) = admitted.canonical_length {
+            session
+                .req_header_mut()
+                .insert_header(http::header::CONTENT_LENGTH, n)?;
+        }
+        let req = session.req_header();
         ctx.storable_request = req.method == http::Method::GET
             && !req.headers.contains_key(http::header::AUTHORIZATION)
             && !req.headers.contains_key(http::header::COOKIE);
@@ -461,7 +527,7 @@ impl ProxyHttp for Proxy {
                     // Pingora calls no body filter for an empty upstream
                     // body: write the whole answer now. Pingora then tries
                     // to send `resp` too and logs a warning, which the
-                    // logger filters (see `server::init_logging`).
+                    // logger filters (see `logging`).
                     session
                         .write_response_header(Box::new(answer.header.clone()), false)
                         .await?;
@@ -579,9 +645,14 @@ impl ProxyHttp for Proxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(fault) = client_fault(session, e) {
+            return self.client_failed(session, ctx, fault).await;
+        }
         let upstream_failure = *e.esource() == ErrorSource::Upstream;
         let reason = match e.etype() {
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(Reason::UpstreamTimeout),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout if upstream_failure => {
+                Some(Reason::UpstreamTimeout)
+            }
             _ if upstream_failure => Some(Reason::UpstreamUnreachable),
             _ => None,
         };
@@ -692,8 +763,13 @@ impl ProxyHttp for Proxy {
         ctx.failover_pending && matches!(error.etype(), ErrorType::HTTPStatus(401 | 403))
     }
 
-    /// Degraded answers are counted in metrics, not logged one by one.
-    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+    /// Degraded answers and the client's own failures are counted in
+    /// metrics, not logged one by one (the latter at DEBUG).
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+        if let Outcome::Client(reason) = ctx.outcome {
+            log::debug!("client request ended ({reason}): {error}");
+            return true;
+        }
         matches!(ctx.outcome, Outcome::Stale(_) | Outcome::Error(Some(_)))
     }
 
@@ -715,12 +791,70 @@ impl ProxyHttp for Proxy {
                 }
             }
             Outcome::Stale(_) => m.stale.inc(),
+            Outcome::Client(_) => m.client.inc(),
             _ => m.error.inc(),
         }
     }
 }
 
+/// Whether a failed request is the client's doing: it went away, its body
+/// stalled or passed the limit, or its framing was bad. An upstream
+/// timeout while the client had not finished sending its body is the
+/// client's stall, not the upstream's (so a slow client cannot open the
+/// health breaker for everyone).
+fn client_fault(session: &mut Session, e: &Error) -> Option<&'static str> {
+    match (e.esource(), e.etype()) {
+        (ErrorSource::Downstream, ErrorType::HTTPStatus(413)) => Some("body-too-large"),
+        (ErrorSource::Downstream, ErrorType::ReadTimedout) => Some("body-timeout"),
+        (
+            ErrorSource::Downstream,
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError,
+        ) => Some("client-closed"),
+        (ErrorSource::Downstream, _) => Some("invalid-request"),
+        (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout)
+            if !session.as_downstream_mut().is_body_done() =>
+        {
+            Some("body-timeout")
+        }
+        _ => None,
+    }
+}
+
 impl Proxy {
+    /// Ends a request that failed for the client's doing: 408, 413 or 400
+    /// when nothing was sent yet (a client that went away gets nothing),
+    /// always closing the connection. Nothing is charged to the upstream.
+    async fn client_failed(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reason: &'static str,
+    ) -> FailToProxy {
+        crate::metrics::client_rejected(reason);
+        ctx.outcome = Outcome::Client(reason);
+        session.set_keepalive(None);
+        let (status, message) = match reason {
+            "body-too-large" => (413, "the request body is larger than this proxy accepts"),
+            "body-timeout" => (408, "the request body did not arrive in time"),
+            "invalid-request" => (400, "the request could not be read"),
+            _ => (0, ""),
+        };
+        if status > 0 && session.response_written().is_none() {
+            if let Ok(mut answer) = respond::json_error(status, message, None, reason, None) {
+                let _ = answer
+                    .header
+                    .insert_header(http::header::CONNECTION, "close");
+                if let Err(e) = respond::write(session, answer).await {
+                    log::debug!("writing the {status} answer failed: {e}");
+                }
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
     fn access_log(&self, session: &Session, e: Option<&Error>, ctx: &RequestCtx, t0: Instant) {
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
@@ -729,6 +863,7 @@ impl Proxy {
             Outcome::Fresh if e.is_none() => ("ok", "-"),
             Outcome::Stale(r) => ("stale", r.as_str()),
             Outcome::Error(Some(r)) => ("error", r.as_str()),
+            Outcome::Client(r) => ("client", r),
             Outcome::Unrouted if e.is_none() && status < 400 => ("ok", "-"),
             _ => ("error", "-"),
         };
@@ -782,17 +917,5 @@ impl Proxy {
             owner: up.status.clone(),
         });
         self.store().insert(&cap.primary, cap.variant, copy, true);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port_is_stripped() {
-        assert_eq!(strip_port("api.example:8080"), "api.example");
-        assert_eq!(strip_port("api.example"), "api.example");
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
     }
 }

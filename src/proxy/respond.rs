@@ -24,19 +24,6 @@ pub struct Replacement {
     pub stale: bool,
 }
 
-/// Writes a JSON error `{"error","upstream","reason"}` with `status`.
-/// A 503 carries `Retry-After`.
-pub async fn error(
-    session: &mut Session,
-    status: u16,
-    message: &str,
-    upstream: Option<&str>,
-    reason: &str,
-) -> Result<()> {
-    let r = json_error(status, message, upstream, reason, None)?;
-    write(session, r).await
-}
-
 /// Builds a JSON error answer.
 pub fn json_error(
     status: u16,

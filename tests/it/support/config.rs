@@ -10,6 +10,7 @@ pub struct EmojiConfig {
     tokens: String,
     upstream_extra: String,
     top_extra: String,
+    server: String,
 }
 
 impl EmojiConfig {
@@ -22,6 +23,7 @@ impl EmojiConfig {
             tokens: "        - { file: \"{dir}/token\" }".into(),
             upstream_extra: String::new(),
             top_extra: String::new(),
+            server: "graceful_shutdown_timeout: 1s".into(),
         }
     }
 
@@ -55,6 +57,13 @@ impl EmojiConfig {
         self
     }
 
+    /// Keys added to `server:` (after `graceful_shutdown_timeout: 1s`),
+    /// e.g. `request_header_timeout: 1s`.
+    pub fn server(mut self, keys: &str) -> EmojiConfig {
+        self.server = format!("graceful_shutdown_timeout: 1s, {keys}");
+        self
+    }
+
     pub fn build(&self) -> String {
         let health = self
             .health
@@ -66,7 +75,7 @@ impl EmojiConfig {
 listen: "127.0.0.1:{{listen}}"
 admin: {{ listen: "127.0.0.1:{{admin}}" }}
 pid_file: "{{dir}}/graceway.pid"
-server: {{ graceful_shutdown_timeout: 1s }}
+server: {{ {server} }}
 upstreams:
   - name: emoji
     url: "http://127.0.0.1:{port}"
@@ -82,6 +91,7 @@ upstreams:
             tokens = self.tokens,
             upstream = self.upstream_extra,
             top = self.top_extra,
+            server = self.server,
         )
     }
 }

@@ -1,12 +1,10 @@
 //! `graceway demo --exit` runs the whole walkthrough against its built-in
 //! emoji API and exits 0 only when every step went as expected.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{free_port, wait_for, TestDir, BIN};
+use crate::support::{free_port, wait_for, TestDir, BIN};
 
 #[test]
 fn demo_walkthrough_passes_every_step() {

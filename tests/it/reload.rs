@@ -1,14 +1,12 @@
 //! Hot swap: SIGHUP, file watching (including a Kubernetes-style symlink
 //! swap), `graceway reload`, `POST /reload`, and bad input on reload.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{
+use crate::support::{
     client, metric_value, run_cli, wait_for_async, Graceway, MockReply, MockUpstream, TestDir,
 };
 
@@ -319,13 +317,13 @@ async fn daemon_mode_with_a_relative_config_path() {
     let up = MockUpstream::start(|_| MockReply::ok("{}"));
     let dir = TestDir::new();
     dir.write("token", "tok-daemon-1\n");
-    let (listen, admin) = (support::free_port(), support::free_port());
+    let (listen, admin) = (crate::support::free_port(), crate::support::free_port());
     let yaml = format!(
         "listen: \"127.0.0.1:{listen}\"\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\npid_file: graceway.pid\nupstreams:\n  - name: emoji\n    url: \"http://127.0.0.1:{}\"\n    credentials: {{ tokens: [ {{ file: token }} ] }}\n",
         up.port
     );
     std::fs::write(dir.file("graceway.yaml"), yaml).unwrap();
-    let out = std::process::Command::new(support::BIN)
+    let out = std::process::Command::new(crate::support::BIN)
         .args(["run", "-c", "graceway.yaml", "--daemon"])
         .current_dir(dir.path())
         .stdin(std::process::Stdio::null())

@@ -2,9 +2,7 @@
 //! `graceway check`: every shipped config passes; bad configs fail with
 //! messages that name the field path.
 
-mod support;
-
-use support::{run_cli, TestDir};
+use crate::support::{run_cli, TestDir};
 
 fn check(dir: &TestDir, yaml: &str) -> (i32, String, String) {
     let p = dir.file("check.yaml");

@@ -2,14 +2,12 @@
 //! `/status` inventory and `graceway status`, `/readyz` transitions, memory
 //! soft-limit shedding, the alert webhook (with retries) and the access log.
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::mock::Wire;
-use support::{
+use crate::support::mock::Wire;
+use crate::support::{
     client, run_cli, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir,
 };
 
@@ -792,7 +790,7 @@ async fn access_log_plain_json_and_off() {
         format!(
             " GET /v1/a 200 upstream=emoji outcome=stale reason=token-rejected token={fp} upstream_ms="
         ),
-        " GET /other 404 upstream=- outcome=error reason=- token=- upstream_ms=- total_ms=".into(),
+        " GET /other 404 upstream=- outcome=client reason=no-route token=- upstream_ms=- total_ms=".into(),
     ] {
         let n = lines.iter().filter(|l| l.contains(&want)).count();
         assert_eq!(n, 1, "{n} lines with `{want}`:\n{out}");

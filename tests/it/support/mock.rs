@@ -19,6 +19,8 @@ pub struct Recorded {
     pub target: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The request line and header fields exactly as received.
+    pub head: String,
 }
 
 impl Recorded {
@@ -87,11 +89,6 @@ impl MockReply {
 
     pub fn header(mut self, k: &str, v: &str) -> MockReply {
         self.headers.push((k.into(), v.into()));
-        self
-    }
-
-    pub fn delay(mut self, d: Duration) -> MockReply {
-        self.delay = d;
         self
     }
 
@@ -192,10 +189,6 @@ impl MockUpstream {
         self.shared.requests.lock().unwrap().len()
     }
 
-    pub fn connections(&self) -> usize {
-        self.shared.connections.load(Ordering::SeqCst)
-    }
-
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -224,6 +217,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, sh: Arc<Shared>) 
             }
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let head_for_record = head.clone();
         buf.drain(..head_end + 4);
         let mut lines = head.split("\r\n");
         let first = lines.next().unwrap_or_default();
@@ -294,6 +288,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, sh: Arc<Shared>) 
             target,
             headers,
             body,
+            head: head_for_record,
         };
         let reply = (sh.handler.lock().unwrap())(&rec);
         sh.requests.lock().unwrap().push(rec);

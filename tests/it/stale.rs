@@ -1,14 +1,12 @@
 //! The last-good store through the real binary: what is stored, every
 //! trigger in `stale.on`, the degradation headers, limits and persistence.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::mock::Wire;
-use support::{
+use crate::support::mock::Wire;
+use crate::support::{
     client, metric_value, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir,
 };
 

@@ -3,14 +3,14 @@
 //! a fresh answer, then a stale one with its degradation headers passed
 //! through, nginx's access log format, and the `/graceway-ready` location.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{client, free_port, wait_for_async, Graceway, MockReply, MockUpstream, TestDir};
+use crate::support::{
+    client, free_port, wait_for_async, Graceway, MockReply, MockUpstream, TestDir,
+};
 
 const NGINX: &str = "/usr/sbin/nginx";
 const TOKEN: &str = "tok-nginx-1";

@@ -1,14 +1,12 @@
 //! The upstream-health breaker (hanging, refusing and failing upstreams
 //! answered at once from the store) and reload preflight.
 
-mod support;
-
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::mock::Wire;
-use support::{
+use crate::support::mock::Wire;
+use crate::support::{
     client, run_cli, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir,
 };
 
@@ -135,7 +133,7 @@ async fn hanging_upstream_is_answered_at_once_after_the_breaker_opens() {
         logs.contains("health-breaker closed -> open (upstream-timeout)"),
         "{logs}"
     );
-    support::wait_for(
+    crate::support::wait_for(
         "the state watch to see the close",
         Duration::from_secs(5),
         || {

@@ -1,10 +1,8 @@
 //! HTTPS upstreams: certificates verified against `tls.ca_file`, SNI from
 //! the URL host, a wrong CA refused, `verify: false` warned about.
 
-mod support;
-
-use support::mock::TlsFixture;
-use support::{client, Graceway, MockReply, MockUpstream, TestDir};
+use crate::support::mock::TlsFixture;
+use crate::support::{client, Graceway, MockReply, MockUpstream, TestDir};
 
 fn config(port: u16, tls: &str) -> String {
     format!(

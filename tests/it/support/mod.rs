@@ -2,8 +2,6 @@
 //! pick free loopback ports, poll with deadlines, and run a programmable
 //! mock upstream. A failing test prints the child's stdout and stderr.
 
-#![allow(dead_code, unused_imports)]
-
 pub mod config;
 pub mod mock;
 
@@ -118,10 +116,6 @@ impl Graceway {
         g
     }
 
-    pub fn start(template: &str) -> Graceway {
-        Graceway::start_in(TestDir::new(), template)
-    }
-
     /// Starts without waiting (for tests of start-up failures).
     pub fn spawn_in(dir: TestDir, template: &str, env: &[(&str, &str)]) -> Graceway {
         let listen = free_port();
@@ -216,16 +210,6 @@ impl Graceway {
         }
     }
 
-    /// Waits for the process to exit by itself.
-    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let child = self.child.as_mut().unwrap();
-        let st = wait_for("graceway to exit", limit, || {
-            child.try_wait().ok().flatten()
-        });
-        self.child = None;
-        st
-    }
-
     /// `/status` as JSON.
     pub async fn status(&self) -> serde_json::Value {
         reqwest::get(self.admin_url("/status"))
@@ -296,6 +280,71 @@ pub fn http_get_blocking(port: u16, path: &str) -> std::io::Result<u16> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other("no status line"))
+}
+
+/// What a raw exchange got back.
+pub struct RawReply {
+    /// Everything read, lossily as text.
+    pub text: String,
+    /// The peer closed the connection (EOF or reset) within the wait.
+    pub closed: bool,
+    /// How long until the peer closed (or the wait ran out).
+    pub took: Duration,
+}
+
+impl RawReply {
+    /// The status code of the first response, 0 when none came.
+    pub fn status(&self) -> u16 {
+        self.text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Writes `bytes` to 127.0.0.1:port as they are and reads until the peer
+/// closes or `wait` passes: a client holding a raw socket.
+pub fn raw_exchange(port: u16, bytes: &[u8], wait: Duration) -> RawReply {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(bytes).expect("write");
+    let mut buf = Vec::new();
+    let deadline = started + wait;
+    let mut closed = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        let mut chunk = [0u8; 8192];
+        match s.read(&mut chunk) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    RawReply {
+        text: String::from_utf8_lossy(&buf).into_owned(),
+        closed,
+        took: started.elapsed(),
+    }
 }
 
 /// Runs the graceway binary with args and returns (exit code, stdout, stderr).

@@ -2,14 +2,14 @@
 //! how it re-closes, expiry (JWT `exp`, `expires_at`), command refresh and
 //! the OAuth2 client-credentials source.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::{
+    client, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir,
+};
 use base64::Engine;
-use support::{client, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir};
 
 /// An upstream that accepts exactly the tokens in `accepted`.
 fn gatekeeper(accepted: &[&str]) -> (MockUpstream, Arc<Mutex<HashSet<String>>>) {
@@ -49,7 +49,7 @@ fn start_two(up: &MockUpstream, extra: &str) -> Graceway {
     Graceway::start_in(dir, &config(up.port, TWO_TOKENS, extra))
 }
 
-fn api_requests(up: &MockUpstream) -> Vec<support::Recorded> {
+fn api_requests(up: &MockUpstream) -> Vec<crate::support::Recorded> {
     up.requests()
         .into_iter()
         .filter(|r| r.path() != "/v1/ping")

@@ -1,8 +1,6 @@
 //! Routing and token injection through the real binary.
 
-mod support;
-
-use support::{client, Graceway, MockReply, MockUpstream, TestDir};
+use crate::support::{client, Graceway, MockReply, MockUpstream, TestDir};
 
 fn config(up: &MockUpstream, inject: &str) -> String {
     format!(
@@ -116,8 +114,8 @@ async fn unmatched_requests_get_404_json_and_never_leave() {
         assert_eq!(body["reason"], "no-route");
         assert!(body["error"].is_string());
     }
-    // An absolute-form request for another host is routed by path like any
-    // other, and goes to the configured upstream only: never an open proxy.
+    // An absolute-form request for a host graceway does not serve is
+    // refused (400): never an open proxy.
     let r = tokio::task::spawn_blocking({
         let port = g.listen;
         move || {
@@ -132,7 +130,7 @@ async fn unmatched_requests_get_404_json_and_never_leave() {
     })
     .await
     .unwrap();
-    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     assert_eq!(up.request_count(), 0);
 }
 

@@ -2,9 +2,7 @@
 //! body or response header. Drives a scenario through every path that
 //! names tokens, then greps everything graceway said.
 
-mod support;
-
-use support::{client, run_cli, Graceway, MockReply, MockUpstream, TestDir};
+use crate::support::{client, run_cli, Graceway, MockReply, MockUpstream, TestDir};
 
 const PRIMARY: &str = "sekrit-primary-4a7d9c";
 const SECOND: &str = "sekrit-second-99f1b2";

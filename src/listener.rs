@@ -1,0 +1,343 @@
+//! Client connections: how many may be open, and how long a client may
+//! take to send a request header.
+//!
+//! Pingora 0.9 accepts every connection and bounds a header read only per
+//! `read()` (a client that drips one byte every few seconds is never cut
+//! off, pingora#447), so both limits live here, in a [`Guarded`] wrapper
+//! around each listening service:
+//! - a cap on open connections per listener: one over the cap is answered
+//!   with a fixed `503` and closed at once (no request is parsed), so a
+//!   flood cannot use up the descriptors that the admin listener, upstream
+//!   connections and files need. The admin listener has its own small cap,
+//!   so `/healthz` answers during a flood of the proxy port;
+//! - a deadline for a complete request header: from accept for a new
+//!   connection (one that has not completed a request yet), from the first
+//!   byte for the next request on a kept-alive connection. At the deadline
+//!   the client gets `408` and the connection is closed. Time spent idle
+//!   between requests is bounded by `server.client_keepalive_timeout`.
+//!
+//! The per-request cost is two relaxed atomic stores; a timer is armed
+//! only when a header does not arrive in one read.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Sleep;
+
+/// The answer to a connection over the cap.
+const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 63\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{\"error\":\"too many client connections\",\"reason\":\"overloaded\"}\n\n";
+
+/// The answer to a header that missed its deadline.
+const HEADER_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: 71\r\nConnection: close\r\n\r\n{\"error\":\"the request header was not complete in time\",\"reason\":\"timeout\"}";
+
+/// Open connections and what was refused or cut, per listener. Read by
+/// `/status` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct ListenerFigures {
+    pub open: AtomicUsize,
+    pub refused: AtomicU64,
+    pub header_timeouts: AtomicU64,
+    /// The cap in force (set at start).
+    pub cap: AtomicUsize,
+}
+
+/// The proxy listener's figures.
+pub static PROXY: ListenerFigures = ListenerFigures {
+    open: AtomicUsize::new(0),
+    refused: AtomicU64::new(0),
+    header_timeouts: AtomicU64::new(0),
+    cap: AtomicUsize::new(0),
+};
+
+/// The admin listener's figures.
+pub static ADMIN: ListenerFigures = ListenerFigures {
+    open: AtomicUsize::new(0),
+    refused: AtomicU64::new(0),
+    header_timeouts: AtomicU64::new(0),
+    cap: AtomicUsize::new(0),
+};
+
+/// A listening service's app with the connection cap and header deadline.
+pub struct Guarded<A> {
+    inner: Arc<A>,
+    figures: &'static ListenerFigures,
+    cap: usize,
+    header_timeout: Duration,
+}
+
+impl<A> Guarded<A> {
+    pub fn new(
+        inner: A,
+        figures: &'static ListenerFigures,
+        cap: usize,
+        header_timeout: Duration,
+    ) -> Self {
+        figures.cap.store(cap, Ordering::Relaxed);
+        Guarded {
+            inner: Arc::new(inner),
+            figures,
+            cap,
+            header_timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    /// Pingora calls this once per request on a kept-alive connection: the
+    /// stream it hands back is ours already, so only a new connection is
+    /// counted and wrapped.
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if let Some(g) = (*stream).as_any().downcast_ref::<GuardedStream>() {
+            g.phase.store(AWAITING, Ordering::Relaxed);
+        } else {
+            if self.figures.open.fetch_add(1, Ordering::Relaxed) >= self.cap {
+                self.figures.open.fetch_sub(1, Ordering::Relaxed);
+                self.figures.refused.fetch_add(1, Ordering::Relaxed);
+                // Best effort and bounded: the client may not be reading.
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(100), stream.write_all(OVER_CAP))
+                        .await;
+                return None;
+            }
+            stream = Box::new(GuardedStream {
+                inner: stream,
+                phase: AtomicU8::new(HEADER),
+                timer: None,
+                timer_armed: false,
+                header_timeout: self.header_timeout,
+                figures: self.figures,
+            });
+        }
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// Waiting for the first byte of the next request (idle keep-alive).
+const AWAITING: u8 = 0;
+/// Reading a request header: the deadline applies.
+const HEADER: u8 = 1;
+/// The header is complete: body and response, no deadline.
+const IN_REQUEST: u8 = 2;
+
+/// A client connection with its deadline and its place under the cap
+/// (given back on drop).
+pub struct GuardedStream {
+    inner: Stream,
+    /// Atomic because the proxy marks the header done through `&self`
+    /// (see [`header_complete`]) while the stream is owned by Pingora.
+    phase: AtomicU8,
+    timer: Option<Pin<Box<Sleep>>>,
+    timer_armed: bool,
+    header_timeout: Duration,
+    figures: &'static ListenerFigures,
+}
+
+/// Tells the connection under `stream` that its request header is
+/// complete: the header deadline no longer applies.
+pub fn header_complete(stream: Option<&Stream>) {
+    if let Some(g) = stream.and_then(|s| (**s).as_any().downcast_ref::<GuardedStream>()) {
+        g.phase.store(IN_REQUEST, Ordering::Relaxed);
+    }
+}
+
+impl Drop for GuardedStream {
+    fn drop(&mut self) {
+        self.figures.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for GuardedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedStream")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl GuardedStream {
+    /// In the header phase: has the deadline passed? Arms the timer on the
+    /// first read that would wait.
+    fn header_deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.timer_armed {
+            let at = tokio::time::Instant::now() + self.header_timeout;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.timer_armed = true;
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        match this.phase.load(Ordering::Relaxed) {
+            IN_REQUEST => Pin::new(&mut this.inner).poll_read(cx, buf),
+            AWAITING => {
+                let before = buf.filled().len();
+                let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+                if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+                    // The next request has begun: its header deadline starts.
+                    this.phase.store(HEADER, Ordering::Relaxed);
+                    this.timer_armed = false;
+                }
+                r
+            }
+            _ => {
+                let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+                if r.is_ready() || !this.header_deadline_passed(cx) {
+                    return r;
+                }
+                this.figures.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                log::debug!("client request header not complete in time: closing with 408");
+                let _ = Pin::new(&mut this.inner).poll_write(cx, HEADER_TIMEOUT);
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request header deadline passed",
+                )))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for GuardedStream {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await
+    }
+}
+
+impl UniqueID for GuardedStream {
+    fn id(&self) -> pingora::protocols::UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for GuardedStream {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for GuardedStream {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for GuardedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for GuardedStream {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for GuardedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one and returns both
+/// (soft, hard) as in force afterwards.
+pub fn raise_nofile_limit() -> (u64, u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return (0, 0);
+    };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            log::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            return (soft, hard);
+        }
+    }
+    getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((soft, hard))
+}
+
+/// Descriptors kept free of client connections: the admin listener's cap,
+/// log and persist files, the watcher, and slack.
+const RESERVED_FDS: u64 = 256;
+
+/// The default cap on proxy client connections for a descriptor limit:
+/// each client connection may hold one upstream connection too, so half
+/// of what is left after the reserve, and at most 10,000 (about 40 KiB of
+/// memory each in Pingora's buffers).
+pub fn default_max_connections(nofile_soft: u64) -> usize {
+    (nofile_soft.saturating_sub(RESERVED_FDS) / 2).clamp(16, 10_000) as usize
+}

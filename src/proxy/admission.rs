@@ -1,0 +1,316 @@
+//! What a request must be before graceway routes it or chooses a token.
+//! Each check is a pure function of the request header and the settings,
+//! so hostile input is refused with a 4xx before any upstream or token is
+//! involved.
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::Version;
+use pingora::http::RequestHeader;
+
+use super::target::{self, strip_port, TargetError};
+use crate::config::ServerSettings;
+use crate::generation::Router;
+
+/// A refused request: the status, the JSON error's message and `reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub status: u16,
+    pub message: &'static str,
+    pub reason: &'static str,
+}
+
+impl Refusal {
+    fn bad(message: &'static str, reason: &'static str) -> Refusal {
+        Refusal {
+            status: 400,
+            message,
+            reason,
+        }
+    }
+}
+
+impl From<TargetError> for Refusal {
+    fn from(e: TargetError) -> Refusal {
+        Refusal::bad(e.message(), "bad-target")
+    }
+}
+
+/// What the checks found, for routing and for the upstream request.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Admitted {
+    /// The host to route on (absolute-form authority, else `Host`), no port.
+    pub host: Option<String>,
+    /// The normalized target when it differs from the request's own.
+    pub rewritten: Option<String>,
+    /// A single canonical `Content-Length` to send instead of what came
+    /// (duplicates, a list of equal values, leading zeros).
+    pub canonical_length: Option<u64>,
+}
+
+/// Runs every check in order; the first failure is the answer.
+pub(crate) fn admit(
+    req: &RequestHeader,
+    server: &ServerSettings,
+    router: &Router,
+) -> Result<Admitted, Refusal> {
+    header_size(req, server.max_request_header_bytes)?;
+    let canonical_length = framing(req, server.max_request_body_bytes)?;
+    let t = target::normalize(req.raw_path())?;
+    let host_header = match req.headers.get_all(HOST).iter().count() {
+        0 => None,
+        1 => Some(
+            req.headers[HOST]
+                .to_str()
+                .map_err(|_| Refusal::bad("the Host header is not valid", "bad-host"))?,
+        ),
+        _ => return Err(Refusal::bad("more than one Host header", "bad-host")),
+    };
+    if host_header.is_none() && req.version == Version::HTTP_11 {
+        return Err(Refusal::bad(
+            "an HTTP/1.1 request must carry a Host header",
+            "bad-host",
+        ));
+    }
+    let host = match t.authority_host {
+        Some(h) => {
+            if !router.knows_host(h) {
+                return Err(Refusal::bad(
+                    "an absolute request target must name a host this proxy serves",
+                    "bad-target",
+                ));
+            }
+            if host_header.is_some_and(|hh| !strip_port(hh).eq_ignore_ascii_case(h)) {
+                return Err(Refusal::bad(
+                    "the Host header differs from the host of the request target",
+                    "bad-host",
+                ));
+            }
+            Some(h.to_string())
+        }
+        None => host_header.map(|h| strip_port(h).to_string()),
+    };
+    Ok(Admitted {
+        host,
+        rewritten: t.rewritten,
+        canonical_length,
+    })
+}
+
+/// The request line and header fields together against the limit.
+fn header_size(req: &RequestHeader, limit: usize) -> Result<(), Refusal> {
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
+    let fields: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if line + fields > limit {
+        return Err(Refusal {
+            status: 431,
+            message: "request header fields too large",
+            reason: "header-too-large",
+        });
+    }
+    Ok(())
+}
+
+/// RFC 9112 §6: `Transfer-Encoding` must be exactly `chunked` (graceway
+/// does not decode other codings and will not drop them silently); every
+/// `Content-Length` must be a plain number and all must agree (then one
+/// canonical value is sent); a declared body over the limit is 413.
+fn framing(req: &RequestHeader, max_body: u64) -> Result<Option<u64>, Refusal> {
+    let mut te = req.headers.get_all(TRANSFER_ENCODING).iter();
+    if let Some(v) = te.next() {
+        let only_chunked =
+            te.next().is_none() && v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked");
+        if !only_chunked {
+            return Err(Refusal::bad(
+                "only `Transfer-Encoding: chunked` is accepted",
+                "bad-framing",
+            ));
+        }
+        // Pingora has already dropped any Content-Length (TE wins) and
+        // turned keep-alive off for this connection (RFC 9112 §6.1).
+        return Ok(None);
+    }
+    let mut length: Option<u64> = None;
+    let mut lines = 0;
+    let mut canonical = true;
+    for v in req.headers.get_all(CONTENT_LENGTH) {
+        lines += 1;
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.len() != v.as_bytes().len() {
+                canonical = false;
+            }
+            let n = parse_plain_number(part).ok_or(Refusal::bad(
+                "Content-Length must be a plain number",
+                "bad-framing",
+            ))?;
+            if part.len() > 1 && part[0] == b'0' {
+                canonical = false;
+            }
+            match length {
+                Some(l) if l != n => {
+                    return Err(Refusal::bad(
+                        "conflicting Content-Length values",
+                        "bad-framing",
+                    ))
+                }
+                _ => length = Some(n),
+            }
+        }
+    }
+    if let Some(n) = length {
+        if n > max_body {
+            return Err(Refusal {
+                status: 413,
+                message: "the request body is larger than this proxy accepts",
+                reason: "body-too-large",
+            });
+        }
+    }
+    Ok(length.filter(|_| lines > 1 || !canonical))
+}
+
+fn parse_plain_number(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ServerSettings {
+        crate::config::Config::from_file(
+            serde_yaml::from_str(
+                "upstreams: [{name: a, url: 'http://127.0.0.1:1', match: {host: api.example}}]",
+            )
+            .unwrap(),
+            std::path::Path::new("/"),
+        )
+        .unwrap()
+        .server
+    }
+
+    fn router() -> Router {
+        let cfg = crate::config::Config::from_file(
+            serde_yaml::from_str(
+                "upstreams: [{name: a, url: 'http://vendor.example:1', match: {host: api.example}}]",
+            )
+            .unwrap(),
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        Router::new(&cfg.upstreams)
+    }
+
+    fn req(method: &str, target: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, target.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn check(r: &RequestHeader) -> Result<Admitted, Refusal> {
+        admit(r, &settings(), &router())
+    }
+
+    #[test]
+    fn plain_request_passes_untouched() {
+        let a = check(&req("GET", "/v1/x", &[("Host", "api.example:8080")])).unwrap();
+        assert_eq!(a.host.as_deref(), Some("api.example"));
+        assert_eq!(a.rewritten, None);
+        assert_eq!(a.canonical_length, None);
+        let a = check(&req(
+            "POST",
+            "/v1/x",
+            &[("Host", "h"), ("Content-Length", "5")],
+        ))
+        .unwrap();
+        assert_eq!(a.canonical_length, None);
+    }
+
+    #[test]
+    fn host_rules() {
+        assert_eq!(
+            check(&req("GET", "/x", &[])).unwrap_err().reason,
+            "bad-host"
+        );
+        let mut r10 = req("GET", "/x", &[]);
+        r10.set_version(Version::HTTP_10);
+        assert!(check(&r10).is_ok());
+        let a = check(&req(
+            "GET",
+            "http://API.example/x",
+            &[("Host", "api.example")],
+        ))
+        .unwrap();
+        assert_eq!(a.rewritten.as_deref(), Some("/x"));
+        let a = check(&req(
+            "GET",
+            "http://vendor.example/x",
+            &[("Host", "vendor.example")],
+        ))
+        .unwrap();
+        assert_eq!(a.host.as_deref(), Some("vendor.example"));
+        assert_eq!(
+            check(&req(
+                "GET",
+                "http://evil.example/x",
+                &[("Host", "evil.example")]
+            ))
+            .unwrap_err()
+            .reason,
+            "bad-target"
+        );
+        assert_eq!(
+            check(&req("GET", "http://api.example/x", &[("Host", "other")]))
+                .unwrap_err()
+                .reason,
+            "bad-host"
+        );
+    }
+
+    #[test]
+    fn framing_rules() {
+        let h = ("Host", "h");
+        let a = check(&req(
+            "POST",
+            "/",
+            &[h, ("Content-Length", "5"), ("Content-Length", "5")],
+        ))
+        .unwrap();
+        assert_eq!(a.canonical_length, Some(5));
+        let a = check(&req("POST", "/", &[h, ("Content-Length", "5, 5")])).unwrap();
+        assert_eq!(a.canonical_length, Some(5));
+        let a = check(&req("POST", "/", &[h, ("Content-Length", "005")])).unwrap();
+        assert_eq!(a.canonical_length, Some(5));
+        for bad in ["5, 6", "+5", "-1", "5x", "", "0x5", "99999999999999999999"] {
+            let r = req("POST", "/", &[h, ("Content-Length", bad)]);
+            assert_eq!(check(&r).unwrap_err().status, 400, "{bad:?}");
+        }
+        let r = req("POST", "/", &[h, ("Content-Length", "10485761")]);
+        assert_eq!(check(&r).unwrap_err().status, 413);
+        for bad in ["gzip, chunked", "gzip", "chunked, chunked", "identity"] {
+            let r = req("POST", "/", &[h, ("Transfer-Encoding", bad)]);
+            assert_eq!(check(&r).unwrap_err().reason, "bad-framing", "{bad:?}");
+        }
+        assert!(check(&req("POST", "/", &[h, ("Transfer-Encoding", "Chunked")])).is_ok());
+    }
+
+    #[test]
+    fn the_request_line_counts_toward_the_header_limit() {
+        // Neither alone is over 64 KiB; together they are.
+        let path = format!("/{}", "a".repeat(6000));
+        let value = "b".repeat(60 << 10);
+        let r = req("GET", &path, &[("Host", "h"), ("X-Big", &value)]);
+        assert_eq!(check(&r).map_err(|e| e.status), Err(431));
+        let r = req("GET", "/", &[("Host", "h"), ("X-Big", &value)]);
+        assert!(check(&r).is_ok());
+    }
+}

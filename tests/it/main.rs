@@ -1,0 +1,19 @@
+//! graceway's integration tests: one crate, so the binary under test and
+//! Pingora link once. Each module is one capability; every test spawns the
+//! real `graceway` binary (see [`support`]) against mock upstreams on
+//! loopback.
+
+mod support;
+
+mod breaker;
+mod check;
+mod demo;
+mod hostile;
+mod inject;
+mod lifecycle;
+mod nginx;
+mod observability;
+mod reload;
+mod secrets;
+mod stale;
+mod tls;
