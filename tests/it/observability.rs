@@ -853,7 +853,7 @@ async fn access_log_plain_json_and_off() {
     let (fresh, stale, unrouted) = (
         find("/v1/a", "ok"),
         find("/v1/a", "stale"),
-        find("/other", "error"),
+        find("/other", "client"),
     );
     assert_eq!(fresh["path"], "/v1/a", "{fresh}");
     assert_eq!(fresh["status"], 200);
