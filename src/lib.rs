@@ -55,3 +55,6 @@ pub mod server;
 pub mod stale;
 pub mod tokens;
 pub mod webhook;
+
+#[cfg(test)]
+mod fuzz;

@@ -97,7 +97,7 @@ pub(crate) fn normalize(raw: &[u8]) -> Result<Target<'_>, TargetError> {
         }
     }
     let normal_path = if needs_work(path)? {
-        Some(normalize_path(path)?)
+        Some(normalize_path(path)?).filter(|p| p.as_bytes() != path)
     } else {
         None
     };

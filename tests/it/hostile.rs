@@ -466,3 +466,47 @@ fn assert_no_error_lines(g: &Graceway) {
     assert!(errors.is_empty(), "ERROR lines:\n{}", errors.join("\n"));
     assert!(!logs.contains(TOKEN));
 }
+
+#[test]
+fn a_client_that_goes_away_is_its_own_outcome_not_an_error() {
+    let up = MockUpstream::start(|_| {
+        let mut r = MockReply::ok("{}");
+        r.delay = Duration::from_millis(800);
+        r
+    });
+    let g = start(EmojiConfig::new(up.port));
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(("127.0.0.1", g.listen)).unwrap();
+        s.write_all(b"GET /v1/slow HTTP/1.1\r\nHost: h\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        drop(s);
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let m = wait_for("the client outcome", Duration::from_secs(10), || {
+        let m = rt.block_on(g.metrics());
+        (metric_value(
+            &m,
+            "graceway_requests_total{outcome=\"client\",upstream=\"emoji\"}",
+        )? >= 3.0)
+            .then_some(m)
+    });
+    assert_eq!(
+        metric_value(
+            &m,
+            "graceway_requests_total{outcome=\"error\",upstream=\"emoji\"}"
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(
+        metric_value(
+            &m,
+            "graceway_client_rejections_total{reason=\"client-closed\"}"
+        ) >= Some(3.0),
+        "{m}"
+    );
+    let status = rt.block_on(g.status());
+    assert_eq!(status["upstreams"][0]["breakers"]["health"]["open"], false);
+    assert_no_error_lines(&g);
+}
