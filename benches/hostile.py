@@ -55,7 +55,7 @@ async def upstream(reader, writer):
             body = b'{"ok":true}'
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             await writer.drain()
-    except Exception:
+    except (Exception, asyncio.CancelledError):
         pass
     finally:
         writer.close()

@@ -336,8 +336,9 @@ const RESERVED_FDS: u64 = 256;
 
 /// The default cap on proxy client connections for a descriptor limit:
 /// each client connection may hold one upstream connection too, so half
-/// of what is left after the reserve, and at most 10,000 (about 40 KiB of
-/// memory each in Pingora's buffers).
+/// of what is left after the reserve, and at most 4,096: an idle client
+/// connection costs about 38 KiB (measured, `benches/hostile.py`), so the
+/// cap also bounds memory (~150 MiB) for a sidecar.
 pub fn default_max_connections(nofile_soft: u64) -> usize {
-    (nofile_soft.saturating_sub(RESERVED_FDS) / 2).clamp(16, 10_000) as usize
+    (nofile_soft.saturating_sub(RESERVED_FDS) / 2).clamp(16, 4_096) as usize
 }
