@@ -386,8 +386,53 @@ pub fn refresh_token_state_metrics(gen: &Generation) {
     let m = metrics();
     let now = SystemTime::now();
     for u in &gen.upstreams {
+        let name = u.config.name.as_str();
+        let notices: Vec<_> = u
+            .tokens
+            .tokens
+            .iter()
+            .filter_map(|t| t.evidence.notice())
+            .collect();
+        m.upstream_deprecated
+            .with_label_values(&[name])
+            .set(i64::from(notices.iter().any(|n| n.1.deprecated)));
+        m.upstream_sunset_timestamp_seconds
+            .with_label_values(&[name])
+            .set(
+                notices
+                    .iter()
+                    .filter_map(|n| n.1.sunset_at)
+                    .min()
+                    .unwrap_or(0) as i64,
+            );
         for t in &u.tokens.tokens {
             let idx = t.index.to_string();
+            match t.evidence.quota() {
+                Some((remaining, limit, reset)) => {
+                    m.token_quota_remaining
+                        .with_label_values(&[name, &idx])
+                        .set(remaining.min(i64::MAX as u64) as i64);
+                    if let Some(l) = limit {
+                        m.token_quota_limit
+                            .with_label_values(&[name, &idx])
+                            .set(l.min(i64::MAX as u64) as i64);
+                    }
+                    if let Some(r) =
+                        reset.and_then(|r| r.duration_since(std::time::UNIX_EPOCH).ok())
+                    {
+                        m.token_quota_reset_timestamp_seconds
+                            .with_label_values(&[name, &idx])
+                            .set(r.as_secs() as i64);
+                    }
+                }
+                None => {
+                    let _ = m.token_quota_remaining.remove_label_values(&[name, &idx]);
+                    let _ = m.token_quota_limit.remove_label_values(&[name, &idx]);
+                    let _ = m
+                        .token_quota_reset_timestamp_seconds
+                        .remove_label_values(&[name, &idx]);
+                }
+            }
             let state = t.state(now);
             for s in TokenState::ALL {
                 m.token_state

@@ -293,7 +293,10 @@ pub fn render_status(st: &Value) -> String {
         "STATE".into(),
         "EXPIRES".into(),
         "LAST USED".into(),
+        "QUOTA".into(),
     ]];
+    // The vendor's words: refusals and deprecation notices, one line each.
+    let mut notes = Vec::new();
     for u in st["upstreams"].as_array().into_iter().flatten() {
         let lf = &u["last_failure"];
         rows.push(vec![
@@ -321,12 +324,58 @@ pub fn render_status(st: &Value) -> String {
                 s(&t["state"]),
                 s(&t["expires_at"]),
                 s(&t["last_used"]),
+                quota(&t["quota"]),
             ]);
+            let who = format!(
+                "{} token {} ({})",
+                s(&u["name"]),
+                s(&t["index"]),
+                s(&t["fingerprint"])
+            );
+            if !t["detail"].is_null() {
+                notes.push(format!("{who} {}: {}", s(&t["state"]), s(&t["detail"])));
+            }
+            let n = &t["notice"];
+            if !n.is_null() {
+                let mut what = Vec::new();
+                if n["deprecated"].as_bool() == Some(true) {
+                    what.push(format!("DEPRECATED (from {})", s(&n["deprecation_at"])));
+                }
+                if !n["sunset_at"].is_null() {
+                    what.push(format!("SUNSET at {}", s(&n["sunset_at"])));
+                }
+                for l in n["links"].as_array().into_iter().flatten() {
+                    what.push(format!("{}: {}", s(&l["rel"]), s(&l["url"])));
+                }
+                notes.push(format!("{who}: {}", what.join("; ")));
+            }
         }
     }
     out.push_str(&table(&rows));
     out.push('\n');
     out.push_str(&table(&token_rows));
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            out.push_str(&n);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `remaining/limit, resets <time>` or `-`.
+fn quota(q: &Value) -> String {
+    if q.is_null() {
+        return "-".into();
+    }
+    let mut out = s(&q["remaining"]);
+    if !q["limit"].is_null() {
+        out = format!("{out}/{}", s(&q["limit"]));
+    }
+    if !q["reset_at"].is_null() {
+        out = format!("{out} until {}", s(&q["reset_at"]));
+    }
     out
 }
 

@@ -25,6 +25,12 @@ pub struct Metrics {
     pub degraded: IntGaugeVec,
     pub token_state: IntGaugeVec,
     pub token_expiry_timestamp_seconds: IntGaugeVec,
+    /// Vendor signals, set at scrape time from the tokens' evidence.
+    pub upstream_deprecated: IntGaugeVec,
+    pub upstream_sunset_timestamp_seconds: IntGaugeVec,
+    pub token_quota_remaining: IntGaugeVec,
+    pub token_quota_limit: IntGaugeVec,
+    pub token_quota_reset_timestamp_seconds: IntGaugeVec,
     pub token_reloads_total: IntCounterVec,
     pub upstream_breaker_open: IntGaugeVec,
     pub cache_bytes: IntGauge,
@@ -107,6 +113,36 @@ pub fn metrics() -> &'static Metrics {
         token_expiry_timestamp_seconds: register_int_gauge_vec!(
             "graceway_token_expiry_timestamp_seconds",
             "Unix time at which the token expires (JWT exp or expires_at).",
+            &["upstream", "token"]
+        )
+        .expect("metric registers"),
+        upstream_deprecated: register_int_gauge_vec!(
+            "graceway_upstream_deprecated",
+            "1 while the upstream's answers carry a Deprecation header (RFC 9745) for any token.",
+            &["upstream"]
+        )
+        .expect("metric registers"),
+        upstream_sunset_timestamp_seconds: register_int_gauge_vec!(
+            "graceway_upstream_sunset_timestamp_seconds",
+            "Unix time of the earliest Sunset (RFC 8594) the upstream announced; 0 when none.",
+            &["upstream"]
+        )
+        .expect("metric registers"),
+        token_quota_remaining: register_int_gauge_vec!(
+            "graceway_token_quota_remaining",
+            "Requests left in the token's quota, as the upstream last stated (RateLimit or X-RateLimit headers).",
+            &["upstream", "token"]
+        )
+        .expect("metric registers"),
+        token_quota_limit: register_int_gauge_vec!(
+            "graceway_token_quota_limit",
+            "The token's quota per window, as the upstream last stated.",
+            &["upstream", "token"]
+        )
+        .expect("metric registers"),
+        token_quota_reset_timestamp_seconds: register_int_gauge_vec!(
+            "graceway_token_quota_reset_timestamp_seconds",
+            "Unix time at which the token's quota resets, as the upstream last stated.",
             &["upstream", "token"]
         )
         .expect("metric registers"),

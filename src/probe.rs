@@ -4,6 +4,8 @@
 //!
 //! What a probe answer means:
 //! - 401/403: the token is rejected (failover and the auth breaker follow);
+//!   this is also how a `suspect` token (a request met a 401/403 without an
+//!   error code) is confirmed: its suspicion wakes the probe at once;
 //! - 5xx, a timeout or no connection: the upstream is unwell (fed to the
 //!   health breaker; the next probe backs off, up to 8x the interval);
 //! - anything else: the token is accepted and the upstream answers (a
@@ -126,6 +128,8 @@ fn jitter(d: Duration) -> Duration {
 /// aborts it when a new generation is swapped in and starts the next.
 pub async fn run(app: Arc<App>, generation: u64, name: String) {
     let mut failures: u32 = 0;
+    // The newest suspicion already probed (see `Evidence::suspect`).
+    let mut probed_suspicion = 0u64;
     loop {
         let gen = app.live.load_full();
         if gen.number != generation {
@@ -147,6 +151,20 @@ pub async fn run(app: Arc<App>, generation: u64, name: String) {
         while tokio::time::Instant::now() < due {
             if up.status.health.is_open() && up.status.health.try_trial() {
                 trial = true;
+                break;
+            }
+            // A token met a 401/403 without an error code: the probe, on a
+            // path the token is known to reach, decides at once whether
+            // the token is rejected or the refusal was about that resource.
+            let suspicion = up
+                .tokens
+                .tokens
+                .iter()
+                .map(|t| t.evidence.suspect_since())
+                .max()
+                .unwrap_or(0);
+            if suspicion > probed_suspicion {
+                probed_suspicion = suspicion;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100).min(due - tokio::time::Instant::now()))

@@ -1,8 +1,9 @@
 //! State changes: each is logged once, and with `alerts.webhook` set, sent
 //! as a JSON POST. The webhook gets a POST for each change of an
 //! upstream's state (`healthy`, `degraded`, `down`, with its reason) and
-//! of a token's state (`active`, `rejected`, `expiring`, `expired`,
-//! `unavailable`).
+//! of a token's state (`active`, `suspect`, `rejected`, `expiring`,
+//! `expired`, `unavailable`; `reason` carries the vendor's words), and for
+//! each new deprecation or sunset notice the vendor sends (`notice`).
 //!
 //! States are compared once a second, so a flap inside a second is not
 //! reported (the debounce), and the changes of one second go out in one
@@ -16,7 +17,8 @@
 //! {"source":"graceway","host":"...","events":[
 //!   {"kind":"upstream","upstream":"emoji","from":"healthy","to":"degraded","reason":"token-rejected","at":"..."},
 //!   {"kind":"auth-breaker","upstream":"emoji","from":"closed","to":"open","reason":"token-rejected","at":"..."},
-//!   {"kind":"token","upstream":"emoji","token":0,"fingerprint":"sha256:...","from":"active","to":"rejected","at":"..."}]}
+//!   {"kind":"token","upstream":"emoji","token":0,"fingerprint":"sha256:...","from":"active","to":"rejected","reason":"invalid_token (The access token was revoked)","at":"..."},
+//!   {"kind":"notice","upstream":"emoji","token":0,"fingerprint":"sha256:...","from":"none","to":"deprecation at 2026-12-01T00:00:00Z; sunset at 2027-01-01T00:00:00Z","reason":"successor-version: https://api.example/v2","at":"..."}]}
 //! ```
 
 use std::collections::HashMap;
@@ -51,6 +53,8 @@ pub struct StateWatch {
     tokens: HashMap<(String, usize, String), String>,
     /// (upstream, "health" | "auth") -> "open" | "closed".
     breakers: HashMap<(String, &'static str), String>,
+    /// (upstream, token fingerprint) -> hash of the last notice reported.
+    notices: HashMap<(String, String), u64>,
     last: Option<Instant>,
     tx: Option<mpsc::Sender<Vec<Event>>>,
     url: Option<String>,
@@ -126,6 +130,9 @@ impl StateWatch {
                     _ => None,
                 };
                 if let Some(from) = from {
+                    let reason = matches!(st.as_str(), "rejected" | "suspect")
+                        .then(|| t.evidence.detail().map(|d| d.to_string()))
+                        .flatten();
                     events.push(Event {
                         kind: "token",
                         upstream: name.clone(),
@@ -133,9 +140,15 @@ impl StateWatch {
                         fingerprint: Some(t.fingerprint.clone()),
                         from,
                         to: st,
-                        reason: None,
+                        reason,
                         at: at.clone(),
                     });
+                }
+                if let Some(n) = t.evidence.notice() {
+                    let key = (name.clone(), t.fingerprint.clone());
+                    if self.notices.insert(key, n.0) != Some(n.0) {
+                        events.push(notice_event(&name, t, &n.1, &at));
+                    }
                 }
             }
         }
@@ -156,12 +169,26 @@ impl StateWatch {
                         .map(|r| format!(" ({r})"))
                         .unwrap_or_default()
                 ),
-                Some(i) => log::info!(
-                    "upstream {}: token {i} ({}) is now {} (was {})",
+                Some(i) if e.kind == "notice" => log::warn!(
+                    "upstream {}: token {i} ({}): the vendor announced {}{}",
                     e.upstream,
                     e.fingerprint.as_deref().unwrap_or("-"),
                     e.to,
-                    e.from
+                    e.reason
+                        .as_deref()
+                        .map(|r| format!("; {r}"))
+                        .unwrap_or_default()
+                ),
+                Some(i) => log::info!(
+                    "upstream {}: token {i} ({}) is now {} (was {}){}",
+                    e.upstream,
+                    e.fingerprint.as_deref().unwrap_or("-"),
+                    e.to,
+                    e.from,
+                    e.reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
                 ),
                 None => log::warn!(
                     "upstream {}: state {} -> {}{}",
@@ -183,6 +210,50 @@ impl StateWatch {
                     .inc();
             }
         }
+    }
+}
+
+/// A new deprecation or sunset notice, as one event: `to` says what was
+/// announced (`deprecated since <time>; sunset at <time>`), `reason` names
+/// the links the vendor gave.
+fn notice_event(
+    upstream: &str,
+    t: &crate::tokens::Token,
+    n: &crate::tokens::evidence::Notice,
+    at: &str,
+) -> Event {
+    let time = |s: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s))
+            .to_string()
+    };
+    let mut parts = Vec::new();
+    if n.deprecated {
+        parts.push(match n.deprecation_at {
+            Some(d) => format!("deprecation at {}", time(d)),
+            None => "deprecation".to_string(),
+        });
+    }
+    if let Some(s) = n.sunset_at {
+        parts.push(format!("sunset at {}", time(s)));
+    }
+    let links: Vec<String> = n
+        .links
+        .iter()
+        .map(|(rel, url)| format!("{rel}: {url}"))
+        .collect();
+    Event {
+        kind: "notice",
+        upstream: upstream.to_string(),
+        token: Some(t.index),
+        fingerprint: Some(t.fingerprint.clone()),
+        from: "none".to_string(),
+        to: if parts.is_empty() {
+            "no deprecation".to_string()
+        } else {
+            parts.join("; ")
+        },
+        reason: (!links.is_empty()).then(|| links.join(", ")),
+        at: at.to_string(),
     }
 }
 

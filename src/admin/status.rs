@@ -26,6 +26,35 @@ struct TokenView {
     expires_at: Value,
     last_used: Value,
     error: Option<String>,
+    /// The vendor's words on the last refusal (`invalid_token (...)`).
+    detail: Option<String>,
+    /// The quota the vendor last stated for this token.
+    quota: Value,
+    /// The last deprecation or sunset notice the vendor sent with it.
+    notice: Value,
+}
+
+/// `{remaining, limit, reset_at}` or null.
+fn quota_view(t: &crate::tokens::Token) -> Value {
+    t.evidence.quota().map_or(Value::Null, |(remaining, limit, reset)| {
+        json!({ "remaining": remaining, "limit": limit, "reset_at": ts(reset) })
+    })
+}
+
+/// `{deprecated, deprecation_at, sunset_at, links}` or null.
+pub fn notice_view(t: &crate::tokens::Token) -> Value {
+    let Some(n) = t.evidence.notice() else {
+        return Value::Null;
+    };
+    let n = &n.1;
+    let at =
+        |s: Option<u64>| ts(s.map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)));
+    json!({
+        "deprecated": n.deprecated,
+        "deprecation_at": at(n.deprecation_at),
+        "sunset_at": at(n.sunset_at),
+        "links": n.links.iter().map(|(rel, url)| json!({"rel": rel, "url": url})).collect::<Vec<_>>(),
+    })
 }
 
 /// `healthy`, `degraded` or `down`, and why. Down means a request can get
@@ -80,6 +109,9 @@ pub fn status(app: &App) -> Value {
                     expires_at: ts(t.expires_at),
                     last_used: ts(t.last_used()),
                     error: t.unavailable_reason.clone(),
+                    detail: t.evidence.detail().map(|d| d.to_string()),
+                    quota: quota_view(t),
+                    notice: notice_view(t),
                 })
                 .collect();
             let (state, reason) = upstream_state(u, now);

@@ -5,7 +5,8 @@
 //! | `GET /v1/ping` | `{"ok":true}` (the probe path) |
 //! | `GET /v1/emojis` | the catalogue |
 //! | `GET /v1/emojis/{name}` | one emoji, or 404 |
-//! | `POST /demo/revoke[?fingerprint=sha256:…]` | the vendor silently deprecates one token, or every current one |
+//! | `POST /demo/deprecate` | the vendor announces, in-band, that this API is deprecated: answers carry `Deprecation`, `Sunset` (30 days on) and `Link` headers |
+//! | `POST /demo/revoke[?fingerprint=sha256:…]` | the vendor deprecates one token, or every current one: `401` with `WWW-Authenticate: Bearer error="invalid_token"` |
 //! | `POST /demo/rotate` | the vendor issues a new token, written to `<dir>/token.next` |
 //! | `POST /demo/fail?status=503` | answer every API call with that status |
 //! | `POST /demo/hang` | hold every API call without answering (30 s) |
@@ -50,6 +51,8 @@ struct State {
     api_requests: u64,
     last_fingerprint: Option<String>,
     minted: u64,
+    /// Unix seconds of the announced deprecation, once announced.
+    deprecated_at: Option<u64>,
 }
 
 pub struct DemoApi {
@@ -79,6 +82,7 @@ impl DemoApi {
                 api_requests: 0,
                 last_fingerprint: None,
                 minted: 0,
+                deprecated_at: None,
             }),
             next_token_file,
         }
@@ -154,6 +158,11 @@ impl ServeHttp for DemoApi {
                     Err(e) => json(500, serde_json::json!({"error": e.to_string()}), None),
                 };
             }
+            ("POST", "/demo/deprecate") => {
+                let at = crate::generation::unix_now();
+                self.lock().deprecated_at = Some(at);
+                return json(200, serde_json::json!({"deprecated_at": at}), None);
+            }
             ("POST", "/demo/fail") => {
                 let status = query
                     .split('&')
@@ -191,13 +200,43 @@ impl ServeHttp for DemoApi {
             _ => {}
         }
 
-        let (mode, authorized) = {
+        let (mode, authorized, deprecated_at) = {
             let mut st = self.lock();
             st.api_requests += 1;
             st.last_fingerprint = bearer.as_deref().map(fingerprint);
             let ok = bearer.as_ref().is_some_and(|b| st.accepted.contains(b));
-            (st.mode, ok)
+            (st.mode, ok, st.deprecated_at)
         };
+        let mut resp = self.api_answer(mode, authorized, &method, &path).await;
+        if let Some(at) = deprecated_at {
+            let sunset = std::time::UNIX_EPOCH + Duration::from_secs(at + 30 * 86400);
+            let h = resp.headers_mut();
+            for (name, value) in [
+                ("deprecation", format!("@{at}")),
+                ("sunset", httpdate::fmt_http_date(sunset)),
+                (
+                    "link",
+                    r#"<https://emoji.example/changelog#v1>; rel="deprecation", <https://emoji.example/v2>; rel="successor-version""#.to_string(),
+                ),
+            ] {
+                if let Ok(v) = http::HeaderValue::from_str(&value) {
+                    h.insert(name, v);
+                }
+            }
+        }
+        resp
+    }
+}
+
+impl DemoApi {
+    /// The API's own answer to an API call.
+    async fn api_answer(
+        &self,
+        mode: Mode,
+        authorized: bool,
+        method: &str,
+        path: &str,
+    ) -> Response<Vec<u8>> {
         match mode {
             Mode::Hang => {
                 tokio::time::sleep(Duration::from_secs(30)).await;
@@ -213,7 +252,7 @@ impl ServeHttp for DemoApi {
             Mode::Normal => {}
         }
         if !authorized {
-            return json(
+            let mut r = json(
                 401,
                 serde_json::json!({
                     "error": "invalid_token",
@@ -221,6 +260,13 @@ impl ServeHttp for DemoApi {
                 }),
                 None,
             );
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(
+                    r#"Bearer realm="emoji", error="invalid_token", error_description="this access token has been deprecated""#,
+                ),
+            );
+            return r;
         }
         if method != "GET" && method != "HEAD" {
             return json(
@@ -229,7 +275,7 @@ impl ServeHttp for DemoApi {
                 None,
             );
         }
-        match path.as_str() {
+        match path {
             "/v1/ping" => json(200, serde_json::json!({"ok": true}), Some("no-store")),
             "/v1/emojis" => {
                 let list: Vec<_> = EMOJIS

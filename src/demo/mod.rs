@@ -270,7 +270,42 @@ impl Walkthrough {
         );
         println!();
 
-        println!("3. The vendor silently deprecates the primary token. graceway fails over to the standby:");
+        println!(
+            "3. Weeks before, the vendor announces in-band that this API version is deprecated:"
+        );
+        println!("   its answers now carry Deprecation, Sunset and Link headers. No proxy reads them; graceway does.");
+        let _ = self.post(&self.api("/demo/deprecate")).await;
+        let r = self.get(&self.gw("/v1/emojis/heart"), &[]).await;
+        s.expect(
+            r.as_ref().is_ok_and(|r| r.status == 200),
+            "200: the API still answers",
+        );
+        // The state watch reports a new notice within a second.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        println!(
+            "   $ graceway status --admin http://{}   (the lines below the token table)",
+            self.opts.admin
+        );
+        match self.status_table().await {
+            Some(t) => {
+                let notes: Vec<&str> = t.lines().filter(|l| l.contains("DEPRECATED")).collect();
+                for line in &notes {
+                    println!("   {line}");
+                }
+                s.expect(
+                    !notes.is_empty() && t.contains("SUNSET at"),
+                    "graceway shows the deprecation and the sunset date",
+                );
+            }
+            None => s.expect(false, "the status table is readable"),
+        }
+        println!("   It is logged and sent to the webhook once, and alerts fire from");
+        println!("   graceway_upstream_deprecated and graceway_upstream_sunset_timestamp_seconds.");
+        println!();
+
+        println!(
+            "4. Then the vendor deprecates the primary token. graceway fails over to the standby:"
+        );
         println!("   the user gets a normal, fresh answer.");
         let _ = self
             .post(&self.api(&format!("/demo/revoke?fingerprint={fp0}")))
@@ -286,7 +321,7 @@ impl Walkthrough {
         println!();
 
         println!(
-            "4. Then the standby dies too (this is how the 16-hour outage began). Users keep their"
+            "5. Then the standby dies too (this is how the 16-hour outage began). Users keep their"
         );
         println!("   emoji: graceway answers from the last good copy, says so, and stops sending dead tokens.");
         let _ = self.post(&self.api("/demo/revoke")).await;
@@ -308,7 +343,7 @@ impl Walkthrough {
         );
         println!();
 
-        println!("5. Operators see it at once: status, readiness and metrics name the upstream and the tokens.");
+        println!("6. Operators see it at once: status, readiness and metrics name the upstream and the tokens.");
         println!("   $ graceway status --admin http://{}", self.opts.admin);
         match self.status_table().await {
             Some(t) => {
@@ -328,7 +363,7 @@ impl Walkthrough {
         );
         println!();
 
-        println!("6. The vendor issues a new token; the secret lands in the watched token file.");
+        println!("7. The vendor issues a new token; the secret lands in the watched token file.");
         let _ = self.post(&self.api("/demo/rotate")).await;
         let next = self.dir.join("token.next");
         println!("   $ mv {} {}", next.display(), token_file.display());
@@ -352,7 +387,7 @@ impl Walkthrough {
         );
         println!();
 
-        println!("7. Recovery: fresh answers again, no degradation header.");
+        println!("8. Recovery: fresh answers again, no degradation header.");
         let r = self.get(&self.gw("/v1/emojis/tada"), &[]).await;
         s.expect(
             r.as_ref()
@@ -361,7 +396,7 @@ impl Walkthrough {
         );
         println!();
 
-        println!("8. Another day, the vendor's API hangs. The first 2 requests wait for the 2 s read timeout,");
+        println!("9. Another day, the vendor's API hangs. The first 2 requests wait for the 2 s read timeout,");
         println!("   then the health breaker opens and every answer comes from the store at once.");
         let _ = self.post(&self.api("/demo/hang")).await;
         for i in 1..=3 {
@@ -381,7 +416,7 @@ impl Walkthrough {
         }
         println!();
 
-        println!("9. The vendor recovers; the next trial request closes the breaker.");
+        println!("10. The vendor recovers; the next trial request closes the breaker.");
         let _ = self.post(&self.api("/demo/recover")).await;
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut fresh = false;

@@ -42,6 +42,8 @@ use crate::generation::{unix_now, Generation, Upstream};
 use crate::outcome::Reason;
 use crate::stale::stored::{self, CacheControl};
 use crate::stale::{self as store, LastGoodStore, StoredResponse};
+use crate::tokens::evidence::{self, Verdict};
+use crate::tokens::set::Suspicion;
 use crate::tokens::TokenState;
 
 pub use respond::no_token_reason;
@@ -180,6 +182,76 @@ impl Proxy {
                 .insert_header(http::header::CONNECTION, "close")?;
         }
         respond::write(session, answer).await
+    }
+
+    /// The upstream refused token `t` with a 401/403 that is about the
+    /// token (`invalid_token`) or may be (no error code). The first is a
+    /// rejection; the second makes the token `suspect`, and is confirmed by
+    /// the probe (woken at once, see `probe::run`) or, without a probe, by
+    /// a refusal on another path within
+    /// [`crate::tokens::set::SUSPECT_WINDOW_SECS`]. Either way
+    /// this request is retried once with the next usable token; the error
+    /// returned asks Pingora for that retry.
+    fn token_refused(
+        &self,
+        ctx: &mut RequestCtx,
+        up: &Upstream,
+        t: &crate::tokens::Token,
+        status: u16,
+        judged: evidence::Judgement,
+        path: &str,
+    ) -> Option<Box<Error>> {
+        let detail = judged
+            .detail
+            .map(|d| evidence::redact(d, t.secret().map_or("", |s| s.expose())));
+        let suspicion = match judged.verdict {
+            Verdict::Rejected => None,
+            _ => Some(t.evidence.suspect(path_hash(path), unix_now())),
+        };
+        let confirmed = match suspicion {
+            None => true,
+            Some(s) => up.probe().is_none() && s == Suspicion::OtherPath,
+        };
+        let said = detail.as_deref().unwrap_or("no error code");
+        let next = up.tokens.pick(ctx.tried, SystemTime::now());
+        let failover = next
+            .map(|n| format!("failing over to token {} ({})", n.index, n.fingerprint))
+            .unwrap_or_else(|| "no other usable token".into());
+        if confirmed {
+            if t.mark_rejected(status) {
+                log::warn!(
+                    "upstream {}: token {} ({}) rejected with {status}: {said}; {failover}",
+                    up.config.name,
+                    t.index,
+                    t.fingerprint
+                );
+            }
+        } else if suspicion == Some(Suspicion::First) {
+            log::info!(
+                "upstream {}: token {} ({}) is suspect: {status} ({said}) on one path; {} decides. This request: {failover}",
+                up.config.name,
+                t.index,
+                t.fingerprint,
+                if up.probe().is_some() { "the probe" } else { "a refusal on another path" }
+            );
+        }
+        t.evidence.set_detail(detail);
+        // Retry once with the next usable token. The upstream refused the
+        // request, so nothing happened there: replaying it is safe when its
+        // body is still at hand (see error_while_proxy).
+        let n = next?;
+        if ctx.failover_pending {
+            return None;
+        }
+        ctx.token = Some(n.index);
+        ctx.failover_pending = true;
+        let mut e = Error::explain(
+            ErrorType::HTTPStatus(status),
+            "token refused; retrying with the next token",
+        )
+        .into_up();
+        e.set_retry(true);
+        Some(e)
     }
 
     /// Records a degraded answer in metrics and the upstream's state.
@@ -440,67 +512,75 @@ impl ProxyHttp for Proxy {
         } else {
             up.status.health_success();
         }
-        if status == 401 || status == 403 {
-            crate::metrics::metrics()
-                .upstream_auth_failures_total
-                .with_label_values(&[
-                    up.config.name.as_str(),
-                    if status == 401 { "401" } else { "403" },
-                ])
-                .inc();
-            if let Some(t) = ctx.token.and_then(|i| up.tokens.tokens.get(i)) {
-                let now = SystemTime::now();
-                let next = up.tokens.pick(ctx.tried, now);
-                if t.mark_rejected(status) {
-                    match next {
-                        Some(n) => log::warn!(
-                            "upstream {}: token {} ({}) rejected with {status}; failing over to token {} ({})",
-                            up.config.name,
-                            t.index,
-                            t.fingerprint,
-                            n.index,
-                            n.fingerprint
-                        ),
-                        None => log::warn!(
-                            "upstream {}: token {} ({}) rejected with {status}; no other usable token",
+        let token = ctx.token.and_then(|i| up.tokens.tokens.get(i));
+        if let Some(t) = token {
+            read_vendor_signals(t, &resp.headers);
+        }
+        let mut reason = Reason::from_status(status);
+        let mut retry_after = resp.headers.get(http::header::RETRY_AFTER).cloned();
+        match status {
+            401 | 403 | 429 => {
+                if status != 429 {
+                    crate::metrics::metrics()
+                        .upstream_auth_failures_total
+                        .with_label_values(&[
+                            up.config.name.as_str(),
+                            if status == 401 { "401" } else { "403" },
+                        ])
+                        .inc();
+                }
+                let judged = evidence::judge(status, &resp.headers);
+                match judged.verdict {
+                    // The vendor's answer for this resource: the client gets
+                    // it as it is; the token and the breakers are untouched.
+                    Verdict::NotAboutToken => reason = None,
+                    Verdict::QuotaExhausted => {
+                        reason = Some(Reason::RateLimited);
+                        if retry_after.is_none() {
+                            retry_after = evidence::quota(&resp.headers)
+                                .and_then(|q| q.reset_in)
+                                .map(HeaderValue::from);
+                        }
+                    }
+                    Verdict::Rejected | Verdict::Suspect => {
+                        if let Some(t) = token {
+                            let path = session.req_header().uri.path();
+                            if let Some(retry) =
+                                self.token_refused(ctx, up, t, status, judged, path)
+                            {
+                                return Err(retry);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                if let Some(t) = token {
+                    if status < 400 && t.evidence.clear_suspect() {
+                        log::info!(
+                            "upstream {}: token {} ({}) answered {status}: no longer suspect",
                             up.config.name,
                             t.index,
                             t.fingerprint
-                        ),
+                        );
+                    }
+                    if ctx.auth_trial {
+                        if t.clear_rejected() {
+                            log::info!(
+                                "upstream {}: token {} ({}) accepted again (answered {status}); auth breaker closed",
+                                up.config.name,
+                                t.index,
+                                t.fingerprint
+                            );
+                        }
+                        up.auth.success();
                     }
                 }
-                // Retry once with the next usable token. The upstream refused
-                // the request, so nothing happened there: replaying it is
-                // safe when its body is still at hand (see error_while_proxy).
-                if let (Some(n), false) = (next, ctx.failover_pending) {
-                    ctx.token = Some(n.index);
-                    ctx.failover_pending = true;
-                    let mut e = Error::explain(
-                        ErrorType::HTTPStatus(status),
-                        "token rejected; retrying with the next token",
-                    )
-                    .into_up();
-                    e.set_retry(true);
-                    return Err(e);
-                }
             }
-        } else if ctx.auth_trial {
-            if let Some(t) = ctx.token.and_then(|i| up.tokens.tokens.get(i)) {
-                if t.clear_rejected() {
-                    log::info!(
-                        "upstream {}: token {} ({}) accepted again (answered {status}); auth breaker closed",
-                        up.config.name,
-                        t.index,
-                        t.fingerprint
-                    );
-                }
-            }
-            up.auth.success();
         }
 
-        if let Some(reason) = Reason::from_status(status) {
+        if let Some(reason) = reason {
             if respond::triggered(&up.config.stale.on, reason, Some(status)) {
-                let retry_after = resp.headers.get(http::header::RETRY_AFTER).cloned();
                 let answer = respond::degraded(
                     self.store(),
                     up,
@@ -795,6 +875,28 @@ impl ProxyHttp for Proxy {
             _ => m.error.inc(),
         }
     }
+}
+
+/// Reads what the vendor says beside the status, on every answer that
+/// carried a token: the quota it states and a deprecation or sunset
+/// notice. Without such headers this is a handful of header lookups.
+fn read_vendor_signals(t: &crate::tokens::Token, headers: &http::HeaderMap) {
+    if let Some(q) = evidence::quota(headers) {
+        t.evidence.observe_quota(q, unix_now());
+    }
+    if let Some((deprecation, sunset)) = evidence::notice_headers(headers) {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&(deprecation, sunset), &mut h);
+        t.evidence
+            .observe_notice(std::hash::Hasher::finish(&h), || evidence::notice(headers));
+    }
+}
+
+/// A hash of a request path, to tell two paths apart without keeping them.
+fn path_hash(path: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(path, &mut h);
+    std::hash::Hasher::finish(&h)
 }
 
 /// Whether a failed request is the client's doing: it went away, its body

@@ -6,6 +6,7 @@
 //! upstream. Everything else (logs, status, metrics, errors) sees only the
 //! `sha256:` fingerprint.
 
+pub mod evidence;
 pub mod oauth2;
 pub mod set;
 pub mod source;

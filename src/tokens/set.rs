@@ -1,10 +1,13 @@
 //! The tokens of one upstream, in failover order, with their live states.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
+use super::evidence::{Notice, Quota};
 use super::value::{Injected, Secret};
 use crate::config::TokenSpec;
 
@@ -14,9 +17,13 @@ use crate::config::TokenSpec;
 pub enum TokenState {
     /// Usable, and not close to expiry.
     Active,
-    /// The upstream answered 401/403 to it since the last reload or
+    /// The upstream said the token is bad (`invalid_token`, or a 401/403
+    /// confirmed by the probe or on a second path) since the last reload or
     /// successful probe.
     Rejected,
+    /// A 401/403 without an error code: maybe the token, maybe the
+    /// resource. Still used while the probe (or a second path) decides.
+    Suspect,
     /// Usable, but expires within `expires_warning`.
     Expiring,
     /// Past its expiry (`exp` claim or `expires_at`).
@@ -26,9 +33,10 @@ pub enum TokenState {
 }
 
 impl TokenState {
-    pub const ALL: [TokenState; 5] = [
+    pub const ALL: [TokenState; 6] = [
         TokenState::Active,
         TokenState::Rejected,
+        TokenState::Suspect,
         TokenState::Expiring,
         TokenState::Expired,
         TokenState::Unavailable,
@@ -38,6 +46,7 @@ impl TokenState {
         match self {
             TokenState::Active => "active",
             TokenState::Rejected => "rejected",
+            TokenState::Suspect => "suspect",
             TokenState::Expiring => "expiring",
             TokenState::Expired => "expired",
             TokenState::Unavailable => "unavailable",
@@ -46,7 +55,10 @@ impl TokenState {
 
     /// Whether requests may carry the token.
     pub fn usable(self) -> bool {
-        matches!(self, TokenState::Active | TokenState::Expiring)
+        matches!(
+            self,
+            TokenState::Active | TokenState::Expiring | TokenState::Suspect
+        )
     }
 }
 
@@ -72,6 +84,159 @@ pub struct Token {
     /// Unix seconds of the last request that carried this token (0 = never).
     last_used: AtomicU64,
     expires_warning: Duration,
+    /// What the vendor last said about this token; see [`Evidence`].
+    pub evidence: Evidence,
+}
+
+/// What the vendor's answers said about one token beyond the status:
+/// suspicion, the last rejection's words, the quota, a deprecation notice.
+/// Written from the request path with relaxed atomics (and an `ArcSwap`
+/// only when a value changes); read by `/status`, metrics and the state
+/// watch.
+#[derive(Debug)]
+pub struct Evidence {
+    /// Unix seconds of the first unconfirmed 401/403 (0 = not suspect).
+    suspect_since: AtomicU64,
+    /// A hash of the path that met it: a rejection on another path
+    /// confirms (when no probe is configured).
+    suspect_path: AtomicU64,
+    /// The vendor's `error (error_description)` of the last rejection.
+    detail: ArcSwapOption<String>,
+    /// From rate-limit headers; -1 = not stated.
+    quota_remaining: AtomicI64,
+    quota_limit: AtomicI64,
+    /// Unix seconds; 0 = not stated.
+    quota_reset_at: AtomicU64,
+    /// The last deprecation/sunset notice, with a hash of its raw headers
+    /// so that an unchanged notice costs one comparison.
+    notice: ArcSwapOption<(u64, Notice)>,
+}
+
+impl Default for Evidence {
+    fn default() -> Self {
+        Evidence {
+            suspect_since: AtomicU64::new(0),
+            suspect_path: AtomicU64::new(0),
+            detail: ArcSwapOption::empty(),
+            quota_remaining: AtomicI64::new(-1),
+            quota_limit: AtomicI64::new(-1),
+            quota_reset_at: AtomicU64::new(0),
+            notice: ArcSwapOption::empty(),
+        }
+    }
+}
+
+/// What a 401/403 without an error code did to a token's suspicion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suspicion {
+    /// The first such answer (or the first in a while): now suspect.
+    First,
+    /// The same path again: still only suspect.
+    SamePath,
+    /// Another path within the window: confirmed, the token is rejected.
+    OtherPath,
+}
+
+/// A suspicion older than this starts over.
+pub const SUSPECT_WINDOW_SECS: u64 = 300;
+
+impl Evidence {
+    pub fn is_suspect(&self) -> bool {
+        self.suspect_since.load(Ordering::Relaxed) != 0
+    }
+
+    /// Unix seconds since the token is suspect (0 = not suspect).
+    pub fn suspect_since(&self) -> u64 {
+        self.suspect_since.load(Ordering::Relaxed)
+    }
+
+    /// Records an unconfirmed 401/403 on the path with `path_hash`.
+    pub fn suspect(&self, path_hash: u64, now: u64) -> Suspicion {
+        let since = self.suspect_since.load(Ordering::Relaxed);
+        if since == 0 || now.saturating_sub(since) > SUSPECT_WINDOW_SECS {
+            self.suspect_path.store(path_hash, Ordering::Relaxed);
+            self.suspect_since.store(now.max(1), Ordering::Relaxed);
+            return Suspicion::First;
+        }
+        if self.suspect_path.load(Ordering::Relaxed) == path_hash {
+            Suspicion::SamePath
+        } else {
+            Suspicion::OtherPath
+        }
+    }
+
+    /// Clears a suspicion (an answer below 400, or a probe, showed the
+    /// token works); true when it was set.
+    pub fn clear_suspect(&self) -> bool {
+        self.suspect_since.swap(0, Ordering::Relaxed) != 0
+    }
+
+    pub fn set_detail(&self, detail: Option<String>) {
+        self.detail.store(detail.map(Arc::new));
+    }
+
+    pub fn detail(&self) -> Option<Arc<String>> {
+        self.detail.load_full()
+    }
+
+    pub fn observe_quota(&self, q: Quota, now: u64) {
+        let as_i64 = |v: Option<u64>| v.map_or(-1, |v| v.min(i64::MAX as u64) as i64);
+        self.quota_remaining
+            .store(as_i64(q.remaining), Ordering::Relaxed);
+        if q.limit.is_some() {
+            self.quota_limit.store(as_i64(q.limit), Ordering::Relaxed);
+        }
+        if let Some(r) = q.reset_in {
+            self.quota_reset_at.store(now + r, Ordering::Relaxed);
+        }
+    }
+
+    /// (remaining, limit, reset at) as last stated.
+    pub fn quota(&self) -> Option<(u64, Option<u64>, Option<SystemTime>)> {
+        let remaining = self.quota_remaining.load(Ordering::Relaxed);
+        if remaining < 0 {
+            return None;
+        }
+        let limit = self.quota_limit.load(Ordering::Relaxed);
+        let reset = self.quota_reset_at.load(Ordering::Relaxed);
+        Some((
+            remaining as u64,
+            (limit >= 0).then_some(limit as u64),
+            (reset > 0).then(|| UNIX_EPOCH + Duration::from_secs(reset)),
+        ))
+    }
+
+    /// Keeps a notice whose raw headers hash to `hash`, unless it is the
+    /// one already kept; parses only then.
+    pub fn observe_notice(&self, hash: u64, parse: impl FnOnce() -> Notice) {
+        if self.notice.load().as_ref().is_some_and(|n| n.0 == hash) {
+            return;
+        }
+        self.notice.store(Some(Arc::new((hash, parse()))));
+    }
+
+    pub fn notice(&self) -> Option<Arc<(u64, Notice)>> {
+        self.notice.load_full()
+    }
+
+    /// Carries everything over from the same token in an older generation.
+    fn inherit(&self, previous: &Evidence) {
+        for (a, b) in [
+            (&self.suspect_since, &previous.suspect_since),
+            (&self.suspect_path, &previous.suspect_path),
+            (&self.quota_reset_at, &previous.quota_reset_at),
+        ] {
+            a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        for (a, b) in [
+            (&self.quota_remaining, &previous.quota_remaining),
+            (&self.quota_limit, &previous.quota_limit),
+        ] {
+            a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.detail.store(previous.detail.load_full());
+        self.notice.store(previous.notice.load_full());
+    }
 }
 
 impl Token {
@@ -99,6 +264,7 @@ impl Token {
                     rejected_status: AtomicU16::new(0),
                     last_used: AtomicU64::new(0),
                     expires_warning,
+                    evidence: Evidence::default(),
                 }
             }
             Err(reason) => Token {
@@ -113,6 +279,7 @@ impl Token {
                 rejected_status: AtomicU16::new(0),
                 last_used: AtomicU64::new(0),
                 expires_warning,
+                evidence: Evidence::default(),
             },
         }
     }
@@ -130,6 +297,7 @@ impl Token {
         }
         match self.expires_at {
             Some(exp) if exp <= now => TokenState::Expired,
+            _ if self.evidence.is_suspect() => TokenState::Suspect,
             Some(exp) if exp <= now + self.expires_warning => TokenState::Expiring,
             _ => TokenState::Active,
         }
@@ -139,6 +307,7 @@ impl Token {
     /// the caller logs the transition once, not once per request).
     pub fn mark_rejected(&self, status: u16) -> bool {
         self.rejected_status.store(status, Ordering::Relaxed);
+        self.evidence.clear_suspect();
         !self.rejected.swap(true, Ordering::Relaxed)
     }
 
@@ -150,7 +319,12 @@ impl Token {
     /// Clears a rejection (a probe succeeded with this token); true when
     /// this call changed the state.
     pub fn clear_rejected(&self) -> bool {
-        self.rejected.swap(false, Ordering::Relaxed)
+        self.evidence.clear_suspect();
+        let was = self.rejected.swap(false, Ordering::Relaxed);
+        if was {
+            self.evidence.set_detail(None);
+        }
+        was
     }
 
     pub fn touch(&self, unix_secs: u64) {
@@ -201,6 +375,9 @@ impl Token {
             previous.last_used.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
+        if self.same_value(previous) {
+            self.evidence.inherit(&previous.evidence);
+        }
     }
 }
 

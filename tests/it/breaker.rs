@@ -254,7 +254,7 @@ fn preflight_config(port: u16) -> String {
 async fn preflight_refuses_a_token_the_upstream_refuses() {
     let up = MockUpstream::start(|r| match r.bearer() {
         Some("tok-old") | Some("tok-good") => MockReply::ok("{}"),
-        _ => MockReply::status(401, "{}"),
+        _ => MockReply::revoked(401, "{}"),
     });
     let dir = TestDir::new();
     dir.write("token", "tok-old\n");

@@ -37,15 +37,20 @@ fn demo_walkthrough_passes_every_step() {
     assert!(out.contains("Every step went as expected."), "{out}");
     for step in [
         "1. Your service asks graceway",
-        "3. The vendor silently deprecates the primary token",
+        "3. Weeks before, the vendor announces in-band",
+        "DEPRECATED (from ",
+        "4. Then the vendor deprecates the primary token",
+        "rejected: invalid_token (this access token has been deprecated)",
         "x-graceway-degraded: token-rejected",
         "FINGERPRINT",
         "x-graceway-degraded: upstream-timeout",
-        "9. The vendor recovers",
+        "10. The vendor recovers",
     ] {
         assert!(out.contains(step), "missing `{step}` in:\n{out}");
     }
     assert!(!out.contains("✘"), "{out}");
+    // graceway's own warning came first, in its log.
+    assert!(err.contains("the vendor announced deprecation at"), "{err}");
     // The demo's token values are in its token files only.
     for f in ["token", "token.standby"] {
         let v = std::fs::read_to_string(dir.file(f)).unwrap();

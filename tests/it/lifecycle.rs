@@ -25,7 +25,7 @@ fn gatekeeper(accepted: &[&str]) -> (MockUpstream, Arc<Mutex<HashSet<String>>>) 
                 r.body.len()
             ))
         } else {
-            MockReply::status(401, r#"{"error":"invalid_token"}"#)
+            MockReply::revoked(401, r#"{"error":"invalid_token"}"#)
         }
     });
     (up, set)

@@ -15,5 +15,6 @@ mod nginx;
 mod observability;
 mod reload;
 mod secrets;
+mod signals;
 mod stale;
 mod tls;

@@ -195,7 +195,7 @@ async fn nginx_with_the_shipped_snippet_passes_stale_answers_and_readiness() {
             MockReply::ok(&format!(r#"{{"emoji":"smile","path":"{}"}}"#, r.path()))
                 .header("Cache-Control", "max-age=60")
         } else {
-            MockReply::status(401, r#"{"error":"token deprecated"}"#)
+            MockReply::revoked(401, r#"{"error":"token deprecated"}"#)
         }
     });
     let dir = TestDir::new();

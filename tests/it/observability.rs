@@ -40,7 +40,7 @@ fn gated() -> (MockUpstream, Gate) {
             MockReply::ok(&format!(r#"{{"path":"{}"}}"#, r.path()))
                 .header("Cache-Control", "max-age=60")
         } else {
-            MockReply::status(401, r#"{"error":"token deprecated"}"#)
+            MockReply::revoked(401, r#"{"error":"token deprecated"}"#)
         }
     });
     (up, Gate { accepted })

@@ -14,7 +14,7 @@ async fn no_token_value_anywhere() {
         if r.bearer() == Some(SECOND) {
             MockReply::ok(r#"{"ok":true}"#)
         } else {
-            MockReply::status(401, r#"{"error":"invalid_token"}"#)
+            MockReply::revoked(401, r#"{"error":"invalid_token"}"#)
         }
     });
     let dir = TestDir::new();

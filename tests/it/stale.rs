@@ -516,7 +516,7 @@ async fn no_client_sees_401_during_revocation_under_concurrency() {
     let rv = revoked.clone();
     let up = MockUpstream::start(move |r| {
         if rv.load(Ordering::SeqCst) {
-            MockReply::status(401, r#"{"error":"invalid_token"}"#)
+            MockReply::revoked(401, r#"{"error":"invalid_token"}"#)
         } else {
             MockReply::ok(&format!(r#"{{"p":"{}"}}"#, r.target))
         }
@@ -657,7 +657,7 @@ async fn degraded_answers_keep_the_client_connection() {
     }
     // Token rejected with an empty body, then the request-phase
     // short-circuit (no usable token) on the same connection.
-    up.set_handler(|_| MockReply::status(401, ""));
+    up.set_handler(|_| MockReply::revoked(401, ""));
     let before = up.request_count();
     let a = tokio::task::spawn_blocking({
         let f = one_connection;

@@ -87,6 +87,15 @@ impl MockReply {
         }
     }
 
+    /// How a vendor turns away a revoked token (RFC 6750):
+    /// `status` with `WWW-Authenticate: Bearer error="invalid_token"`.
+    pub fn revoked(status: u16, body: &str) -> MockReply {
+        MockReply::status(status, body).header(
+            "WWW-Authenticate",
+            r#"Bearer realm="api", error="invalid_token", error_description="The access token was revoked""#,
+        )
+    }
+
     pub fn header(mut self, k: &str, v: &str) -> MockReply {
         self.headers.push((k.into(), v.into()));
         self
