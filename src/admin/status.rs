@@ -32,6 +32,8 @@ struct TokenView {
     quota: Value,
     /// The last deprecation or sunset notice the vendor sent with it.
     notice: Value,
+    /// The end of a quota cool-down (state `rate-limited`), else null.
+    cool_until: Value,
 }
 
 /// `{remaining, limit, reset_at}` or null.
@@ -112,6 +114,7 @@ pub fn status(app: &App) -> Value {
                     detail: t.evidence.detail().map(|d| d.to_string()),
                     quota: quota_view(t),
                     notice: notice_view(t),
+                    cool_until: ts(t.evidence.cool_until(now)),
                 })
                 .collect();
             let (state, reason) = upstream_state(u, now);

@@ -112,7 +112,44 @@ pub struct Credentials {
     pub expires_warning: Duration,
     pub probe: Option<ProbeSpec>,
     pub preflight: bool,
+    pub failover_on: FailoverOn,
 }
+
+/// `credentials.failover_on`: which refusals move a request to the next
+/// token. 429 (and a 403 that says the quota is gone) also puts the token
+/// in a cool-down until the vendor's reset, when listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailoverOn {
+    pub s401: bool,
+    pub s403: bool,
+    pub s429: bool,
+}
+
+impl Default for FailoverOn {
+    /// `[401, 403]`.
+    fn default() -> Self {
+        FailoverOn {
+            s401: true,
+            s403: true,
+            s429: false,
+        }
+    }
+}
+
+impl FailoverOn {
+    pub fn covers(&self, status: u16) -> bool {
+        match status {
+            401 => self.s401,
+            403 => self.s403,
+            429 => self.s429,
+            _ => false,
+        }
+    }
+}
+
+/// The most tokens one upstream may list (a request tracks the tokens it
+/// tried in a 64-bit set).
+pub const MAX_TOKENS: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Injection {
@@ -986,7 +1023,37 @@ fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Credentials {
         );
     }
 
+    let failover_on = match &cr.failover_on {
+        None => FailoverOn::default(),
+        Some(list) => {
+            let mut on = FailoverOn {
+                s401: false,
+                s403: false,
+                s429: false,
+            };
+            for (j, v) in list.iter().enumerate() {
+                match v.0.trim() {
+                    "401" => on.s401 = true,
+                    "403" => on.s403 = true,
+                    "429" => on.s429 = true,
+                    other => c.err(
+                        format!("{at}.failover_on[{j}]"),
+                        format!("`{other}`: must be one of 401, 403, 429"),
+                    ),
+                }
+            }
+            on
+        }
+    };
+    if tokens.len() > MAX_TOKENS {
+        c.err(
+            format!("{at}.tokens"),
+            format!("{} tokens: at most {MAX_TOKENS} per upstream", tokens.len()),
+        );
+    }
+
     Credentials {
+        failover_on,
         inject,
         tokens,
         expires_warning: c.duration(

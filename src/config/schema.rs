@@ -134,6 +134,8 @@ pub struct FileCredentials {
     #[serde(default)]
     pub probe: Option<FileProbe>,
     pub preflight: Option<bool>,
+    /// Statuses that move a request to the next token: 401, 403, 429.
+    pub failover_on: Option<Vec<Human>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -143,11 +143,19 @@ impl Proxy {
         up: &Upstream,
         reason: Reason,
         fwd: Option<u16>,
+        retry_after: Option<&HeaderValue>,
     ) -> Result<()> {
         let answer = if respond::triggered(&up.config.stale.on, reason, fwd) {
-            respond::degraded(self.store(), up, session.req_header(), reason, fwd, None)?
+            respond::degraded(
+                self.store(),
+                up,
+                session.req_header(),
+                reason,
+                fwd,
+                retry_after,
+            )?
         } else {
-            respond::unavailable("the upstream cannot answer", up, reason, None)?
+            respond::unavailable("the upstream cannot answer", up, reason, retry_after)?
         };
         ctx.outcome = if answer.stale {
             Outcome::Stale(reason)
@@ -236,22 +244,10 @@ impl Proxy {
             );
         }
         t.evidence.set_detail(detail);
-        // Retry once with the next usable token. The upstream refused the
-        // request, so nothing happened there: replaying it is safe when its
-        // body is still at hand (see error_while_proxy).
-        let n = next?;
-        if ctx.failover_pending {
+        if !failover_on(up).covers(status) {
             return None;
         }
-        ctx.token = Some(n.index);
-        ctx.failover_pending = true;
-        let mut e = Error::explain(
-            ErrorType::HTTPStatus(status),
-            "token refused; retrying with the next token",
-        )
-        .into_up();
-        e.set_retry(true);
-        Some(e)
+        retry_with_next(ctx, up, status)
     }
 
     /// Records a degraded answer in metrics and the upstream's state.
@@ -378,7 +374,8 @@ impl ProxyHttp for Proxy {
         // per backoff window goes through as the half-open trial.
         if let Some(reason) = up.status.health.reason() {
             if probed || !up.status.health.try_trial() {
-                self.short_circuit(session, ctx, &up, reason, None).await?;
+                self.short_circuit(session, ctx, &up, reason, None, None)
+                    .await?;
                 return Ok(true);
             }
             // This request is the half-open trial: its outcome feeds the
@@ -391,6 +388,22 @@ impl ProxyHttp for Proxy {
                 None => {
                     // No token can be sent: the auth breaker is open.
                     let (reason, fwd) = respond::no_token(&up);
+                    if reason == Some(Reason::RateLimited) {
+                        // Every usable token is in its quota cool-down:
+                        // answer at once until the first reset (no breaker,
+                        // no trials: the vendor said when to come back).
+                        let retry = respond::cooldown_retry_after(&up);
+                        self.short_circuit(
+                            session,
+                            ctx,
+                            &up,
+                            Reason::RateLimited,
+                            fwd,
+                            retry.as_ref(),
+                        )
+                        .await?;
+                        return Ok(true);
+                    }
                     if reason.is_some_and(|r| up.auth.trip(r)) {
                         log::warn!(
                             "upstream {}: auth breaker open: no usable token ({}); answering from the last-good store until {}",
@@ -422,7 +435,9 @@ impl ProxyHttp for Proxy {
                         }
                         _ => {
                             match reason {
-                                Some(r) => self.short_circuit(session, ctx, &up, r, fwd).await?,
+                                Some(r) => {
+                                    self.short_circuit(session, ctx, &up, r, fwd, None).await?
+                                }
                                 None => {
                                     let answer = respond::json_error(
                                         503,
@@ -514,7 +529,7 @@ impl ProxyHttp for Proxy {
         }
         let token = ctx.token.and_then(|i| up.tokens.tokens.get(i));
         if let Some(t) = token {
-            read_vendor_signals(t, &resp.headers);
+            read_vendor_signals(up, t, &resp.headers);
         }
         let mut reason = Reason::from_status(status);
         let mut retry_after = resp.headers.get(http::header::RETRY_AFTER).cloned();
@@ -536,10 +551,28 @@ impl ProxyHttp for Proxy {
                     Verdict::NotAboutToken => reason = None,
                     Verdict::QuotaExhausted => {
                         reason = Some(Reason::RateLimited);
+                        let reset_in = retry_after
+                            .as_ref()
+                            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                            .or_else(|| evidence::quota(&resp.headers).and_then(|q| q.reset_in));
                         if retry_after.is_none() {
-                            retry_after = evidence::quota(&resp.headers)
-                                .and_then(|q| q.reset_in)
-                                .map(HeaderValue::from);
+                            retry_after = reset_in.map(HeaderValue::from);
+                        }
+                        if let (Some(t), true) = (token, failover_on(up).covers(429)) {
+                            if t.evidence
+                                .cool_down(unix_now() + reset_in.unwrap_or(60).max(1))
+                            {
+                                log::warn!(
+                                    "upstream {}: token {} ({}) is out of quota ({status}); skipped for {} s",
+                                    up.config.name,
+                                    t.index,
+                                    t.fingerprint,
+                                    reset_in.unwrap_or(60)
+                                );
+                            }
+                            if let Some(retry) = retry_with_next(ctx, up, status) {
+                                return Err(retry);
+                            }
                         }
                     }
                     Verdict::Rejected | Verdict::Suspect => {
@@ -740,6 +773,7 @@ impl ProxyHttp for Proxy {
         // replay): answer like any other rejection, never with the 401.
         let reason = match e.etype() {
             ErrorType::HTTPStatus(401 | 403) if ctx.failover_pending => Some(Reason::TokenRejected),
+            ErrorType::HTTPStatus(429) if ctx.failover_pending => Some(Reason::RateLimited),
             _ => reason,
         };
         if let (Some(reason), Some(gen)) = (reason, ctx.gen.clone()) {
@@ -821,7 +855,7 @@ impl ProxyHttp for Proxy {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let replayable = session.req_header().method.is_idempotent()
             || !session.as_ref().retry_buffer_truncated();
-        if ctx.failover_pending && matches!(e.etype(), ErrorType::HTTPStatus(401 | 403)) {
+        if ctx.failover_pending && matches!(e.etype(), ErrorType::HTTPStatus(401 | 403 | 429)) {
             e.set_retry(replayable);
         } else if !replayable {
             e.set_retry(false);
@@ -840,7 +874,7 @@ impl ProxyHttp for Proxy {
         error: &Error,
         _context: pingora::proxy::ProxyWarnLogContext,
     ) -> bool {
-        ctx.failover_pending && matches!(error.etype(), ErrorType::HTTPStatus(401 | 403))
+        ctx.failover_pending && matches!(error.etype(), ErrorType::HTTPStatus(401 | 403 | 429))
     }
 
     /// Degraded answers and the client's own failures are counted in
@@ -877,12 +911,49 @@ impl ProxyHttp for Proxy {
     }
 }
 
+/// The upstream's `credentials.failover_on` (the default when it has none).
+fn failover_on(up: &Upstream) -> crate::config::FailoverOn {
+    up.config
+        .credentials
+        .as_ref()
+        .map_or(crate::config::FailoverOn::default(), |c| c.failover_on)
+}
+
+/// Retries the request once with the next usable token. The upstream
+/// refused the request, so nothing happened there: replaying it is safe
+/// when its body is still at hand (see `error_while_proxy`). The error
+/// returned asks Pingora for that retry; `None` when there is no next token
+/// or the request already failed over once.
+fn retry_with_next(ctx: &mut RequestCtx, up: &Upstream, status: u16) -> Option<Box<Error>> {
+    if ctx.failover_pending {
+        return None;
+    }
+    let n = up.tokens.pick(ctx.tried, SystemTime::now())?;
+    ctx.token = Some(n.index);
+    ctx.failover_pending = true;
+    let mut e = Error::explain(
+        ErrorType::HTTPStatus(status),
+        "token refused; retrying with the next token",
+    )
+    .into_up();
+    e.set_retry(true);
+    Some(e)
+}
+
 /// Reads what the vendor says beside the status, on every answer that
 /// carried a token: the quota it states and a deprecation or sunset
 /// notice. Without such headers this is a handful of header lookups.
-fn read_vendor_signals(t: &crate::tokens::Token, headers: &http::HeaderMap) {
+fn read_vendor_signals(up: &Upstream, t: &crate::tokens::Token, headers: &http::HeaderMap) {
     if let Some(q) = evidence::quota(headers) {
-        t.evidence.observe_quota(q, unix_now());
+        let now = unix_now();
+        t.evidence.observe_quota(q, now);
+        // The last request of the window went through: with 429 failover,
+        // later requests go to the next token until the reset.
+        if let (Some(0), Some(reset_in), true) =
+            (q.remaining, q.reset_in, failover_on(up).covers(429))
+        {
+            t.evidence.cool_down(now + reset_in.max(1));
+        }
     }
     if let Some((deprecation, sunset)) = evidence::notice_headers(headers) {
         let mut h = std::hash::DefaultHasher::new();

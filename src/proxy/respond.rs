@@ -85,16 +85,19 @@ pub async fn write(session: &mut Session, r: Replacement) -> Result<()> {
 pub fn no_token_reason(up: &Upstream) -> &'static str {
     match no_token(up).0 {
         Some(Reason::TokenExpired) => "token-expired",
+        Some(Reason::RateLimited) => "rate-limited",
         Some(_) => "token-rejected",
         None => "token-unavailable",
     }
 }
 
 /// The degradation reason when no token is usable, and the status that
-/// rejected it (for `fwd-status`): `None` when every token is unavailable.
+/// refused it (for `fwd-status`): `None` when every token is unavailable.
+/// A rejection wins over an expiry, and both over a quota cool-down.
 pub fn no_token(up: &Upstream) -> (Option<Reason>, Option<u16>) {
     let now = SystemTime::now();
     let mut expired = false;
+    let mut cooling = false;
     for t in &up.tokens.tokens {
         match t.state(now) {
             TokenState::Rejected => {
@@ -104,14 +107,28 @@ pub fn no_token(up: &Upstream) -> (Option<Reason>, Option<u16>) {
                 )
             }
             TokenState::Expired => expired = true,
+            TokenState::RateLimited => cooling = true,
             _ => {}
         }
     }
     if expired {
         (Some(Reason::TokenExpired), None)
+    } else if cooling {
+        (Some(Reason::RateLimited), Some(429))
     } else {
         (None, None)
     }
+}
+
+/// Seconds until the first token's quota cool-down ends, as `Retry-After`.
+pub fn cooldown_retry_after(up: &Upstream) -> Option<HeaderValue> {
+    let now = SystemTime::now();
+    up.tokens
+        .tokens
+        .iter()
+        .filter_map(|t| t.evidence.cool_until(now))
+        .min()
+        .map(|until| HeaderValue::from(until.duration_since(now).map_or(1, |d| d.as_secs().max(1))))
 }
 
 /// Whether the operator allows a stale answer for this reason and status.

@@ -13,7 +13,7 @@ use crate::config::TokenSpec;
 
 /// What graceway currently believes about a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum TokenState {
     /// Usable, and not close to expiry.
     Active,
@@ -26,6 +26,9 @@ pub enum TokenState {
     Suspect,
     /// Usable, but expires within `expires_warning`.
     Expiring,
+    /// Its quota is spent (429, or a 403 or answer saying 0 remaining) and
+    /// `failover_on` lists 429: skipped until the vendor's reset.
+    RateLimited,
     /// Past its expiry (`exp` claim or `expires_at`).
     Expired,
     /// Its source failed; there is no value to send.
@@ -33,10 +36,11 @@ pub enum TokenState {
 }
 
 impl TokenState {
-    pub const ALL: [TokenState; 6] = [
+    pub const ALL: [TokenState; 7] = [
         TokenState::Active,
         TokenState::Rejected,
         TokenState::Suspect,
+        TokenState::RateLimited,
         TokenState::Expiring,
         TokenState::Expired,
         TokenState::Unavailable,
@@ -47,6 +51,7 @@ impl TokenState {
             TokenState::Active => "active",
             TokenState::Rejected => "rejected",
             TokenState::Suspect => "suspect",
+            TokenState::RateLimited => "rate-limited",
             TokenState::Expiring => "expiring",
             TokenState::Expired => "expired",
             TokenState::Unavailable => "unavailable",
@@ -110,6 +115,9 @@ pub struct Evidence {
     /// The last deprecation/sunset notice, with a hash of its raw headers
     /// so that an unchanged notice costs one comparison.
     notice: ArcSwapOption<(u64, Notice)>,
+    /// Unix seconds until which the token is skipped (its quota is spent);
+    /// 0 = not cooling.
+    cool_until: AtomicU64,
 }
 
 impl Default for Evidence {
@@ -122,6 +130,7 @@ impl Default for Evidence {
             quota_limit: AtomicI64::new(-1),
             quota_reset_at: AtomicU64::new(0),
             notice: ArcSwapOption::empty(),
+            cool_until: AtomicU64::new(0),
         }
     }
 }
@@ -137,12 +146,34 @@ pub enum Suspicion {
     OtherPath,
 }
 
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// A suspicion older than this starts over.
 pub const SUSPECT_WINDOW_SECS: u64 = 300;
 
 impl Evidence {
     pub fn is_suspect(&self) -> bool {
         self.suspect_since.load(Ordering::Relaxed) != 0
+    }
+
+    /// Skips the token until `until` (Unix seconds); true when it was not
+    /// cooling already.
+    pub fn cool_down(&self, until: u64) -> bool {
+        self.cool_until.swap(until, Ordering::Relaxed) < unix(SystemTime::now())
+    }
+
+    /// Whether the token is in a quota cool-down at `now`.
+    pub fn cooling(&self, now: SystemTime) -> bool {
+        let until = self.cool_until.load(Ordering::Relaxed);
+        until != 0 && until > unix(now)
+    }
+
+    /// When the cool-down ends, if one is running.
+    pub fn cool_until(&self, now: SystemTime) -> Option<SystemTime> {
+        self.cooling(now)
+            .then(|| UNIX_EPOCH + Duration::from_secs(self.cool_until.load(Ordering::Relaxed)))
     }
 
     /// Unix seconds since the token is suspect (0 = not suspect).
@@ -225,6 +256,7 @@ impl Evidence {
             (&self.suspect_since, &previous.suspect_since),
             (&self.suspect_path, &previous.suspect_path),
             (&self.quota_reset_at, &previous.quota_reset_at),
+            (&self.cool_until, &previous.cool_until),
         ] {
             a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
         }
@@ -297,6 +329,7 @@ impl Token {
         }
         match self.expires_at {
             Some(exp) if exp <= now => TokenState::Expired,
+            _ if self.evidence.cooling(now) => TokenState::RateLimited,
             _ if self.evidence.is_suspect() => TokenState::Suspect,
             Some(exp) if exp <= now + self.expires_warning => TokenState::Expiring,
             _ => TokenState::Active,

@@ -172,6 +172,21 @@ fn bad_configs(dir: &TestDir) -> Vec<(String, Vec<&'static str>)> {
             format!("upstreams:\n  - name: a\n    url: \"https://127.0.0.1:9\"\n    tls: {{ ca_file: {t} }}\n"),
             vec!["upstreams[0].tls.ca_file:", "no PEM certificate found"],
         ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    credentials:\n      failover_on: [401, 418]\n      tokens: [ {{ file: {t} }} ]\n"),
+            vec!["upstreams[0].credentials.failover_on[1]: `418`: must be one of 401, 403, 429"],
+        ),
+        (
+            format!(
+                "upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    credentials:\n      tokens: [ {} ]\n",
+                vec![format!("{{ file: {t} }}"); 33].join(", ")
+            ),
+            vec!["upstreams[0].credentials.tokens: 33 tokens: at most 32 per upstream"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    methods: [GET, TRACE]\n"),
+            vec!["upstreams[0].methods[1]: `TRACE` is never forwarded"],
+        ),
     ]
 }
 

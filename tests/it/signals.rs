@@ -393,3 +393,86 @@ async fn the_vendors_words_on_a_rejection_reach_status_and_log() {
     assert!(!logs.contains(TOKEN));
     assert!(!st.to_string().contains(TOKEN));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_429_failover_a_spent_token_is_skipped_until_its_reset() {
+    // The primary's quota is spent; the standby has plenty.
+    let up = MockUpstream::start(|r| {
+        if r.bearer() == Some(TOKEN) {
+            MockReply::status(429, r#"{"message":"slow down"}"#).header("Retry-After", "30")
+        } else {
+            MockReply::ok("{}").header("Cache-Control", "max-age=60")
+        }
+    });
+    let g = start(
+        EmojiConfig::new(up.port)
+            .tokens("        - { file: \"{dir}/token\" }\n        - { file: \"{dir}/standby\" }")
+            .upstream("      failover_on: [401, 403, 429]"),
+    );
+    let c = client();
+    // Invisible to the client: the same request goes out again with the standby.
+    let r = c.get(g.url("/a")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-graceway-degraded").is_none());
+    let st = g.status().await;
+    let t = &st["upstreams"][0]["tokens"][0];
+    assert_eq!(t["state"], "rate-limited", "{t:#}");
+    assert!(t["cool_until"].is_string(), "{t:#}");
+    // Later requests skip the cooling token: no more 429s asked for.
+    let before = up
+        .requests()
+        .iter()
+        .filter(|r| r.bearer() == Some(TOKEN))
+        .count();
+    for i in 0..5 {
+        assert_eq!(
+            c.get(g.url(&format!("/b/{i}")))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let after = up
+        .requests()
+        .iter()
+        .filter(|r| r.bearer() == Some(TOKEN))
+        .count();
+    assert_eq!(before, after);
+    assert_eq!(st["upstreams"][0]["breakers"]["auth"]["open"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_429_failover_a_429_is_served_stale_and_the_token_stays_active() {
+    let limited = Arc::new(AtomicBool::new(false));
+    let l = limited.clone();
+    let up = MockUpstream::start(move |_| {
+        if l.load(Ordering::Relaxed) {
+            MockReply::status(429, "{}").header("Retry-After", "30")
+        } else {
+            MockReply::ok("{}").header("Cache-Control", "max-age=60")
+        }
+    });
+    let g = start(
+        EmojiConfig::new(up.port)
+            .tokens("        - { file: \"{dir}/token\" }\n        - { file: \"{dir}/standby\" }"),
+    );
+    let c = client();
+    c.get(g.url("/a")).send().await.unwrap();
+    limited.store(true, Ordering::Relaxed);
+    let r = c.get(g.url("/a")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-graceway-degraded"], "rate-limited");
+    let r = c.get(g.url("/never-seen")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "30");
+    assert!(
+        up.requests().iter().all(|r| r.bearer() == Some(TOKEN)),
+        "no failover"
+    );
+    assert_eq!(
+        g.status().await["upstreams"][0]["tokens"][0]["state"],
+        "active"
+    );
+}
