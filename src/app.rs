@@ -141,6 +141,23 @@ impl App {
         Ok(Arc::new(app))
     }
 
+    /// Loads the persist file's copies into the memory tier (at start, or
+    /// once the previous process of an upgrade has released the file).
+    pub fn restore_persisted(&self) -> usize {
+        let max_age = self
+            .live
+            .load()
+            .loaded
+            .config
+            .upstreams
+            .iter()
+            .map(|u| u.stale.max_stale)
+            .max()
+            .unwrap_or_default();
+        self.store
+            .load_persisted(&|name: &str| status_for(&self.statuses, name), max_age)
+    }
+
     /// Re-reads the config file and every token source, checks them, and
     /// swaps them in at once. On any error the old generation stays in
     /// force; the failure is logged, counted and kept for `/status`.
@@ -270,6 +287,7 @@ impl App {
         let attempt = self.last_reload.load().attempt + 1;
         let record = match result {
             Ok((gen, notes)) => {
+                warn_risky_changes(current, &gen);
                 let changes = describe_changes(current, &gen);
                 let mut message = changes;
                 for n in notes {
@@ -328,6 +346,35 @@ fn status_for(
 }
 
 /// A one-line summary of what a reload changed, by fingerprint.
+/// Logs at WARN what a reload takes away from an upstream: the upstream
+/// itself, or its credentials (a file cut short or a bad template render
+/// would otherwise change what is sent without a word).
+fn warn_risky_changes(old: &Generation, new: &Generation) {
+    for u in &old.upstreams {
+        let name = &u.config.name;
+        match new.upstream_named(name) {
+            None => log::warn!("reload: upstream {name} was removed: its requests now get 404"),
+            Some(n) => {
+                let creds = |c: &Option<crate::config::Credentials>| {
+                    c.as_ref()
+                        .map(|c| format!("{:?} {:?} {:?}", c.inject, c.tokens, c.failover_on))
+                };
+                let (before, after) = (creds(&u.config.credentials), creds(&n.config.credentials));
+                if before != after {
+                    log::warn!(
+                        "reload: upstream {name}: credentials changed ({} -> {})",
+                        if before.is_some() { "tokens" } else { "none" },
+                        match &n.config.credentials {
+                            Some(c) => format!("{} token(s)", c.tokens.len()),
+                            None => "none: requests go out without a token".into(),
+                        }
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn describe_changes(old: &Generation, new: &Generation) -> String {
     let mut parts = Vec::new();
     if old.loaded.file_hash != new.loaded.file_hash {

@@ -46,7 +46,11 @@ impl BackgroundService for Control {
         let pid_file = self.app.live.load().loaded.config.pid_file.clone();
         write_pid_file(&pid_file);
         let _ = self.app.pid_file.set(pid_file);
-        self.app.store.start_persist();
+        let app = self.app.clone();
+        self.app.store.start_persist(move || {
+            let restored = app.restore_persisted();
+            log::info!("restored {restored} last-good copies left by the previous process");
+        });
         let (events_tx, mut events) = mpsc::channel::<()>(16);
         let mut watcher = TokenWatcher::new(events_tx);
         watcher.watch(&self.app.live.load().loaded.config.token_files());

@@ -26,6 +26,7 @@
 //! | [`outbound`] | graceway's own requests (probes, OAuth2) through Pingora's connector |
 //! | [`webhook`] | JSON POSTs on upstream and token state changes |
 //! | [`access_log`] | one line per request, plain or JSON |
+//! | [`lifecycle`] | SIGTERM drain, SIGQUIT hand-over, SIGINT; requests in flight |
 //! | [`listener`] | client connection cap and request-header deadline around each listener |
 //! | [`logging`] | the logger, with Pingora's expected-event messages demoted and counted |
 //! | [`metrics`], [`outcome`], [`client`], [`json`] | shared small pieces |
@@ -43,6 +44,7 @@ pub mod control;
 pub mod demo;
 pub mod generation;
 pub mod json;
+pub mod lifecycle;
 pub mod listener;
 pub mod logging;
 pub mod memory;

@@ -13,14 +13,22 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 use crate::config::LogConfig;
 
 /// Every `event` label of `graceway_proxy_events_total`.
-pub const EVENTS: [&str; 3] = [
+pub const EVENTS: [&str; 4] = [
     "client-aborted-header",
     "client-handshake-failed",
     "upstream-reuse-raced",
+    "upgrade-waiting-for-sockets",
 ];
 
 /// (target prefix, message fragment, event).
-const DEMOTED: [(&str, &str, &str); 4] = [
+const DEMOTED: [(&str, &str, &str); 5] = [
+    // `run --upgrade` waits for the old process to hand its sockets over:
+    // each second of waiting is expected (`transfer_fd`).
+    (
+        "pingora_core::server",
+        "No incoming socket transfer",
+        "upgrade-waiting-for-sockets",
+    ),
     // A client went away (or stalled past the header deadline) before its
     // request header was complete: `handle_new_request`.
     (

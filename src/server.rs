@@ -43,9 +43,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     let app = start_app(loaded)?;
     let (server, _) = build_server(&app, &opts)?;
-    server.run(pingora::server::RunArgs::default());
-    remove_pid_file(&app);
-    log::info!("graceway stopped");
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(crate::lifecycle::Signals { app: app.clone() }),
+    });
+    crate::lifecycle::finish(&app);
     Ok(())
 }
 
@@ -82,8 +83,10 @@ pub fn server_conf(cfg: &Config, daemon: bool) -> ServerConf {
         work_stealing: false,
         pid_file: cfg.pid_file.display().to_string(),
         upgrade_sock: cfg.server.upgrade_sock.display().to_string(),
-        grace_period_seconds: Some(cfg.server.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(cfg.server.graceful_shutdown_timeout.as_secs()),
+        // graceway drains on its own (see `lifecycle`): Pingora's grace
+        // period only has to outlast it, and what is left after that is cut.
+        grace_period_seconds: Some(crate::lifecycle::pingora_grace_period(&cfg.server)),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     }
 }

@@ -227,7 +227,8 @@ pub fn readiness(app: &App) -> (bool, Value) {
     let gen = app.live.load_full();
     let now = SystemTime::now();
     let listening = proxy_listening(app, gen.loaded.config.listen);
-    let mut all = listening;
+    let draining = crate::lifecycle::draining();
+    let mut all = listening && !draining;
     let ups: Vec<Value> = gen
         .upstreams
         .iter()
@@ -240,6 +241,6 @@ pub fn readiness(app: &App) -> (bool, Value) {
         .collect();
     (
         all,
-        json!({ "ready": all, "listening": listening, "generation": gen.number, "upstreams": ups }),
+        json!({ "ready": all, "listening": listening, "draining": draining, "generation": gen.number, "upstreams": ups }),
     )
 }

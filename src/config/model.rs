@@ -38,7 +38,11 @@ pub struct AdminConfig {
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub threads: usize,
+    /// SIGTERM: keep accepting new connections this long (the accept
+    /// window), answering with `Connection: close`.
     pub grace_period: Duration,
+    /// SIGTERM/SIGQUIT: then wait at most this long for requests in
+    /// flight; exit as soon as there are none.
     pub graceful_shutdown_timeout: Duration,
     /// Idle keep-alive connections from clients are closed after this long.
     pub client_keepalive_timeout: Duration,
@@ -412,7 +416,7 @@ impl Config {
             graceful_shutdown_timeout: c.duration(
                 "server.graceful_shutdown_timeout",
                 &s.graceful_shutdown_timeout,
-                Duration::from_secs(10),
+                Duration::from_secs(25),
             ),
             client_keepalive_timeout: c.positive_duration(
                 "server.client_keepalive_timeout",
@@ -741,10 +745,19 @@ fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamConfig {
         }
     }
 
-    let credentials = u
-        .credentials
-        .as_ref()
-        .map(|cr| credentials(c, &format!("{at}.credentials"), cr));
+    let credentials = match &u.credentials {
+        None => {
+            c.err(
+                format!("{at}.credentials"),
+                "is required: list the tokens, or write `credentials: none` for an upstream that needs no token",
+            );
+            None
+        }
+        Some(FileCredentialsField::None) => None,
+        Some(FileCredentialsField::Tokens(cr)) => {
+            Some(credentials(c, &format!("{at}.credentials"), cr))
+        }
+    };
 
     let h = u.health.as_ref();
     let health = HealthPolicy {

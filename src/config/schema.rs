@@ -92,8 +92,10 @@ pub struct FileUpstream {
     pub timeouts: Option<FileTimeouts>,
     #[serde(default)]
     pub tls: Option<FileTls>,
+    /// Required: a token list, or `none` for an upstream that needs no
+    /// token (so a file cut short before `credentials:` fails validation).
     #[serde(default)]
-    pub credentials: Option<FileCredentials>,
+    pub credentials: Option<FileCredentialsField>,
     #[serde(default)]
     pub health: Option<FileHealth>,
     #[serde(default)]
@@ -121,6 +123,42 @@ pub struct FileTimeouts {
 pub struct FileTls {
     pub ca_file: Option<String>,
     pub verify: Option<bool>,
+}
+
+/// `credentials:` as written: the word `none`, or the map.
+#[derive(Debug)]
+pub enum FileCredentialsField {
+    None,
+    Tokens(FileCredentials),
+}
+
+impl<'de> Deserialize<'de> for FileCredentialsField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FileCredentialsField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`none` or a map with `tokens`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v == "none" {
+                    Ok(FileCredentialsField::None)
+                } else {
+                    Err(E::custom(format!(
+                        "`{v}`: write `none` for an upstream that needs no token, or a map with `tokens`"
+                    )))
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                FileCredentials::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(FileCredentialsField::Tokens)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -187,7 +187,7 @@ mod tests {
     fn settings() -> ServerSettings {
         crate::config::Config::from_file(
             serde_yaml::from_str(
-                "upstreams: [{name: a, url: 'http://127.0.0.1:1', match: {host: api.example}}]",
+                "upstreams: [{name: a, url: 'http://127.0.0.1:1', match: {host: api.example}, credentials: none}]",
             )
             .unwrap(),
             std::path::Path::new("/"),
@@ -199,7 +199,7 @@ mod tests {
     fn router() -> Router {
         let cfg = crate::config::Config::from_file(
             serde_yaml::from_str(
-                "upstreams: [{name: a, url: 'http://vendor.example:1', match: {host: api.example}}]",
+                "upstreams: [{name: a, url: 'http://vendor.example:1', match: {host: api.example}, credentials: none}]",
             )
             .unwrap(),
             std::path::Path::new("/"),

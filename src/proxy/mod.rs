@@ -96,6 +96,8 @@ pub struct RequestCtx {
     /// GET without the client's own `Authorization` or `Cookie`.
     storable_request: bool,
     capture: Option<Capture>,
+    /// A `Content-Length: 0` answer was kept at once (no body to capture).
+    stored_empty: bool,
     /// Drop the upstream's body chunks (its answer was replaced).
     drop_upstream_body: bool,
     /// Emit this body at end of stream (the replaced answer's body).
@@ -113,6 +115,9 @@ pub struct RequestCtx {
     upstream_time: Option<std::time::Duration>,
     /// Request body bytes received so far (for `max_request_body_bytes`).
     body_bytes: u64,
+    /// Counts this request as in flight until the context is dropped (a
+    /// drain waits for none to be left, see `lifecycle`).
+    _in_flight: Option<crate::lifecycle::InFlight>,
 }
 
 impl RequestCtx {
@@ -264,7 +269,10 @@ impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            _in_flight: Some(crate::lifecycle::InFlight::start()),
+            ..RequestCtx::default()
+        }
     }
 
     /// Runs as soon as the request header is parsed: the connection's
@@ -314,7 +322,9 @@ impl ProxyHttp for Proxy {
         // Keep-alive only where Pingora left it on: it turns it off for
         // `Connection: close`, HTTP/1.0 and a request that had both
         // Content-Length and Transfer-Encoding (RFC 9112 §6.1).
-        if session.get_keepalive().is_some() {
+        if crate::lifecycle::draining() {
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
             session.set_keepalive(Some(server.client_keepalive_timeout.as_secs()));
         }
         // Each read of the request body may wait this long (Pingora's
@@ -677,14 +687,26 @@ impl ProxyHttp for Proxy {
                     let vkey = store::variant_key(&primary, &names, req);
                     (Arc::from(names), vkey)
                 });
-                ctx.capture = Some(Capture {
+                let capture = Capture {
                     primary,
                     variant,
                     headers,
                     cc,
                     parts: Vec::new(),
                     size: 0,
-                });
+                };
+                let empty = resp
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() == b"0");
+                if empty {
+                    // Pingora calls no body filter for an empty body: the
+                    // copy is complete now.
+                    self.keep(up, capture);
+                    ctx.stored_empty = true;
+                } else {
+                    ctx.capture = Some(capture);
+                }
             }
         }
         Ok(())
@@ -694,12 +716,17 @@ impl ProxyHttp for Proxy {
     /// the answer is being kept as the last good copy.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A drain that began while this request was upstream: the answer
+        // says `Connection: close`, so the client does not reuse it.
+        if crate::lifecycle::draining() {
+            session.set_keepalive(None);
+        }
         if ctx.outcome == Outcome::Fresh {
-            let v = if ctx.capture.is_some() {
+            let v = if ctx.capture.is_some() || ctx.stored_empty {
                 &CS_STORED
             } else {
                 &CS_MISS

@@ -209,6 +209,7 @@ impl LastGoodStore {
             None => serde_json::Value::Null,
             Some(p) => serde_json::json!({
                 "path": p.path.display().to_string(),
+                "open": p.is_open(),
                 "dropped_writes": p.dropped(),
             }),
         }
@@ -255,6 +256,11 @@ impl LastGoodStore {
             };
             if now.duration_since(d.stored_at).unwrap_or_default() > max_age {
                 expired.push(key.to_string());
+                continue;
+            }
+            // Loaded late (after a graceful upgrade), the memory tier may
+            // already hold a newer copy.
+            if self.holds_newer(&key, d.stored_at) {
                 continue;
             }
             let weight = LastGoodStore::weigh(key.len(), &d.headers, d.body.len());
@@ -315,10 +321,24 @@ impl LastGoodStore {
         (n, freed)
     }
 
-    /// Starts the persist writer (see [`persist::Writer::start`]).
-    pub fn start_persist(&self) {
+    /// Whether the memory tier holds a copy under `key` stored at or
+    /// after `at`.
+    fn holds_newer(&self, key: &str, at: SystemTime) -> bool {
+        matches!(self.cache.get(key), Some(Slot::Copy(c)) if c.stored_at >= at)
+    }
+
+    /// Starts the persist writer (see [`persist::Writer::start`]); `on_open`
+    /// runs if the file was held by another process and has been opened.
+    pub fn start_persist(&self, on_open: impl FnOnce() + Send + 'static) {
         if let Some(p) = &self.persist {
-            p.start();
+            p.start(on_open);
+        }
+    }
+
+    /// Flushes the persist writer and releases its file (at exit).
+    pub fn close_persist(&self, limit: std::time::Duration) {
+        if let Some(p) = &self.persist {
+            p.close(limit);
         }
     }
 }

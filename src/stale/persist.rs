@@ -6,6 +6,13 @@
 //! once a minute) and counts it; the request has long been answered. A file
 //! that cannot be opened or read (corrupt, wrong format) is moved aside and
 //! graceway starts with an empty one.
+//!
+//! A graceful upgrade runs two processes side by side, and redb locks its
+//! file: the new process finds it held by the old one, waits (a background
+//! thread retries every 200 ms), and opens it once the old process has
+//! drained, flushed its queue and let go ([`Writer::close`]); it then loads
+//! the copies the old process kept and carries on writing. So an upgrade
+//! keeps the last-good store, and persistence stays on afterwards.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +30,13 @@ const QUEUE: usize = 4096;
 enum Op {
     Put(Arc<str>, Arc<StoredResponse>),
     Delete(Arc<str>),
+    /// Commit what is queued, release the file, then answer.
+    Close(SyncSender<()>),
 }
+
+/// The open database, shared by the writer thread and the start-up reads;
+/// `None` while another process holds the file, and after [`Writer::close`].
+type Slot = Arc<Mutex<Option<Arc<Database>>>>;
 
 /// Handle the request path and the memory tier use; cheap to clone.
 #[derive(Clone)]
@@ -31,9 +44,13 @@ pub struct Writer {
     tx: SyncSender<Op>,
     /// The receiving end until [`Writer::start`] hands it to the thread.
     rx: Arc<Mutex<Option<Receiver<Op>>>>,
-    db: Arc<Database>,
+    db: Slot,
     dropped: Arc<AtomicU64>,
     pub path: PathBuf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Writer {
@@ -45,14 +62,15 @@ impl Writer {
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         let db = match open_checked(path) {
-            Ok(db) => db,
+            Ok(db) => Some(db),
             Err(OpenError::InUse) => {
                 // Another process holds it: the old process of a graceful
-                // upgrade. Its file is not corrupt, so leave it alone.
-                return Err(format!(
-                    "{} is in use by another process (a graceful upgrade?); this process runs without persistence",
+                // upgrade. Its file is not corrupt: wait for it (`start`).
+                log::info!(
+                    "persist file {} is held by another process (the old one of a graceful upgrade?): it is opened, and its copies loaded, once that process lets go",
                     path.display()
-                ));
+                );
+                None
             }
             Err(OpenError::Other(e)) => {
                 let aside = path.with_extension(format!(
@@ -68,11 +86,13 @@ impl Writer {
                 );
                 std::fs::rename(path, &aside)
                     .map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
-                open_checked(path)
-                    .map_err(|e| format!("cannot create {}: {}", path.display(), e.text()))?
+                Some(
+                    open_checked(path)
+                        .map_err(|e| format!("cannot create {}: {}", path.display(), e.text()))?,
+                )
             }
         };
-        let db = Arc::new(db);
+        let db = Arc::new(Mutex::new(db.map(Arc::new)));
         let (tx, rx) = sync_channel(QUEUE);
         Ok(Writer {
             tx,
@@ -85,17 +105,88 @@ impl Writer {
 
     /// Starts the writer thread. Called once the process that will serve is
     /// running (after Pingora's daemon fork, which keeps no threads); writes
-    /// queued before then wait in the channel.
-    pub fn start(&self) {
-        let Some(rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+    /// queued before then wait in the channel. When another process holds
+    /// the file, the thread first waits for it, then calls `on_open` (which
+    /// loads the copies the other process kept) and starts writing.
+    pub fn start(&self, on_open: impl FnOnce() + Send + 'static) {
+        let Some(rx) = lock(&self.rx).take() else {
             return;
         };
-        let (db, dropped) = (self.db.clone(), self.dropped.clone());
-        if let Err(e) = std::thread::Builder::new()
+        let (slot, dropped, path) = (self.db.clone(), self.dropped.clone(), self.path.clone());
+        let spawned = std::thread::Builder::new()
             .name("graceway-persist".into())
-            .spawn(move || write_loop(&db, rx, &dropped))
-        {
+            .spawn(move || {
+                if lock(&slot).is_none() {
+                    loop {
+                        std::thread::sleep(Duration::from_millis(200));
+                        match open_checked(&path) {
+                            Ok(db) => {
+                                *lock(&slot) = Some(Arc::new(db));
+                                log::info!("persist file {} opened: the other process let go", path.display());
+                                on_open();
+                                break;
+                            }
+                            Err(OpenError::InUse) => continue,
+                            Err(OpenError::Other(e)) => {
+                                log::error!(
+                                    "persist file {}: cannot open it after the other process let go ({e}); copies stay in memory only",
+                                    path.display()
+                                );
+                                return;
+                            }
+                        }
+                    }
+                }
+                write_loop(&slot, rx, &dropped)
+            });
+        if let Err(e) = spawned {
             log::error!("cannot start the persist writer, copies stay in memory only: {e}");
+        }
+    }
+
+    /// Whether the file is open (not waiting for another process, not closed).
+    pub fn is_open(&self) -> bool {
+        lock(&self.db).is_some()
+    }
+
+    /// Commits every queued write and releases the file (at exit, so that
+    /// the next process of an upgrade can open it). Waits at most `limit`.
+    pub fn close(&self, limit: Duration) {
+        if !self.is_open() {
+            return;
+        }
+        if lock(&self.rx).is_some() {
+            // The writer never started: nothing is queued that must stay.
+            *lock(&self.db) = None;
+            return;
+        }
+        let deadline = Instant::now() + limit;
+        let (ack_tx, ack_rx) = sync_channel(1);
+        let mut op = Op::Close(ack_tx);
+        loop {
+            match self.tx.try_send(op) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    op = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => {
+                    log::warn!(
+                        "persist file {}: the writer did not take the close in time",
+                        self.path.display()
+                    );
+                    return;
+                }
+            }
+        }
+        if ack_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_err()
+        {
+            log::warn!(
+                "persist file {}: queued writes not flushed in {limit:?}",
+                self.path.display()
+            );
         }
     }
 
@@ -125,8 +216,11 @@ impl Writer {
     pub fn load_all(&self) -> Vec<(Arc<str>, Decoded)> {
         let mut out = Vec::new();
         let mut bad: Vec<String> = Vec::new();
+        let Some(db) = lock(&self.db).clone() else {
+            return out;
+        };
         let mut read = || -> Result<(), redb::Error> {
-            let txn = self.db.begin_read()?;
+            let txn = db.begin_read()?;
             let table = match txn.open_table(TABLE) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
@@ -163,8 +257,11 @@ impl Writer {
         if keys.is_empty() {
             return;
         }
+        let Some(db) = lock(&self.db).clone() else {
+            return;
+        };
         let run = || -> Result<(), redb::Error> {
-            let txn = self.db.begin_write()?;
+            let txn = db.begin_write()?;
             {
                 let mut table = txn.open_table(TABLE)?;
                 for k in keys {
@@ -222,14 +319,30 @@ fn open_checked(path: &Path) -> Result<Database, OpenError> {
     Ok(db)
 }
 
-fn write_loop(db: &Database, rx: Receiver<Op>, dropped: &AtomicU64) {
+fn write_loop(slot: &Slot, rx: Receiver<Op>, dropped: &AtomicU64) {
+    let Some(db) = lock(slot).clone() else {
+        return;
+    };
     let mut last_error_log: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
+        let mut close = None;
         while batch.len() < 256 {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
+            }
+        }
+        if let Some(i) = batch.iter().position(|op| matches!(op, Op::Close(_))) {
+            // Everything before the close is written; anything after it
+            // (a late request) is dropped with the file.
+            for op in batch.drain(i..) {
+                match op {
+                    Op::Close(ack) => close = close.or(Some(ack)),
+                    _ => {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
         }
         let n = batch.len() as u64;
@@ -245,6 +358,7 @@ fn write_loop(db: &Database, rx: Receiver<Op>, dropped: &AtomicU64) {
                         Op::Delete(k) => {
                             table.remove(&**k)?;
                         }
+                        Op::Close(_) => {}
                     }
                 }
             }
@@ -259,6 +373,12 @@ fn write_loop(db: &Database, rx: Receiver<Op>, dropped: &AtomicU64) {
                 );
                 last_error_log = Some(Instant::now());
             }
+        }
+        if let Some(ack) = close {
+            *lock(slot) = None;
+            drop(db);
+            let _ = ack.send(());
+            return;
         }
     }
 }

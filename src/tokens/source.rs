@@ -87,11 +87,19 @@ async fn read_file(path: &std::path::Path) -> Result<String, SourceError> {
         .map_err(|e| err(e.to_string()))?;
     // Read at most one byte past the limit: a huge file is refused without
     // loading it.
+    let size = file.metadata().await.map(|m| m.len()).ok();
     let mut buf = Vec::new();
     file.take(MAX_TOKEN_BYTES as u64 + 64)
         .read_to_end(&mut buf)
         .await
         .map_err(|e| err(e.to_string()))?;
+    if buf.len() as u64 >= MAX_TOKEN_BYTES as u64 + 64 {
+        // Say how big the file really is, not how much of it was read.
+        return Err(SourceError::Value {
+            source_name: format!("file:{}", path.display()),
+            error: ValueError::TooLong(size.unwrap_or(buf.len() as u64) as usize),
+        });
+    }
     String::from_utf8(buf).map_err(|_| err("the file is not UTF-8 text".into()))
 }
 

@@ -169,7 +169,7 @@ fn bad_configs(dir: &TestDir) -> Vec<(String, Vec<&'static str>)> {
             vec!["upstreams[0].credentials.tokens[0]: command `false` exited with"],
         ),
         (
-            format!("upstreams:\n  - name: a\n    url: \"https://127.0.0.1:9\"\n    tls: {{ ca_file: {t} }}\n"),
+            format!("upstreams:\n  - name: a\n    url: \"https://127.0.0.1:9\"\n    tls: {{ ca_file: {t} }}\n    credentials: none\n"),
             vec!["upstreams[0].tls.ca_file:", "no PEM certificate found"],
         ),
         (
@@ -186,6 +186,15 @@ fn bad_configs(dir: &TestDir) -> Vec<(String, Vec<&'static str>)> {
         (
             format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    methods: [GET, TRACE]\n"),
             vec!["upstreams[0].methods[1]: `TRACE` is never forwarded"],
+        ),
+        // A file cut before `credentials:` (a failed render, a torn write).
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    match: {{ path_prefix: /v1/ }}\n"),
+            vec!["upstreams[0].credentials: is required: list the tokens, or write `credentials: none`"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    credentials: nothing\n"),
+            vec!["write `none` for an upstream that needs no token"],
         ),
     ]
 }
@@ -221,7 +230,7 @@ fn bad_configs_fail_with_field_paths() {
 fn every_error_is_reported_at_once() {
     let dir = TestDir::new();
     let yaml = format!(
-        "{GOOD_HEAD}upstreams:\n  - name: a\n    url: \"ftp://x\"\n    timeouts: {{ read: never }}\n    stale: {{ max_stale: 0s }}\ncache: {{ max_object_bytes: 2MiB, memory_bytes: 1MiB }}\n"
+        "{GOOD_HEAD}upstreams:\n  - name: a\n    url: \"ftp://x\"\n    credentials: none\n    timeouts: {{ read: never }}\n    stale: {{ max_stale: 0s }}\ncache: {{ max_object_bytes: 2MiB, memory_bytes: 1MiB }}\n"
     );
     let (code, _, err) = check(&dir, &yaml);
     assert_ne!(code, 0);

@@ -1,0 +1,169 @@
+//! How graceway stops and hands over, without dropping a request.
+//!
+//! Pingora handles the signals itself, but its SIGTERM sequence stops
+//! accepting, then sleeps the whole grace period whatever is in flight,
+//! then cancels what is left at its next poll (pingora-core's `main_loop`
+//! and `run`). graceway gives Pingora its own [`Signals`] watch and keeps
+//! its own count of requests in flight, so that:
+//!
+//! - **SIGTERM**: readiness turns 503 and every answer says
+//!   `Connection: close` (clients stop reusing connections); new
+//!   connections are still accepted for `server.grace_period` (the accept
+//!   window, for a sidecar whose application is stopped at the same moment
+//!   and still sends requests); then the listeners close and idle
+//!   keep-alive connections are dropped (Pingora), and graceway exits as
+//!   soon as no request is in flight, or after
+//!   `server.graceful_shutdown_timeout` at the latest. The persist writer
+//!   is flushed and the pid file removed first.
+//! - **SIGQUIT** (graceful upgrade, with `graceway run --upgrade` waiting):
+//!   the same drain, after Pingora has handed the listening sockets to the
+//!   new process and kept accepting for its 5 s hand-over; the old process
+//!   releases the persist file at exit, and the new one opens it then
+//!   (see `stale::persist`).
+//! - **SIGINT**: stop at once (Pingora's fast shutdown).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::app::App;
+
+/// Requests between their parsed header and their last byte.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Set from the first SIGTERM or SIGQUIT on.
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// Pingora keeps accepting for this long after handing the sockets over in
+/// an upgrade (pingora-core's `CLOSE_TIMEOUT`).
+const UPGRADE_HANDOVER: Duration = Duration::from_secs(5);
+
+/// How long the persist writer may take to flush at exit.
+const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+
+/// One request in flight; counted until dropped (it lives in the request's
+/// context, which Pingora drops when the request is done, however it ends).
+#[derive(Debug)]
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn start() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Relaxed)
+}
+
+/// Whether the process is shutting down or handing over: answers say
+/// `Connection: close`, readiness is 503.
+pub fn draining() -> bool {
+    DRAINING.load(Ordering::Relaxed)
+}
+
+/// graceway's answer to Pingora's question "which shutdown, and when?".
+pub struct Signals {
+    pub app: Arc<App>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::quit()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot listen for SIGTERM/SIGQUIT/SIGINT: stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        let server = self.app.live.load().loaded.config.server.clone();
+        let timeout = server.graceful_shutdown_timeout;
+        tokio::select! {
+            _ = int.recv() => {
+                log::info!("SIGINT: stopping at once");
+                ShutdownSignal::FastShutdown
+            }
+            _ = term.recv() => {
+                DRAINING.store(true, Ordering::Relaxed);
+                if !server.grace_period.is_zero() {
+                    log::info!(
+                        "SIGTERM: draining; still accepting connections for {:?} (server.grace_period)",
+                        server.grace_period
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(server.grace_period) => {}
+                        _ = int.recv() => return ShutdownSignal::FastShutdown,
+                    }
+                }
+                log::info!(
+                    "SIGTERM: no longer accepting; {} request(s) in flight, waiting at most {timeout:?}",
+                    in_flight()
+                );
+                exit_when_idle(self.app.clone(), Duration::from_millis(100), timeout);
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = quit.recv() => {
+                DRAINING.store(true, Ordering::Relaxed);
+                log::info!(
+                    "SIGQUIT: handing the listening sockets to the new process, then draining (at most {timeout:?})"
+                );
+                exit_when_idle(self.app.clone(), UPGRADE_HANDOVER + Duration::from_millis(200), timeout);
+                ShutdownSignal::GracefulUpgrade
+            }
+        }
+    }
+}
+
+/// After `delay` (the listeners are closed by then), waits until no request
+/// is in flight and exits the process; after `timeout` it leaves the rest to
+/// Pingora, which cancels what is still running.
+fn exit_when_idle(app: Arc<App>, delay: Duration, timeout: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("graceway-drain".into())
+        .spawn(move || {
+            std::thread::sleep(delay);
+            let deadline = Instant::now() + timeout;
+            while in_flight() > 0 {
+                if Instant::now() >= deadline {
+                    log::warn!(
+                        "{} request(s) still in flight after server.graceful_shutdown_timeout ({timeout:?}): they are cut",
+                        in_flight()
+                    );
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            finish(&app);
+            std::process::exit(0);
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the drain watch ({e}); Pingora's grace period applies");
+    }
+}
+
+/// What every way out does last: flush and release the persist file,
+/// remove the pid file (when it still names this process).
+pub fn finish(app: &App) {
+    app.store.close_persist(FLUSH_LIMIT);
+    crate::server::remove_pid_file(app);
+    log::info!("graceway stopped");
+}
+
+/// Pingora's own grace period (`server::server_conf`): the drain watch
+/// above decides when to exit, so Pingora's fixed sleep (which starts once
+/// the listeners close) must outlast the drain's timeout.
+pub fn pingora_grace_period(server: &crate::config::ServerSettings) -> u64 {
+    server.graceful_shutdown_timeout.as_secs() + 1
+}
