@@ -8,6 +8,7 @@ mod support;
 mod breaker;
 mod check;
 mod demo;
+mod drain;
 mod hostile;
 mod inject;
 mod lifecycle;

@@ -57,10 +57,14 @@ impl EmojiConfig {
         self
     }
 
-    /// Keys added to `server:` (after `graceful_shutdown_timeout: 1s`),
-    /// e.g. `request_header_timeout: 1s`.
+    /// Keys of `server:`, e.g. `request_header_timeout: 1s`; with
+    /// `graceful_shutdown_timeout: 1s` unless they set it.
     pub fn server(mut self, keys: &str) -> EmojiConfig {
-        self.server = format!("graceful_shutdown_timeout: 1s, {keys}");
+        self.server = if keys.contains("graceful_shutdown_timeout") {
+            keys.to_string()
+        } else {
+            format!("graceful_shutdown_timeout: 1s, {keys}")
+        };
         self
     }
 

@@ -210,6 +210,16 @@ impl Graceway {
         }
     }
 
+    /// Waits for the process to exit by itself (after a signal).
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let st = wait_for("graceway to exit", limit, || {
+            child.try_wait().ok().flatten()
+        });
+        self.child = None;
+        st
+    }
+
     /// `/status` as JSON.
     pub async fn status(&self) -> serde_json::Value {
         reqwest::get(self.admin_url("/status"))
