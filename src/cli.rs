@@ -198,15 +198,8 @@ pub fn reload(path: &Path) -> i32 {
 }
 
 fn send_sighup(pid: i32) -> std::io::Result<()> {
-    // kill(2) has no memory-safety preconditions; the crate denies `unsafe`
-    // and allows it only for this call.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::kill(pid, libc::SIGHUP) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    use nix::sys::signal::{kill, Signal};
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP).map_err(std::io::Error::from)
 }
 
 /// `graceway status`: the inventory as a table.

@@ -31,7 +31,7 @@
 //! | [`logging`] | the logger, with Pingora's expected-event messages demoted and counted |
 //! | [`metrics`], [`outcome`], [`client`], [`json`] | shared small pieces |
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod access_log;
 pub mod admin;

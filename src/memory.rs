@@ -14,20 +14,8 @@ use crate::app::App;
 
 /// The resident set size in bytes, from `/proc/self/statm`.
 pub fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page_size())
-}
-
-fn page_size() -> u64 {
-    #[allow(unsafe_code)]
-    // sysconf has no memory-safety preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as u64
-    } else {
-        4096
-    }
+    let statm = procfs::process::Process::myself().ok()?.statm().ok()?;
+    Some(statm.resident * procfs::page_size())
 }
 
 /// Figures for `/status`.

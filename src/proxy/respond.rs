@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::conditional_filter;
 use pingora::proxy::Session;
 
 use crate::config::{StalePolicy, StaleTriggers};
@@ -185,24 +186,14 @@ pub fn degraded(
         );
     };
     let now = SystemTime::now();
-    let not_modified = not_modified(req, &copy);
-    let mut h = if not_modified {
-        let mut h = ResponseHeader::build(304, Some(6))?;
-        for name in [
-            http::header::ETAG,
-            http::header::LAST_MODIFIED,
-            http::header::CACHE_CONTROL,
-            http::header::VARY,
-        ] {
-            if let Some(v) = copy.header(&name) {
-                h.insert_header(name, v.clone())?;
-            }
-        }
-        h.insert_header(http::header::AGE, copy.age(now).as_secs())?;
-        h
-    } else {
-        copy.response_header(now)?
-    };
+    let mut h = copy.response_header(now)?;
+    // The client's validators against the copy (several ETags, weak
+    // comparison, If-None-Match before If-Modified-Since: pingora-core's
+    // conditional filter, RFC 9110 §13).
+    let not_modified = conditional_filter::not_modified_filter(req, &h);
+    if not_modified {
+        conditional_filter::to_304(&mut h);
+    }
     let mut cs = String::with_capacity(80);
     cs.push_str("graceway; fwd=stale");
     if let Some(s) = fwd_status {
@@ -225,41 +216,4 @@ pub fn degraded(
         },
         stale: true,
     })
-}
-
-/// RFC 9110 §13.1: `If-None-Match` (weak comparison) wins over
-/// `If-Modified-Since`.
-fn not_modified(req: &RequestHeader, copy: &StoredResponse) -> bool {
-    let h = &req.headers;
-    if let Some(inm) = h
-        .get(http::header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-    {
-        let Some(etag) = copy
-            .header(&http::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return false;
-        };
-        let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
-        return inm.trim() == "*" || inm.split(',').any(|t| weak(t) == weak(etag));
-    }
-    if let Some(ims) = h
-        .get(http::header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(httpdate_parse)
-    {
-        if let Some(lm) = copy
-            .header(&http::header::LAST_MODIFIED)
-            .and_then(|v| v.to_str().ok())
-            .and_then(httpdate_parse)
-        {
-            return lm <= ims;
-        }
-    }
-    false
-}
-
-fn httpdate_parse(s: &str) -> Option<SystemTime> {
-    httpdate::parse_http_date(s.trim()).ok()
 }

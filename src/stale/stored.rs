@@ -87,31 +87,29 @@ pub struct CacheControl {
 }
 
 impl CacheControl {
-    pub fn parse<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> CacheControl {
-        let mut cc = CacheControl::default();
-        for v in values {
-            let Ok(v) = v.to_str() else { continue };
-            for d in v.split(',') {
-                let d = d.trim();
-                let (name, arg) = match d.split_once('=') {
-                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                    None => (d, None),
-                };
-                let num = || arg.and_then(|a| a.parse::<u64>().ok());
-                match name.to_ascii_lowercase().as_str() {
-                    "no-store" => cc.no_store = true,
-                    "private" => cc.private = true,
-                    "must-revalidate" | "proxy-revalidate" | "no-cache" => {
-                        cc.must_revalidate = true
-                    }
-                    "max-age" => cc.max_age = num(),
-                    "s-maxage" => cc.s_maxage = num(),
-                    "stale-if-error" => cc.stale_if_error = num(),
-                    _ => {}
-                }
-            }
+    /// Reads `Cache-Control` with pingora-cache's parser (RFC 9111 quoted
+    /// strings, repeated headers, case). A copy may not be served stale
+    /// (RFC 9111 §5.2.2) under `must-revalidate`, `proxy-revalidate`,
+    /// `no-cache`, or `s-maxage`, which implies `proxy-revalidate` for a
+    /// shared cache (§5.2.2.10).
+    pub fn from_headers(headers: &http::HeaderMap) -> CacheControl {
+        use pingora_cache::cache_control::CacheControl as Parsed;
+        let Some(cc) = Parsed::from_headers_named("cache-control", headers) else {
+            return CacheControl::default();
+        };
+        let secs = |v: pingora::Result<Option<u32>>| v.ok().flatten().map(u64::from);
+        let s_maxage = secs(cc.s_maxage());
+        CacheControl {
+            no_store: cc.no_store(),
+            private: cc.private(),
+            must_revalidate: cc.must_revalidate()
+                || cc.proxy_revalidate()
+                || cc.no_cache()
+                || cc.has_key("s-maxage"),
+            max_age: secs(cc.max_age()),
+            s_maxage,
+            stale_if_error: secs(cc.stale_if_error()),
         }
-        cc
     }
 }
 
@@ -140,7 +138,7 @@ pub fn storable_meta(
         return None;
     }
     let h = &resp.headers;
-    let cc = CacheControl::parse(h.get_all(http::header::CACHE_CONTROL).iter());
+    let cc = CacheControl::from_headers(h);
     if cc.no_store || cc.private {
         return None;
     }
@@ -281,18 +279,28 @@ mod tests {
         HeaderValue::from_str(s).unwrap()
     }
 
+    fn cc(values: &[&str]) -> CacheControl {
+        let mut h = http::HeaderMap::new();
+        for v in values {
+            h.append(http::header::CACHE_CONTROL, hv(v));
+        }
+        CacheControl::from_headers(&h)
+    }
+
     #[test]
     fn cache_control() {
-        let v = [
-            hv("public, max-age=60"),
-            hv("stale-if-error=300, must-revalidate"),
-        ];
-        let cc = CacheControl::parse(v.iter());
-        assert_eq!(cc.max_age, Some(60));
-        assert_eq!(cc.stale_if_error, Some(300));
-        assert!(cc.must_revalidate && !cc.no_store && !cc.private);
-        let cc = CacheControl::parse([hv("No-Store")].iter());
-        assert!(cc.no_store);
+        let c = cc(&["public, max-age=60", "stale-if-error=300, must-revalidate"]);
+        assert_eq!(c.max_age, Some(60));
+        assert_eq!(c.stale_if_error, Some(300));
+        assert!(c.must_revalidate && !c.no_store && !c.private);
+        assert!(cc(&["No-Store"]).no_store);
+        // RFC 9111 §5.2.2.10: s-maxage implies proxy-revalidate.
+        let c = cc(&["s-maxage=60"]);
+        assert_eq!(c.s_maxage, Some(60));
+        assert!(c.must_revalidate);
+        assert!(!cc(&["max-age=60, stale-if-error=30"]).must_revalidate);
+        assert!(cc(&[r#"private="set-cookie", max-age=5"#]).private);
+        assert_eq!(cc(&[]), CacheControl::default());
     }
 
     #[test]

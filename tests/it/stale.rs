@@ -294,6 +294,15 @@ async fn origin_directives_are_honoured_unless_overridden() {
             true,
         ),
         ("max-age=0, stale-if-error=1", "", true),
+        // RFC 9111 §5.2.2.10: s-maxage implies proxy-revalidate, so a copy
+        // past its s-maxage is never served stale (a fresh one still is).
+        ("max-age=60, s-maxage=0", "", false),
+        (
+            "max-age=60, s-maxage=0",
+            "    stale: { origin_directives: ignore }",
+            true,
+        ),
+        ("s-maxage=60", "", true),
     ] {
         let d = directives.to_string();
         let up = MockUpstream::start(move |_| MockReply::ok("{}").header("Cache-Control", &d));
@@ -388,6 +397,17 @@ async fn head_and_conditional_requests_on_a_stale_copy() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), r#"{"path":"/v1/a"}"#);
+    // Several ETags, the matching one weak and not first (pingora-core's
+    // conditional filter); If-Modified-Since is ignored next to it.
+    let r = c
+        .get(g.url("/v1/a"))
+        .header("If-None-Match", r#""other", W/"v1""#)
+        .header("If-Modified-Since", "Thu, 01 Jan 1970 00:00:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(header(&r, "x-graceway-degraded"), Some("token-rejected"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
