@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::client;
 use crate::config;
 use crate::generation::{self, SourcePolicy, UpstreamStatus};
+use crate::outbound;
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -111,14 +111,16 @@ fn admin_url_from_config(path: &Path) -> Option<String> {
 }
 
 async fn get_status(admin: &str) -> Result<Value, String> {
-    let r = client::request(
+    let r = outbound::request(
         "GET",
         &format!("{}/status", admin.trim_end_matches('/')),
         &[],
         b"",
         Duration::from_secs(5),
+        outbound::Tls::default(),
     )
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     if r.status != 200 {
         return Err(format!("/status answered {}", r.status));
     }

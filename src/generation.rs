@@ -6,7 +6,6 @@
 //! included. So a request sees the old tokens or the new ones, never a mix,
 //! and a reload never waits for requests or makes them wait.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -311,7 +310,7 @@ pub async fn build(
         let at = format!("upstreams[{i}]");
         let peer = make_peer(u)
             .await
-            .map_err(|(field, e)| format!("{at}.{field}: {e}"));
+            .map_err(|e| format!("{at}.{}: {}", e.field, e.message));
         let (tokens, inject) = match &u.credentials {
             None => (TokenSet::default(), None),
             Some(cr) => {
@@ -481,8 +480,8 @@ impl Generation {
 
 /// Resolves the upstream's address now (Pingora's `HttpPeer::new` would do
 /// a blocking lookup and panic on failure) and sets TLS and timeouts.
-async fn make_peer(u: &UpstreamConfig) -> Result<HttpPeer, (&'static str, String)> {
-    let mut peer = peer_for(
+async fn make_peer(u: &UpstreamConfig) -> Result<HttpPeer, crate::outbound::PeerError> {
+    let mut peer = crate::outbound::peer_for(
         &u.url,
         u.tls.verify,
         u.tls.ca_file.as_deref(),
@@ -492,60 +491,6 @@ async fn make_peer(u: &UpstreamConfig) -> Result<HttpPeer, (&'static str, String
     .await?;
     peer.options.write_timeout = Some(u.timeouts.write);
     Ok(peer)
-}
-
-/// A peer for any URL graceway talks to (upstreams, OAuth2 token
-/// endpoints). The error names the config field it concerns.
-pub async fn peer_for(
-    url: &crate::config::UpstreamUrl,
-    verify: bool,
-    ca_file: Option<&std::path::Path>,
-    connect: Duration,
-    read: Duration,
-) -> Result<HttpPeer, (&'static str, String)> {
-    let addr: SocketAddr = match tokio::net::lookup_host((url.host.as_str(), url.port)).await {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| ("url", format!("`{}` resolved to no address", url.host)))?,
-        Err(e) => return Err(("url", format!("cannot resolve `{}`: {e}", url.host))),
-    };
-    let mut peer = HttpPeer::new(addr, url.tls, url.host.clone());
-    let o = &mut peer.options;
-    o.connection_timeout = Some(connect);
-    o.total_connection_timeout = Some(connect * 2);
-    o.read_timeout = Some(read);
-    o.write_timeout = Some(read);
-    o.idle_timeout = Some(Duration::from_secs(55));
-    o.verify_cert = verify;
-    o.verify_hostname = verify;
-    if let Some(ca) = ca_file {
-        o.ca = Some(Arc::from(
-            load_ca(ca)
-                .map_err(|e| ("tls.ca_file", e))?
-                .into_boxed_slice(),
-        ));
-    }
-    Ok(peer)
-}
-
-/// Reads a PEM CA bundle; every certificate is parsed before Pingora sees it
-/// (its own parser panics on bad DER).
-fn load_ca(path: &std::path::Path) -> Result<Vec<pingora::utils::tls::WrappedX509>, String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut out = Vec::new();
-    for item in rustls_pemfile::certs(&mut text.as_slice()) {
-        let der = item.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
-        x509_parser::parse_x509_certificate(der.as_ref())
-            .map_err(|e| format!("{}: bad certificate: {e}", path.display()))?;
-        out.push(pingora::utils::tls::WrappedX509::new(
-            der.as_ref().to_vec(),
-            pingora::utils::tls::parse_x509,
-        ));
-    }
-    if out.is_empty() {
-        return Err(format!("{}: no PEM certificate found", path.display()));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@
 //! | [`lifecycle`] | SIGTERM drain, SIGQUIT hand-over, SIGINT; requests in flight |
 //! | [`listener`] | client connection cap and request-header deadline around each listener |
 //! | [`logging`] | the logger, with Pingora's expected-event messages demoted and counted |
-//! | [`metrics`], [`outcome`], [`client`], [`json`] | shared small pieces |
+//! | [`metrics`], [`outcome`], [`json`] | shared small pieces |
 
 #![forbid(unsafe_code)]
 
@@ -38,7 +38,6 @@ pub mod admin;
 pub mod app;
 pub mod breaker;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -1,9 +1,13 @@
-//! Requests graceway makes on its own behalf (probes, preflight, OAuth2
-//! token fetches): through Pingora's connector, so they use exactly the
-//! peer settings of the data plane (resolved address, TLS verification,
-//! CA file, SNI, timeouts).
+//! Every request graceway makes on its own behalf goes through here, on
+//! Pingora's connector: probes and preflight, OAuth2 token fetches, the
+//! alert webhook, and the CLI's and demo's calls to a running graceway. So
+//! each gets the data plane's peer handling (resolved address, TLS with
+//! verification, a CA file, SNI, timeouts) and a bounded body, and there is
+//! one HTTP client in the crate, not two.
 
-use std::sync::OnceLock;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +21,34 @@ pub struct Answer {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: Bytes,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Why a peer could not be made; `field` is the config field it concerns
+/// (`url`, `tls.ca_file`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct PeerError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl PeerError {
+    fn url(message: String) -> PeerError {
+        PeerError {
+            field: "url",
+            message,
+        }
+    }
 }
 
 /// Why an outbound request got no answer.
@@ -35,6 +67,134 @@ impl std::fmt::Display for Failure {
             Failure::Unreachable(e) => write!(f, "unreachable: {e}"),
         }
     }
+}
+
+/// A peer for any URL graceway talks to (upstreams, OAuth2 token
+/// endpoints). The error names the config field it concerns.
+pub async fn peer_for(
+    url: &crate::config::UpstreamUrl,
+    verify: bool,
+    ca_file: Option<&std::path::Path>,
+    connect: Duration,
+    read: Duration,
+) -> Result<HttpPeer, PeerError> {
+    let addr: SocketAddr = match tokio::net::lookup_host((url.host.as_str(), url.port)).await {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| PeerError::url(format!("`{}` resolved to no address", url.host)))?,
+        Err(e) => {
+            return Err(PeerError::url(format!(
+                "cannot resolve `{}`: {e}",
+                url.host
+            )))
+        }
+    };
+    let mut peer = HttpPeer::new(addr, url.tls, url.host.clone());
+    let o = &mut peer.options;
+    o.connection_timeout = Some(connect);
+    o.total_connection_timeout = Some(connect * 2);
+    o.read_timeout = Some(read);
+    o.write_timeout = Some(read);
+    o.idle_timeout = Some(Duration::from_secs(55));
+    o.verify_cert = verify;
+    o.verify_hostname = verify;
+    if let Some(ca) = ca_file {
+        o.ca = Some(Arc::from(
+            load_ca(ca)
+                .map_err(|message| PeerError {
+                    field: "tls.ca_file",
+                    message,
+                })?
+                .into_boxed_slice(),
+        ));
+    }
+    Ok(peer)
+}
+
+/// Reads a PEM CA bundle; every certificate is parsed before Pingora sees it
+/// (its own parser panics on bad DER).
+fn load_ca(path: &std::path::Path) -> Result<Vec<pingora::utils::tls::WrappedX509>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for item in rustls_pemfile::certs(&mut text.as_slice()) {
+        let der = item.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+        x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| format!("{}: bad certificate: {e}", path.display()))?;
+        out.push(pingora::utils::tls::WrappedX509::new(
+            der.as_ref().to_vec(),
+            pingora::utils::tls::parse_x509,
+        ));
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no PEM certificate found", path.display()));
+    }
+    Ok(out)
+}
+
+/// TLS for a URL graceway calls on its own (ignored for `http://`).
+#[derive(Debug, Clone, Copy)]
+pub struct Tls<'a> {
+    pub verify: bool,
+    pub ca_file: Option<&'a Path>,
+}
+
+impl Default for Tls<'_> {
+    fn default() -> Self {
+        Tls {
+            verify: true,
+            ca_file: None,
+        }
+    }
+}
+
+/// The most of an answer's body these requests read.
+const MAX_BODY: usize = 4 << 20;
+
+/// One request to an `http://` or `https://` URL, with a body read to the
+/// end (at most 4 MiB) within `timeout` overall.
+pub async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+    tls: Tls<'_>,
+) -> Result<Answer, Failure> {
+    let bad = |m: String| Failure::Unreachable(m);
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| bad(format!("`{url}` is not a URL ({e})")))?;
+    let base = format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or(""),
+        uri.authority().map_or("", |a| a.as_str())
+    );
+    let target = crate::config::parse_url(&base).map_err(bad)?;
+    let peer = peer_for(&target, tls.verify, tls.ca_file, timeout, timeout)
+        .await
+        .map_err(|e| bad(e.message))?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut req = RequestHeader::build(method, path.as_bytes(), Some(headers.len() + 3))
+        .map_err(|e| bad(e.to_string()))?;
+    let mut set = |k: &str, v: &str| {
+        req.append_header(k.to_string(), v)
+            .map(|_| ())
+            .map_err(|e| bad(e.to_string()))
+    };
+    set("Host", &target.host_header)?;
+    set(
+        "User-Agent",
+        concat!("graceway/", env!("CARGO_PKG_VERSION")),
+    )?;
+    for (k, v) in headers {
+        set(k, v)?;
+    }
+    let has_body = !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH");
+    if has_body {
+        set("Content-Length", &body.len().to_string())?;
+    }
+    let body = has_body.then(|| Bytes::copy_from_slice(body));
+    send(&peer, req, body, timeout, MAX_BODY).await
 }
 
 fn connector() -> &'static Connector {

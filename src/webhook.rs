@@ -57,7 +57,8 @@ pub struct StateWatch {
     notices: HashMap<(String, String), u64>,
     last: Option<Instant>,
     tx: Option<mpsc::Sender<Vec<Event>>>,
-    url: Option<String>,
+    /// The webhook (and its CA) the delivery task was started for.
+    target: Option<crate::config::AlertsConfig>,
 }
 
 impl StateWatch {
@@ -69,12 +70,12 @@ impl StateWatch {
         }
         self.last = Some(now);
         let gen = app.live.load_full();
-        let url = gen.loaded.config.alerts.webhook.clone();
-        if url != self.url {
-            self.url = url.clone();
-            self.tx = url.map(|u| {
+        let alerts = &gen.loaded.config.alerts;
+        if self.target.as_ref() != Some(alerts) {
+            self.target = Some(alerts.clone());
+            self.tx = alerts.webhook.clone().map(|u| {
                 let (tx, rx) = mpsc::channel(64);
-                tokio::spawn(deliver(u, rx));
+                tokio::spawn(deliver(u, alerts.webhook_ca_file.clone(), rx));
                 tx
             });
         }
@@ -257,7 +258,11 @@ fn notice_event(
     }
 }
 
-async fn deliver(url: String, mut rx: mpsc::Receiver<Vec<Event>>) {
+async fn deliver(
+    url: String,
+    ca_file: Option<std::path::PathBuf>,
+    mut rx: mpsc::Receiver<Vec<Event>>,
+) {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -271,12 +276,17 @@ async fn deliver(url: String, mut rx: mpsc::Receiver<Vec<Event>>) {
         let mut delay = Duration::from_secs(1);
         let mut delivered = false;
         for attempt in 1..=5 {
-            match crate::client::request(
+            let tls = crate::outbound::Tls {
+                verify: true,
+                ca_file: ca_file.as_deref(),
+            };
+            match crate::outbound::request(
                 "POST",
                 &url,
                 &[("Content-Type", "application/json")],
                 body.as_bytes(),
                 Duration::from_secs(5),
+                tls,
             )
             .await
             {

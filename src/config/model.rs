@@ -287,9 +287,12 @@ pub struct MemoryConfig {
     pub soft_limit: Option<u64>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertsConfig {
+    /// `http://` or `https://` (verified against the system roots, or
+    /// `webhook_ca_file`).
     pub webhook: Option<String>,
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -526,14 +529,33 @@ impl Config {
                 .as_ref()
                 .map(|_| c.size("memory.soft_limit", &mf.soft_limit, 0)),
         };
+        let af = file.alerts.unwrap_or_default();
         let alerts = AlertsConfig {
-            webhook: file.alerts.and_then(|a| a.webhook),
+            webhook: af.webhook,
+            webhook_ca_file: af.webhook_ca_file.as_deref().map(|p| c.path(p)),
         };
         if let Some(w) = &alerts.webhook {
-            if !w.starts_with("http://") {
+            let base = w
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.authority()?)));
+            if let Err(e) = base
+                .ok_or_else(|| format!("`{w}` is not a URL"))
+                .and_then(|b| parse_url(&b))
+            {
+                c.err("alerts.webhook", e);
+            }
+        }
+        if let Some(ca) = &alerts.webhook_ca_file {
+            if alerts.webhook.is_none() {
                 c.err(
-                    "alerts.webhook",
-                    "must be an http:// URL (send it to a local relay for HTTPS)",
+                    "alerts.webhook_ca_file",
+                    "is set but `alerts.webhook` is not",
+                );
+            } else if let Err(e) = std::fs::metadata(ca) {
+                c.err(
+                    "alerts.webhook_ca_file",
+                    format!("cannot read {}: {e}", ca.display()),
                 );
             }
         }

@@ -279,6 +279,7 @@ pub struct FileMemory {
 #[serde(deny_unknown_fields)]
 pub struct FileAlerts {
     pub webhook: Option<String>,
+    pub webhook_ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -19,7 +19,7 @@ use pingora::services::background::{BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
 
 use crate::app::App;
-use crate::client::{self, Reply};
+use crate::outbound::{self, Answer as Reply};
 use crate::server::{self, RunOptions};
 
 #[derive(Debug, Clone)]
@@ -175,6 +175,13 @@ fn show(r: &Result<Reply, String>) {
 
 const T: Duration = Duration::from_secs(10);
 
+/// One request of the walkthrough, to its own listeners.
+async fn fetch(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+    outbound::request(method, url, headers, b"", T, outbound::Tls::default())
+        .await
+        .map_err(|e| e.to_string())
+}
+
 impl Walkthrough {
     fn gw(&self, path: &str) -> String {
         format!("http://{}{path}", self.opts.listen)
@@ -192,20 +199,20 @@ impl Walkthrough {
             .map(|(k, v)| format!(" -H '{k}: {v}'"))
             .collect();
         println!("   $ curl -i{hs} {url}");
-        let r = client::request("GET", url, headers, b"", T).await;
+        let r = fetch("GET", url, headers).await;
         show(&r);
         r
     }
 
     async fn post(&self, url: &str) -> Result<Reply, String> {
         println!("   $ curl -X POST {url}");
-        let r = client::request("POST", url, &[], b"", T).await;
+        let r = fetch("POST", url, &[]).await;
         show(&r);
         r
     }
 
     async fn last_token_seen(&self) -> String {
-        client::request("GET", &self.api("/demo/stats"), &[], b"", T)
+        fetch("GET", &self.api("/demo/stats"), &[])
             .await
             .ok()
             .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
@@ -214,9 +221,7 @@ impl Walkthrough {
     }
 
     async fn status_table(&self) -> Option<String> {
-        let r = client::request("GET", &self.admin("/status"), &[], b"", T)
-            .await
-            .ok()?;
+        let r = fetch("GET", &self.admin("/status"), &[]).await.ok()?;
         let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
         Some(crate::cli::render_status(&v))
     }
@@ -422,7 +427,7 @@ impl Walkthrough {
         let mut fresh = false;
         while Instant::now() < deadline && !fresh {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            fresh = client::request("GET", &self.gw("/v1/emojis/smile"), &[], b"", T)
+            fresh = fetch("GET", &self.gw("/v1/emojis/smile"), &[])
                 .await
                 .is_ok_and(|r| r.status == 200 && r.header("x-graceway-degraded").is_none());
         }

@@ -152,7 +152,7 @@ async fn fetch(spec: &OAuth2Spec) -> Result<(Secret, Option<Duration>), SourceEr
         form.push_str(&percent_encode(&client_secret));
     }
 
-    let peer = crate::generation::peer_for(
+    let peer = crate::outbound::peer_for(
         &spec.endpoint,
         spec.verify,
         spec.ca_file.as_deref(),
@@ -160,7 +160,7 @@ async fn fetch(spec: &OAuth2Spec) -> Result<(Secret, Option<Duration>), SourceEr
         spec.timeout,
     )
     .await
-    .map_err(|(_, e)| fail(e))?;
+    .map_err(|e| fail(e.message))?;
     let mut req = RequestHeader::build("POST", spec.path_and_query.as_bytes(), Some(6))
         .map_err(|e| fail(e.to_string()))?;
     let h = |e: Box<pingora::Error>| fail(e.to_string());

@@ -78,3 +78,35 @@ async fn verify_false_connects_and_warns() {
     assert_eq!(r.status(), 200, "{}", g.logs());
     assert!(g.logs().contains("tls.verify is false"), "{}", g.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_speaks_https_verified_against_its_ca() {
+    let fx = TlsFixture::new();
+    let hook = MockUpstream::start_tls(|_| MockReply::ok(""), fx.server.clone());
+    // The vendor revokes the token: a token event and an upstream event.
+    let up = MockUpstream::start(|_| MockReply::revoked(401, "{}"));
+    let dir = TestDir::new();
+    dir.write("token", "tok-hook\n");
+    dir.write("ca.pem", &fx.ca_pem);
+    let cfg = crate::support::EmojiConfig::new(up.port)
+        .top(&format!(
+            "alerts: {{ webhook: \"https://127.0.0.1:{}/hook\", webhook_ca_file: \"{{dir}}/ca.pem\" }}",
+            hook.port
+        ))
+        .build();
+    let g = Graceway::start_in(dir, &cfg);
+    // The state watch takes its baseline in its first tick.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    client().get(g.url("/v1/x")).send().await.unwrap();
+    let reqs = crate::support::wait_for_async(
+        "a webhook POST over TLS",
+        std::time::Duration::from_secs(10),
+        || async { (!hook.requests().is_empty()).then(|| hook.requests()) },
+    )
+    .await;
+    assert_eq!(reqs[0].method, "POST");
+    assert_eq!(reqs[0].target, "/hook");
+    let v: serde_json::Value = serde_json::from_slice(&reqs[0].body).unwrap();
+    assert!(v["events"].as_array().is_some_and(|e| !e.is_empty()), "{v}");
+    assert!(!String::from_utf8_lossy(&reqs[0].body).contains("tok-hook"));
+}
