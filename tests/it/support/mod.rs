@@ -14,14 +14,36 @@ pub use mock::{MockReply, MockUpstream, Recorded};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_graceway");
 
-/// A free TCP port on 127.0.0.1 (bound and released; the kernel does not
-/// hand it out again right away).
+/// A TCP port on 127.0.0.1 for graceway to bind, without the
+/// bind-release-rebind race: ports come from a process-wide counter below
+/// the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`,
+/// which starts at 32768 here), so no mock upstream, client socket or other
+/// test of this process can be handed the same port by `bind(0)` between
+/// the check and graceway's bind. Each port is handed out once; a port in
+/// use by another program is skipped. The start is spread by process id so
+/// that two test runs side by side rarely meet.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        LOW + (std::process::id() % 50) as u16 * 200,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..(HIGH - LOW) {
+        let mut port = NEXT.fetch_add(1, Ordering::SeqCst);
+        if port >= HIGH {
+            NEXT.store(LOW, Ordering::SeqCst);
+            port = LOW;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {HIGH}");
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
