@@ -32,7 +32,7 @@ pub struct ReloadRecord {
     /// Counts every attempt, applied or not; `graceway reload` waits for it
     /// to move to learn the result of the SIGHUP it sent.
     pub attempt: u64,
-    #[serde(with = "crate::json::unix_time")]
+    #[serde(with = "crate::json::rfc3339")]
     pub at: SystemTime,
     pub trigger: Trigger,
     pub ok: bool,

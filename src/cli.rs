@@ -42,7 +42,7 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
         Ok(l) => l,
         Err(errors) => return check_failed(path, &errors.0),
     };
-    for w in not_active_warnings(&loaded.config) {
+    for w in loaded.config.inactive_settings() {
         eprintln!("graceway: warning: {w}");
     }
     if skip_sources {
@@ -90,18 +90,6 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
             0
         }
     }
-}
-
-/// Settings the config accepts that this build does not act on.
-pub fn not_active_warnings(cfg: &config::Config) -> Vec<String> {
-    let mut out = Vec::new();
-    if cfg.cache.redis.is_some() {
-        out.push(
-            "cache.redis: this build has no Redis tier; the setting is validated but has no effect"
-                .to_string(),
-        );
-    }
-    out
 }
 
 fn admin_url_from_config(path: &Path) -> Option<String> {

@@ -80,7 +80,11 @@ impl BackgroundService for Control {
                 }
                 _ = tick.tick() => {
                     self.app.store.maintain();
-                    memory.tick(&self.app);
+                    memory.tick(
+                        &self.app.store,
+                        &self.app.memory,
+                        self.app.live.load().loaded.config.memory.soft_limit,
+                    );
                     states.tick(&self.app);
                     if refresh.due(&self.app) {
                         self.app.refresh_tokens(Trigger::Refresh).await;
@@ -249,8 +253,9 @@ impl ProbeSupervisor {
         self.generation = gen.number;
         for u in &gen.upstreams {
             if u.probe().is_some() {
+                let app = app.clone();
                 self.tasks.push(tokio::spawn(crate::probe::run(
-                    app.clone(),
+                    Arc::new(move || app.live.load_full()),
                     gen.number,
                     u.config.name.clone(),
                 )));

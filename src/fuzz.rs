@@ -89,7 +89,7 @@ fn record_seeds() -> Vec<Vec<u8>> {
             ),
         ],
         body: bytes::Bytes::from_static(b"{\"emoji\":\"ok\"}"),
-        stored_at: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
+        stored_at: crate::clock::from_unix(1_700_000_000),
         fresh_for: std::time::Duration::from_secs(60),
         must_revalidate: false,
         stale_if_error: None,

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use pingora::upstreams::peer::HttpPeer;
@@ -17,7 +17,7 @@ use crate::breaker::Breaker;
 use crate::config::{Injection, LoadedConfig, UpstreamConfig};
 use crate::metrics::UpstreamMetrics;
 use crate::outcome::Reason;
-use crate::tokens::{self, Injected, TokenSet};
+use crate::tokens::{self, Injected, TokenSet, TokenState};
 
 /// Everything one request needs, swapped atomically on reload.
 #[derive(Debug)]
@@ -53,6 +53,83 @@ pub struct Upstream {
     /// Outlives generations: counters, last success/failure, the health
     /// breaker.
     pub status: Arc<UpstreamStatus>,
+}
+
+impl Upstream {
+    /// Why an upstream has no usable token, for the error body and logs.
+    pub fn no_token_reason(&self) -> &'static str {
+        match self.no_token().0 {
+            Some(Reason::TokenExpired) => "token-expired",
+            Some(Reason::RateLimited) => "rate-limited",
+            Some(_) => "token-rejected",
+            None => "token-unavailable",
+        }
+    }
+
+    /// The degradation reason when no token is usable, and the status that
+    /// refused it (for `fwd-status`): `None` when every token is unavailable.
+    /// A rejection wins over an expiry, and both over a quota cool-down.
+    pub fn no_token(&self) -> (Option<Reason>, Option<u16>) {
+        let now = SystemTime::now();
+        let mut expired = false;
+        let mut cooling = false;
+        for t in &self.tokens.tokens {
+            match t.state(now) {
+                TokenState::Rejected => {
+                    return (
+                        Some(Reason::TokenRejected),
+                        Some(t.rejected_status()).filter(|s| *s != 0),
+                    )
+                }
+                TokenState::Expired => expired = true,
+                TokenState::RateLimited => cooling = true,
+                _ => {}
+            }
+        }
+        if expired {
+            (Some(Reason::TokenExpired), None)
+        } else if cooling {
+            (Some(Reason::RateLimited), Some(429))
+        } else {
+            (None, None)
+        }
+    }
+
+    /// Seconds until the first token's quota cool-down ends, as `Retry-After`.
+    pub fn cooldown_retry_after(&self) -> Option<HeaderValue> {
+        let now = SystemTime::now();
+        self.tokens
+            .tokens
+            .iter()
+            .filter_map(|t| t.evidence.cool_until(now))
+            .min()
+            .map(|until| {
+                HeaderValue::from(until.duration_since(now).map_or(1, |d| d.as_secs().max(1)))
+            })
+    }
+
+    /// `healthy`, `degraded` or `down`, and why. Down means a request can get
+    /// nothing but an error: no usable token and no stored copy to serve.
+    pub fn state(&self, now: SystemTime) -> (&'static str, Option<&'static str>) {
+        let copies = self.status.stored_entries.load(Ordering::Relaxed) > 0;
+        if self.inject.is_some() && !self.tokens.any_usable(now) {
+            let why = self.no_token_reason();
+            // Copies are served for a rejected or expired token, not when every
+            // source failed (there is nothing to say the upstream would refuse).
+            let servable = copies && why != "token-unavailable";
+            return (if servable { "degraded" } else { "down" }, Some(why));
+        }
+        if let Some(reason) = self.status.health.reason() {
+            return (
+                if copies { "degraded" } else { "down" },
+                Some(reason.as_str()),
+            );
+        }
+        if let Some((reason, _)) = self.status.degradation() {
+            return ("degraded", Some(reason.as_str()));
+        }
+        ("healthy", None)
+    }
 }
 
 /// Where the token goes.
@@ -155,7 +232,7 @@ impl UpstreamStatus {
     /// A degraded answer: starts a degradation or updates its reason (the
     /// state watch logs the transition once).
     pub fn mark_degraded(&self, reason: Reason) {
-        let now = unix_now();
+        let now = crate::clock::unix_now();
         self.record_failure(now, reason);
         if self.degraded_reason.load(Ordering::Relaxed) != reason as u8
             && self.degraded_reason.swap(reason as u8, Ordering::Relaxed) == 0
@@ -199,15 +276,7 @@ impl UpstreamStatus {
 }
 
 fn unix_opt(secs: u64) -> Option<SystemTime> {
-    (secs != 0).then(|| UNIX_EPOCH + Duration::from_secs(secs))
-}
-
-/// Unix seconds now.
-#[inline]
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    (secs != 0).then(|| crate::clock::from_unix(secs))
 }
 
 /// Picks the upstream for a request: routes whose `host` (if any) matches,

@@ -1,7 +1,7 @@
 //! Small JSON helpers shared by the admin endpoints and error bodies.
 
 /// Serialises a `SystemTime` as an RFC 3339 UTC timestamp (seconds).
-pub mod unix_time {
+pub mod rfc3339 {
     use std::time::SystemTime;
 
     pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

@@ -29,7 +29,7 @@
 //! | [`lifecycle`] | SIGTERM drain, SIGQUIT hand-over, SIGINT; requests in flight |
 //! | [`listener`] | client connection cap and request-header deadline around each listener |
 //! | [`logging`] | the logger, with Pingora's expected-event messages demoted and counted |
-//! | [`metrics`], [`outcome`], [`json`] | shared small pieces |
+//! | [`metrics`], [`outcome`], [`json`], [`clock`] | shared small pieces |
 
 #![forbid(unsafe_code)]
 
@@ -38,6 +38,7 @@ pub mod admin;
 pub mod app;
 pub mod breaker;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;

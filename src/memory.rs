@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::app::App;
+use crate::stale::LastGoodStore;
 
 /// The resident set size in bytes, from `/proc/self/statm`.
 pub fn rss_bytes() -> Option<u64> {
@@ -39,16 +39,23 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 const COOLDOWN: Duration = Duration::from_secs(10);
 
 impl MemoryWatch {
-    /// Called from the control loop; samples at most once a second.
-    pub fn tick(&mut self, app: &App) {
+    /// Called from the control loop with what the watch acts on: the
+    /// store it sheds from, the figures it writes, the configured limit.
+    /// Samples at most once a second.
+    pub fn tick(
+        &mut self,
+        store: &LastGoodStore,
+        figures: &MemoryFigures,
+        soft_limit: Option<u64>,
+    ) {
         let now = Instant::now();
         if self.last_sample.is_some_and(|t| now - t < SAMPLE_EVERY) {
             return;
         }
         self.last_sample = Some(now);
         let Some(rss) = rss_bytes() else { return };
-        app.memory.rss.store(rss, Ordering::Relaxed);
-        let limit = app.live.load().loaded.config.memory.soft_limit.unwrap_or(0);
+        figures.rss.store(rss, Ordering::Relaxed);
+        let limit = soft_limit.unwrap_or(0);
         crate::metrics::metrics()
             .memory_soft_limit_bytes
             .set(limit as i64);
@@ -59,14 +66,14 @@ impl MemoryWatch {
             return;
         }
         let excess = rss - limit;
-        let (entries, bytes) = app.store.shed_oldest(excess);
+        let (entries, bytes) = store.shed_oldest(excess);
         if entries > 0 {
             self.cooldown_until = Some(now + COOLDOWN);
-            let m = &app.memory;
+            let m = figures;
             m.shed_entries.fetch_add(entries, Ordering::Relaxed);
             m.shed_bytes.fetch_add(bytes, Ordering::Relaxed);
             m.last_shed_unix
-                .store(crate::generation::unix_now(), Ordering::Relaxed);
+                .store(crate::clock::unix_now(), Ordering::Relaxed);
             crate::metrics::metrics()
                 .memory_shed_entries_total
                 .inc_by(entries);

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pingora::http::RequestHeader;
 
-use crate::app::App;
+use crate::generation::Generation;
 use crate::generation::Upstream;
 use crate::outbound::{self, Failure};
 use crate::outcome::Reason;
@@ -126,12 +126,16 @@ fn jitter(d: Duration) -> Duration {
 
 /// The probe loop of one upstream of one generation; the control service
 /// aborts it when a new generation is swapped in and starts the next.
-pub async fn run(app: Arc<App>, generation: u64, name: String) {
+pub async fn run(
+    live: Arc<dyn Fn() -> Arc<Generation> + Send + Sync>,
+    generation: u64,
+    name: String,
+) {
     let mut failures: u32 = 0;
     // The newest suspicion already probed (see `Evidence::suspect`).
     let mut probed_suspicion = 0u64;
     loop {
-        let gen = app.live.load_full();
+        let gen = live();
         if gen.number != generation {
             return;
         }
@@ -183,10 +187,7 @@ pub async fn run(app: Arc<App>, generation: u64, name: String) {
 /// A refused token fails the reload (the message names its fingerprint and
 /// the upstream's status); an upstream that cannot be reached does not
 /// (preflight guards against a refused token, not against an outage).
-pub async fn preflight(
-    new: &crate::generation::Generation,
-    current: &crate::generation::Generation,
-) -> Result<(), String> {
+pub async fn preflight(new: &Generation, current: &Generation) -> Result<(), String> {
     let mut refused = Vec::new();
     for (i, up) in new.upstreams.iter().enumerate() {
         let enabled = up

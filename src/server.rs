@@ -38,7 +38,7 @@ pub struct RunOptions {
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let loaded = config::load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::logging::init(&loaded.config.log);
-    for w in crate::cli::not_active_warnings(&loaded.config) {
+    for w in loaded.config.inactive_settings() {
         log::warn!("{w}");
     }
     let app = start_app(loaded)?;

@@ -83,7 +83,7 @@ impl StateWatch {
         let mut events = Vec::new();
         let sys_now = SystemTime::now();
         for u in &gen.upstreams {
-            let (state, reason) = crate::admin::status::upstream_state(u, sys_now);
+            let (state, reason) = u.state(sys_now);
             let cur = (state.to_string(), reason.map(str::to_string));
             let name = u.config.name.clone();
             match self.upstreams.insert(name.clone(), cur.clone()) {
@@ -223,10 +223,7 @@ fn notice_event(
     n: &crate::tokens::evidence::Notice,
     at: &str,
 ) -> Event {
-    let time = |s: u64| {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s))
-            .to_string()
-    };
+    let time = |s: u64| humantime::format_rfc3339_seconds(crate::clock::from_unix(s)).to_string();
     let mut parts = Vec::new();
     if n.deprecated {
         parts.push(match n.deprecation_at {

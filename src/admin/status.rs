@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::app::App;
-use crate::generation::Upstream;
+
 use crate::tokens::TokenState;
 
 fn ts(t: Option<SystemTime>) -> Value {
@@ -49,37 +49,13 @@ pub fn notice_view(t: &crate::tokens::Token) -> Value {
         return Value::Null;
     };
     let n = &n.1;
-    let at =
-        |s: Option<u64>| ts(s.map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)));
+    let at = |s: Option<u64>| ts(s.map(crate::clock::from_unix));
     json!({
         "deprecated": n.deprecated,
         "deprecation_at": at(n.deprecation_at),
         "sunset_at": at(n.sunset_at),
         "links": n.links.iter().map(|(rel, url)| json!({"rel": rel, "url": url})).collect::<Vec<_>>(),
     })
-}
-
-/// `healthy`, `degraded` or `down`, and why. Down means a request can get
-/// nothing but an error: no usable token and no stored copy to serve.
-pub fn upstream_state(up: &Upstream, now: SystemTime) -> (&'static str, Option<&'static str>) {
-    let copies = up.status.stored_entries.load(Ordering::Relaxed) > 0;
-    if up.inject.is_some() && !up.tokens.any_usable(now) {
-        let why = crate::proxy::no_token_reason(up);
-        // Copies are served for a rejected or expired token, not when every
-        // source failed (there is nothing to say the upstream would refuse).
-        let servable = copies && why != "token-unavailable";
-        return (if servable { "degraded" } else { "down" }, Some(why));
-    }
-    if let Some(reason) = up.status.health.reason() {
-        return (
-            if copies { "degraded" } else { "down" },
-            Some(reason.as_str()),
-        );
-    }
-    if let Some((reason, _)) = up.status.degradation() {
-        return ("degraded", Some(reason.as_str()));
-    }
-    ("healthy", None)
 }
 
 fn breaker_view(b: &crate::breaker::Breaker) -> Value {
@@ -117,7 +93,7 @@ pub fn status(app: &App) -> Value {
                     cool_until: ts(t.evidence.cool_until(now)),
                 })
                 .collect();
-            let (state, reason) = upstream_state(u, now);
+            let (state, reason) = u.state(now);
             let failure = u.status.last_failure();
             json!({
                 "name": u.config.name,
@@ -233,7 +209,7 @@ pub fn readiness(app: &App) -> (bool, Value) {
         .upstreams
         .iter()
         .map(|u| {
-            let (state, reason) = upstream_state(u, now);
+            let (state, reason) = u.state(now);
             let ready = state != "down";
             all &= ready;
             json!({ "name": u.config.name, "ready": ready, "state": state, "reason": reason })

@@ -602,6 +602,19 @@ impl Config {
         }
     }
 
+    /// Settings this build accepts but does not act on, as warnings for
+    /// `check` and the start-up log.
+    pub fn inactive_settings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.cache.redis.is_some() {
+            out.push(
+                "cache.redis: this build has no Redis tier; the setting is validated but has no effect"
+                    .to_string(),
+            );
+        }
+        out
+    }
+
     /// Every file a token comes from, for the file watcher.
     pub fn token_files(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();

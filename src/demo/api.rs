@@ -159,7 +159,7 @@ impl ServeHttp for DemoApi {
                 };
             }
             ("POST", "/demo/deprecate") => {
-                let at = crate::generation::unix_now();
+                let at = crate::clock::unix_now();
                 self.lock().deprecated_at = Some(at);
                 return json(200, serde_json::json!({"deprecated_at": at}), None);
             }
@@ -209,7 +209,7 @@ impl ServeHttp for DemoApi {
         };
         let mut resp = self.api_answer(mode, authorized, &method, &path).await;
         if let Some(at) = deprecated_at {
-            let sunset = std::time::UNIX_EPOCH + Duration::from_secs(at + 30 * 86400);
+            let sunset = crate::clock::from_unix(at + 30 * 86400);
             let h = resp.headers_mut();
             for (name, value) in [
                 ("deprecation", format!("@{at}")),

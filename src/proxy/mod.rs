@@ -38,15 +38,14 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::app::App;
-use crate::generation::{unix_now, Generation, Upstream};
+use crate::clock::unix_now;
+use crate::generation::{Generation, Upstream};
 use crate::outcome::Reason;
 use crate::stale::stored::{self, CacheControl};
 use crate::stale::{self as store, LastGoodStore, StoredResponse};
 use crate::tokens::evidence::{self, Verdict};
 use crate::tokens::set::Suspicion;
 use crate::tokens::TokenState;
-
-pub use respond::no_token_reason;
 
 pub struct Proxy {
     pub app: Arc<App>,
@@ -397,12 +396,12 @@ impl ProxyHttp for Proxy {
                 Some(t) => ctx.token = Some(t.index),
                 None => {
                     // No token can be sent: the auth breaker is open.
-                    let (reason, fwd) = respond::no_token(&up);
+                    let (reason, fwd) = up.no_token();
                     if reason == Some(Reason::RateLimited) {
                         // Every usable token is in its quota cool-down:
                         // answer at once until the first reset (no breaker,
                         // no trials: the vendor said when to come back).
-                        let retry = respond::cooldown_retry_after(&up);
+                        let retry = up.cooldown_retry_after();
                         self.short_circuit(
                             session,
                             ctx,
@@ -418,7 +417,7 @@ impl ProxyHttp for Proxy {
                         log::warn!(
                             "upstream {}: auth breaker open: no usable token ({}); answering from the last-good store until {}",
                             up.config.name,
-                            respond::no_token_reason(&up),
+                            up.no_token_reason(),
                             if probed { "a probe succeeds or the tokens change" } else { "a trial request succeeds or the tokens change" }
                         );
                     }
@@ -453,7 +452,7 @@ impl ProxyHttp for Proxy {
                                         503,
                                         "no usable token for this upstream",
                                         Some(&up.config.name),
-                                        respond::no_token_reason(&up),
+                                        up.no_token_reason(),
                                         None,
                                     )?;
                                     ctx.outcome = Outcome::Error(None);

@@ -15,7 +15,6 @@ use crate::config::{StalePolicy, StaleTriggers};
 use crate::generation::Upstream;
 use crate::outcome::Reason;
 use crate::stale::StoredResponse;
-use crate::tokens::TokenState;
 
 /// A complete answer to write in place of the upstream's.
 pub struct Replacement {
@@ -80,56 +79,6 @@ pub async fn write(session: &mut Session, r: Replacement) -> Result<()> {
         session.write_response_body(Some(r.body), true).await?;
     }
     Ok(())
-}
-
-/// Why an upstream has no usable token, for the error body and logs.
-pub fn no_token_reason(up: &Upstream) -> &'static str {
-    match no_token(up).0 {
-        Some(Reason::TokenExpired) => "token-expired",
-        Some(Reason::RateLimited) => "rate-limited",
-        Some(_) => "token-rejected",
-        None => "token-unavailable",
-    }
-}
-
-/// The degradation reason when no token is usable, and the status that
-/// refused it (for `fwd-status`): `None` when every token is unavailable.
-/// A rejection wins over an expiry, and both over a quota cool-down.
-pub fn no_token(up: &Upstream) -> (Option<Reason>, Option<u16>) {
-    let now = SystemTime::now();
-    let mut expired = false;
-    let mut cooling = false;
-    for t in &up.tokens.tokens {
-        match t.state(now) {
-            TokenState::Rejected => {
-                return (
-                    Some(Reason::TokenRejected),
-                    Some(t.rejected_status()).filter(|s| *s != 0),
-                )
-            }
-            TokenState::Expired => expired = true,
-            TokenState::RateLimited => cooling = true,
-            _ => {}
-        }
-    }
-    if expired {
-        (Some(Reason::TokenExpired), None)
-    } else if cooling {
-        (Some(Reason::RateLimited), Some(429))
-    } else {
-        (None, None)
-    }
-}
-
-/// Seconds until the first token's quota cool-down ends, as `Retry-After`.
-pub fn cooldown_retry_after(up: &Upstream) -> Option<HeaderValue> {
-    let now = SystemTime::now();
-    up.tokens
-        .tokens
-        .iter()
-        .filter_map(|t| t.evidence.cool_until(now))
-        .min()
-        .map(|until| HeaderValue::from(until.duration_since(now).map_or(1, |d| d.as_secs().max(1))))
 }
 
 /// Whether the operator allows a stale answer for this reason and status.

@@ -101,7 +101,9 @@ impl CacheControl {
         let s_maxage = secs(cc.s_maxage());
         CacheControl {
             no_store: cc.no_store(),
-            private: cc.private(),
+            // Qualified `private="field"` too: a shared copy of a response
+            // that is partly someone's is not worth the risk.
+            private: cc.has_key("private"),
             must_revalidate: cc.must_revalidate()
                 || cc.proxy_revalidate()
                 || cc.no_cache()
@@ -300,6 +302,7 @@ mod tests {
         assert!(c.must_revalidate);
         assert!(!cc(&["max-age=60, stale-if-error=30"]).must_revalidate);
         assert!(cc(&[r#"private="set-cookie", max-age=5"#]).private);
+        assert!(cc(&["private"]).private);
         assert_eq!(cc(&[]), CacheControl::default());
     }
 

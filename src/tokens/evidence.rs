@@ -164,7 +164,7 @@ static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 /// Reads either header family; `None` when the answer states no quota.
 /// `X-RateLimit-Reset` above 10^9 is a Unix time (GitHub), else seconds.
 pub fn quota(headers: &HeaderMap) -> Option<Quota> {
-    quota_at(headers, crate::generation::unix_now())
+    quota_at(headers, crate::clock::unix_now())
 }
 
 fn quota_at(headers: &HeaderMap, now: u64) -> Option<Quota> {

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
@@ -146,10 +146,6 @@ pub enum Suspicion {
     OtherPath,
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// A suspicion older than this starts over.
 pub const SUSPECT_WINDOW_SECS: u64 = 300;
 
@@ -161,19 +157,19 @@ impl Evidence {
     /// Skips the token until `until` (Unix seconds); true when it was not
     /// cooling already.
     pub fn cool_down(&self, until: u64) -> bool {
-        self.cool_until.swap(until, Ordering::Relaxed) < unix(SystemTime::now())
+        self.cool_until.swap(until, Ordering::Relaxed) < crate::clock::unix_now()
     }
 
     /// Whether the token is in a quota cool-down at `now`.
     pub fn cooling(&self, now: SystemTime) -> bool {
         let until = self.cool_until.load(Ordering::Relaxed);
-        until != 0 && until > unix(now)
+        until != 0 && until > crate::clock::unix(now)
     }
 
     /// When the cool-down ends, if one is running.
     pub fn cool_until(&self, now: SystemTime) -> Option<SystemTime> {
         self.cooling(now)
-            .then(|| UNIX_EPOCH + Duration::from_secs(self.cool_until.load(Ordering::Relaxed)))
+            .then(|| crate::clock::from_unix(self.cool_until.load(Ordering::Relaxed)))
     }
 
     /// Unix seconds since the token is suspect (0 = not suspect).
@@ -233,7 +229,7 @@ impl Evidence {
         Some((
             remaining as u64,
             (limit >= 0).then_some(limit as u64),
-            (reset > 0).then(|| UNIX_EPOCH + Duration::from_secs(reset)),
+            (reset > 0).then(|| crate::clock::from_unix(reset)),
         ))
     }
 
@@ -371,7 +367,7 @@ impl Token {
     pub fn last_used(&self) -> Option<SystemTime> {
         match self.last_used.load(Ordering::Relaxed) {
             0 => None,
-            s => Some(UNIX_EPOCH + Duration::from_secs(s)),
+            s => Some(crate::clock::from_unix(s)),
         }
     }
 

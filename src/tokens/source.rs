@@ -39,17 +39,6 @@ pub enum SourceError {
     },
 }
 
-/// Reads and checks the token of one source, with the expiry the source
-/// itself reports (OAuth2's `expires_in`), if any.
-pub async fn read(
-    spec: &SourceSpec,
-) -> Result<(Secret, Option<std::time::SystemTime>), SourceError> {
-    match spec {
-        SourceSpec::OAuth2(o) => super::oauth2::read(o).await,
-        other => read_value(other).await.map(|s| (s, None)),
-    }
-}
-
 /// Reads a file, variable or command (not `oauth2`) and checks the value.
 pub async fn read_value(spec: &SourceSpec) -> Result<Secret, SourceError> {
     let raw = match spec {
