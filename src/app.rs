@@ -105,14 +105,10 @@ impl App {
                 }
             });
         let store = LastGoodStore::new(cache.memory_bytes, cache.max_object_bytes, writer);
-        let max_age = loaded
-            .config
-            .upstreams
-            .iter()
-            .map(|u| u.stale.max_stale)
-            .max()
-            .unwrap_or_default();
-        let restored = store.load_persisted(&|name: &str| status_for(&statuses, name), max_age);
+        let restored = store.load_persisted(
+            &|name: &str| status_for(&statuses, name),
+            loaded.config.longest_max_stale(),
+        );
         if restored > 0 {
             log::info!("restored {restored} last-good copies from the persist file");
         }
@@ -144,16 +140,7 @@ impl App {
     /// Loads the persist file's copies into the memory tier (at start, or
     /// once the previous process of an upgrade has released the file).
     pub fn restore_persisted(&self) -> usize {
-        let max_age = self
-            .live
-            .load()
-            .loaded
-            .config
-            .upstreams
-            .iter()
-            .map(|u| u.stale.max_stale)
-            .max()
-            .unwrap_or_default();
+        let max_age = self.live.load().loaded.config.longest_max_stale();
         self.store
             .load_persisted(&|name: &str| status_for(&self.statuses, name), max_age)
     }

@@ -99,12 +99,7 @@ impl BackgroundService for Control {
             }
         }
         probes.stop();
-        let pid_file = self.app.live.load().loaded.config.pid_file.clone();
-        if std::fs::read_to_string(&pid_file)
-            .is_ok_and(|s| s.trim() == std::process::id().to_string())
-        {
-            let _ = std::fs::remove_file(pid_file);
-        }
+        crate::server::remove_pid_file(&self.app);
     }
 }
 

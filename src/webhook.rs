@@ -157,6 +157,12 @@ impl StateWatch {
             return;
         }
         // Every state change is logged once, webhook or not.
+        let why = |e: &Event, open: &str, close: &str| {
+            e.reason
+                .as_deref()
+                .map(|r| format!("{open}{r}{close}"))
+                .unwrap_or_default()
+        };
         for e in &events {
             match e.token {
                 None if e.kind.ends_with("-breaker") => log::info!(
@@ -165,20 +171,14 @@ impl StateWatch {
                     e.kind,
                     e.from,
                     e.to,
-                    e.reason
-                        .as_deref()
-                        .map(|r| format!(" ({r})"))
-                        .unwrap_or_default()
+                    why(e, " (", ")")
                 ),
                 Some(i) if e.kind == "notice" => log::warn!(
                     "upstream {}: token {i} ({}): the vendor announced {}{}",
                     e.upstream,
                     e.fingerprint.as_deref().unwrap_or("-"),
                     e.to,
-                    e.reason
-                        .as_deref()
-                        .map(|r| format!("; {r}"))
-                        .unwrap_or_default()
+                    why(e, "; ", "")
                 ),
                 Some(i) => log::info!(
                     "upstream {}: token {i} ({}) is now {} (was {}){}",
@@ -186,20 +186,14 @@ impl StateWatch {
                     e.fingerprint.as_deref().unwrap_or("-"),
                     e.to,
                     e.from,
-                    e.reason
-                        .as_deref()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
+                    why(e, ": ", "")
                 ),
                 None => log::warn!(
                     "upstream {}: state {} -> {}{}",
                     e.upstream,
                     e.from,
                     e.to,
-                    e.reason
-                        .as_deref()
-                        .map(|r| format!(" ({r})"))
-                        .unwrap_or_default()
+                    why(e, " (", ")")
                 ),
             }
         }

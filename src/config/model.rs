@@ -602,6 +602,16 @@ impl Config {
         }
     }
 
+    /// The oldest any copy may be served (the largest `stale.max_stale`):
+    /// older copies in the persist file are dropped on load.
+    pub fn longest_max_stale(&self) -> Duration {
+        self.upstreams
+            .iter()
+            .map(|u| u.stale.max_stale)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Settings this build accepts but does not act on, as warnings for
     /// `check` and the start-up log.
     pub fn inactive_settings(&self) -> Vec<String> {
