@@ -59,6 +59,9 @@ pub struct App {
     pub started_at: SystemTime,
     /// Last-good copies; outlives reloads (its size is fixed at start).
     pub store: LastGoodStore,
+    /// The fleet tier (`cache.redis`), shared by every replica; fixed at
+    /// start.
+    pub fleet: Option<Arc<crate::stale::fleet::FleetTier>>,
     /// Resident memory and shedding figures, written by the memory watch.
     pub memory: crate::memory::MemoryFigures,
     /// Set once the proxy listener was seen accepting (see `/readyz`).
@@ -112,7 +115,18 @@ impl App {
         if restored > 0 {
             log::info!("restored {restored} last-good copies from the persist file");
         }
+        let fleet = match &loaded.config.cache.redis {
+            None => None,
+            Some(r) => match crate::stale::fleet::FleetTier::new(r) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    log::error!("cache.redis: {e}; the fleet tier is off");
+                    None
+                }
+            },
+        };
         let app = App {
+            fleet,
             last_reload: ArcSwap::from_pointee(ReloadRecord {
                 attempt: 0,
                 at: SystemTime::now(),

@@ -247,6 +247,29 @@ pub fn render_status(st: &Value) -> String {
             s(&c["bytes"]),
             s(&c["limit_bytes"])
         ));
+        let f = &c["fleet"];
+        if !f.is_null() {
+            out.push_str(&format!(
+                "fleet: {} ({}) {}; {} hits, {} misses, {} writes, {} errors, {} dropped{}\n",
+                s(&f["target"]),
+                s(&f["mode"]),
+                if f["up"].as_bool() == Some(true) {
+                    "up"
+                } else {
+                    "DOWN"
+                },
+                s(&f["hits"]),
+                s(&f["misses"]),
+                s(&f["writes"]),
+                s(&f["errors"]),
+                s(&f["dropped"]),
+                if f["last_error"].is_null() {
+                    String::new()
+                } else {
+                    format!("; last error: {}", s(&f["last_error"]))
+                }
+            ));
+        }
     }
     out.push('\n');
     let mut rows = vec![vec![

@@ -46,6 +46,9 @@ impl BackgroundService for Control {
         let pid_file = self.app.live.load().loaded.config.pid_file.clone();
         write_pid_file(&pid_file);
         let _ = self.app.pid_file.set(pid_file);
+        if let Some(fleet) = &self.app.fleet {
+            fleet.start();
+        }
         let app = self.app.clone();
         self.app.store.start_persist(move || {
             let restored = app.restore_persisted();

@@ -241,6 +241,47 @@ pub fn metrics() -> &'static Metrics {
     })
 }
 
+/// The fleet tier's series, registered only when `cache.redis` is set (so
+/// that a graceway without Redis exports no `graceway_fleet_up 0`).
+pub struct FleetMetrics {
+    pub fleet_up: IntGauge,
+    pub fleet_operations_total: IntCounterVec,
+    pub fleet_queue_dropped_total: IntCounter,
+}
+
+pub fn fleet_metrics() -> &'static FleetMetrics {
+    static FLEET: OnceLock<FleetMetrics> = OnceLock::new();
+    FLEET.get_or_init(|| {
+        let ops = register_int_counter_vec!(
+            "graceway_fleet_operations_total",
+            "Fleet-tier (Redis) operations, by op (get, set) and result (hit, miss, ok, error, timeout, corrupt, skipped).",
+            &["op", "result"]
+        )
+        .expect("metric registers");
+        for (op, results) in [
+            ("get", &["hit", "miss", "error", "timeout", "corrupt", "skipped"][..]),
+            ("set", &["ok", "error", "timeout", "skipped"][..]),
+        ] {
+            for r in results {
+                ops.with_label_values(&[op, r]);
+            }
+        }
+        FleetMetrics {
+            fleet_up: register_int_gauge!(
+                "graceway_fleet_up",
+                "1 while the fleet tier's Redis answers (connected, breaker closed)."
+            )
+            .expect("metric registers"),
+            fleet_operations_total: ops,
+            fleet_queue_dropped_total: register_int_counter!(
+                "graceway_fleet_queue_dropped_total",
+                "Copies not written to Redis because the write-behind queue was full."
+            )
+            .expect("metric registers"),
+        }
+    })
+}
+
 /// Counts a request refused or cut for the client's doing.
 pub fn client_rejected(reason: &'static str) {
     metrics()

@@ -149,6 +149,7 @@ pub fn status(app: &App) -> Value {
             "limit_bytes": app.store.budget(),
             "max_object_bytes": app.store.max_object,
             "persist": app.store.persist_status(),
+            "fleet": app.fleet.as_ref().map(|f| f.status()),
         },
         "connections": connections(app),
         "upstreams": upstreams,

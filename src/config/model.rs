@@ -278,8 +278,41 @@ pub struct CacheConfig {
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    pub url: String,
+    /// One server (`redis://` or `rediss://`), or the seed nodes of a
+    /// Redis Cluster.
+    pub target: RedisTarget,
+    /// The most a degraded answer waits on Redis.
     pub timeout: Duration,
+    /// Put before every key, so that several fleets can share one Redis.
+    pub key_prefix: String,
+    /// PEM bundle to verify `rediss://` against instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Copies waiting to be written; more are dropped and counted.
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// The URLs with any password replaced by `***` (for logs and status).
+    pub fn redacted(&self) -> String {
+        let one = |u: &str| match (u.find("://"), u.rfind('@')) {
+            (Some(s), Some(at)) if at > s => {
+                let userinfo = &u[s + 3..at];
+                let user = userinfo.split(':').next().unwrap_or("");
+                format!("{}{}:***{}", &u[..s + 3], user, &u[at..])
+            }
+            _ => u.to_string(),
+        };
+        match self {
+            RedisTarget::Single(u) => one(u),
+            RedisTarget::Cluster(us) => us.iter().map(|u| one(u)).collect::<Vec<_>>().join(","),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -494,23 +527,7 @@ impl Config {
                     None
                 }
             },
-            redis: match cf.redis {
-                None => None,
-                Some(r) => {
-                    let url = r.url.unwrap_or_default();
-                    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                        c.err("cache.redis.url", "must start with redis:// or rediss://");
-                    }
-                    Some(RedisConfig {
-                        url,
-                        timeout: c.positive_duration(
-                            "cache.redis.timeout",
-                            &r.timeout,
-                            Duration::from_millis(50),
-                        ),
-                    })
-                }
-            },
+            redis: cf.redis.map(|r| redis_config(&mut c, r)),
         };
         if cache.max_object_bytes > cache.memory_bytes {
             c.err(
@@ -616,11 +633,17 @@ impl Config {
     /// `check` and the start-up log.
     pub fn inactive_settings(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.cache.redis.is_some() {
-            out.push(
-                "cache.redis: this build has no Redis tier; the setting is validated but has no effect"
-                    .to_string(),
-            );
+        if let Some(r) = &self.cache.redis {
+            let tls = match &r.target {
+                RedisTarget::Single(u) => u.starts_with("rediss://"),
+                RedisTarget::Cluster(us) => us.iter().any(|u| u.starts_with("rediss://")),
+            };
+            if r.ca_file.is_some() && !tls {
+                out.push(
+                    "cache.redis.ca_file is set but no URL is rediss://: it is not used"
+                        .to_string(),
+                );
+            }
         }
         out
     }
@@ -682,6 +705,87 @@ fn methods(c: &mut Check, at: &str, list: Option<&[String]>) -> Vec<http::Method
         }
     }
     out
+}
+
+/// `cache.redis`: exactly one of `url` and `cluster`, every URL parsed by
+/// the Redis client itself (scheme, user, password, database number).
+fn redis_config(c: &mut Check, r: FileRedis) -> RedisConfig {
+    let check_url = |c: &mut Check, path: String, u: &str| {
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            c.err(
+                path,
+                format!(
+                    "`{}` must start with redis:// or rediss://",
+                    RedisTarget::Single(u.into()).redacted()
+                ),
+            );
+        } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(u) {
+            c.err(
+                path,
+                format!("`{}`: {e}", RedisTarget::Single(u.into()).redacted()),
+            );
+        }
+    };
+    let target = match (r.url, r.cluster) {
+        (Some(u), None) => {
+            check_url(c, "cache.redis.url".into(), &u);
+            RedisTarget::Single(u)
+        }
+        (None, Some(nodes)) => {
+            if nodes.is_empty() {
+                c.err("cache.redis.cluster", "must list at least one node");
+            }
+            for (i, u) in nodes.iter().enumerate() {
+                check_url(c, format!("cache.redis.cluster[{i}]"), u);
+            }
+            RedisTarget::Cluster(nodes)
+        }
+        (Some(_), Some(_)) => {
+            c.err("cache.redis", "set either `url` or `cluster`, not both");
+            RedisTarget::Single(String::new())
+        }
+        (None, None) => {
+            c.err(
+                "cache.redis",
+                "`url` (one server) or `cluster` (seed nodes) is required",
+            );
+            RedisTarget::Single(String::new())
+        }
+    };
+    let key_prefix = r.key_prefix.unwrap_or_else(|| "graceway:".into());
+    if key_prefix.len() > 64
+        || key_prefix
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b' ')
+    {
+        c.err(
+            "cache.redis.key_prefix",
+            "at most 64 characters, no spaces or control characters",
+        );
+    }
+    let ca_file = r.ca_file.as_deref().map(|p| c.path(p));
+    if let Some(ca) = &ca_file {
+        if let Err(e) = std::fs::read(ca) {
+            c.err(
+                "cache.redis.ca_file",
+                format!("cannot read {}: {e}", ca.display()),
+            );
+        }
+    }
+    RedisConfig {
+        target,
+        timeout: c.positive_duration("cache.redis.timeout", &r.timeout, Duration::from_millis(50)),
+        key_prefix,
+        ca_file,
+        queue: match r.queue {
+            Some(0) => {
+                c.err("cache.redis.queue", "must be at least 1");
+                1024
+            }
+            Some(n) => n,
+            None => 1024,
+        },
+    }
 }
 
 fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamConfig {

@@ -266,7 +266,11 @@ pub struct FilePersist {
 #[serde(deny_unknown_fields)]
 pub struct FileRedis {
     pub url: Option<String>,
+    pub cluster: Option<Vec<String>>,
     pub timeout: Option<Human>,
+    pub key_prefix: Option<String>,
+    pub ca_file: Option<String>,
+    pub queue: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -150,14 +150,8 @@ impl Proxy {
         retry_after: Option<&HeaderValue>,
     ) -> Result<()> {
         let answer = if respond::triggered(&up.config.stale.on, reason, fwd) {
-            respond::degraded(
-                self.store(),
-                up,
-                session.req_header(),
-                reason,
-                fwd,
-                retry_after,
-            )?
+            self.degraded(session.req_header(), up, reason, fwd, retry_after)
+                .await?
         } else {
             respond::unavailable("the upstream cannot answer", up, reason, retry_after)?
         };
@@ -168,6 +162,66 @@ impl Proxy {
         };
         Self::count_degraded(up, reason, answer.stale);
         respond::write(session, answer).await
+    }
+
+    /// The degraded answer for `req`: the last-good copy (asking the fleet
+    /// tier first when the memory tier has none: the only place a request
+    /// ever waits on Redis, bounded by `cache.redis.timeout`), else 503.
+    async fn degraded(
+        &self,
+        req: &RequestHeader,
+        up: &Upstream,
+        reason: Reason,
+        fwd: Option<u16>,
+        retry_after: Option<&HeaderValue>,
+    ) -> Result<respond::Replacement> {
+        let from_fleet = self.fill_from_fleet(up, req).await;
+        let mut answer = respond::degraded(self.store(), up, req, reason, fwd, retry_after)?;
+        if from_fleet && answer.stale {
+            // RFC 9211: one member per cache, the one nearest the origin
+            // first: the fleet tier had it, this graceway served it.
+            if let Some(cs) = answer.header.headers.get("cache-status").cloned() {
+                let mut v = b"graceway-fleet; hit, ".to_vec();
+                v.extend_from_slice(cs.as_bytes());
+                if let Ok(v) = HeaderValue::from_bytes(&v) {
+                    answer.header.insert_header("Cache-Status", v)?;
+                }
+            }
+        }
+        Ok(answer)
+    }
+
+    /// On a local miss, reads the request's copy from the fleet tier and
+    /// keeps it in the memory tier; true when one came.
+    async fn fill_from_fleet(&self, up: &Upstream, req: &RequestHeader) -> bool {
+        let Some(fleet) = &self.app.fleet else {
+            return false;
+        };
+        if respond::servable_copy(self.store(), up, req).is_some()
+            || !matches!(req.method, http::Method::GET | http::Method::HEAD)
+        {
+            return false;
+        }
+        let name = up.config.name.as_str();
+        let primary = store::primary_key(name, req);
+        let Some(found) = fleet.get(name, &primary).await else {
+            return false;
+        };
+        // A copy that varies is kept under its variant's key too: ask for
+        // the one this request's headers select.
+        let names = stored::vary_names(&found.headers);
+        let (found, variant) = if names.is_empty() {
+            (found, None)
+        } else {
+            let vkey = store::variant_key(&primary, &names, req);
+            match fleet.get(name, &vkey).await {
+                Some(v) => (v, Some((Arc::from(names), vkey))),
+                None => return false,
+            }
+        };
+        self.store()
+            .adopt(&primary, variant, found, up.status.clone());
+        true
     }
 
     /// Answers a request graceway will not forward (4xx), before any token
@@ -623,14 +677,15 @@ impl ProxyHttp for Proxy {
 
         if let Some(reason) = reason {
             if respond::triggered(&up.config.stale.on, reason, Some(status)) {
-                let answer = respond::degraded(
-                    self.store(),
-                    up,
-                    session.req_header(),
-                    reason,
-                    Some(status),
-                    retry_after.as_ref(),
-                )?;
+                let answer = self
+                    .degraded(
+                        session.req_header(),
+                        up,
+                        reason,
+                        Some(status),
+                        retry_after.as_ref(),
+                    )
+                    .await?;
                 ctx.outcome = if answer.stale {
                     Outcome::Stale(reason)
                 } else {
@@ -816,8 +871,9 @@ impl ProxyHttp for Proxy {
                 _ => None,
             };
             if not_started && respond::triggered(&up.config.stale.on, reason, fwd) {
-                let answer =
-                    respond::degraded(self.store(), up, session.req_header(), reason, fwd, None);
+                let answer = self
+                    .degraded(session.req_header(), up, reason, fwd, None)
+                    .await;
                 if let Ok(mut answer) = answer {
                     session.set_keepalive(None);
                     let _ = answer
@@ -1115,6 +1171,13 @@ impl Proxy {
             weight,
             owner: up.status.clone(),
         });
+        if let Some(fleet) = &self.app.fleet {
+            let ttl = up.config.stale.max_stale;
+            fleet.put(&up.config.name, &cap.primary, &copy, ttl);
+            if let Some((_, vkey)) = &cap.variant {
+                fleet.put(&up.config.name, vkey, &copy, ttl);
+            }
+        }
         self.store().insert(&cap.primary, cap.variant, copy, true);
     }
 }

@@ -14,6 +14,7 @@
 //!   tier off the request path and refills it at start, so a graceway
 //!   restarted in the middle of an outage still has copies to serve.
 
+pub mod fleet;
 pub mod persist;
 pub mod stored;
 
@@ -263,30 +264,19 @@ impl LastGoodStore {
             if self.holds_newer(&key, d.stored_at) {
                 continue;
             }
-            let weight = LastGoodStore::weigh(key.len(), &d.headers, d.body.len());
             let names = stored::vary_names(&d.headers);
-            let copy = Arc::new(StoredResponse {
-                weight,
-                owner: status_for(upstream),
-                headers: d.headers,
-                body: d.body,
-                stored_at: d.stored_at,
-                fresh_for: d.fresh_for,
-                must_revalidate: d.must_revalidate,
-                stale_if_error: d.stale_if_error,
-            });
             if names.is_empty() {
-                self.insert(&key, None, copy, false);
+                self.adopt(&key, None, d, status_for(upstream));
             } else {
                 // rest = path?query + "\nname=value"...: the primary key is
                 // upstream + the first line.
                 let pq = rest.split('\n').next().unwrap_or("");
                 let primary = format!("{upstream}\n{pq}");
-                self.insert(
+                self.adopt(
                     &primary,
                     Some((Arc::from(names), key.to_string())),
-                    copy,
-                    false,
+                    d,
+                    status_for(upstream),
                 );
             }
             loaded += 1;
@@ -319,6 +309,29 @@ impl LastGoodStore {
         }
         self.maintain();
         (n, freed)
+    }
+
+    /// Keeps a copy read from the persist file or the fleet tier in the
+    /// memory tier (not written back to either).
+    pub fn adopt(
+        &self,
+        primary: &str,
+        variant: Option<(Arc<[HeaderName]>, String)>,
+        d: stored::Decoded,
+        owner: Arc<crate::generation::UpstreamStatus>,
+    ) {
+        let key_len = variant.as_ref().map_or(primary.len(), |(_, k)| k.len());
+        let copy = Arc::new(StoredResponse {
+            weight: LastGoodStore::weigh(key_len, &d.headers, d.body.len()),
+            owner,
+            headers: d.headers,
+            body: d.body,
+            stored_at: d.stored_at,
+            fresh_for: d.fresh_for,
+            must_revalidate: d.must_revalidate,
+            stale_if_error: d.stale_if_error,
+        });
+        self.insert(primary, variant, copy, false);
     }
 
     /// Whether the memory tier holds a copy under `key` stored at or

@@ -241,7 +241,7 @@ fn a_normal_load_run_logs_no_error_line() {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    if w == 3 && i % 20 == 0 {
+                    if w == 3 && i.is_multiple_of(20) {
                         // A client that gives up on a slow answer.
                         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
                         s.write_all(b"GET /v1/slow HTTP/1.1\r\nHost: h\r\n\r\n")

@@ -1,0 +1,425 @@
+//! The fleet tier: one Redis (or Redis Cluster) shared by every replica, so
+//! that a replica answers from what any replica stored, and a replica that
+//! restarts during an outage is not empty-handed.
+//!
+//! - **Write-behind.** Every copy the memory tier keeps is queued here
+//!   (`try_send` on a bounded queue: full means dropped and counted, never
+//!   a wait) and written by one task in pipelined batches, with a TTL equal
+//!   to the upstream's `stale.max_stale`, in the persist tier's versioned
+//!   record format (`stored::encode`).
+//! - **Read-through.** Only when a degraded answer is needed and the memory
+//!   tier has no servable copy, graceway asks Redis, within
+//!   `cache.redis.timeout`; a hit is served (marked `graceway-fleet; hit` in
+//!   `Cache-Status`) and kept locally. A healthy request never waits on
+//!   Redis.
+//! - **Never a new way to fail.** Every call is bounded by the timeout; a
+//!   breaker stops asking a Redis that fails (3 failures in a row) and a
+//!   background ping closes it again; the client reconnects by itself
+//!   (`ConnectionManager`, the cluster client). A record of an unknown
+//!   version or that does not decode is ignored and counted, never served.
+//!
+//! Keys are `<key_prefix>v1:<upstream>:<sha256 of the store key>`: bounded
+//! in length whatever the path and query, and never a token (copies of
+//! requests that carried the client's own credentials are never stored).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::aio::ConnectionLike;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::stored::{self, Decoded, StoredResponse};
+use crate::breaker::Breaker;
+use crate::config::{RedisConfig, RedisTarget};
+use crate::metrics::fleet_metrics as metrics;
+use crate::outcome::Reason;
+
+/// A connection to one server or to the cluster; both reconnect by
+/// themselves and are cheap to clone (multiplexed).
+#[derive(Clone)]
+enum Conn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Conn {
+    async fn run<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    async fn pipe(&mut self, p: &redis::Pipeline) -> redis::RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(p, 0, p.len()).await.map(|_| ()),
+            Conn::Cluster(c) => p.query_async::<()>(c).await,
+        }
+    }
+}
+
+enum Client {
+    Single(Box<redis::Client>),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+struct Write {
+    key: String,
+    value: Vec<u8>,
+    ttl: Duration,
+}
+
+/// Counts for `/status` (the metrics carry the same by result).
+#[derive(Debug, Default)]
+struct Counts {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    writes: AtomicU64,
+    errors: AtomicU64,
+    corrupt: AtomicU64,
+    dropped: AtomicU64,
+}
+
+pub struct FleetTier {
+    config: RedisConfig,
+    client: Client,
+    conn: ArcSwapOption<Conn>,
+    /// Opens after 3 failures in a row; while open, reads return at once
+    /// and writes are dropped. A background ping closes it.
+    breaker: Breaker,
+    tx: mpsc::Sender<Write>,
+    rx: Mutex<Option<mpsc::Receiver<Write>>>,
+    counts: Counts,
+    last_error: Mutex<Option<String>>,
+    /// The state last logged, so each transition is logged once.
+    logged_up: AtomicBool,
+    corrupt_logged: AtomicBool,
+}
+
+impl FleetTier {
+    /// Builds the client (nothing is connected yet: see [`FleetTier::start`]).
+    pub fn new(config: &RedisConfig) -> Result<Arc<FleetTier>, String> {
+        let certs = || -> Result<Option<redis::TlsCertificates>, String> {
+            let Some(ca) = &config.ca_file else {
+                return Ok(None);
+            };
+            let pem =
+                std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+            Ok(Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            }))
+        };
+        let client = match &config.target {
+            RedisTarget::Single(url) => {
+                let client = match certs()? {
+                    Some(c) => redis::Client::build_with_tls(url.as_str(), c),
+                    None => redis::Client::open(url.as_str()),
+                };
+                Client::Single(Box::new(client.map_err(|e| e.to_string())?))
+            }
+            RedisTarget::Cluster(urls) => {
+                let mut b =
+                    redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                        .connection_timeout(config.timeout.max(Duration::from_millis(500)))
+                        .response_timeout(config.timeout.max(Duration::from_millis(500)));
+                if let Some(c) = certs()? {
+                    b = b.certs(c);
+                }
+                Client::Cluster(Box::new(b.build().map_err(|e| e.to_string())?))
+            }
+        };
+        let (tx, rx) = mpsc::channel(config.queue);
+        let m = metrics();
+        m.fleet_up.set(0);
+        Ok(Arc::new(FleetTier {
+            config: config.clone(),
+            client,
+            conn: ArcSwapOption::empty(),
+            breaker: Breaker::new(3, Duration::from_secs(1), Duration::from_secs(30)),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            counts: Counts::default(),
+            last_error: Mutex::new(None),
+            logged_up: AtomicBool::new(false),
+            corrupt_logged: AtomicBool::new(false),
+        }))
+    }
+
+    /// Starts the connection, the writer and the health ping on the
+    /// current runtime (the control service's).
+    pub fn start(self: &Arc<Self>) {
+        let Some(rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move { me.keep_connected().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.write_loop(rx).await });
+    }
+
+    /// The Redis key of a store key.
+    fn key(&self, upstream: &str, store_key: &str) -> String {
+        let digest = Sha256::digest(store_key.as_bytes());
+        format!(
+            "{}v1:{upstream}:{}",
+            self.config.key_prefix,
+            crate::config::hex(&digest)
+        )
+    }
+
+    /// Queues a copy for Redis; never waits (a full queue drops it).
+    pub fn put(&self, upstream: &str, store_key: &str, copy: &StoredResponse, ttl: Duration) {
+        let w = Write {
+            key: self.key(upstream, store_key),
+            value: stored::encode(copy),
+            ttl,
+        };
+        if self.tx.try_send(w).is_err() {
+            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics().fleet_queue_dropped_total.inc();
+        }
+    }
+
+    /// Reads the copy of a store key, within the timeout; `None` for a
+    /// miss, a timeout, an error, a corrupt record, or while Redis is down.
+    pub async fn get(&self, upstream: &str, store_key: &str) -> Option<Decoded> {
+        let Some(conn) = self.usable() else {
+            count("get", "skipped");
+            return None;
+        };
+        let mut conn = (*conn).clone();
+        let cmd = redis::cmd("GET")
+            .arg(self.key(upstream, store_key))
+            .to_owned();
+        let got: Option<Vec<u8>> =
+            match tokio::time::timeout(self.config.timeout, conn.run(&cmd)).await {
+                Err(_) => {
+                    self.failed("GET timed out", Reason::UpstreamTimeout);
+                    count("get", "timeout");
+                    return None;
+                }
+                Ok(Err(e)) => {
+                    self.failed(&e.to_string(), Reason::UpstreamUnreachable);
+                    count("get", "error");
+                    return None;
+                }
+                Ok(Ok(v)) => v,
+            };
+        self.succeeded();
+        let Some(bytes) = got else {
+            self.counts.misses.fetch_add(1, Ordering::Relaxed);
+            count("get", "miss");
+            return None;
+        };
+        match stored::decode(&bytes) {
+            Some(d) => {
+                self.counts.hits.fetch_add(1, Ordering::Relaxed);
+                count("get", "hit");
+                Some(d)
+            }
+            None => {
+                self.counts.corrupt.fetch_add(1, Ordering::Relaxed);
+                count("get", "corrupt");
+                if !self.corrupt_logged.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "fleet tier: a record under {}* is of an unknown version or does not decode; ignored (counted in graceway_fleet_operations_total{{result=\"corrupt\"}}, logged once)",
+                        self.config.key_prefix
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// The connection when Redis is believed up.
+    fn usable(&self) -> Option<Arc<Conn>> {
+        if self.breaker.is_open() {
+            return None;
+        }
+        self.conn.load_full()
+    }
+
+    fn failed(&self, error: &str, reason: Reason) {
+        self.counts.errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+        self.breaker.failure(reason);
+        self.report();
+    }
+
+    fn succeeded(&self) {
+        self.breaker.success();
+        self.report();
+    }
+
+    /// Publishes `graceway_fleet_up` and logs a transition once.
+    fn report(&self) {
+        let up = self.conn.load().is_some() && !self.breaker.is_open();
+        metrics().fleet_up.set(i64::from(up));
+        if self.logged_up.swap(up, Ordering::Relaxed) != up {
+            if up {
+                log::info!("fleet tier: Redis {} is up", self.config.target.redacted());
+            } else {
+                log::warn!(
+                    "fleet tier: Redis {} is down ({}); degraded answers use local copies only, retrying in the background",
+                    self.config.target.redacted(),
+                    self.last_error().unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Connects (retrying with backoff), then pings every second while the
+    /// breaker is open or every 5 s while closed, to notice recovery and
+    /// loss without waiting for traffic.
+    async fn keep_connected(self: Arc<Self>) {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            if self.conn.load().is_none() {
+                match self.connect().await {
+                    Ok(c) => {
+                        self.conn.store(Some(Arc::new(c)));
+                        self.breaker.success();
+                        delay = Duration::from_millis(200);
+                    }
+                    Err(e) => {
+                        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        self.report();
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                }
+            }
+            if let Some(conn) = self.conn.load_full() {
+                let mut conn = (*conn).clone();
+                let ping = redis::cmd("PING").to_owned();
+                match tokio::time::timeout(Duration::from_secs(1), conn.run::<String>(&ping)).await
+                {
+                    Ok(Ok(_)) => self.succeeded(),
+                    Ok(Err(e)) => self.failed(&e.to_string(), Reason::UpstreamUnreachable),
+                    Err(_) => self.failed("PING timed out", Reason::UpstreamTimeout),
+                }
+            }
+            self.report();
+            let pause = if self.breaker.is_open() { 1 } else { 5 };
+            tokio::time::sleep(Duration::from_secs(pause)).await;
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, String> {
+        let limit = self.config.timeout.max(Duration::from_secs(2));
+        let made = match &self.client {
+            Client::Single(c) => {
+                let cfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(limit))
+                    .set_response_timeout(Some(limit))
+                    .set_number_of_retries(1);
+                tokio::time::timeout(limit * 2, c.get_connection_manager_with_config(cfg))
+                    .await
+                    .map(|r| r.map(Conn::Single))
+            }
+            Client::Cluster(c) => tokio::time::timeout(limit * 2, c.get_async_connection())
+                .await
+                .map(|r| r.map(Conn::Cluster)),
+        };
+        match made {
+            Err(_) => Err("connecting timed out".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(c)) => Ok(c),
+        }
+    }
+
+    /// Writes queued copies in pipelined batches of up to 64.
+    async fn write_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Write>) {
+        let mut batch = Vec::with_capacity(64);
+        while rx.recv_many(&mut batch, 64).await > 0 {
+            let n = batch.len() as u64;
+            let Some(conn) = self.usable() else {
+                self.counts.dropped.fetch_add(n, Ordering::Relaxed);
+                metrics()
+                    .fleet_operations_total
+                    .with_label_values(&["set", "skipped"])
+                    .inc_by(n);
+                batch.clear();
+                continue;
+            };
+            let mut pipe = redis::pipe();
+            for w in batch.drain(..) {
+                let ms = w.ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
+                pipe.cmd("SET")
+                    .arg(w.key)
+                    .arg(w.value)
+                    .arg("PX")
+                    .arg(ms)
+                    .ignore();
+            }
+            let mut conn = (*conn).clone();
+            let limit = self.config.timeout.max(Duration::from_secs(1));
+            let result = match tokio::time::timeout(limit, conn.pipe(&pipe)).await {
+                Err(_) => Err((
+                    "timeout",
+                    "SET batch timed out".to_string(),
+                    Reason::UpstreamTimeout,
+                )),
+                Ok(Err(e)) => Err(("error", e.to_string(), Reason::UpstreamUnreachable)),
+                Ok(Ok(())) => Ok(()),
+            };
+            match result {
+                Ok(()) => {
+                    self.counts.writes.fetch_add(n, Ordering::Relaxed);
+                    metrics()
+                        .fleet_operations_total
+                        .with_label_values(&["set", "ok"])
+                        .inc_by(n);
+                    self.succeeded();
+                }
+                Err((result, e, reason)) => {
+                    metrics()
+                        .fleet_operations_total
+                        .with_label_values(&["set", result])
+                        .inc_by(n);
+                    self.failed(&e, reason);
+                }
+            }
+        }
+    }
+
+    /// `/status`'s `cache.fleet`.
+    pub fn status(&self) -> serde_json::Value {
+        let c = &self.counts;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "target": self.config.target.redacted(),
+            "mode": match self.config.target { RedisTarget::Single(_) => "single", RedisTarget::Cluster(_) => "cluster" },
+            "up": self.conn.load().is_some() && !self.breaker.is_open(),
+            "connected": self.conn.load().is_some(),
+            "breaker_open": self.breaker.is_open(),
+            "last_error": self.last_error(),
+            "hits": n(&c.hits),
+            "misses": n(&c.misses),
+            "writes": n(&c.writes),
+            "errors": n(&c.errors),
+            "corrupt": n(&c.corrupt),
+            "dropped": n(&c.dropped),
+            "timeout_ms": self.config.timeout.as_millis() as u64,
+        })
+    }
+}
+
+fn count(op: &str, result: &str) {
+    metrics()
+        .fleet_operations_total
+        .with_label_values(&[op, result])
+        .inc();
+}
