@@ -161,14 +161,8 @@ impl FleetTier {
         tokio::spawn(async move { me.write_loop(rx).await });
     }
 
-    /// The Redis key of a store key.
     fn key(&self, upstream: &str, store_key: &str) -> String {
-        let digest = Sha256::digest(store_key.as_bytes());
-        format!(
-            "{}v1:{upstream}:{}",
-            self.config.key_prefix,
-            crate::config::hex(&digest)
-        )
+        redis_key(&self.config.key_prefix, upstream, store_key)
     }
 
     /// Queues a copy for Redis; never waits (a full queue drops it).
@@ -293,6 +287,14 @@ impl FleetTier {
                         delay = Duration::from_millis(200);
                     }
                     Err(e) => {
+                        // Once per distinct error (a wrong password, a
+                        // refused connection), not once per retry.
+                        if self.last_error().as_deref() != Some(e.as_str()) {
+                            log::warn!(
+                                "fleet tier: cannot connect to Redis {}: {e}; serving without it, retrying",
+                                self.config.target.redacted()
+                            );
+                        }
                         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         self.report();
                         tokio::time::sleep(delay).await;
@@ -415,6 +417,13 @@ impl FleetTier {
             "timeout_ms": self.config.timeout.as_millis() as u64,
         })
     }
+}
+
+/// The Redis key of a store key (`upstream` + `\n` + path and query, plus
+/// the varied headers): bounded whatever the path, and never a token.
+pub fn redis_key(prefix: &str, upstream: &str, store_key: &str) -> String {
+    let digest = Sha256::digest(store_key.as_bytes());
+    format!("{prefix}v1:{upstream}:{}", crate::config::hex(&digest))
 }
 
 fn count(op: &str, result: &str) {

@@ -187,6 +187,18 @@ fn bad_configs(dir: &TestDir) -> Vec<(String, Vec<&'static str>)> {
             format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    methods: [GET, TRACE]\n"),
             vec!["upstreams[0].methods[1]: `TRACE` is never forwarded"],
         ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    credentials: none\ncache: {{ redis: {{ url: \"http://127.0.0.1:6379\" }} }}\n"),
+            vec!["cache.redis.url: `http://127.0.0.1:6379` must start with redis:// or rediss://"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    credentials: none\ncache: {{ redis: {{ cluster: [\"redis://127.0.0.1:7000\", \"redis://:pw@h:notaport\"], timeout: 0s }} }}\n"),
+            vec!["cache.redis.cluster[1]:", "cache.redis.timeout: must be greater than zero"],
+        ),
+        (
+            format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    credentials: none\ncache: {{ redis: {{ url: \"redis://127.0.0.1\", cluster: [\"redis://127.0.0.1\"] }} }}\n"),
+            vec!["cache.redis: set either `url` or `cluster`, not both"],
+        ),
         // A file cut before `credentials:` (a failed render, a torn write).
         (
             format!("upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    match: {{ path_prefix: /v1/ }}\n"),

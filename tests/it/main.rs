@@ -9,6 +9,7 @@ mod breaker;
 mod check;
 mod demo;
 mod drain;
+mod fleet;
 mod hostile;
 mod inject;
 mod lifecycle;

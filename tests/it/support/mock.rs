@@ -349,6 +349,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, sh: Arc<Shared>) 
 /// A CA and a server certificate for 127.0.0.1, made fresh for a test.
 pub struct TlsFixture {
     pub ca_pem: String,
+    /// The server certificate (for 127.0.0.1 and localhost) and its key, as
+    /// PEM, for servers the tests start (redis-server).
+    pub cert_pem: String,
+    pub key_pem: String,
     pub server: Arc<tokio_rustls::rustls::ServerConfig>,
 }
 
@@ -378,6 +382,8 @@ impl TlsFixture {
             .unwrap();
         TlsFixture {
             ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
             server: Arc::new(server),
         }
     }

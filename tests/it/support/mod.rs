@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod mock;
+pub mod redis;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

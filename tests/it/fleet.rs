@@ -1,0 +1,435 @@
+//! The fleet tier against real `redis-server` processes: a replica serves
+//! what another stored, a record's TTL is the upstream's `max_stale`, and
+//! a Redis that is slow, down, restarted, corrupt, password-protected,
+//! TLS-only or a cluster never fails a request.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::support::mock::TlsFixture;
+use crate::support::redis::Redis;
+use crate::support::{
+    client, metric_value, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir,
+};
+
+const TOKEN: &str = "tok-fleet-1";
+
+/// A vendor that answers until `revoke` is set, then refuses the token.
+fn vendor() -> (MockUpstream, Arc<AtomicBool>) {
+    let revoked = Arc::new(AtomicBool::new(false));
+    let r = revoked.clone();
+    let up = MockUpstream::start(move |req| {
+        if r.load(Ordering::Relaxed) {
+            MockReply::revoked(401, "{}")
+        } else {
+            MockReply::ok(&format!(r#"{{"path":"{}"}}"#, req.path()))
+                .header("Cache-Control", "max-age=60")
+        }
+    });
+    (up, revoked)
+}
+
+fn start(up: &MockUpstream, redis: &str) -> Graceway {
+    let dir = TestDir::new();
+    dir.write("token", TOKEN);
+    let cfg = EmojiConfig::new(up.port)
+        .health("{ retry_after: 30s, max_retry_after: 60s }")
+        .upstream("    stale: { max_stale: 1h }")
+        .top(&format!("cache: {{ redis: {redis} }}"))
+        .build();
+    Graceway::start_in(dir, &cfg)
+}
+
+async fn fleet_status(g: &Graceway) -> serde_json::Value {
+    g.status().await["cache"]["fleet"].clone()
+}
+
+async fn wait_fleet(
+    g: &Graceway,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_for_async(what, Duration::from_secs(15), || async {
+        let s = fleet_status(g).await;
+        f(&s).then_some(s)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_serves_what_another_stored_with_the_ttl_of_max_stale() {
+    let redis = Redis::start(&[]);
+    let (up, revoked) = vendor();
+    let spec = format!("{{ url: \"{}\", key_prefix: \"fleet-a:\" }}", redis.url());
+    let a = start(&up, &spec);
+    let b = start(&up, &spec);
+    wait_fleet(&a, "A's fleet tier up", |s| s["up"] == true).await;
+    for i in 0..5 {
+        assert_eq!(
+            client()
+                .get(a.url(&format!("/v1/item/{i}")))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    wait_fleet(&a, "A's writes", |s| s["writes"].as_u64() >= Some(5)).await;
+    // Keys: prefix, version, upstream, a hash; never a path or a token.
+    let keys = redis.cli(&["--scan", "--pattern", "fleet-a:*"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    for k in &keys {
+        assert!(
+            k.starts_with("fleet-a:v1:emoji:") && k.len() == "fleet-a:v1:emoji:".len() + 64,
+            "{k}"
+        );
+        let ttl: u64 = redis.cli(&["PTTL", k]).trim().parse().unwrap();
+        assert!(
+            (3_500_000..=3_600_000).contains(&ttl),
+            "TTL {ttl} ms is not max_stale (1h)"
+        );
+        assert!(!redis.cli(&["GET", k]).contains(TOKEN));
+    }
+
+    revoked.store(true, Ordering::Relaxed);
+    wait_fleet(&b, "B's fleet tier up", |s| s["up"] == true).await;
+    for i in 0..5 {
+        let r = client()
+            .get(b.url(&format!("/v1/item/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "B serves A's copy");
+        assert_eq!(r.headers()["x-graceway-degraded"], "token-rejected");
+        let cs = r.headers()["cache-status"].to_str().unwrap().to_string();
+        assert!(
+            cs.starts_with("graceway-fleet; hit, graceway; fwd=stale"),
+            "{cs}"
+        );
+        assert_eq!(
+            r.text().await.unwrap(),
+            format!(r#"{{"path":"/v1/item/{i}"}}"#)
+        );
+    }
+    // Kept locally: the second time it is B's own copy.
+    let r = client().get(b.url("/v1/item/0")).send().await.unwrap();
+    assert!(!r.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .contains("graceway-fleet"));
+    assert_eq!(fleet_status(&b).await["hits"], 5);
+    let m = b.metrics().await;
+    assert_eq!(metric_value(&m, "graceway_fleet_up"), Some(1.0));
+    assert_eq!(
+        metric_value(
+            &m,
+            "graceway_fleet_operations_total{op=\"get\",result=\"hit\"}"
+        ),
+        Some(5.0),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_killed_or_restarted_redis_never_fails_a_request() {
+    let mut redis = Redis::start(&[]);
+    let (up, revoked) = vendor();
+    let g = start(
+        &up,
+        &format!("{{ url: \"{}\", timeout: 50ms }}", redis.url()),
+    );
+    wait_fleet(&g, "the fleet tier up", |s| s["up"] == true).await;
+    assert_eq!(
+        client()
+            .get(g.url("/v1/kept"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Paused: reads wait at most the timeout, then the breaker skips Redis.
+    redis.signal("STOP");
+    revoked.store(true, Ordering::Relaxed);
+    let mut worst = Duration::ZERO;
+    for i in 0..10 {
+        let t = Instant::now();
+        let r = client()
+            .get(g.url(&format!("/v1/never/{i}")))
+            .send()
+            .await
+            .unwrap();
+        worst = worst.max(t.elapsed());
+        assert_eq!(r.status(), 503, "no copy anywhere: a clear 503");
+        let r = client().get(g.url("/v1/kept")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "the local copy");
+    }
+    assert!(
+        worst < Duration::from_millis(400),
+        "a request waited {worst:?} on a paused Redis"
+    );
+    let s = wait_fleet(&g, "the fleet tier reported down", |s| s["up"] == false).await;
+    assert!(s["last_error"].is_string(), "{s}");
+    redis.signal("CONT");
+
+    // Killed under load: nothing fails (the token is still refused: the
+    // answers are the local copy).
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, url) = (stop.clone(), g.url("/v1/kept"));
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                match client().get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Restarted: reconnects by itself, writes resume.
+    redis.restart();
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert_eq!(failed, 0, "{ok} ok");
+    assert!(ok > 10);
+    wait_fleet(&g, "the fleet tier up again", |s| s["up"] == true).await;
+    // The vendor takes the token back; a reload re-enables it.
+    revoked.store(false, Ordering::Relaxed);
+    let attempt = g.reload_attempt().await;
+    g.signal("HUP");
+    g.wait_reload(attempt).await;
+    let before = fleet_status(&g).await["writes"].as_u64().unwrap();
+    for i in 0..3 {
+        client()
+            .get(g.url(&format!("/v1/after/{i}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    wait_fleet(&g, "writes after the restart", |s| {
+        s["writes"].as_u64() > Some(before)
+    })
+    .await;
+    assert!(!redis.cli(&["--scan"]).trim().is_empty());
+    assert!(!g.logs().contains(" ERROR "), "{}", g.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_and_unknown_version_records_are_ignored_and_counted() {
+    let redis = Redis::start(&[]);
+    let (up, revoked) = vendor();
+    let g = start(&up, &format!("{{ url: \"{}\" }}", redis.url()));
+    wait_fleet(&g, "the fleet tier up", |s| s["up"] == true).await;
+    let key = |path: &str| {
+        graceway::stale::fleet::redis_key("graceway:", "emoji", &format!("emoji\n{path}"))
+    };
+    redis.cli(&["SET", &key("/v1/garbage"), "not a record"]);
+    // Version 99, then plausible bytes.
+    redis.cli(&[
+        "SET",
+        &key("/v1/future"),
+        "\u{63}ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    ]);
+    revoked.store(true, Ordering::Relaxed);
+    for p in ["/v1/garbage", "/v1/future"] {
+        let r = client().get(g.url(p)).send().await.unwrap();
+        assert_eq!(r.status(), 503, "{p}: never served");
+    }
+    let s = fleet_status(&g).await;
+    assert_eq!(s["corrupt"], 2, "{s}");
+    let m = g.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "graceway_fleet_operations_total{op=\"get\",result=\"corrupt\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        g.logs().matches("does not decode").count(),
+        1,
+        "logged once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_acl_users_and_a_wrong_password() {
+    let mut redis = Redis::start(&[
+        "--requirepass",
+        "s3cret-pass",
+        "--user",
+        "fleet",
+        "on",
+        ">fleet-pass",
+        "~*",
+        "+@all",
+    ]);
+    redis.cli_auth(&["-a", "s3cret-pass", "--no-auth-warning"]);
+    let (up, _revoked) = vendor();
+    for url in [
+        format!("redis://:s3cret-pass@127.0.0.1:{}/2", redis.port),
+        format!("redis://fleet:fleet-pass@127.0.0.1:{}/3", redis.port),
+    ] {
+        let g = start(&up, &format!("{{ url: \"{url}\" }}"));
+        wait_fleet(&g, "the fleet tier up with credentials", |s| {
+            s["up"] == true
+        })
+        .await;
+        client().get(g.url("/v1/pw")).send().await.unwrap();
+        let s = wait_fleet(&g, "a write", |s| s["writes"].as_u64() >= Some(1)).await;
+        assert!(!s.to_string().contains("pass"), "password shown: {s}");
+        assert!(s["target"].as_str().unwrap().contains(":***@"), "{s}");
+    }
+    // Databases 2 and 3 each got their copy.
+    assert_eq!(redis.cli(&["-n", "2", "DBSIZE"]).trim(), "1");
+    assert_eq!(redis.cli(&["-n", "3", "DBSIZE"]).trim(), "1");
+
+    let g = start(
+        &up,
+        &format!("{{ url: \"redis://:wrong@127.0.0.1:{}\" }}", redis.port),
+    );
+    let s = wait_fleet(&g, "the auth error", |s| s["last_error"].is_string()).await;
+    assert_eq!(s["up"], false);
+    let e = s["last_error"].as_str().unwrap().to_ascii_lowercase();
+    assert!(e.contains("auth") || e.contains("pass"), "{s}");
+    assert!(!s.to_string().contains("wrong"), "password shown: {s}");
+    assert_eq!(
+        client()
+            .get(g.url("/v1/still"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        g.logs()
+            .contains("fleet tier: cannot connect to Redis redis://:***@"),
+        "{}",
+        g.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_verified_against_a_ca_the_test_made() {
+    let fx = TlsFixture::new();
+    let redis = Redis::start_tls(&fx);
+    let (up, revoked) = vendor();
+    let dir = TestDir::new();
+    dir.write("token", TOKEN);
+    dir.write("redis-ca.pem", &fx.ca_pem);
+    let cfg = EmojiConfig::new(up.port)
+        .top(&format!(
+            "cache: {{ redis: {{ url: \"rediss://127.0.0.1:{}\", ca_file: \"{{dir}}/redis-ca.pem\", timeout: 200ms }} }}",
+            redis.port
+        ))
+        .build();
+    let a = Graceway::start_in(dir, &cfg);
+    wait_fleet(&a, "the TLS fleet tier up", |s| s["up"] == true).await;
+    client().get(a.url("/v1/tls")).send().await.unwrap();
+    wait_fleet(&a, "a write over TLS", |s| s["writes"].as_u64() >= Some(1)).await;
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "1");
+    // A second replica reads it back over TLS.
+    let dir = TestDir::new();
+    dir.write("token", TOKEN);
+    dir.write("redis-ca.pem", &fx.ca_pem);
+    let b = Graceway::start_in(dir, &cfg);
+    wait_fleet(&b, "B's TLS fleet tier up", |s| s["up"] == true).await;
+    revoked.store(true, Ordering::Relaxed);
+    let r = client().get(b.url("/v1/tls")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .starts_with("graceway-fleet; hit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_master_cluster_spreads_copies_across_slots() {
+    let nodes: Vec<Redis> = (0..3)
+        .map(|_| {
+            // The bus port too (default: port + 10000, which another test
+            // may hold).
+            let bus = crate::support::free_port().to_string();
+            Redis::start(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-port",
+                &bus,
+            ])
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_for_async("the cluster to be ok", Duration::from_secs(20), || async {
+        nodes
+            .iter()
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            .then_some(())
+    })
+    .await;
+    let urls: Vec<String> = addrs.iter().map(|a| format!("\"redis://{a}\"")).collect();
+    let spec = format!("{{ cluster: [{}], timeout: 200ms }}", urls.join(", "));
+    let (up, revoked) = vendor();
+    let a = start(&up, &spec);
+    wait_fleet(&a, "the cluster fleet tier up", |s| s["up"] == true).await;
+    for i in 0..20 {
+        assert_eq!(
+            client()
+                .get(a.url(&format!("/v1/c/{i}")))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    wait_fleet(&a, "20 writes", |s| s["writes"].as_u64() >= Some(20)).await;
+    let per_node: Vec<u64> = nodes
+        .iter()
+        .map(|n| n.cli(&["DBSIZE"]).trim().parse().unwrap_or(0))
+        .collect();
+    assert_eq!(per_node.iter().sum::<u64>(), 20, "{per_node:?}");
+    assert!(
+        per_node.iter().filter(|n| **n > 0).count() >= 2,
+        "one slot range only: {per_node:?}"
+    );
+    let b = start(&up, &spec);
+    wait_fleet(&b, "B's cluster fleet tier up", |s| s["up"] == true).await;
+    revoked.store(true, Ordering::Relaxed);
+    for i in 0..20 {
+        let r = client()
+            .get(b.url(&format!("/v1/c/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "/v1/c/{i}");
+    }
+    assert_eq!(fleet_status(&b).await["hits"], 20);
+}
