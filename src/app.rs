@@ -177,6 +177,15 @@ impl App {
         }
         let run = self.runs_started.fetch_add(1, SeqCst) + 1;
         let record = self.reload_now(trigger).await;
+        let m = metrics();
+        m.config_reloads_total
+            .with_label_values(&[if record.ok { "ok" } else { "failed" }])
+            .inc();
+        m.config_last_reload_successful.set(i64::from(record.ok));
+        if record.ok {
+            m.config_last_reload_success_timestamp_seconds
+                .set(crate::clock::unix_now() as i64);
+        }
         *self.last_run.lock().unwrap_or_else(|e| e.into_inner()) = (run, Some(record.clone()));
         record
     }
@@ -422,7 +431,17 @@ pub fn publish_token_metrics(gen: &Generation, old: Option<&Generation>) {
                 let _ = m
                     .token_expiry_timestamp_seconds
                     .remove_label_values(&[&u.config.name, &idx]);
+                let _ = m
+                    .token_info
+                    .remove_label_values(&[&u.config.name, &idx, &t.fingerprint]);
             }
+        }
+    }
+    for u in &gen.upstreams {
+        for t in &u.tokens.tokens {
+            m.token_info
+                .with_label_values(&[&u.config.name, &t.index.to_string(), &t.fingerprint])
+                .set(1);
         }
     }
     refresh_token_state_metrics(gen);
@@ -435,6 +454,9 @@ pub fn refresh_token_state_metrics(gen: &Generation) {
     let now = SystemTime::now();
     for u in &gen.upstreams {
         let name = u.config.name.as_str();
+        m.upstream_auth_breaker_open
+            .with_label_values(&[name])
+            .set(i64::from(u.auth.is_open()));
         let notices: Vec<_> = u
             .tokens
             .tokens

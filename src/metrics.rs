@@ -32,6 +32,18 @@ pub struct Metrics {
     pub token_quota_limit: IntGaugeVec,
     pub token_quota_reset_timestamp_seconds: IntGaugeVec,
     pub token_reloads_total: IntCounterVec,
+    /// Full config reloads (SIGHUP, `POST /reload`, `graceway reload`),
+    /// apart from token refreshes, with the last result, as Prometheus and
+    /// Alertmanager export theirs.
+    pub config_reloads_total: IntCounterVec,
+    pub config_last_reload_successful: IntGauge,
+    pub config_last_reload_success_timestamp_seconds: IntGauge,
+    pub build_info: IntGaugeVec,
+    /// 1 while the upstream's auth breaker is open (no usable token).
+    pub upstream_auth_breaker_open: IntGaugeVec,
+    /// `graceway_token_info{upstream,token,fingerprint} 1`: joins a token's
+    /// index to its fingerprint in alerts.
+    pub token_info: IntGaugeVec,
     pub upstream_breaker_open: IntGaugeVec,
     pub cache_bytes: IntGauge,
     pub cache_entries: IntGauge,
@@ -146,10 +158,68 @@ pub fn metrics() -> &'static Metrics {
             &["upstream", "token"]
         )
         .expect("metric registers"),
-        token_reloads_total: register_int_counter_vec!(
-            "graceway_token_reloads_total",
-            "Config and token reloads, by result (ok, failed).",
-            &["result"]
+        token_reloads_total: {
+            let c = register_int_counter_vec!(
+                "graceway_token_reloads_total",
+                "Config reloads and token refreshes together, by result (ok, failed).",
+                &["result"]
+            )
+            .expect("metric registers");
+            for r in ["ok", "failed"] {
+                c.with_label_values(&[r]);
+            }
+            c
+        },
+        config_reloads_total: {
+            let c = register_int_counter_vec!(
+                "graceway_config_reloads_total",
+                "Config reloads (SIGHUP, POST /reload), by result (ok, failed); token refreshes are not counted here.",
+                &["result"]
+            )
+            .expect("metric registers");
+            for r in ["ok", "failed"] {
+                c.with_label_values(&[r]);
+            }
+            c
+        },
+        config_last_reload_successful: {
+            let g = register_int_gauge!(
+                "graceway_config_last_reload_successful",
+                "1 when the last config reload (or the start) succeeded."
+            )
+            .expect("metric registers");
+            g.set(1);
+            g
+        },
+        config_last_reload_success_timestamp_seconds: {
+            let g = register_int_gauge!(
+                "graceway_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful config load (start or reload)."
+            )
+            .expect("metric registers");
+            g.set(crate::clock::unix_now() as i64);
+            g
+        },
+        build_info: {
+            let g = register_int_gauge_vec!(
+                "graceway_build_info",
+                "1, with the version of this graceway and of Pingora as labels.",
+                &["version", "pingora"]
+            )
+            .expect("metric registers");
+            g.with_label_values(&[env!("CARGO_PKG_VERSION"), "0.9"]).set(1);
+            g
+        },
+        upstream_auth_breaker_open: register_int_gauge_vec!(
+            "graceway_upstream_auth_breaker_open",
+            "1 while the upstream's auth breaker is open: no usable token, requests answered without asking the upstream.",
+            &["upstream"]
+        )
+        .expect("metric registers"),
+        token_info: register_int_gauge_vec!(
+            "graceway_token_info",
+            "1 for each token: its index and sha256 fingerprint (never the value).",
+            &["upstream", "token", "fingerprint"]
         )
         .expect("metric registers"),
         upstream_breaker_open: register_int_gauge_vec!(
@@ -190,12 +260,18 @@ pub fn metrics() -> &'static Metrics {
             "Last-good copies shed because resident memory passed memory.soft_limit."
         )
         .expect("metric registers"),
-        webhook_deliveries_total: register_int_counter_vec!(
-            "graceway_webhook_deliveries_total",
-            "Alert webhook deliveries, by result (ok, retried, failed, dropped).",
-            &["result"]
-        )
-        .expect("metric registers"),
+        webhook_deliveries_total: {
+            let c = register_int_counter_vec!(
+                "graceway_webhook_deliveries_total",
+                "Alert webhook deliveries, by result (ok, retried, failed, dropped).",
+                &["result"]
+            )
+            .expect("metric registers");
+            for r in ["ok", "retried", "failed", "dropped"] {
+                c.with_label_values(&[r]);
+            }
+            c
+        },
         client_rejections_total: {
             let c = register_int_counter_vec!(
                 "graceway_client_rejections_total",
@@ -342,6 +418,13 @@ impl UpstreamMetrics {
         m.upstream_breaker_open
             .with_label_values(&[upstream])
             .set(0);
+        m.upstream_auth_breaker_open
+            .with_label_values(&[upstream])
+            .set(0);
+        for status in ["401", "403"] {
+            m.upstream_auth_failures_total
+                .with_label_values(&[upstream, status]);
+        }
         UpstreamMetrics {
             ok: m.requests_total.with_label_values(&[upstream, "ok"]),
             stale: m.requests_total.with_label_values(&[upstream, "stale"]),
