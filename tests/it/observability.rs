@@ -306,8 +306,14 @@ async fn metrics_after_a_scripted_outage() {
     for never in ["/v1/emojis", "smile", "frown", TOKEN] {
         assert!(!m.contains(never), "metrics contain {never:?}\n{m}");
     }
-    // The fingerprint is not a label either (tokens are labelled by index).
-    assert!(!m.contains(&fp), "{m}");
+    // Tokens are labelled by index; the fingerprint appears only in
+    // graceway_token_info, which joins the two for alerts.
+    for line in m.lines().filter(|l| l.contains(&fp)) {
+        assert!(line.starts_with("graceway_token_info{"), "{line}");
+    }
+    assert!(m.contains(&format!(
+        "graceway_token_info{{fingerprint=\"{fp}\",token=\"0\",upstream=\"emoji\"}} 1"
+    )));
 }
 
 // ----------------------------------------------------------------- status
