@@ -176,7 +176,11 @@ impl App {
             }
         }
         let run = self.runs_started.fetch_add(1, SeqCst) + 1;
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            crate::lifecycle::systemd(&[sd_notify::NotifyState::Reloading, now]);
+        }
         let record = self.reload_now(trigger).await;
+        crate::lifecycle::systemd(&[sd_notify::NotifyState::Ready]);
         let m = metrics();
         m.config_reloads_total
             .with_label_values(&[if record.ok { "ok" } else { "failed" }])

@@ -61,6 +61,11 @@ impl BackgroundService for Control {
         probes.sync(&self.app);
         ready.notify_ready();
         log::info!("graceway ready (pid {})", std::process::id());
+        let cfg = &self.app.live.load().loaded.config;
+        tokio::spawn(crate::lifecycle::announce_ready([
+            cfg.listen,
+            cfg.admin.listen,
+        ]));
 
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut refresh = RefreshClock::default();

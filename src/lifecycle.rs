@@ -21,6 +21,12 @@
 //!   releases the persist file at exit, and the new one opens it then
 //!   (see `stale::persist`).
 //! - **SIGINT**: stop at once (Pingora's fast shutdown).
+//!
+//! Under systemd (`Type=notify`, `NOTIFY_SOCKET` set) graceway says
+//! `READY=1` once both listeners accept connections, `RELOADING=1` with
+//! `MONOTONIC_USEC` then `READY=1` around a config reload, `STOPPING=1` on
+//! SIGTERM, SIGQUIT or SIGINT, and `WATCHDOG=1` at half of `WatchdogSec`.
+//! Without `NOTIFY_SOCKET` every call is a no-op ([`systemd`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -90,12 +96,15 @@ impl ShutdownSignalWatch for Signals {
         };
         let server = self.app.live.load().loaded.config.server.clone();
         let timeout = server.graceful_shutdown_timeout;
+        let stopping = || systemd(&[sd_notify::NotifyState::Stopping]);
         tokio::select! {
             _ = int.recv() => {
+                stopping();
                 log::info!("SIGINT: stopping at once");
                 ShutdownSignal::FastShutdown
             }
             _ = term.recv() => {
+                stopping();
                 DRAINING.store(true, Ordering::Relaxed);
                 if !server.grace_period.is_zero() {
                     log::info!(
@@ -115,6 +124,7 @@ impl ShutdownSignalWatch for Signals {
                 ShutdownSignal::GracefulTerminate
             }
             _ = quit.recv() => {
+                stopping();
                 DRAINING.store(true, Ordering::Relaxed);
                 log::info!(
                     "SIGQUIT: handing the listening sockets to the new process, then draining (at most {timeout:?})"
@@ -122,6 +132,42 @@ impl ShutdownSignalWatch for Signals {
                 exit_when_idle(self.app.clone(), UPGRADE_HANDOVER + Duration::from_millis(200), timeout);
                 ShutdownSignal::GracefulUpgrade
             }
+        }
+    }
+}
+
+/// Tells systemd (when `NOTIFY_SOCKET` is set; else nothing happens).
+pub fn systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        log::warn!("systemd notify ({state:?}): {e}");
+    }
+}
+
+/// Says `READY=1` once the proxy and admin listeners accept connections
+/// (they start beside the control service), then pets the watchdog when
+/// systemd set one. Runs on the control service's runtime.
+pub async fn announce_ready(listeners: [std::net::SocketAddr; 2]) {
+    let reachable = |mut a: std::net::SocketAddr| {
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        a
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for addr in listeners.map(reachable) {
+        while tokio::net::TcpStream::connect(addr).await.is_err() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
+    if let Some(every) = sd_notify::watchdog_enabled() {
+        let mut tick = tokio::time::interval(every / 2);
+        loop {
+            tick.tick().await;
+            systemd(&[sd_notify::NotifyState::Watchdog]);
         }
     }
 }

@@ -20,4 +20,5 @@ mod reload;
 mod secrets;
 mod signals;
 mod stale;
+mod systemd;
 mod tls;
