@@ -539,9 +539,9 @@ def main():
                degraded=True),
         Target("nginx_cache", "6b", "nginx proxy_cache hit", ngx, P_NGXC, before=warm_cache),
         Target("varnish", "6c", "Varnish grace, backend sick", var, P_VAR),
-        Target("gw_401", "7a", "graceway stale on upstream 401, auth breaker closed", gwu, P_GWU,
+        Target("gw_401", "7a", "graceway stale on upstream 401, auth breaker not open (401 without error code: token suspect, every request goes upstream)", gwu, P_GWU,
                path="/soft/v1/e", degraded=True),
-        Target("gw_401_open", "7b", "graceway stale, auth breaker open (token rejected)", gwu, P_GWU,
+        Target("gw_401_open", "7b", "graceway stale, auth breaker open (401 `invalid_token`: token rejected, answered without the upstream)", gwu, P_GWU,
                path="/hard/v1/e", degraded=True),
         Target("gw_reload", "8", "graceway + 1,000 SIGHUPs per run, half rotating the token", gwr, P_GWR,
                during=reload_storm),
@@ -650,6 +650,14 @@ def main():
     cache = gw_status(P_GWMA).get("cache", {})
     gwm_pids = descendants(gwm.pid)
     full_rss, full_pss = mem_kb(gwm_pids, "VmRSS"), mem_kb(gwm_pids, "Pss")
+
+    # The degraded rows stayed in the state they were meant to measure.
+    st = {u["name"]: u["breakers"]["auth"]["open"] for u in gw_status(P_GWUA).get("upstreams", [])}
+    if st != {"soft": False, "hard": True}:
+        notes.append(f"after the runs, auth breakers open: {st} (meant: soft False, hard True)")
+    h = (gw_status(P_GWSA).get("upstreams") or [{}])[0].get("breakers", {}).get("health", {})
+    if not h.get("open"):
+        notes.append("after the runs, graceway stale's health breaker is closed")
 
     # Reload storm health.
     rs = gw_status(P_GWRA)

@@ -15,6 +15,7 @@ mod inject;
 mod lifecycle;
 mod nginx;
 mod observability;
+mod package;
 mod prometheus;
 mod reload;
 mod secrets;
