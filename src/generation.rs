@@ -116,7 +116,8 @@ impl Upstream {
             let why = self.no_token_reason();
             // Copies are served for a rejected or expired token, not when every
             // source failed (there is nothing to say the upstream would refuse).
-            let servable = copies && why != "token-unavailable";
+            let servable =
+                copies && (why != "token-unavailable" || self.config.stale.on.token_unavailable);
             return (if servable { "degraded" } else { "down" }, Some(why));
         }
         if let Some(reason) = self.status.health.reason() {

@@ -19,16 +19,20 @@ pub enum Reason {
     UpstreamTimeout = 5,
     /// The connection was refused, reset, or could not be made.
     UpstreamUnreachable = 6,
+    /// No token has a value: every source failed (the identity provider or
+    /// secret store is down).
+    TokenUnavailable = 7,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::TokenRejected,
         Reason::TokenExpired,
         Reason::Upstream5xx,
         Reason::RateLimited,
         Reason::UpstreamTimeout,
         Reason::UpstreamUnreachable,
+        Reason::TokenUnavailable,
     ];
 
     /// The word used in `X-Graceway-Degraded`, `Cache-Status` `detail=`,
@@ -41,6 +45,7 @@ impl Reason {
             Reason::RateLimited => "rate-limited",
             Reason::UpstreamTimeout => "upstream-timeout",
             Reason::UpstreamUnreachable => "upstream-unreachable",
+            Reason::TokenUnavailable => "token-unavailable",
         }
     }
 

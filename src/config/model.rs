@@ -257,6 +257,8 @@ pub struct StaleTriggers {
     pub s5xx: bool,
     pub timeout: bool,
     pub connect_error: bool,
+    /// No token has a value (every source failed).
+    pub token_unavailable: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -945,6 +947,7 @@ fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamConfig {
             s5xx: true,
             timeout: true,
             connect_error: true,
+            token_unavailable: true,
         },
         Some(list) => {
             let mut on = StaleTriggers::default();
@@ -956,10 +959,11 @@ fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamConfig {
                     "5xx" => on.s5xx = true,
                     "timeout" => on.timeout = true,
                     "connect_error" => on.connect_error = true,
+                    "token_unavailable" => on.token_unavailable = true,
                     other => c.err(
                         format!("{at}.stale.on[{j}]"),
                         format!(
-                            "`{other}`: must be one of 401, 403, 429, 5xx, timeout, connect_error"
+                            "`{other}`: must be one of 401, 403, 429, 5xx, timeout, connect_error, token_unavailable"
                         ),
                     ),
                 }

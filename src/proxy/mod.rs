@@ -497,22 +497,10 @@ impl ProxyHttp for Proxy {
                             ctx.auth_trial = true;
                         }
                         _ => {
-                            match reason {
-                                Some(r) => {
-                                    self.short_circuit(session, ctx, &up, r, fwd, None).await?
-                                }
-                                None => {
-                                    let answer = respond::json_error(
-                                        503,
-                                        "no usable token for this upstream",
-                                        Some(&up.config.name),
-                                        up.no_token_reason(),
-                                        None,
-                                    )?;
-                                    ctx.outcome = Outcome::Error(None);
-                                    respond::write(session, answer).await?;
-                                }
-                            }
+                            // Every source failed: the copy (or the 503) says
+                            // `token-unavailable`; nothing is sent upstream.
+                            let r = reason.unwrap_or(Reason::TokenUnavailable);
+                            self.short_circuit(session, ctx, &up, r, fwd, None).await?;
                             return Ok(true);
                         }
                     }

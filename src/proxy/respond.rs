@@ -93,6 +93,7 @@ pub fn triggered(on: &StaleTriggers, reason: Reason, status: Option<u16>) -> boo
         Reason::Upstream5xx => on.s5xx,
         Reason::UpstreamTimeout => on.timeout,
         Reason::UpstreamUnreachable => on.connect_error,
+        Reason::TokenUnavailable => on.token_unavailable,
     }
 }
 

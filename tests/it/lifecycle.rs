@@ -502,3 +502,65 @@ async fn trials_cycle_through_rejected_tokens() {
     .await;
     assert_eq!(up.requests().last().unwrap().bearer(), Some("tok-standby"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_an_identity_provider_outage_serves_persisted_copies() {
+    let idp_up = Arc::new(Mutex::new(true));
+    let i = idp_up.clone();
+    let idp = MockUpstream::start(move |_| {
+        if *i.lock().unwrap() {
+            MockReply::ok(r#"{"access_token":"oa-live","token_type":"Bearer","expires_in":3600}"#)
+        } else {
+            MockReply::status(503, r#"{"error":"temporarily_unavailable"}"#)
+        }
+    });
+    let (up, _accepted) = gatekeeper(&["oa-live"]);
+    let shared = TestDir::new();
+    let store = shared.file("store.redb");
+    let tokens = format!(
+        "        - oauth2:\n            token_url: \"http://127.0.0.1:{}/oauth/token\"\n            client_id: svc\n            client_secret_file: \"{{dir}}/client-secret\"\n            timeout: 1s",
+        idp.port
+    );
+    let cfg = config(
+        up.port,
+        &tokens,
+        &format!("cache: {{ persist: {{ path: \"{}\" }} }}", store.display()),
+    );
+    let start = || {
+        let dir = TestDir::new();
+        dir.write("client-secret", "s3cret\n");
+        Graceway::start_in(dir, &cfg)
+    };
+    let mut first = start();
+    assert_eq!(
+        client()
+            .get(first.url("/v1/a"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    first.stop();
+
+    // The identity provider is down when graceway comes back.
+    *idp_up.lock().unwrap() = false;
+    let g = start();
+    let st = g.status().await;
+    assert_eq!(
+        st["upstreams"][0]["tokens"][0]["state"], "unavailable",
+        "{st:#}"
+    );
+    let seen = up.request_count();
+    let r = client().get(g.url("/v1/a")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", g.logs());
+    assert_eq!(r.headers()["x-graceway-degraded"], "token-unavailable");
+    assert!(r.text().await.unwrap().contains("/v1/a"));
+    let r = client().get(g.url("/v1/never")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-graceway-degraded"], "token-unavailable");
+    assert_eq!(up.request_count(), seen, "nothing is sent without a token");
+    // Degraded but serving: ready.
+    let ready = client().get(g.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}

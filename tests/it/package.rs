@@ -36,7 +36,7 @@ fn the_debian_package_installs_checks_and_purges() {
     let _ = sh("dpkg", &["--purge", "graceway"]);
     let (ok, log) = sh("dpkg", &["-i", &deb]);
     assert!(ok, "dpkg -i: {log}");
-    let installed = (|| {
+    let installed = || {
         let (ok, log) = sh(
             "/usr/bin/graceway",
             &[
@@ -57,7 +57,7 @@ fn the_debian_package_installs_checks_and_purges() {
         let unit = std::fs::read_to_string("/lib/systemd/system/graceway.service").unwrap();
         assert!(unit.contains("ExecStart=/usr/bin/graceway run"), "{unit}");
         assert!(unit.contains("Type=notify"));
-    });
+    };
     let result = std::panic::catch_unwind(installed);
     let (ok, log) = sh("dpkg", &["--purge", "graceway"]);
     assert!(ok, "dpkg --purge: {log}");
