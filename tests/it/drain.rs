@@ -354,7 +354,7 @@ fn two_upgrades_under_keepalive_load_fail_nothing_and_keep_the_store() {
         .collect();
 
     // Upgrade 1: B takes over from A.
-    let mut b = start_upgrade(&g, 1);
+    let mut b = Reap(start_upgrade(&g, 1));
     g.signal("QUIT");
     let st = g.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "A: {st:?}\n{}", g.logs());
@@ -370,14 +370,14 @@ fn two_upgrades_under_keepalive_load_fail_nothing_and_keep_the_store() {
         },
     );
     // Upgrade 2: C takes over from B.
-    let mut c2 = start_upgrade(&g, 2);
+    let mut c2 = Reap(start_upgrade(&g, 2));
     let ok = Command::new("kill")
         .arg("-QUIT")
-        .arg(b.id().to_string())
+        .arg(b.0.id().to_string())
         .status()
         .unwrap();
     assert!(ok.success());
-    let st = wait_child(&mut b, Duration::from_secs(30));
+    let st = wait_child(&mut b.0, Duration::from_secs(30));
     let log_b = std::fs::read_to_string(g.dir.file("upgrade-1.log")).unwrap();
     assert!(st.success(), "B: {st:?}\n{log_b}");
 
@@ -439,8 +439,20 @@ fn two_upgrades_under_keepalive_load_fail_nothing_and_keep_the_store() {
         assert!(errors.is_empty(), "{}", errors.join("\n"));
     }
     let _ = Command::new("kill")
-        .arg("-INT")
-        .arg(c2.id().to_string())
+        .arg("-TERM")
+        .arg(c2.0.id().to_string())
         .status();
-    let _ = wait_child(&mut c2, Duration::from_secs(10));
+    let st = wait_child(&mut c2.0, Duration::from_secs(30));
+    assert!(st.success(), "C: {st:?}");
+}
+
+/// Kills a process the test started if the test ends early (a failed
+/// assertion), so that no graceway outlives its test.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
