@@ -284,6 +284,12 @@ impl Proxy {
             .map(|n| format!("failing over to token {} ({})", n.index, n.fingerprint))
             .unwrap_or_else(|| "no other usable token".into());
         if confirmed {
+            // An OAuth2 token the upstream refused is replaced at once.
+            if let (crate::config::SourceSpec::OAuth2(spec), Some(secret)) =
+                (&t.spec.source, t.secret())
+            {
+                crate::tokens::oauth2::refused(spec, secret);
+            }
             if t.mark_rejected(status) {
                 log::warn!(
                     "upstream {}: token {} ({}) rejected with {status}: {said}; {failover}",

@@ -48,6 +48,26 @@ pub fn due(spec: &OAuth2Spec) -> bool {
         .is_none_or(|e| SystemTime::now() >= e.next_attempt)
 }
 
+/// The upstream refused `rejected`, this source's current token: the next
+/// read fetches a new one at once (the control loop's refresh runs within a
+/// quarter second), instead of keeping the refused token until its
+/// scheduled refresh. A fetch that is backing off after failures keeps its
+/// backoff. Only a freshly fetched token that is also refused stays
+/// rejected.
+pub fn refused(spec: &OAuth2Spec, rejected: &Secret) {
+    let mut map = cache().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = map.get_mut(&key(spec)) {
+        if c.secret.as_ref() == Some(rejected) && c.failures == 0 {
+            c.next_attempt = SystemTime::now();
+            log::info!(
+                "oauth2 {}: token {} was refused; fetching a new one now",
+                spec.token_url,
+                rejected.fingerprint()
+            );
+        }
+    }
+}
+
 /// The current token: cached while fresh, fetched when due.
 pub async fn read(spec: &OAuth2Spec) -> Result<(Secret, Option<SystemTime>), SourceError> {
     let k = key(spec);

@@ -564,3 +564,54 @@ async fn a_restart_during_an_identity_provider_outage_serves_persisted_copies() 
     let ready = client().get(g.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_oauth2_token_is_replaced_at_once() {
+    let minted = Arc::new(Mutex::new(0u32));
+    let m = minted.clone();
+    // The identity provider mints a new token per fetch; each lives an hour.
+    let idp = MockUpstream::start(move |_| {
+        let mut n = m.lock().unwrap();
+        *n += 1;
+        MockReply::ok(&format!(
+            r#"{{"access_token":"oa-{}","token_type":"Bearer","expires_in":3600}}"#,
+            *n
+        ))
+    });
+    let (up, accepted) = gatekeeper(&["oa-1"]);
+    let dir = TestDir::new();
+    dir.write("client-secret", "s3cret\n");
+    let tokens = format!(
+        "        - oauth2:\n            token_url: \"http://127.0.0.1:{}/oauth/token\"\n            client_id: svc\n            client_secret_file: \"{{dir}}/client-secret\"",
+        idp.port
+    );
+    let g = Graceway::start_in(dir, &config(up.port, &tokens, ""));
+    let c = client();
+    assert_eq!(c.get(g.url("/v1/a")).send().await.unwrap().status(), 200);
+    assert_eq!(*minted.lock().unwrap(), 1);
+
+    // The vendor revokes oa-1 (and will take the next one).
+    {
+        let mut a = accepted.lock().unwrap();
+        a.clear();
+        a.insert("oa-2".into());
+    }
+    let r = c.get(g.url("/v1/a")).send().await.unwrap();
+    assert_eq!(r.headers()["x-graceway-degraded"], "token-rejected");
+    // Not at the scheduled refresh in 48 minutes: now.
+    let st = wait_for_async("a new OAuth2 token", Duration::from_secs(10), || async {
+        let st = g.status().await;
+        // A one-hour token is `expiring` under the default 72 h warning.
+        (st["upstreams"][0]["tokens"][0]["state"] == "expiring").then_some(st)
+    })
+    .await;
+    assert_eq!(*minted.lock().unwrap(), 2, "{st:#}");
+    assert_eq!(
+        st["upstreams"][0]["tokens"][0]["fingerprint"],
+        graceway::tokens::fingerprint("oa-2")
+    );
+    let r = c.get(g.url("/v1/b")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-graceway-degraded").is_none());
+    assert_eq!(up.requests().last().unwrap().bearer(), Some("oa-2"));
+}
