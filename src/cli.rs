@@ -75,7 +75,7 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
                     "graceway: upstream {} -> {} ({}); tokens: {}",
                     u.config.name,
                     u.config.url.original,
-                    u.peer._address,
+                    u.peer.load()._address,
                     if fps.is_empty() {
                         "none".into()
                     } else {

@@ -71,6 +71,7 @@ impl BackgroundService for Control {
         let mut refresh = RefreshClock::default();
         let mut memory = crate::memory::MemoryWatch::default();
         let mut states = crate::webhook::StateWatch::default();
+        let mut resolver = Resolver::default();
         loop {
             tokio::select! {
                 _ = hup.recv() => {
@@ -94,6 +95,7 @@ impl BackgroundService for Control {
                         self.app.live.load().loaded.config.memory.soft_limit,
                     );
                     states.tick(&self.app);
+                    resolver.tick(&self.app.live.load_full()).await;
                     if refresh.due(&self.app) {
                         self.app.refresh_tokens(Trigger::Refresh).await;
                     }
@@ -199,6 +201,74 @@ impl TokenWatcher {
 /// that interval, an `oauth2` source at its refresh point, and any
 /// `command` or `oauth2` source that failed (its token `unavailable`)
 /// with backoff, 2 s doubling to 5 min.
+/// Looks each upstream's host up again every `dns_refresh`, and at once
+/// after a failed connect, so that an API that moves its address needs no
+/// reload. A changed address is swapped into the upstream's peer (new
+/// connections go there; pooled ones to the old address age out).
+#[derive(Default)]
+struct Resolver {
+    last: HashMap<String, Instant>,
+}
+
+impl Resolver {
+    async fn tick(&mut self, gen: &crate::generation::Generation) {
+        let now = Instant::now();
+        for u in &gen.upstreams {
+            let cfg = &u.config;
+            if cfg.url.host.parse::<std::net::IpAddr>().is_ok() {
+                continue;
+            }
+            let last = *self.last.entry(cfg.name.clone()).or_insert(now);
+            let scheduled =
+                !cfg.dns_refresh.is_zero() && now.duration_since(last) >= cfg.dns_refresh;
+            let after_failure = u
+                .resolve_now
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
+            if !scheduled && !after_failure {
+                continue;
+            }
+            self.last.insert(cfg.name.clone(), now);
+            let lookup = tokio::net::lookup_host((cfg.url.host.as_str(), cfg.url.port));
+            let addr = match tokio::time::timeout(Duration::from_secs(2), lookup).await {
+                Ok(Ok(mut addrs)) => addrs.next(),
+                Ok(Err(e)) => {
+                    log::warn!(
+                        "upstream {}: cannot resolve {}: {e}; keeping the last address",
+                        cfg.name,
+                        cfg.url.host
+                    );
+                    None
+                }
+                Err(_) => {
+                    log::warn!(
+                        "upstream {}: resolving {} timed out; keeping the last address",
+                        cfg.name,
+                        cfg.url.host
+                    );
+                    None
+                }
+            };
+            let current = u.peer.load_full();
+            if let Some(addr) = addr.filter(|a| current._address.as_inet() != Some(a)) {
+                log::info!(
+                    "upstream {}: {} now resolves to {addr} (was {}){}",
+                    cfg.name,
+                    cfg.url.host,
+                    current._address,
+                    if after_failure {
+                        ", looked up after a failed connect"
+                    } else {
+                        ""
+                    }
+                );
+                let mut peer = (*current).clone();
+                peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
+                u.peer.store(Arc::new(peer));
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct RefreshClock {
     /// (upstream name, token index) -> (last attempt, consecutive failures).

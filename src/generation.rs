@@ -37,9 +37,13 @@ pub struct Generation {
 #[derive(Debug)]
 pub struct Upstream {
     pub config: UpstreamConfig,
-    /// A connected-ready peer (resolved address, SNI, TLS and timeouts);
-    /// each request clones it.
-    pub peer: HttpPeer,
+    /// A connect-ready peer (resolved address, SNI, TLS and timeouts);
+    /// each request clones it. An `ArcSwap` so that a re-resolved address
+    /// (see `control::Resolver`) applies without a reload: one atomic load
+    /// per request.
+    pub peer: arc_swap::ArcSwap<HttpPeer>,
+    /// Set after a failed connect: re-resolve at the next control tick.
+    pub resolve_now: std::sync::atomic::AtomicBool,
     pub host_header: HeaderValue,
     /// `Allow` of a 405: the upstream's methods, comma-separated.
     pub allow: HeaderValue,
@@ -457,7 +461,8 @@ pub async fn build(
             .configure(h.open_after, h.retry_after, h.max_retry_after);
         upstreams.push(Arc::new(Upstream {
             config: u.clone(),
-            peer,
+            peer: arc_swap::ArcSwap::from_pointee(peer),
+            resolve_now: Default::default(),
             host_header,
             allow: HeaderValue::from_str(
                 &u.methods

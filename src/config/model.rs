@@ -74,6 +74,8 @@ pub struct UpstreamConfig {
     pub stale: StalePolicy,
     /// Methods forwarded to this upstream; others get 405 with `Allow`.
     pub methods: Vec<http::Method>,
+    /// Re-resolve the host this often (zero: only after a failed connect).
+    pub dns_refresh: Duration,
 }
 
 /// `url` taken apart: graceway forwards the request path unchanged, so the
@@ -994,7 +996,14 @@ fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamConfig {
 
     let methods = methods(c, &format!("{at}.methods"), u.methods.as_deref());
 
+    let dns_refresh = c.duration(
+        &format!("{at}.dns_refresh"),
+        &u.dns_refresh,
+        Duration::from_secs(30),
+    );
+
     UpstreamConfig {
+        dns_refresh,
         methods,
         name,
         url,

@@ -101,6 +101,7 @@ pub struct FileUpstream {
     #[serde(default)]
     pub stale: Option<FileStale>,
     pub methods: Option<Vec<String>>,
+    pub dns_refresh: Option<Human>,
 }
 
 #[derive(Debug, Deserialize, Default)]

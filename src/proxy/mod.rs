@@ -525,7 +525,7 @@ impl ProxyHttp for Proxy {
         let up = ctx
             .upstream()
             .ok_or_else(|| Error::new(ErrorType::InternalError))?;
-        Ok(Box::new(up.peer.clone()))
+        Ok(Box::new(HttpPeer::clone(&up.peer.load())))
     }
 
     /// Runs before every attempt (retries included): sets `Host` to the
@@ -853,6 +853,17 @@ impl ProxyHttp for Proxy {
         };
         if let (Some(reason), Some(gen)) = (reason, ctx.gen.clone()) {
             let up = &gen.upstreams[ctx.upstream];
+            if matches!(
+                e.etype(),
+                ErrorType::ConnectRefused
+                    | ErrorType::ConnectTimedout
+                    | ErrorType::ConnectNoRoute
+                    | ErrorType::ConnectError
+            ) {
+                // The address may have moved: look the host up again now.
+                up.resolve_now
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             if matches!(
                 reason,
                 Reason::UpstreamTimeout | Reason::UpstreamUnreachable

@@ -8,6 +8,7 @@ mod support;
 mod breaker;
 mod check;
 mod demo;
+mod dns;
 mod drain;
 mod fleet;
 mod hostile;
