@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::ConnectionLike;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -55,7 +54,7 @@ impl Conn {
 
     async fn pipe(&mut self, p: &redis::Pipeline) -> redis::RedisResult<()> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(p, 0, p.len()).await.map(|_| ()),
+            Conn::Single(c) => p.query_async::<()>(c).await,
             Conn::Cluster(c) => p.query_async::<()>(c).await,
         }
     }
@@ -197,7 +196,11 @@ impl FleetTier {
                     return None;
                 }
                 Ok(Err(e)) => {
-                    self.failed(&e.to_string(), Reason::UpstreamUnreachable);
+                    if answered(&e) {
+                        self.counts.errors.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.failed(&e.to_string(), Reason::UpstreamUnreachable);
+                    }
                     count("get", "error");
                     return None;
                 }
@@ -374,6 +377,19 @@ impl FleetTier {
                     "SET batch timed out".to_string(),
                     Reason::UpstreamTimeout,
                 )),
+                Ok(Err(e)) if answered(&e) => {
+                    // Redis answered with an error (full under `noeviction`:
+                    // OOM, a read-only replica): it is up, and reads still
+                    // work, so the breaker stays closed.
+                    self.counts.errors.fetch_add(n, Ordering::Relaxed);
+                    *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(e.to_string());
+                    metrics()
+                        .fleet_operations_total
+                        .with_label_values(&["set", "error"])
+                        .inc_by(n);
+                    continue;
+                }
                 Ok(Err(e)) => Err(("error", e.to_string(), Reason::UpstreamUnreachable)),
                 Ok(Ok(())) => Ok(()),
             };
@@ -424,6 +440,12 @@ impl FleetTier {
 pub fn redis_key(prefix: &str, upstream: &str, store_key: &str) -> String {
     let digest = Sha256::digest(store_key.as_bytes());
     format!("{prefix}v1:{upstream}:{}", crate::config::hex(&digest))
+}
+
+/// Whether Redis itself answered (with an error reply), as opposed to a
+/// connection that failed or timed out.
+fn answered(e: &redis::RedisError) -> bool {
+    !(e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout())
 }
 
 fn count(op: &str, result: &str) {

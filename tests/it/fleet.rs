@@ -433,3 +433,60 @@ async fn a_three_master_cluster_spreads_copies_across_slots() {
     }
     assert_eq!(fleet_status(&b).await["hits"], 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_writes_but_reads_and_requests_go_on() {
+    let redis = Redis::start(&["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]);
+    let big = "x".repeat(200 << 10);
+    let revoked = Arc::new(AtomicBool::new(false));
+    let r = revoked.clone();
+    let up = MockUpstream::start(move |req| {
+        if r.load(Ordering::Relaxed) {
+            MockReply::revoked(401, "{}")
+        } else {
+            MockReply::ok(&format!("{}{}", req.path(), big)).header("Cache-Control", "max-age=60")
+        }
+    });
+    let spec = format!("{{ url: \"{}\" }}", redis.url());
+    let a = start(&up, &spec);
+    wait_fleet(&a, "the fleet tier up", |s| s["up"] == true).await;
+    // ~200 KB copies into 3 MB: the first fit, then Redis answers OOM.
+    for i in 0..40 {
+        assert_eq!(
+            client()
+                .get(a.url(&format!("/v1/big/{i}")))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let s = wait_fleet(&a, "OOM errors", |s| s["errors"].as_u64() > Some(0)).await;
+    assert!(s["last_error"].as_str().unwrap().contains("OOM"), "{s}");
+    assert_eq!(s["up"], true, "a full Redis is up: reads still work: {s}");
+    // Another replica still reads what did fit.
+    let stored = (0..40)
+        .find(|i| {
+            let key = graceway::stale::fleet::redis_key(
+                "graceway:",
+                "emoji",
+                &format!("emoji\n/v1/big/{i}"),
+            );
+            redis.cli(&["EXISTS", &key]).trim() == "1"
+        })
+        .expect("some copies fit before Redis was full");
+    let b = start(&up, &spec);
+    wait_fleet(&b, "B up", |s| s["up"] == true).await;
+    revoked.store(true, Ordering::Relaxed);
+    let r = client()
+        .get(b.url(&format!("/v1/big/{stored}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["cache-status"]
+        .to_str()
+        .unwrap()
+        .starts_with("graceway-fleet; hit"));
+}
