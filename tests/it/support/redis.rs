@@ -104,27 +104,25 @@ impl Redis {
 
     /// Runs `redis-cli` against this server; its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(&self.cli)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.run_cli(args).0
     }
 
     /// stdout and stderr of `redis-cli`, for readiness checks.
     fn cli_output(&self, args: &[&str]) -> String {
+        let (out, err) = self.run_cli(args);
+        out + &err
+    }
+
+    fn run_cli(&self, args: &[&str]) -> (String, String) {
         let out = Command::new("redis-cli")
             .args(&self.cli)
             .args(args)
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
 
