@@ -45,7 +45,6 @@ use crate::stale::stored::{self, CacheControl};
 use crate::stale::{self as store, LastGoodStore, StoredResponse};
 use crate::tokens::evidence::{self, Verdict};
 use crate::tokens::set::Suspicion;
-use crate::tokens::TokenState;
 
 pub struct Proxy {
     pub app: Arc<App>,
@@ -483,20 +482,14 @@ impl ProxyHttp for Proxy {
                     }
                     // Successive trials cycle through the rejected tokens, so
                     // whichever the vendor takes back is found.
-                    let now = SystemTime::now();
-                    let rejected: Vec<&crate::tokens::Token> = up
-                        .tokens
-                        .tokens
-                        .iter()
-                        .filter(|t| t.state(now) == TokenState::Rejected)
-                        .collect();
-                    let trial_token = (!probed && !rejected.is_empty() && up.auth.try_trial())
+                    let trial_token = (!probed && up.auth.try_trial())
                         .then(|| {
                             let n = up
                                 .auth_trials
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            rejected[n % rejected.len()]
-                        });
+                            up.tokens.trial_token(n, SystemTime::now())
+                        })
+                        .flatten();
                     match trial_token {
                         Some(t) => {
                             ctx.token = Some(t.index);
