@@ -286,7 +286,11 @@ impl RefreshClock {
                 let (last, failures) = *self.last.entry(key.clone()).or_insert((now, 0));
                 let failed = t.injected.is_none();
                 let failures = if failed { failures } else { 0 };
-                let retry = Duration::from_secs((2u64 << failures.min(9)).min(300));
+                let retry = crate::clock::backoff(
+                    Duration::from_secs(2),
+                    failures + 1,
+                    Duration::from_secs(300),
+                );
                 let is_due = match &t.spec.source {
                     SourceSpec::OAuth2(o) => crate::tokens::oauth2::due(o),
                     SourceSpec::Command { refresh, .. } => {

@@ -154,8 +154,8 @@ pub async fn run(
         // Sleep until the next probe, in short steps: while the health
         // breaker is open the probe is its half-open test and follows the
         // breaker's schedule (`retry_after`, doubling to `max_retry_after`).
-        let backoff = 1u32 << failures.min(3);
-        let due = tokio::time::Instant::now() + jitter(interval * backoff);
+        let wait = crate::clock::backoff(interval, failures + 1, interval * 8);
+        let due = tokio::time::Instant::now() + jitter(wait);
         let mut trial = false;
         while tokio::time::Instant::now() < due {
             if up.status.health.is_open() && up.status.health.try_trial() {

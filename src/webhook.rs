@@ -264,7 +264,6 @@ async fn deliver(
             "events": events,
         })
         .to_string();
-        let mut delay = Duration::from_secs(1);
         let mut delivered = false;
         for attempt in 1..=5 {
             let tls = crate::outbound::Tls {
@@ -295,8 +294,9 @@ async fn deliver(
                 .webhook_deliveries_total
                 .with_label_values(&["retried"])
                 .inc();
+            let delay =
+                crate::clock::backoff(Duration::from_secs(1), attempt, Duration::from_secs(16));
             tokio::time::sleep(delay).await;
-            delay *= 2;
         }
         let result = if delivered { "ok" } else { "failed" };
         metrics()

@@ -1241,19 +1241,26 @@ fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Credentials {
     }
 }
 
-fn is_reserved_header(name: &str) -> bool {
-    const RESERVED: [&str; 9] = [
-        "host",
+/// RFC 9110 §7.6.1: fields that describe one connection, not the message
+/// (the one list: injection refuses them, the store never keeps them).
+pub fn is_hop_by_hop(name: &str) -> bool {
+    const HOP_BY_HOP: [&str; 7] = [
         "connection",
-        "content-length",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
         "keep-alive",
         "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
     ];
-    RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name))
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Headers a token may not be injected into: hop-by-hop and framing.
+fn is_reserved_header(name: &str) -> bool {
+    is_hop_by_hop(name)
+        || name.eq_ignore_ascii_case("host")
+        || name.eq_ignore_ascii_case("content-length")
 }
 
 /// `scheme://host[:port][/]`. A path, query, or user info is refused: the

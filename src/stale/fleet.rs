@@ -280,14 +280,14 @@ impl FleetTier {
     /// breaker is open or every 5 s while closed, to notice recovery and
     /// loss without waiting for traffic.
     async fn keep_connected(self: Arc<Self>) {
-        let mut delay = Duration::from_millis(200);
+        let mut failures = 0u32;
         loop {
             if self.conn.load().is_none() {
                 match self.connect().await {
                     Ok(c) => {
                         self.conn.store(Some(Arc::new(c)));
                         self.breaker.success();
-                        delay = Duration::from_millis(200);
+                        failures = 0;
                     }
                     Err(e) => {
                         // Once per distinct error (a wrong password, a
@@ -300,8 +300,13 @@ impl FleetTier {
                         }
                         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         self.report();
+                        failures += 1;
+                        let delay = crate::clock::backoff(
+                            Duration::from_millis(200),
+                            failures,
+                            Duration::from_secs(10),
+                        );
                         tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(10));
                         continue;
                     }
                 }

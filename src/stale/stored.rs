@@ -115,19 +115,14 @@ impl CacheControl {
     }
 }
 
-/// Headers that describe one connection, not the response: never stored.
+/// Headers never stored: hop-by-hop, and those that describe this one
+/// transfer (`Content-Length` is recomputed, `Age` is the copy's own).
 fn hop_by_hop(name: &HeaderName) -> bool {
     use http::header::*;
-    name == CONNECTION
-        || name == TRANSFER_ENCODING
-        || name == TE
-        || name == TRAILER
-        || name == UPGRADE
+    crate::config::is_hop_by_hop(name.as_str())
         || name == CONTENT_LENGTH
         || name == AGE
         || name == PROXY_AUTHENTICATE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
 }
 
 /// Decides, from the upstream's response header, whether it may become a

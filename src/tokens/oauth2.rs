@@ -112,7 +112,8 @@ pub async fn read(spec: &OAuth2Spec) -> Result<(Secret, Option<SystemTime>), Sou
         }
         Err(e) => {
             let failures = cached.as_ref().map_or(0, |c| c.failures) + 1;
-            let backoff = Duration::from_secs((1u64 << failures.min(9)).min(300));
+            let backoff =
+                crate::clock::backoff(Duration::from_secs(2), failures, Duration::from_secs(300));
             let keep =
                 cached.filter(|c| c.secret.is_some() && c.expires_at.is_none_or(|x| x > now));
             map.insert(
