@@ -313,6 +313,168 @@ impl Proxy {
         retry_with_next(ctx, up, status)
     }
 
+    /// A 401, 403 or 429: what the vendor said about the token (see
+    /// `tokens::evidence`). Returns the degradation reason (`None` when the
+    /// answer is the vendor's word on this resource, passed through) and a
+    /// `Retry-After` from the quota's reset; or the error that retries the
+    /// request with the next token.
+    fn weigh_refusal(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        up: &Upstream,
+        resp: &ResponseHeader,
+    ) -> Result<(Option<Reason>, Option<HeaderValue>)> {
+        let status = resp.status.as_u16();
+        if status != 429 {
+            crate::metrics::metrics()
+                .upstream_auth_failures_total
+                .with_label_values(&[
+                    up.config.name.as_str(),
+                    if status == 401 { "401" } else { "403" },
+                ])
+                .inc();
+        }
+        let token = ctx.token.and_then(|i| up.tokens.tokens.get(i));
+        let judged = evidence::judge(status, &resp.headers);
+        match judged.verdict {
+            // The vendor's answer for this resource: the client gets it as
+            // it is; the token and the breakers are untouched.
+            Verdict::NotAboutToken => Ok((None, None)),
+            Verdict::QuotaExhausted => {
+                let stated = resp.headers.get(http::header::RETRY_AFTER);
+                let reset_in = stated
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                    .or_else(|| evidence::quota(&resp.headers).and_then(|q| q.reset_in));
+                if let (Some(t), true) = (token, failover_on(up).covers(429)) {
+                    if t.evidence
+                        .cool_down(unix_now() + reset_in.unwrap_or(60).max(1))
+                    {
+                        log::warn!(
+                            "upstream {}: token {} ({}) is out of quota ({status}); skipped for {} s",
+                            up.config.name,
+                            t.index,
+                            t.fingerprint,
+                            reset_in.unwrap_or(60)
+                        );
+                    }
+                    if let Some(retry) = retry_with_next(ctx, up, status) {
+                        return Err(retry);
+                    }
+                }
+                let retry_after = if stated.is_some() {
+                    None
+                } else {
+                    reset_in.map(HeaderValue::from)
+                };
+                Ok((Some(Reason::RateLimited), retry_after))
+            }
+            Verdict::Rejected | Verdict::Suspect => {
+                if let Some(t) = token {
+                    let path = session.req_header().uri.path();
+                    if let Some(retry) = self.token_refused(ctx, up, t, status, judged, path) {
+                        return Err(retry);
+                    }
+                }
+                Ok((Some(Reason::TokenRejected), None))
+            }
+        }
+    }
+
+    /// Replaces the upstream's failing answer with the degraded one (the
+    /// copy, or the 503) before anything reaches the client.
+    async fn replace_with_degraded(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        up: &Upstream,
+        resp: &mut ResponseHeader,
+        reason: Reason,
+        retry_after: Option<&HeaderValue>,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        let answer = self
+            .degraded(session.req_header(), up, reason, Some(status), retry_after)
+            .await?;
+        ctx.outcome = if answer.stale {
+            Outcome::Stale(reason)
+        } else {
+            Outcome::Error(Some(reason))
+        };
+        Self::count_degraded(up, reason, answer.stale);
+        ctx.drop_upstream_body = true;
+        let head = session.req_header().method == http::Method::HEAD;
+        let upstream_has_no_body = status == 204
+            || status == 304
+            || resp
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() == b"0");
+        if !head && upstream_has_no_body && !answer.body.is_empty() {
+            // Pingora calls no body filter for an empty upstream body: write
+            // the whole answer now. Pingora then tries to send `resp` too and
+            // logs a warning, which the logger filters (see `logging`).
+            session
+                .write_response_header(Box::new(answer.header.clone()), false)
+                .await?;
+            session.write_response_body(Some(answer.body), true).await?;
+            *resp = answer.header;
+        } else {
+            *resp = answer.header;
+            ctx.replace_body = (!head).then_some(answer.body);
+        }
+        Ok(())
+    }
+
+    /// A 200 to a storable GET: starts capturing its body for the store.
+    /// Under load a hot path would be re-stored on every answer; a copy
+    /// younger than STORE_REFRESH is kept instead (a lookup costs ~0.15 us,
+    /// a capture and insert several).
+    fn start_capture(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+        up: &Upstream,
+        resp: &ResponseHeader,
+    ) {
+        let primary = store::primary_key(&up.config.name, req);
+        let recently_stored = self
+            .store()
+            .lookup_primary(&primary, req)
+            .is_some_and(|c| c.age(SystemTime::now()) < STORE_REFRESH);
+        let meta = (!recently_stored)
+            .then(|| stored::storable_meta(resp, self.store().max_object))
+            .flatten();
+        let Some((cc, headers)) = meta else {
+            return;
+        };
+        let names = stored::vary_names(&headers);
+        let variant = (!names.is_empty()).then(|| {
+            let vkey = store::variant_key(&primary, &names, req);
+            (Arc::from(names), vkey)
+        });
+        let capture = Capture {
+            primary,
+            variant,
+            headers,
+            cc,
+            parts: Vec::new(),
+            size: 0,
+        };
+        let empty = resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0");
+        if empty {
+            // Pingora calls no body filter for an empty body: the copy is
+            // complete now.
+            self.keep(up, capture);
+            ctx.stored_empty = true;
+        } else {
+            ctx.capture = Some(capture);
+        }
+    }
+
     /// Records a degraded answer in metrics and the upstream's state.
     fn count_degraded(up: &Upstream, reason: Reason, stale: bool) {
         if stale {
@@ -566,189 +728,35 @@ impl ProxyHttp for Proxy {
             return Ok(());
         };
         let up = &gen.upstreams[ctx.upstream];
-        up.status.metrics.upstream_response(status);
-        if let Some(t0) = ctx.sent_at {
-            let took = t0.elapsed();
-            ctx.upstream_time = Some(took);
-            up.status.metrics.duration.observe(took.as_secs_f64());
-        }
-        if status >= 500 {
-            up.status.health_failure(Reason::Upstream5xx);
-        } else {
-            up.status.health_success();
-        }
+        record_upstream_answer(ctx, up, status);
         let token = ctx.token.and_then(|i| up.tokens.tokens.get(i));
         if let Some(t) = token {
             read_vendor_signals(up, t, &resp.headers);
         }
-        let mut reason = Reason::from_status(status);
-        let mut retry_after = resp.headers.get(http::header::RETRY_AFTER).cloned();
-        match status {
-            401 | 403 | 429 => {
-                if status != 429 {
-                    crate::metrics::metrics()
-                        .upstream_auth_failures_total
-                        .with_label_values(&[
-                            up.config.name.as_str(),
-                            if status == 401 { "401" } else { "403" },
-                        ])
-                        .inc();
-                }
-                let judged = evidence::judge(status, &resp.headers);
-                match judged.verdict {
-                    // The vendor's answer for this resource: the client gets
-                    // it as it is; the token and the breakers are untouched.
-                    Verdict::NotAboutToken => reason = None,
-                    Verdict::QuotaExhausted => {
-                        reason = Some(Reason::RateLimited);
-                        let reset_in = retry_after
-                            .as_ref()
-                            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-                            .or_else(|| evidence::quota(&resp.headers).and_then(|q| q.reset_in));
-                        if retry_after.is_none() {
-                            retry_after = reset_in.map(HeaderValue::from);
-                        }
-                        if let (Some(t), true) = (token, failover_on(up).covers(429)) {
-                            if t.evidence
-                                .cool_down(unix_now() + reset_in.unwrap_or(60).max(1))
-                            {
-                                log::warn!(
-                                    "upstream {}: token {} ({}) is out of quota ({status}); skipped for {} s",
-                                    up.config.name,
-                                    t.index,
-                                    t.fingerprint,
-                                    reset_in.unwrap_or(60)
-                                );
-                            }
-                            if let Some(retry) = retry_with_next(ctx, up, status) {
-                                return Err(retry);
-                            }
-                        }
-                    }
-                    Verdict::Rejected | Verdict::Suspect => {
-                        if let Some(t) = token {
-                            let path = session.req_header().uri.path();
-                            if let Some(retry) =
-                                self.token_refused(ctx, up, t, status, judged, path)
-                            {
-                                return Err(retry);
-                            }
-                        }
-                    }
-                }
-            }
+        let (reason, retry_after) = match status {
+            401 | 403 | 429 => self.weigh_refusal(session, ctx, up, resp)?,
             _ => {
                 if let Some(t) = token {
-                    if status < 400 && t.evidence.clear_suspect() {
-                        log::info!(
-                            "upstream {}: token {} ({}) answered {status}: no longer suspect",
-                            up.config.name,
-                            t.index,
-                            t.fingerprint
-                        );
-                    }
-                    if ctx.auth_trial {
-                        if t.clear_rejected() {
-                            log::info!(
-                                "upstream {}: token {} ({}) accepted again (answered {status}); auth breaker closed",
-                                up.config.name,
-                                t.index,
-                                t.fingerprint
-                            );
-                        }
-                        up.auth.success();
-                    }
+                    token_answered(ctx, up, t, status);
                 }
+                (Reason::from_status(status), None)
             }
+        };
+        let retry_after =
+            retry_after.or_else(|| resp.headers.get(http::header::RETRY_AFTER).cloned());
+        if let Some(reason) =
+            reason.filter(|r| respond::triggered(&up.config.stale.on, *r, Some(status)))
+        {
+            return self
+                .replace_with_degraded(session, ctx, up, resp, reason, retry_after.as_ref())
+                .await;
         }
-
-        if let Some(reason) = reason {
-            if respond::triggered(&up.config.stale.on, reason, Some(status)) {
-                let answer = self
-                    .degraded(
-                        session.req_header(),
-                        up,
-                        reason,
-                        Some(status),
-                        retry_after.as_ref(),
-                    )
-                    .await?;
-                ctx.outcome = if answer.stale {
-                    Outcome::Stale(reason)
-                } else {
-                    Outcome::Error(Some(reason))
-                };
-                Self::count_degraded(up, reason, answer.stale);
-                ctx.drop_upstream_body = true;
-                let head = session.req_header().method == http::Method::HEAD;
-                let upstream_has_no_body = status == 204
-                    || status == 304
-                    || resp
-                        .headers
-                        .get(http::header::CONTENT_LENGTH)
-                        .is_some_and(|v| v.as_bytes() == b"0");
-                if !head && upstream_has_no_body && !answer.body.is_empty() {
-                    // Pingora calls no body filter for an empty upstream
-                    // body: write the whole answer now. Pingora then tries
-                    // to send `resp` too and logs a warning, which the
-                    // logger filters (see `logging`).
-                    session
-                        .write_response_header(Box::new(answer.header.clone()), false)
-                        .await?;
-                    session.write_response_body(Some(answer.body), true).await?;
-                    *resp = answer.header;
-                } else {
-                    *resp = answer.header;
-                    ctx.replace_body = (!head).then_some(answer.body);
-                }
-                return Ok(());
-            }
-        }
-
         ctx.outcome = Outcome::Fresh;
         if status < 400 {
             up.status.mark_healthy();
         }
-        // Under load a hot path would be re-stored on every answer; a copy
-        // younger than STORE_REFRESH is kept instead (a lookup costs ~0.15 us,
-        // a capture and insert several).
         if ctx.storable_request && status == 200 {
-            let req = session.req_header();
-            let primary = store::primary_key(&up.config.name, req);
-            let recently_stored = self
-                .store()
-                .lookup_primary(&primary, req)
-                .is_some_and(|c| c.age(SystemTime::now()) < STORE_REFRESH);
-            let meta = (!recently_stored)
-                .then(|| stored::storable_meta(resp, self.store().max_object))
-                .flatten();
-            if let Some((cc, headers)) = meta {
-                let names = stored::vary_names(&headers);
-                let variant = (!names.is_empty()).then(|| {
-                    let vkey = store::variant_key(&primary, &names, req);
-                    (Arc::from(names), vkey)
-                });
-                let capture = Capture {
-                    primary,
-                    variant,
-                    headers,
-                    cc,
-                    parts: Vec::new(),
-                    size: 0,
-                };
-                let empty = resp
-                    .headers
-                    .get(http::header::CONTENT_LENGTH)
-                    .is_some_and(|v| v.as_bytes() == b"0");
-                if empty {
-                    // Pingora calls no body filter for an empty body: the
-                    // copy is complete now.
-                    self.keep(up, capture);
-                    ctx.stored_empty = true;
-                } else {
-                    ctx.capture = Some(capture);
-                }
-            }
+            self.start_capture(session.req_header(), ctx, up, resp);
         }
         Ok(())
     }
@@ -988,6 +996,47 @@ impl ProxyHttp for Proxy {
             Outcome::Client(_) => m.client.inc(),
             _ => m.error.inc(),
         }
+    }
+}
+
+/// Counts the upstream's answer: status, time to the header, and the
+/// health breaker's input (5xx is a failure, anything else a success).
+fn record_upstream_answer(ctx: &mut RequestCtx, up: &Upstream, status: u16) {
+    up.status.metrics.upstream_response(status);
+    if let Some(t0) = ctx.sent_at {
+        let took = t0.elapsed();
+        ctx.upstream_time = Some(took);
+        up.status.metrics.duration.observe(took.as_secs_f64());
+    }
+    if status >= 500 {
+        up.status.health_failure(Reason::Upstream5xx);
+    } else {
+        up.status.health_success();
+    }
+}
+
+/// An answer other than 401/403/429 to token `t`: a suspicion ends with
+/// any answer below 400, and an auth-breaker trial that was not refused
+/// clears the rejection (the vendor took the token back).
+fn token_answered(ctx: &RequestCtx, up: &Upstream, t: &crate::tokens::Token, status: u16) {
+    if status < 400 && t.evidence.clear_suspect() {
+        log::info!(
+            "upstream {}: token {} ({}) answered {status}: no longer suspect",
+            up.config.name,
+            t.index,
+            t.fingerprint
+        );
+    }
+    if ctx.auth_trial {
+        if t.clear_rejected() {
+            log::info!(
+                "upstream {}: token {} ({}) accepted again (answered {status}); auth breaker closed",
+                up.config.name,
+                t.index,
+                t.fingerprint
+            );
+        }
+        up.auth.success();
     }
 }
 
