@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use graceway::breaker::Breaker;
 use graceway::generation::{Router, UpstreamStatus};
-use graceway::stale::{primary_key, LastGoodStore, StoredResponse};
+use graceway::stale::{primary_key, LastGoodStore, Recorded, StoredResponse};
 
 fn time<F: FnMut()>(name: &str, iters: u32, mut f: F) {
     let mut samples = Vec::new();
@@ -54,15 +54,17 @@ upstreams:
         &key,
         None,
         Arc::new(StoredResponse {
-            headers: vec![(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            )],
-            body: bytes::Bytes::from_static(br#"{"name":"smile"}"#),
-            stored_at: SystemTime::now(),
-            fresh_for: std::time::Duration::ZERO,
-            must_revalidate: false,
-            stale_if_error: None,
+            recorded: Recorded {
+                headers: vec![(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                )],
+                body: bytes::Bytes::from_static(br#"{"name":"smile"}"#),
+                stored_at: SystemTime::now(),
+                fresh_for: std::time::Duration::ZERO,
+                must_revalidate: false,
+                stale_if_error: None,
+            },
             weight: 256,
             owner,
         }),

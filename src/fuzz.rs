@@ -77,7 +77,7 @@ fn config_seeds() -> Vec<Vec<u8>> {
 }
 
 fn record_seeds() -> Vec<Vec<u8>> {
-    let copy = stored::StoredResponse {
+    let copy = stored::Recorded {
         headers: vec![
             (
                 http::header::CONTENT_TYPE,
@@ -93,8 +93,6 @@ fn record_seeds() -> Vec<Vec<u8>> {
         fresh_for: std::time::Duration::from_secs(60),
         must_revalidate: false,
         stale_if_error: None,
-        weight: 0,
-        owner: std::sync::Arc::new(crate::generation::UpstreamStatus::new("fuzz")),
     };
     let good = stored::encode(&copy);
     let mut unknown_version = good.clone();

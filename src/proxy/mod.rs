@@ -42,7 +42,7 @@ use crate::clock::unix_now;
 use crate::generation::{Generation, Upstream};
 use crate::outcome::Reason;
 use crate::stale::stored::{self, CacheControl};
-use crate::stale::{self as store, LastGoodStore, StoredResponse};
+use crate::stale::{self as store, LastGoodStore, Recorded, StoredResponse};
 use crate::tokens::evidence::{self, Verdict};
 use crate::tokens::set::Suspicion;
 
@@ -441,7 +441,7 @@ impl Proxy {
         let recently_stored = self
             .store()
             .lookup_primary(&primary, req)
-            .is_some_and(|c| c.age(SystemTime::now()) < STORE_REFRESH);
+            .is_some_and(|c| c.recorded.age(SystemTime::now()) < STORE_REFRESH);
         let meta = (!recently_stored)
             .then(|| stored::storable_meta(resp, self.store().max_object))
             .flatten();
@@ -1209,12 +1209,14 @@ impl Proxy {
         let weight = LastGoodStore::weigh(key_len, &cap.headers, cap.size);
         let fresh = cap.cc.s_maxage.or(cap.cc.max_age).unwrap_or(0);
         let copy = Arc::new(StoredResponse {
-            headers: cap.headers,
-            body: body.freeze(),
-            stored_at: SystemTime::now(),
-            fresh_for: std::time::Duration::from_secs(fresh),
-            must_revalidate: cap.cc.must_revalidate,
-            stale_if_error: cap.cc.stale_if_error.map(std::time::Duration::from_secs),
+            recorded: Recorded {
+                headers: cap.headers,
+                body: body.freeze(),
+                stored_at: SystemTime::now(),
+                fresh_for: std::time::Duration::from_secs(fresh),
+                must_revalidate: cap.cc.must_revalidate,
+                stale_if_error: cap.cc.stale_if_error.map(std::time::Duration::from_secs),
+            },
             weight,
             owner: up.status.clone(),
         });

@@ -108,7 +108,7 @@ pub fn servable_copy(
     }
     let policy: &StalePolicy = &up.config.stale;
     store.lookup(&up.config.name, req).filter(|c| {
-        c.servable(
+        c.recorded.servable(
             SystemTime::now(),
             policy.max_stale,
             policy.honor_origin_directives,
@@ -136,7 +136,7 @@ pub fn degraded(
         );
     };
     let now = SystemTime::now();
-    let mut h = copy.response_header(now)?;
+    let mut h = copy.recorded.response_header(now)?;
     // The client's validators against the copy (several ETags, weak
     // comparison, If-None-Match before If-Modified-Since: pingora-core's
     // conditional filter, RFC 9110 §13).
@@ -162,7 +162,7 @@ pub fn degraded(
         body: if not_modified {
             Bytes::new()
         } else {
-            copy.body.clone()
+            copy.recorded.body.clone()
         },
         stale: true,
     })

@@ -30,7 +30,7 @@ use arc_swap::ArcSwapOption;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::stored::{self, Decoded, StoredResponse};
+use super::stored::{self, Recorded, StoredResponse};
 use crate::breaker::Breaker;
 use crate::config::{RedisConfig, RedisTarget};
 use crate::metrics::fleet_metrics as metrics;
@@ -168,7 +168,7 @@ impl FleetTier {
     pub fn put(&self, upstream: &str, store_key: &str, copy: &StoredResponse, ttl: Duration) {
         let w = Write {
             key: self.key(upstream, store_key),
-            value: stored::encode(copy),
+            value: stored::encode(&copy.recorded),
             ttl,
         };
         if self.tx.try_send(w).is_err() {
@@ -179,7 +179,7 @@ impl FleetTier {
 
     /// Reads the copy of a store key, within the timeout; `None` for a
     /// miss, a timeout, an error, a corrupt record, or while Redis is down.
-    pub async fn get(&self, upstream: &str, store_key: &str) -> Option<Decoded> {
+    pub async fn get(&self, upstream: &str, store_key: &str) -> Option<Recorded> {
         let Some(conn) = self.usable() else {
             count("get", "skipped");
             return None;

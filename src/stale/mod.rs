@@ -27,7 +27,7 @@ use moka::notification::RemovalCause;
 use pingora::http::RequestHeader;
 
 use crate::metrics::metrics;
-pub use stored::StoredResponse;
+pub use stored::{Recorded, StoredResponse};
 
 /// What a key holds: a copy, or (for a response with `Vary`) the list of
 /// request headers that pick the copy.
@@ -293,7 +293,7 @@ impl LastGoodStore {
             .cache
             .iter()
             .filter_map(|(k, v)| match &v {
-                Slot::Copy(c) => Some((c.stored_at, v.weight(&k), Arc::clone(&*k))),
+                Slot::Copy(c) => Some((c.recorded.stored_at, v.weight(&k), Arc::clone(&*k))),
                 Slot::Vary(_) => None,
             })
             .collect();
@@ -317,19 +317,14 @@ impl LastGoodStore {
         &self,
         primary: &str,
         variant: Option<(Arc<[HeaderName]>, String)>,
-        d: stored::Decoded,
+        d: stored::Recorded,
         owner: Arc<crate::generation::UpstreamStatus>,
     ) {
         let key_len = variant.as_ref().map_or(primary.len(), |(_, k)| k.len());
         let copy = Arc::new(StoredResponse {
             weight: LastGoodStore::weigh(key_len, &d.headers, d.body.len()),
             owner,
-            headers: d.headers,
-            body: d.body,
-            stored_at: d.stored_at,
-            fresh_for: d.fresh_for,
-            must_revalidate: d.must_revalidate,
-            stale_if_error: d.stale_if_error,
+            recorded: d,
         });
         self.insert(primary, variant, copy, false);
     }
@@ -337,7 +332,7 @@ impl LastGoodStore {
     /// Whether the memory tier holds a copy under `key` stored at or
     /// after `at`.
     fn holds_newer(&self, key: &str, at: SystemTime) -> bool {
-        matches!(self.cache.get(key), Some(Slot::Copy(c)) if c.stored_at >= at)
+        matches!(self.cache.get(key), Some(Slot::Copy(c)) if c.recorded.stored_at >= at)
     }
 
     /// Starts the persist writer (see [`persist::Writer::start`]); `on_open`

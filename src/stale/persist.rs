@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::stored::{self, Decoded, StoredResponse};
+use super::stored::{self, Recorded, StoredResponse};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("last_good_v1");
 const QUEUE: usize = 4096;
@@ -213,7 +213,7 @@ impl Writer {
     }
 
     /// Every decodable entry; undecodable ones are deleted.
-    pub fn load_all(&self) -> Vec<(Arc<str>, Decoded)> {
+    pub fn load_all(&self) -> Vec<(Arc<str>, Recorded)> {
         let mut out = Vec::new();
         let mut bad: Vec<String> = Vec::new();
         let Some(db) = lock(&self.db).clone() else {
@@ -353,7 +353,7 @@ fn write_loop(slot: &Slot, rx: Receiver<Op>, dropped: &AtomicU64) {
                 for op in &batch {
                     match op {
                         Op::Put(k, c) => {
-                            table.insert(&**k, stored::encode(c).as_slice())?;
+                            table.insert(&**k, stored::encode(&c.recorded).as_slice())?;
                         }
                         Op::Delete(k) => {
                             table.remove(&**k)?;

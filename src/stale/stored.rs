@@ -9,10 +9,11 @@ use pingora::http::ResponseHeader;
 
 use crate::generation::UpstreamStatus;
 
-/// A stored 200 response. Immutable once built; shared by `Arc` between
-/// the memory tier, the persist writer and requests being answered.
+/// A 200 response as the upstream sent it and graceway recorded it: what
+/// the persist file and the fleet tier hold, and what a stale answer is
+/// built from.
 #[derive(Debug)]
-pub struct StoredResponse {
+pub struct Recorded {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
     pub stored_at: SystemTime,
@@ -23,6 +24,14 @@ pub struct StoredResponse {
     pub must_revalidate: bool,
     /// RFC 5861 `stale-if-error=N`.
     pub stale_if_error: Option<Duration>,
+}
+
+/// A recorded response kept in the memory tier. Immutable once built;
+/// shared by `Arc` between the memory tier, the persist writer and
+/// requests being answered.
+#[derive(Debug)]
+pub struct StoredResponse {
+    pub recorded: Recorded,
     /// Bytes this copy costs in memory (key + headers + body + overhead).
     pub weight: u32,
     /// Per-upstream counters (`stored_entries`, `stored_bytes`).
@@ -33,7 +42,7 @@ pub struct StoredResponse {
 /// policy's bookkeeping. An estimate, kept conservative.
 pub const ENTRY_OVERHEAD: usize = 160;
 
-impl StoredResponse {
+impl Recorded {
     pub fn header(&self, name: &HeaderName) -> Option<&HeaderValue> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }
@@ -186,7 +195,7 @@ pub fn vary_names(headers: &[(HeaderName, HeaderValue)]) -> Vec<HeaderName> {
 // | u32 header count | (u32 len, name, u32 len, value)* | u32 len, body
 const FORMAT_VERSION: u8 = 1;
 
-pub fn encode(s: &StoredResponse) -> Vec<u8> {
+pub fn encode(s: &Recorded) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.body.len() + 256);
     out.push(FORMAT_VERSION);
     let ms = |d: Duration| d.as_millis() as u64;
@@ -208,18 +217,8 @@ pub fn encode(s: &StoredResponse) -> Vec<u8> {
     out
 }
 
-/// The fields of a decoded copy; the store adds weight and owner.
-pub struct Decoded {
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub body: Bytes,
-    pub stored_at: SystemTime,
-    pub fresh_for: Duration,
-    pub must_revalidate: bool,
-    pub stale_if_error: Option<Duration>,
-}
-
 /// Decodes the on-disk form; `None` for anything malformed (never panics).
-pub fn decode(mut b: &[u8]) -> Option<Decoded> {
+pub fn decode(mut b: &[u8]) -> Option<Recorded> {
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         if b.len() < n {
             return None;
@@ -258,7 +257,7 @@ pub fn decode(mut b: &[u8]) -> Option<Decoded> {
     if !b.is_empty() {
         return None;
     }
-    Some(Decoded {
+    Some(Recorded {
         headers,
         body,
         stored_at,
@@ -303,15 +302,13 @@ mod tests {
 
     #[test]
     fn round_trip_and_garbage() {
-        let s = StoredResponse {
+        let s = Recorded {
             headers: vec![(http::header::CONTENT_TYPE, hv("application/json"))],
             body: Bytes::from_static(b"{\"a\":1}"),
             stored_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             fresh_for: Duration::from_secs(60),
             must_revalidate: false,
             stale_if_error: Some(Duration::from_secs(5)),
-            weight: 0,
-            owner: Arc::new(UpstreamStatus::new("t")),
         };
         let d = decode(&encode(&s)).unwrap();
         assert_eq!(d.body, s.body);
@@ -328,15 +325,13 @@ mod tests {
     #[test]
     fn servable_honours_directives() {
         let now = SystemTime::now();
-        let mk = |age: u64, fresh: u64, mr: bool, sie: Option<u64>| StoredResponse {
+        let mk = |age: u64, fresh: u64, mr: bool, sie: Option<u64>| Recorded {
             headers: vec![],
             body: Bytes::new(),
             stored_at: now - Duration::from_secs(age),
             fresh_for: Duration::from_secs(fresh),
             must_revalidate: mr,
             stale_if_error: sie.map(Duration::from_secs),
-            weight: 0,
-            owner: Arc::new(UpstreamStatus::new("t")),
         };
         let day = Duration::from_secs(86400);
         assert!(mk(100, 0, false, None).servable(now, day, true));
