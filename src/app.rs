@@ -15,6 +15,21 @@ use crate::metrics::metrics;
 use crate::stale::{persist, LastGoodStore};
 use crate::tokens::TokenState;
 
+/// Why a reload or token refresh left the generation in force in place.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("config: {}", .0.0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Config(config::ConfigErrors),
+    #[error(transparent)]
+    Build(#[from] generation::BuildErrors),
+    #[error(transparent)]
+    Preflight(#[from] crate::probe::PreflightError),
+    /// Token sources that failed during a refresh (what did change was
+    /// applied).
+    #[error("{0}")]
+    Sources(String),
+}
+
 /// What started a reload; shown in `/status` and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -197,13 +212,7 @@ impl App {
     async fn reload_now(&self, trigger: Trigger) -> ReloadRecord {
         let current = self.live.load_full();
         let result = match config::load(&self.config_path) {
-            Err(e) => Err(format!(
-                "config: {}",
-                e.0.iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )),
+            Err(e) => Err(ReloadError::Config(e)),
             Ok(loaded) => {
                 let mut notes = Vec::new();
                 let old = &current.loaded.config;
@@ -227,10 +236,11 @@ impl App {
                 )
                 .await
                 {
-                    Err(e) => Err(e.to_string()),
-                    Ok(g) => crate::probe::preflight(&g, &current)
-                        .await
-                        .map(|_| (g, notes)),
+                    Err(e) => Err(e.into()),
+                    Ok(g) => match crate::probe::preflight(&g, &current).await {
+                        Ok(()) => Ok((g, notes)),
+                        Err(e) => Err(e.into()),
+                    },
                 }
             }
         };
@@ -255,7 +265,7 @@ impl App {
         .await;
         let gen = match built {
             Ok(g) => g,
-            Err(e) => return Some(self.finish(trigger, &current, Err(e.to_string()))),
+            Err(e) => return Some(self.finish(trigger, &current, Err(e.into()))),
         };
         let unchanged = gen
             .upstreams
@@ -273,7 +283,7 @@ impl App {
             return None;
         }
         if let Err(e) = crate::probe::preflight(&gen, &current).await {
-            return Some(self.finish(trigger, &current, Err(e)));
+            return Some(self.finish(trigger, &current, Err(e.into())));
         }
         if !gen.warnings.is_empty() {
             // Report the failed sources; apply what did change. The same
@@ -287,7 +297,8 @@ impl App {
             if !unchanged {
                 self.finish(trigger, &current, Ok((gen, Vec::new())));
             }
-            return Some(self.finish(trigger, &self.live.load_full(), Err(message)));
+            let failed = Err(ReloadError::Sources(message));
+            return Some(self.finish(trigger, &self.live.load_full(), failed));
         }
         Some(self.finish(trigger, &current, Ok((gen, Vec::new()))))
     }
@@ -296,7 +307,7 @@ impl App {
         &self,
         trigger: Trigger,
         current: &Generation,
-        result: Result<(Generation, Vec<String>), String>,
+        result: Result<(Generation, Vec<String>), ReloadError>,
     ) -> ReloadRecord {
         let attempt = self.last_reload.load().attempt + 1;
         let record = match result {
@@ -325,7 +336,8 @@ impl App {
                     generation: number,
                 }
             }
-            Err(message) => {
+            Err(error) => {
+                let message = error.to_string();
                 metrics()
                     .token_reloads_total
                     .with_label_values(&["failed"])

@@ -340,15 +340,11 @@ impl Router {
     }
 }
 
-/// Why a generation could not be built.
-#[derive(Debug, Clone)]
+/// Why a generation could not be built: one line per problem, each
+/// naming its config path.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.join("; "))]
 pub struct BuildErrors(pub Vec<String>);
-
-impl std::fmt::Display for BuildErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0.join("; "))
-    }
-}
 
 /// How strictly token sources are judged while building.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -384,7 +380,7 @@ pub async fn build(
         let at = format!("upstreams[{i}]");
         let peer = make_peer(u)
             .await
-            .map_err(|e| format!("{at}.{}: {}", e.field, e.message));
+            .map_err(|e| format!("{at}.{}: {e}", e.field()));
         let (tokens, inject) = match &u.credentials {
             None => (TokenSet::default(), None),
             Some(cr) => {

@@ -6,7 +6,7 @@
 //! one HTTP client in the crate, not two.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -33,22 +33,50 @@ impl Answer {
     }
 }
 
-/// Why a peer could not be made; `field` is the config field it concerns
-/// (`url`, `tls.ca_file`).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct PeerError {
-    pub field: &'static str,
-    pub message: String,
+/// Why a peer could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("cannot resolve `{host}`: {source}")]
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("`{host}` resolved to no address")]
+    NoAddress { host: String },
+    #[error(transparent)]
+    Ca(#[from] CaError),
 }
 
 impl PeerError {
-    fn url(message: String) -> PeerError {
-        PeerError {
-            field: "url",
-            message,
+    /// The config field the error concerns (`url`, `tls.ca_file`).
+    pub fn field(&self) -> &'static str {
+        match self {
+            PeerError::Resolve { .. } | PeerError::NoAddress { .. } => "url",
+            PeerError::Ca(_) => "tls.ca_file",
         }
     }
+}
+
+/// Why a CA bundle could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: bad PEM: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: bad certificate: {source}", path.display())]
+    Certificate {
+        path: PathBuf,
+        source: x509_parser::nom::Err<x509_parser::error::X509Error>,
+    },
+    #[error("{}: no PEM certificate found", path.display())]
+    Empty { path: PathBuf },
 }
 
 /// Why an outbound request got no answer.
@@ -78,17 +106,16 @@ pub async fn peer_for(
     connect: Duration,
     read: Duration,
 ) -> Result<HttpPeer, PeerError> {
-    let addr: SocketAddr = match tokio::net::lookup_host((url.host.as_str(), url.port)).await {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| PeerError::url(format!("`{}` resolved to no address", url.host)))?,
-        Err(e) => {
-            return Err(PeerError::url(format!(
-                "cannot resolve `{}`: {e}",
-                url.host
-            )))
-        }
-    };
+    let addr: SocketAddr = tokio::net::lookup_host((url.host.as_str(), url.port))
+        .await
+        .map_err(|source| PeerError::Resolve {
+            host: url.host.clone(),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| PeerError::NoAddress {
+            host: url.host.clone(),
+        })?;
     let mut peer = HttpPeer::new(addr, url.tls, url.host.clone());
     let o = &mut peer.options;
     o.connection_timeout = Some(connect);
@@ -99,34 +126,38 @@ pub async fn peer_for(
     o.verify_cert = verify;
     o.verify_hostname = verify;
     if let Some(ca) = ca_file {
-        o.ca = Some(Arc::from(
-            load_ca(ca)
-                .map_err(|message| PeerError {
-                    field: "tls.ca_file",
-                    message,
-                })?
-                .into_boxed_slice(),
-        ));
+        o.ca = Some(Arc::from(load_ca(ca)?.into_boxed_slice()));
     }
     Ok(peer)
 }
 
 /// Reads a PEM CA bundle; every certificate is parsed before Pingora sees it
 /// (its own parser panics on bad DER).
-fn load_ca(path: &std::path::Path) -> Result<Vec<pingora::utils::tls::WrappedX509>, String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+fn load_ca(path: &Path) -> Result<Vec<pingora::utils::tls::WrappedX509>, CaError> {
+    let path_buf = || path.to_path_buf();
+    let text = std::fs::read(path).map_err(|source| CaError::Read {
+        path: path_buf(),
+        source,
+    })?;
     let mut out = Vec::new();
     for item in rustls_pemfile::certs(&mut text.as_slice()) {
-        let der = item.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
-        x509_parser::parse_x509_certificate(der.as_ref())
-            .map_err(|e| format!("{}: bad certificate: {e}", path.display()))?;
+        let der = item.map_err(|source| CaError::Pem {
+            path: path_buf(),
+            source,
+        })?;
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|source| {
+            CaError::Certificate {
+                path: path_buf(),
+                source,
+            }
+        })?;
         out.push(pingora::utils::tls::WrappedX509::new(
             der.as_ref().to_vec(),
             pingora::utils::tls::parse_x509,
         ));
     }
     if out.is_empty() {
-        return Err(format!("{}: no PEM certificate found", path.display()));
+        return Err(CaError::Empty { path: path_buf() });
     }
     Ok(out)
 }
@@ -172,7 +203,7 @@ pub async fn request(
     let target = crate::config::parse_url(&base).map_err(bad)?;
     let peer = peer_for(&target, tls.verify, tls.ca_file, timeout, timeout)
         .await
-        .map_err(|e| bad(e.message))?;
+        .map_err(|e| bad(e.to_string()))?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut req = RequestHeader::build(method, path.as_bytes(), Some(headers.len() + 3))
         .map_err(|e| bad(e.to_string()))?;

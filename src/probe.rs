@@ -192,7 +192,7 @@ pub async fn run(
 /// A refused token fails the reload (the message names its fingerprint and
 /// the upstream's status); an upstream that cannot be reached does not
 /// (preflight guards against a refused token, not against an outage).
-pub async fn preflight(new: &Generation, current: &Generation) -> Result<(), String> {
+pub async fn preflight(new: &Generation, current: &Generation) -> Result<(), PreflightError> {
     let mut refused = Vec::new();
     for (i, up) in new.upstreams.iter().enumerate() {
         let enabled = up
@@ -234,6 +234,14 @@ pub async fn preflight(new: &Generation, current: &Generation) -> Result<(), Str
     if refused.is_empty() {
         Ok(())
     } else {
-        Err(refused.join("; "))
+        Err(PreflightError { refused })
     }
+}
+
+/// Tokens the upstream refused during reload preflight, one line each
+/// (config path, upstream, fingerprint, status).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", refused.join("; "))]
+pub struct PreflightError {
+    pub refused: Vec<String>,
 }

@@ -36,7 +36,7 @@ pub struct RunOptions {
 /// Loads the config, builds the first generation and runs until a signal
 /// ends the process. Errors before the listeners bind exit non-zero.
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let loaded = config::load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let loaded = config::load(&opts.config)?;
     crate::logging::init(&loaded.config.log);
     for w in loaded.config.inactive_settings() {
         log::warn!("{w}");
@@ -68,10 +68,7 @@ pub fn start_app(loaded: config::LoadedConfig) -> anyhow::Result<Arc<App>> {
         .enable_all()
         .build()
         .context("cannot start the startup runtime")?;
-    let app = rt
-        .block_on(App::start(loaded))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(app)
+    Ok(rt.block_on(App::start(loaded))?)
 }
 
 /// Pingora's settings from ours. `work_stealing: false` keeps each thread

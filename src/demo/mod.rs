@@ -48,7 +48,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let config_path = dir.join("graceway.yaml");
     std::fs::write(&config_path, demo_config(&opts, &dir))?;
 
-    let loaded = crate::config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let loaded = crate::config::load(&config_path)?;
     crate::logging::init(&crate::config::LogConfig {
         level: log::LevelFilter::Warn,
         ..loaded.config.log.clone()

@@ -56,10 +56,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Writer {
     /// Opens (or creates) the file and starts the writer thread. A file that
     /// cannot be opened is renamed to `<path>.corrupt-<unix time>`.
-    pub fn open(path: &Path) -> Result<Writer, String> {
+    pub fn open(path: &Path) -> Result<Writer, PersistError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|source| PersistError::CreateDir {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
         }
         let db = match open_checked(path) {
             Ok(db) => Some(db),
@@ -72,7 +74,7 @@ impl Writer {
                 );
                 None
             }
-            Err(OpenError::Other(e)) => {
+            Err(e @ OpenError::Redb(_)) => {
                 let aside = path.with_extension(format!(
                     "corrupt-{}",
                     SystemTime::now()
@@ -84,12 +86,14 @@ impl Writer {
                     path.display(),
                     aside.display()
                 );
-                std::fs::rename(path, &aside)
-                    .map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
-                Some(
-                    open_checked(path)
-                        .map_err(|e| format!("cannot create {}: {}", path.display(), e.text()))?,
-                )
+                std::fs::rename(path, &aside).map_err(|source| PersistError::MoveAside {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Some(open_checked(path).map_err(|source| PersistError::Create {
+                    path: path.to_path_buf(),
+                    source,
+                })?)
             }
         };
         let db = Arc::new(Mutex::new(db.map(Arc::new)));
@@ -127,7 +131,7 @@ impl Writer {
                                 break;
                             }
                             Err(OpenError::InUse) => continue,
-                            Err(OpenError::Other(e)) => {
+                            Err(e @ OpenError::Redb(_)) => {
                                 log::error!(
                                     "persist file {}: cannot open it after the other process let go ({e}); copies stay in memory only",
                                     path.display()
@@ -277,44 +281,49 @@ impl Writer {
     }
 }
 
-enum OpenError {
+/// Why the database file could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("in use by another process")]
     InUse,
-    Other(String),
+    #[error(transparent)]
+    Redb(#[from] redb::Error),
 }
 
-impl OpenError {
-    fn text(&self) -> String {
-        match self {
-            OpenError::InUse => "in use by another process".into(),
-            OpenError::Other(e) => e.clone(),
-        }
-    }
-}
-
-impl std::fmt::Display for OpenError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.text())
-    }
+/// Why the persist tier could not be opened (persistence is then off).
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("cannot create {}: {source}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot move {} aside: {source}", path.display())]
+    MoveAside {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create {}: {source}", path.display())]
+    Create { path: PathBuf, source: OpenError },
 }
 
 /// Opens the database and reads its table once, so that a corrupt file is
 /// found now and not on the first write.
 fn open_checked(path: &Path) -> Result<Database, OpenError> {
-    let other = |e: &dyn std::fmt::Display| OpenError::Other(e.to_string());
     let db = match Database::create(path) {
         Ok(db) => db,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::InUse),
-        Err(e) => return Err(other(&e)),
+        Err(e) => return Err(redb::Error::from(e).into()),
     };
     {
-        let txn = db.begin_write().map_err(|e| other(&e))?;
+        let txn = db.begin_write().map_err(redb::Error::from)?;
         {
-            let table = txn.open_table(TABLE).map_err(|e| other(&e))?;
-            for row in table.iter().map_err(|e| other(&e))? {
-                row.map_err(|e| other(&e))?;
+            let table = txn.open_table(TABLE).map_err(redb::Error::from)?;
+            for row in table.iter().map_err(redb::Error::from)? {
+                row.map_err(redb::Error::from)?;
             }
         }
-        txn.commit().map_err(|e| other(&e))?;
+        txn.commit().map_err(redb::Error::from)?;
     }
     Ok(db)
 }

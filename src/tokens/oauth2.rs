@@ -181,7 +181,7 @@ async fn fetch(spec: &OAuth2Spec) -> Result<(Secret, Option<Duration>), SourceEr
         spec.timeout,
     )
     .await
-    .map_err(|e| fail(e.message))?;
+    .map_err(|e| fail(e.to_string()))?;
     let mut req = RequestHeader::build("POST", spec.path_and_query.as_bytes(), Some(6))
         .map_err(|e| fail(e.to_string()))?;
     let h = |e: Box<pingora::Error>| fail(e.to_string());
