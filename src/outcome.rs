@@ -1,5 +1,6 @@
-//! Why an upstream attempt did not give a good answer, in the words the
-//! degradation headers, metrics, status and logs all use.
+//! How a request ended ([`Outcome`]) and why an upstream attempt did not
+//! give a good answer ([`Reason`]), in the words the degradation headers,
+//! metrics, status and logs all use.
 
 use serde::Serialize;
 
@@ -62,4 +63,21 @@ impl Reason {
             _ => None,
         }
     }
+}
+
+/// How the request ended, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Outcome {
+    /// Not decided yet, or answered by graceway before routing (404, 431).
+    #[default]
+    Unrouted,
+    /// The upstream's own answer.
+    Fresh,
+    /// A last-good copy, for this reason.
+    Stale(Reason),
+    /// graceway's 503 (or the upstream's error when not in `stale.on`).
+    Error(Option<Reason>),
+    /// The client's own doing: it went away, stalled, or sent too much.
+    /// Never counted against the upstream or its tokens.
+    Client(&'static str),
 }

@@ -40,7 +40,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use crate::app::App;
 use crate::clock::unix_now;
 use crate::generation::{Generation, Upstream};
-use crate::outcome::Reason;
+use crate::outcome::{Outcome, Reason};
 use crate::stale::stored::{self, CacheControl};
 use crate::stale::{self as store, LastGoodStore, Recorded, StoredResponse};
 use crate::tokens::evidence::{self, Verdict};
@@ -48,23 +48,6 @@ use crate::tokens::set::Suspicion;
 
 pub struct Proxy {
     pub app: Arc<App>,
-}
-
-/// How the request ended, for metrics and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Outcome {
-    /// Not decided yet, or answered by graceway before routing (404, 431).
-    #[default]
-    Unrouted,
-    /// The upstream's own answer.
-    Fresh,
-    /// A last-good copy, for this reason.
-    Stale(Reason),
-    /// graceway's 503 (or the upstream's error when not in `stale.on`).
-    Error(Option<Reason>),
-    /// The client's own doing: it went away, stalled, or sent too much.
-    /// Never counted against the upstream or its tokens.
-    Client(&'static str),
 }
 
 /// A body being captured for the last-good store.
