@@ -31,32 +31,36 @@
 //! | [`logging`] | the logger, with Pingora's expected-event messages demoted and counted |
 //! | [`metrics`], [`outcome`], [`json`], [`clock`] | shared small pieces |
 
+//! Modules are `pub(crate)` unless `main.rs`, the benches or the example
+//! use them (`breaker`, `cli`, `config`, `demo`, `generation`, `server`,
+//! `stale`, `tokens`).
+
 #![forbid(unsafe_code)]
 
-pub mod access_log;
-pub mod admin;
-pub mod app;
+pub(crate) mod access_log;
+pub(crate) mod admin;
+pub(crate) mod app;
 pub mod breaker;
 pub mod cli;
-pub mod clock;
+pub(crate) mod clock;
 pub mod config;
-pub mod control;
+pub(crate) mod control;
 pub mod demo;
 pub mod generation;
-pub mod json;
-pub mod lifecycle;
-pub mod listener;
-pub mod logging;
-pub mod memory;
-pub mod metrics;
-pub mod outbound;
-pub mod outcome;
-pub mod probe;
-pub mod proxy;
+pub(crate) mod json;
+pub(crate) mod lifecycle;
+pub(crate) mod listener;
+pub(crate) mod logging;
+pub(crate) mod memory;
+pub(crate) mod metrics;
+pub(crate) mod outbound;
+pub(crate) mod outcome;
+pub(crate) mod probe;
+pub(crate) mod proxy;
 pub mod server;
 pub mod stale;
 pub mod tokens;
-pub mod webhook;
+pub(crate) mod webhook;
 
 #[cfg(test)]
 mod fuzz;

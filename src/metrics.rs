@@ -38,7 +38,6 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     pub config_last_reload_successful: IntGauge,
     pub config_last_reload_success_timestamp_seconds: IntGauge,
-    pub build_info: IntGaugeVec,
     /// 1 while the upstream's auth breaker is open (no usable token).
     pub upstream_auth_breaker_open: IntGaugeVec,
     /// `graceway_token_info{upstream,token,fingerprint} 1`: joins a token's
@@ -85,235 +84,236 @@ static METRICS: OnceLock<Metrics> = OnceLock::new();
 
 /// The process-wide metrics, registered on first use.
 pub fn metrics() -> &'static Metrics {
-    METRICS.get_or_init(|| Metrics {
-        requests_total: register_int_counter_vec!(
-            "graceway_requests_total",
-            "Requests answered, by upstream and outcome (ok, stale, error, client: the client went away, stalled or sent too much).",
-            &["upstream", "outcome"]
+    METRICS.get_or_init(|| {
+        // Kept by the registry only: nothing updates it after this.
+        register_int_gauge_vec!(
+            "graceway_build_info",
+            "1, with the version of this graceway and of Pingora as labels.",
+            &["version", "pingora"]
         )
-        .expect("metric registers"),
-        upstream_responses_total: register_int_counter_vec!(
-            "graceway_upstream_responses_total",
-            "Responses received from upstreams, by status code.",
-            &["upstream", "status"]
-        )
-        .expect("metric registers"),
-        upstream_auth_failures_total: register_int_counter_vec!(
-            "graceway_upstream_auth_failures_total",
-            "Upstream 401/403 answers, by status code.",
-            &["upstream", "status"]
-        )
-        .expect("metric registers"),
-        stale_served_total: register_int_counter_vec!(
-            "graceway_stale_served_total",
-            "Degraded answers served from the last-good store, by reason.",
-            &["upstream", "reason"]
-        )
-        .expect("metric registers"),
-        degraded: register_int_gauge_vec!(
-            "graceway_degraded",
-            "1 while the upstream is answered in degraded mode.",
-            &["upstream"]
-        )
-        .expect("metric registers"),
-        token_state: register_int_gauge_vec!(
-            "graceway_token_state",
-            "1 for the current state of each token (token = index in the upstream's list).",
-            &["upstream", "token", "state"]
-        )
-        .expect("metric registers"),
-        token_expiry_timestamp_seconds: register_int_gauge_vec!(
-            "graceway_token_expiry_timestamp_seconds",
-            "Unix time at which the token expires (JWT exp or expires_at).",
-            &["upstream", "token"]
-        )
-        .expect("metric registers"),
-        upstream_deprecated: register_int_gauge_vec!(
-            "graceway_upstream_deprecated",
-            "1 while the upstream's answers carry a Deprecation header (RFC 9745) for any token.",
-            &["upstream"]
-        )
-        .expect("metric registers"),
-        upstream_sunset_timestamp_seconds: register_int_gauge_vec!(
-            "graceway_upstream_sunset_timestamp_seconds",
-            "Unix time of the earliest Sunset (RFC 8594) the upstream announced; 0 when none.",
-            &["upstream"]
-        )
-        .expect("metric registers"),
-        token_quota_remaining: register_int_gauge_vec!(
-            "graceway_token_quota_remaining",
-            "Requests left in the token's quota, as the upstream last stated (RateLimit or X-RateLimit headers).",
-            &["upstream", "token"]
-        )
-        .expect("metric registers"),
-        token_quota_limit: register_int_gauge_vec!(
-            "graceway_token_quota_limit",
-            "The token's quota per window, as the upstream last stated.",
-            &["upstream", "token"]
-        )
-        .expect("metric registers"),
-        token_quota_reset_timestamp_seconds: register_int_gauge_vec!(
-            "graceway_token_quota_reset_timestamp_seconds",
-            "Unix time at which the token's quota resets, as the upstream last stated.",
-            &["upstream", "token"]
-        )
-        .expect("metric registers"),
-        token_reloads_total: {
-            let c = register_int_counter_vec!(
-                "graceway_token_reloads_total",
-                "Config reloads and token refreshes together, by result (ok, failed).",
-                &["result"]
+        .expect("metric registers")
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), "0.9"])
+        .set(1);
+        Metrics {
+            requests_total: register_int_counter_vec!(
+                "graceway_requests_total",
+                "Requests answered, by upstream and outcome (ok, stale, error, client: the client went away, stalled or sent too much).",
+                &["upstream", "outcome"]
             )
-            .expect("metric registers");
-            for r in ["ok", "failed"] {
-                c.with_label_values(&[r]);
-            }
-            c
-        },
-        config_reloads_total: {
-            let c = register_int_counter_vec!(
-                "graceway_config_reloads_total",
-                "Config reloads (SIGHUP, POST /reload), by result (ok, failed); token refreshes are not counted here.",
-                &["result"]
+            .expect("metric registers"),
+            upstream_responses_total: register_int_counter_vec!(
+                "graceway_upstream_responses_total",
+                "Responses received from upstreams, by status code.",
+                &["upstream", "status"]
             )
-            .expect("metric registers");
-            for r in ["ok", "failed"] {
-                c.with_label_values(&[r]);
-            }
-            c
-        },
-        config_last_reload_successful: {
-            let g = register_int_gauge!(
-                "graceway_config_last_reload_successful",
-                "1 when the last config reload (or the start) succeeded."
+            .expect("metric registers"),
+            upstream_auth_failures_total: register_int_counter_vec!(
+                "graceway_upstream_auth_failures_total",
+                "Upstream 401/403 answers, by status code.",
+                &["upstream", "status"]
             )
-            .expect("metric registers");
-            g.set(1);
-            g
-        },
-        config_last_reload_success_timestamp_seconds: {
-            let g = register_int_gauge!(
-                "graceway_config_last_reload_success_timestamp_seconds",
-                "Unix time of the last successful config load (start or reload)."
+            .expect("metric registers"),
+            stale_served_total: register_int_counter_vec!(
+                "graceway_stale_served_total",
+                "Degraded answers served from the last-good store, by reason.",
+                &["upstream", "reason"]
             )
-            .expect("metric registers");
-            g.set(crate::clock::unix_now() as i64);
-            g
-        },
-        build_info: {
-            let g = register_int_gauge_vec!(
-                "graceway_build_info",
-                "1, with the version of this graceway and of Pingora as labels.",
-                &["version", "pingora"]
+            .expect("metric registers"),
+            degraded: register_int_gauge_vec!(
+                "graceway_degraded",
+                "1 while the upstream is answered in degraded mode.",
+                &["upstream"]
             )
-            .expect("metric registers");
-            g.with_label_values(&[env!("CARGO_PKG_VERSION"), "0.9"]).set(1);
-            g
-        },
-        upstream_auth_breaker_open: register_int_gauge_vec!(
-            "graceway_upstream_auth_breaker_open",
-            "1 while the upstream's auth breaker is open: no usable token, requests answered without asking the upstream.",
-            &["upstream"]
-        )
-        .expect("metric registers"),
-        token_info: register_int_gauge_vec!(
-            "graceway_token_info",
-            "1 for each token: its index and sha256 fingerprint (never the value).",
-            &["upstream", "token", "fingerprint"]
-        )
-        .expect("metric registers"),
-        upstream_breaker_open: register_int_gauge_vec!(
-            "graceway_upstream_breaker_open",
-            "1 while the upstream-health breaker is open.",
-            &["upstream"]
-        )
-        .expect("metric registers"),
-        cache_bytes: register_int_gauge!(
-            "graceway_cache_bytes",
-            "Bytes held by the last-good memory store."
-        )
-        .expect("metric registers"),
-        cache_entries: register_int_gauge!(
-            "graceway_cache_entries",
-            "Entries held by the last-good memory store."
-        )
-        .expect("metric registers"),
-        cache_evictions_total: register_int_counter!(
-            "graceway_cache_evictions_total",
-            "Entries evicted from the last-good memory store."
-        )
-        .expect("metric registers"),
-        upstream_request_duration_seconds: register_histogram_vec!(
-            "graceway_upstream_request_duration_seconds",
-            "Time from sending a request upstream to its response header.",
-            &["upstream"],
-            vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
-        )
-        .expect("metric registers"),
-        memory_soft_limit_bytes: register_int_gauge!(
-            "graceway_memory_soft_limit_bytes",
-            "The configured memory.soft_limit (0 when unset)."
-        )
-        .expect("metric registers"),
-        memory_shed_entries_total: register_int_counter!(
-            "graceway_memory_shed_entries_total",
-            "Last-good copies shed because resident memory passed memory.soft_limit."
-        )
-        .expect("metric registers"),
-        webhook_deliveries_total: {
-            let c = register_int_counter_vec!(
-                "graceway_webhook_deliveries_total",
-                "Alert webhook deliveries, by result (ok, retried, failed, dropped).",
-                &["result"]
+            .expect("metric registers"),
+            token_state: register_int_gauge_vec!(
+                "graceway_token_state",
+                "1 for the current state of each token (token = index in the upstream's list).",
+                &["upstream", "token", "state"]
             )
-            .expect("metric registers");
-            for r in ["ok", "retried", "failed", "dropped"] {
-                c.with_label_values(&[r]);
-            }
-            c
-        },
-        client_rejections_total: {
-            let c = register_int_counter_vec!(
-                "graceway_client_rejections_total",
-                "Requests refused or cut for the client's own doing (bad target, framing, limits, stalls, disconnects), by reason.",
-                &["reason"]
+            .expect("metric registers"),
+            token_expiry_timestamp_seconds: register_int_gauge_vec!(
+                "graceway_token_expiry_timestamp_seconds",
+                "Unix time at which the token expires (JWT exp or expires_at).",
+                &["upstream", "token"]
             )
-            .expect("metric registers");
-            for r in CLIENT_REJECTIONS {
-                c.with_label_values(&[r]);
-            }
-            c
-        },
-        client_connections: register_int_gauge_vec!(
-            "graceway_client_connections",
-            "Open client connections, by listener (proxy, admin).",
-            &["listener"]
-        )
-        .expect("metric registers"),
-        client_connections_max: register_int_gauge_vec!(
-            "graceway_client_connections_max",
-            "The cap on open client connections, by listener.",
-            &["listener"]
-        )
-        .expect("metric registers"),
-        client_connections_refused_total: register_int_counter_vec!(
-            "graceway_client_connections_refused_total",
-            "Client connections refused because the listener was at its cap.",
-            &["listener"]
-        )
-        .expect("metric registers"),
-        proxy_events_total: {
-            let c = register_int_counter_vec!(
-                "graceway_proxy_events_total",
-                "Expected connection events logged below ERROR, by kind.",
-                &["event"]
+            .expect("metric registers"),
+            upstream_deprecated: register_int_gauge_vec!(
+                "graceway_upstream_deprecated",
+                "1 while the upstream's answers carry a Deprecation header (RFC 9745) for any token.",
+                &["upstream"]
             )
-            .expect("metric registers");
-            for e in crate::logging::EVENTS {
-                c.with_label_values(&[e]);
-            }
-            c
-        },
+            .expect("metric registers"),
+            upstream_sunset_timestamp_seconds: register_int_gauge_vec!(
+                "graceway_upstream_sunset_timestamp_seconds",
+                "Unix time of the earliest Sunset (RFC 8594) the upstream announced; 0 when none.",
+                &["upstream"]
+            )
+            .expect("metric registers"),
+            token_quota_remaining: register_int_gauge_vec!(
+                "graceway_token_quota_remaining",
+                "Requests left in the token's quota, as the upstream last stated (RateLimit or X-RateLimit headers).",
+                &["upstream", "token"]
+            )
+            .expect("metric registers"),
+            token_quota_limit: register_int_gauge_vec!(
+                "graceway_token_quota_limit",
+                "The token's quota per window, as the upstream last stated.",
+                &["upstream", "token"]
+            )
+            .expect("metric registers"),
+            token_quota_reset_timestamp_seconds: register_int_gauge_vec!(
+                "graceway_token_quota_reset_timestamp_seconds",
+                "Unix time at which the token's quota resets, as the upstream last stated.",
+                &["upstream", "token"]
+            )
+            .expect("metric registers"),
+            token_reloads_total: {
+                let c = register_int_counter_vec!(
+                    "graceway_token_reloads_total",
+                    "Config reloads and token refreshes together, by result (ok, failed).",
+                    &["result"]
+                )
+                .expect("metric registers");
+                for r in ["ok", "failed"] {
+                    c.with_label_values(&[r]);
+                }
+                c
+            },
+            config_reloads_total: {
+                let c = register_int_counter_vec!(
+                    "graceway_config_reloads_total",
+                    "Config reloads (SIGHUP, POST /reload), by result (ok, failed); token refreshes are not counted here.",
+                    &["result"]
+                )
+                .expect("metric registers");
+                for r in ["ok", "failed"] {
+                    c.with_label_values(&[r]);
+                }
+                c
+            },
+            config_last_reload_successful: {
+                let g = register_int_gauge!(
+                    "graceway_config_last_reload_successful",
+                    "1 when the last config reload (or the start) succeeded."
+                )
+                .expect("metric registers");
+                g.set(1);
+                g
+            },
+            config_last_reload_success_timestamp_seconds: {
+                let g = register_int_gauge!(
+                    "graceway_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful config load (start or reload)."
+                )
+                .expect("metric registers");
+                g.set(crate::clock::unix_now() as i64);
+                g
+            },
+            upstream_auth_breaker_open: register_int_gauge_vec!(
+                "graceway_upstream_auth_breaker_open",
+                "1 while the upstream's auth breaker is open: no usable token, requests answered without asking the upstream.",
+                &["upstream"]
+            )
+            .expect("metric registers"),
+            token_info: register_int_gauge_vec!(
+                "graceway_token_info",
+                "1 for each token: its index and sha256 fingerprint (never the value).",
+                &["upstream", "token", "fingerprint"]
+            )
+            .expect("metric registers"),
+            upstream_breaker_open: register_int_gauge_vec!(
+                "graceway_upstream_breaker_open",
+                "1 while the upstream-health breaker is open.",
+                &["upstream"]
+            )
+            .expect("metric registers"),
+            cache_bytes: register_int_gauge!(
+                "graceway_cache_bytes",
+                "Bytes held by the last-good memory store."
+            )
+            .expect("metric registers"),
+            cache_entries: register_int_gauge!(
+                "graceway_cache_entries",
+                "Entries held by the last-good memory store."
+            )
+            .expect("metric registers"),
+            cache_evictions_total: register_int_counter!(
+                "graceway_cache_evictions_total",
+                "Entries evicted from the last-good memory store."
+            )
+            .expect("metric registers"),
+            upstream_request_duration_seconds: register_histogram_vec!(
+                "graceway_upstream_request_duration_seconds",
+                "Time from sending a request upstream to its response header.",
+                &["upstream"],
+                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+            )
+            .expect("metric registers"),
+            memory_soft_limit_bytes: register_int_gauge!(
+                "graceway_memory_soft_limit_bytes",
+                "The configured memory.soft_limit (0 when unset)."
+            )
+            .expect("metric registers"),
+            memory_shed_entries_total: register_int_counter!(
+                "graceway_memory_shed_entries_total",
+                "Last-good copies shed because resident memory passed memory.soft_limit."
+            )
+            .expect("metric registers"),
+            webhook_deliveries_total: {
+                let c = register_int_counter_vec!(
+                    "graceway_webhook_deliveries_total",
+                    "Alert webhook deliveries, by result (ok, retried, failed, dropped).",
+                    &["result"]
+                )
+                .expect("metric registers");
+                for r in ["ok", "retried", "failed", "dropped"] {
+                    c.with_label_values(&[r]);
+                }
+                c
+            },
+            client_rejections_total: {
+                let c = register_int_counter_vec!(
+                    "graceway_client_rejections_total",
+                    "Requests refused or cut for the client's own doing (bad target, framing, limits, stalls, disconnects), by reason.",
+                    &["reason"]
+                )
+                .expect("metric registers");
+                for r in CLIENT_REJECTIONS {
+                    c.with_label_values(&[r]);
+                }
+                c
+            },
+            client_connections: register_int_gauge_vec!(
+                "graceway_client_connections",
+                "Open client connections, by listener (proxy, admin).",
+                &["listener"]
+            )
+            .expect("metric registers"),
+            client_connections_max: register_int_gauge_vec!(
+                "graceway_client_connections_max",
+                "The cap on open client connections, by listener.",
+                &["listener"]
+            )
+            .expect("metric registers"),
+            client_connections_refused_total: register_int_counter_vec!(
+                "graceway_client_connections_refused_total",
+                "Client connections refused because the listener was at its cap.",
+                &["listener"]
+            )
+            .expect("metric registers"),
+            proxy_events_total: {
+                let c = register_int_counter_vec!(
+                    "graceway_proxy_events_total",
+                    "Expected connection events logged below ERROR, by kind.",
+                    &["event"]
+                )
+                .expect("metric registers");
+                for e in crate::logging::EVENTS {
+                    c.with_label_values(&[e]);
+                }
+                c
+            },
+        }
     })
 }
 

@@ -329,7 +329,7 @@ async fn tls_verified_against_a_ca_the_test_made() {
     dir.write("redis-ca.pem", &fx.ca_pem);
     let cfg = EmojiConfig::new(up.port)
         .top(&format!(
-            "cache: {{ redis: {{ url: \"rediss://127.0.0.1:{}\", ca_file: \"{{dir}}/redis-ca.pem\", timeout: 200ms }} }}",
+            "cache: {{ redis: {{ url: \"rediss://127.0.0.1:{}\", ca_file: \"{{dir}}/redis-ca.pem\", timeout: 2s }} }}",
             redis.port
         ))
         .build();
@@ -395,7 +395,7 @@ async fn a_three_master_cluster_spreads_copies_across_slots() {
     })
     .await;
     let urls: Vec<String> = addrs.iter().map(|a| format!("\"redis://{a}\"")).collect();
-    let spec = format!("{{ cluster: [{}], timeout: 200ms }}", urls.join(", "));
+    let spec = format!("{{ cluster: [{}], timeout: 2s }}", urls.join(", "));
     let (up, revoked) = vendor();
     let a = start(&up, &spec);
     wait_fleet(&a, "the cluster fleet tier up", |s| s["up"] == true).await;
