@@ -84,7 +84,7 @@ pub struct App {
     /// The pid file this process wrote (a reload does not move it).
     pub pid_file: std::sync::OnceLock<PathBuf>,
     /// Descriptor limits as raised at start.
-    pub limits: std::sync::OnceLock<crate::server::Limits>,
+    pub limits: std::sync::OnceLock<crate::listener::Limits>,
     /// The last reload run, numbered by start order, so that concurrent
     /// reload requests share one run (see [`App::reload`]).
     last_run: Mutex<(u64, Option<ReloadRecord>)>,
@@ -93,6 +93,19 @@ pub struct App {
 }
 
 impl App {
+    /// Removes the pid file if it still names this process (a graceful
+    /// upgrade hands it to the new process, which rewrites it).
+    pub fn remove_pid_file(&self) {
+        let Some(pid_file) = self.pid_file.get() else {
+            return;
+        };
+        let ours = std::fs::read_to_string(pid_file)
+            .is_ok_and(|s| s.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(pid_file);
+        }
+    }
+
     /// Builds the first generation. Token sources that fail leave their
     /// token `unavailable` (see [`SourcePolicy::Tolerate`]).
     pub async fn start(loaded: config::LoadedConfig) -> Result<Arc<App>, generation::BuildErrors> {
@@ -192,10 +205,10 @@ impl App {
         }
         let run = self.runs_started.fetch_add(1, SeqCst) + 1;
         if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
-            crate::lifecycle::systemd(&[sd_notify::NotifyState::Reloading, now]);
+            crate::systemd::notify(&[sd_notify::NotifyState::Reloading, now]);
         }
         let record = self.reload_now(trigger).await;
-        crate::lifecycle::systemd(&[sd_notify::NotifyState::Ready]);
+        crate::systemd::notify(&[sd_notify::NotifyState::Ready]);
         let m = metrics();
         m.config_reloads_total
             .with_label_values(&[if record.ok { "ok" } else { "failed" }])

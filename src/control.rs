@@ -62,7 +62,7 @@ impl BackgroundService for Control {
         ready.notify_ready();
         log::info!("graceway ready (pid {})", std::process::id());
         let cfg = &self.app.live.load().loaded.config;
-        tokio::spawn(crate::lifecycle::announce_ready([
+        tokio::spawn(crate::systemd::announce_ready([
             cfg.listen,
             cfg.admin.listen,
         ]));
@@ -109,7 +109,7 @@ impl BackgroundService for Control {
             }
         }
         probes.stop();
-        crate::server::remove_pid_file(&self.app);
+        self.app.remove_pid_file();
     }
 }
 

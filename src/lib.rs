@@ -27,6 +27,7 @@
 //! | [`webhook`] | JSON POSTs on upstream and token state changes |
 //! | [`access_log`] | one line per request, plain or JSON |
 //! | [`lifecycle`] | SIGTERM drain, SIGQUIT hand-over, SIGINT; requests in flight |
+//! | [`systemd`] | `Type=notify`: READY, RELOADING, STOPPING, the watchdog |
 //! | [`listener`] | client connection cap and request-header deadline around each listener |
 //! | [`logging`] | the logger, with Pingora's expected-event messages demoted and counted |
 //! | [`metrics`], [`outcome`], [`json`], [`clock`] | shared small pieces |
@@ -59,6 +60,7 @@ pub(crate) mod probe;
 pub(crate) mod proxy;
 pub mod server;
 pub mod stale;
+pub(crate) mod systemd;
 pub mod tokens;
 pub(crate) mod webhook;
 

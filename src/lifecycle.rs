@@ -96,7 +96,7 @@ impl ShutdownSignalWatch for Signals {
         };
         let server = self.app.live.load().loaded.config.server.clone();
         let timeout = server.graceful_shutdown_timeout;
-        let stopping = || systemd(&[sd_notify::NotifyState::Stopping]);
+        let stopping = || crate::systemd::notify(&[sd_notify::NotifyState::Stopping]);
         tokio::select! {
             _ = int.recv() => {
                 stopping();
@@ -136,42 +136,6 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// Tells systemd (when `NOTIFY_SOCKET` is set; else nothing happens).
-pub fn systemd(state: &[sd_notify::NotifyState]) {
-    if let Err(e) = sd_notify::notify(state) {
-        log::warn!("systemd notify ({state:?}): {e}");
-    }
-}
-
-/// Says `READY=1` once the proxy and admin listeners accept connections
-/// (they start beside the control service), then pets the watchdog when
-/// systemd set one. Runs on the control service's runtime.
-pub async fn announce_ready(listeners: [std::net::SocketAddr; 2]) {
-    let reachable = |mut a: std::net::SocketAddr| {
-        if a.ip().is_unspecified() {
-            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        a
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for addr in listeners.map(reachable) {
-        while tokio::net::TcpStream::connect(addr).await.is_err() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    systemd(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status("serving"),
-    ]);
-    if let Some(every) = sd_notify::watchdog_enabled() {
-        let mut tick = tokio::time::interval(every / 2);
-        loop {
-            tick.tick().await;
-            systemd(&[sd_notify::NotifyState::Watchdog]);
-        }
-    }
-}
-
 /// After `delay` (the listeners are closed by then), waits until no request
 /// is in flight and exits the process; after `timeout` it leaves the rest to
 /// Pingora, which cancels what is still running.
@@ -203,7 +167,7 @@ fn exit_when_idle(app: Arc<App>, delay: Duration, timeout: Duration) {
 /// remove the pid file (when it still names this process).
 pub fn finish(app: &App) {
     app.store.close_persist(FLUSH_LIMIT);
-    crate::server::remove_pid_file(app);
+    app.remove_pid_file();
     log::info!("graceway stopped");
 }
 

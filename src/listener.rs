@@ -342,3 +342,10 @@ const RESERVED_FDS: u64 = 256;
 pub fn default_max_connections(nofile_soft: u64) -> usize {
     (nofile_soft.saturating_sub(RESERVED_FDS) / 2).clamp(16, 4_096) as usize
 }
+
+/// The process limits read (and raised) at start; shown in `/status`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Limits {
+    pub nofile_soft: u64,
+    pub nofile_hard: u64,
+}

@@ -12,14 +12,6 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::config::LogConfig;
 
-/// Every `event` label of `graceway_proxy_events_total`.
-pub const EVENTS: [&str; 4] = [
-    "client-aborted-header",
-    "client-handshake-failed",
-    "upstream-reuse-raced",
-    "upgrade-waiting-for-sockets",
-];
-
 /// (target prefix, message fragment, event).
 const DEMOTED: [(&str, &str, &str); 5] = [
     // `run --upgrade` waits for the old process to hand its sockets over:

@@ -82,6 +82,14 @@ pub const CLIENT_REJECTIONS: [&str; 11] = [
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
+/// Every `event` label of `graceway_proxy_events_total`.
+pub const PROXY_EVENTS: [&str; 4] = [
+    "client-aborted-header",
+    "client-handshake-failed",
+    "upstream-reuse-raced",
+    "upgrade-waiting-for-sockets",
+];
+
 /// The process-wide metrics, registered on first use.
 pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(|| {
@@ -308,7 +316,7 @@ pub fn metrics() -> &'static Metrics {
                     &["event"]
                 )
                 .expect("metric registers");
-                for e in crate::logging::EVENTS {
+                for e in PROXY_EVENTS {
                     c.with_label_values(&[e]);
                 }
                 c

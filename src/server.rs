@@ -18,13 +18,6 @@ use crate::config::{self, Config};
 use crate::control::Control;
 use crate::proxy::Proxy;
 
-/// The process limits read (and raised) at start; shown in `/status`.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct Limits {
-    pub nofile_soft: u64,
-    pub nofile_hard: u64,
-}
-
 /// How `graceway run` was asked to start.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -48,17 +41,6 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     });
     crate::lifecycle::finish(&app);
     Ok(())
-}
-
-/// Removes the pid file if it still names this process (a graceful upgrade
-/// hands it to the new process, which rewrites it).
-pub fn remove_pid_file(app: &App) {
-    let Some(pid_file) = app.pid_file.get() else {
-        return;
-    };
-    if std::fs::read_to_string(pid_file).is_ok_and(|s| s.trim() == std::process::id().to_string()) {
-        let _ = std::fs::remove_file(pid_file);
-    }
 }
 
 /// Builds the first generation on a short-lived runtime (Pingora starts its
@@ -116,7 +98,7 @@ pub fn build_server(app: &Arc<App>, opts: &RunOptions) -> anyhow::Result<(Server
     let control_handle = server.add_service(control);
 
     let (nofile_soft, nofile_hard) = crate::listener::raise_nofile_limit();
-    app.limits.get_or_init(|| Limits {
+    app.limits.get_or_init(|| crate::listener::Limits {
         nofile_soft,
         nofile_hard,
     });

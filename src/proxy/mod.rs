@@ -459,6 +459,114 @@ impl Proxy {
     }
 
     /// Records a degraded answer in metrics and the upstream's state.
+    /// Admission (Host, framing, sizes, target), routing and the
+    /// upstream's method list. `None` when the request was refused (and
+    /// answered); otherwise the upstream's index, with the normalized
+    /// target and canonical `Content-Length` written into the request.
+    async fn admit_and_route(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        gen: &Generation,
+    ) -> Result<Option<usize>> {
+        let server = &gen.loaded.config.server;
+        let admitted = match admission::admit(session.req_header(), server, &gen.router) {
+            Ok(a) => a,
+            Err(refusal) => {
+                self.refuse(session, ctx, &refusal, None).await?;
+                return Ok(None);
+            }
+        };
+        let req = session.req_header();
+        let path = match admitted.rewritten.as_deref() {
+            Some(t) => t.split_once('?').map_or(t, |(p, _)| p),
+            None => req.uri.path(),
+        };
+        let Some(index) = gen.router.route(admitted.host.as_deref(), path) else {
+            let refusal = admission::Refusal {
+                status: 404,
+                message: "no upstream is configured for this host and path",
+                reason: "no-route",
+            };
+            self.refuse(session, ctx, &refusal, None).await?;
+            return Ok(None);
+        };
+        let up = &gen.upstreams[index];
+        if !up.config.methods.contains(&req.method) {
+            let refusal = admission::Refusal {
+                status: 405,
+                message: "this method is not forwarded to this upstream",
+                reason: "method-not-allowed",
+            };
+            let allow = up.allow.clone();
+            self.refuse(session, ctx, &refusal, Some(allow)).await?;
+            return Ok(None);
+        }
+        if let Some(t) = admitted.rewritten {
+            session.req_header_mut().set_raw_path(t.as_bytes())?;
+        }
+        if let Some(n) = admitted.canonical_length {
+            session
+                .req_header_mut()
+                .insert_header(http::header::CONTENT_LENGTH, n)?;
+        }
+        Ok(Some(index))
+    }
+
+    /// No token can be sent (the auth breaker is open): answer from the
+    /// store at once, or let this request through as the auth trial with
+    /// the next rejected token. `Ok(true)` when answered.
+    async fn without_usable_token(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        up: &Upstream,
+        probed: bool,
+    ) -> Result<bool> {
+        let (reason, fwd) = up.no_token();
+        if reason == Some(Reason::RateLimited) {
+            // Every usable token is in its quota cool-down: answer at once
+            // until the first reset (no breaker, no trials: the vendor said
+            // when to come back).
+            let retry = up.cooldown_retry_after();
+            self.short_circuit(session, ctx, up, Reason::RateLimited, fwd, retry.as_ref())
+                .await?;
+            return Ok(true);
+        }
+        if reason.is_some_and(|r| up.auth.trip(r)) {
+            log::warn!(
+                "upstream {}: auth breaker open: no usable token ({}); answering from the last-good store until {}",
+                up.config.name,
+                up.no_token_reason(),
+                if probed { "a probe succeeds or the tokens change" } else { "a trial request succeeds or the tokens change" }
+            );
+        }
+        // Successive trials cycle through the rejected tokens, so whichever
+        // the vendor takes back is found.
+        let trial_token = (!probed && up.auth.try_trial())
+            .then(|| {
+                let n = up
+                    .auth_trials
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                up.tokens.trial_token(n, SystemTime::now())
+            })
+            .flatten();
+        match trial_token {
+            Some(t) => {
+                ctx.token = Some(t.index);
+                ctx.auth_trial = true;
+                Ok(false)
+            }
+            None => {
+                // Every source failed: the copy (or the 503) says
+                // `token-unavailable`; nothing is sent upstream.
+                let r = reason.unwrap_or(Reason::TokenUnavailable);
+                self.short_circuit(session, ctx, up, r, fwd, None).await?;
+                Ok(true)
+            }
+        }
+    }
+
     fn count_degraded(up: &Upstream, reason: Reason, stale: bool) {
         if stale {
             up.status.metrics.stale_served(reason);
@@ -521,59 +629,10 @@ impl ProxyHttp for Proxy {
         if gen.loaded.config.log.access {
             ctx.started_at = Some(Instant::now());
         }
-        let server = &gen.loaded.config.server;
-        // Keep-alive only where Pingora left it on: it turns it off for
-        // `Connection: close`, HTTP/1.0 and a request that had both
-        // Content-Length and Transfer-Encoding (RFC 9112 §6.1).
-        if crate::lifecycle::draining() {
-            session.set_keepalive(None);
-        } else if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(server.client_keepalive_timeout.as_secs()));
-        }
-        // Each read of the request body may wait this long (Pingora's
-        // default is 60 s); a stall is the client's, see `fail_to_proxy`.
-        session.set_read_timeout(Some(server.client_body_timeout));
-
-        let admitted = match admission::admit(session.req_header(), server, &gen.router) {
-            Ok(a) => a,
-            Err(refusal) => {
-                self.refuse(session, ctx, &refusal, None).await?;
-                return Ok(true);
-            }
-        };
-        let req = session.req_header();
-        let path = match admitted.rewritten.as_deref() {
-            Some(t) => t.split_once('?').map_or(t, |(p, _)| p),
-            None => req.uri.path(),
-        };
-        let Some(index) = gen.router.route(admitted.host.as_deref(), path) else {
-            let refusal = admission::Refusal {
-                status: 404,
-                message: "no upstream is configured for this host and path",
-                reason: "no-route",
-            };
-            self.refuse(session, ctx, &refusal, None).await?;
+        set_client_timeouts(session, &gen.loaded.config.server);
+        let Some(index) = self.admit_and_route(session, ctx, &gen).await? else {
             return Ok(true);
         };
-        let up = &gen.upstreams[index];
-        if !up.config.methods.contains(&req.method) {
-            let refusal = admission::Refusal {
-                status: 405,
-                message: "this method is not forwarded to this upstream",
-                reason: "method-not-allowed",
-            };
-            let allow = up.allow.clone();
-            self.refuse(session, ctx, &refusal, Some(allow)).await?;
-            return Ok(true);
-        }
-        if let Some(t) = admitted.rewritten {
-            session.req_header_mut().set_raw_path(t.as_bytes())?;
-        }
-        if let Some(n) = admitted.canonical_length {
-            session
-                .req_header_mut()
-                .insert_header(http::header::CONTENT_LENGTH, n)?;
-        }
         let req = session.req_header();
         ctx.storable_request = req.method == http::Method::GET
             && !req.headers.contains_key(http::header::AUTHORIZATION)
@@ -594,64 +653,16 @@ impl ProxyHttp for Proxy {
             // This request is the half-open trial: its outcome feeds the
             // breaker like any other (upstream_response_filter, fail_to_proxy).
         }
-
-        if up.inject.is_some() {
-            match up.tokens.pick(0, SystemTime::now()) {
-                Some(t) => ctx.token = Some(t.index),
-                None => {
-                    // No token can be sent: the auth breaker is open.
-                    let (reason, fwd) = up.no_token();
-                    if reason == Some(Reason::RateLimited) {
-                        // Every usable token is in its quota cool-down:
-                        // answer at once until the first reset (no breaker,
-                        // no trials: the vendor said when to come back).
-                        let retry = up.cooldown_retry_after();
-                        self.short_circuit(
-                            session,
-                            ctx,
-                            &up,
-                            Reason::RateLimited,
-                            fwd,
-                            retry.as_ref(),
-                        )
-                        .await?;
-                        return Ok(true);
-                    }
-                    if reason.is_some_and(|r| up.auth.trip(r)) {
-                        log::warn!(
-                            "upstream {}: auth breaker open: no usable token ({}); answering from the last-good store until {}",
-                            up.config.name,
-                            up.no_token_reason(),
-                            if probed { "a probe succeeds or the tokens change" } else { "a trial request succeeds or the tokens change" }
-                        );
-                    }
-                    // Successive trials cycle through the rejected tokens, so
-                    // whichever the vendor takes back is found.
-                    let trial_token = (!probed && up.auth.try_trial())
-                        .then(|| {
-                            let n = up
-                                .auth_trials
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            up.tokens.trial_token(n, SystemTime::now())
-                        })
-                        .flatten();
-                    match trial_token {
-                        Some(t) => {
-                            ctx.token = Some(t.index);
-                            ctx.auth_trial = true;
-                        }
-                        _ => {
-                            // Every source failed: the copy (or the 503) says
-                            // `token-unavailable`; nothing is sent upstream.
-                            let r = reason.unwrap_or(Reason::TokenUnavailable);
-                            self.short_circuit(session, ctx, &up, r, fwd, None).await?;
-                            return Ok(true);
-                        }
-                    }
-                }
-            }
+        if up.inject.is_none() {
+            return Ok(false);
         }
-        Ok(false)
+        match up.tokens.pick(0, SystemTime::now()) {
+            Some(t) => {
+                ctx.token = Some(t.index);
+                Ok(false)
+            }
+            None => self.without_usable_token(session, ctx, &up, probed).await,
+        }
     }
 
     /// The peer was resolved and configured at load; clone it.
@@ -1212,4 +1223,19 @@ impl Proxy {
         }
         self.store().insert(&cap.primary, cap.variant, copy, true);
     }
+}
+
+/// Client-side timeouts for this request. Keep-alive only where Pingora
+/// left it on: it turns it off for `Connection: close`, HTTP/1.0 and a
+/// request that had both Content-Length and Transfer-Encoding (RFC 9112
+/// §6.1); off while draining. Each read of the request body may wait
+/// `client_body_timeout` (Pingora's default is 60 s); a stall is the
+/// client's, see `fail_to_proxy`.
+fn set_client_timeouts(session: &mut Session, server: &crate::config::ServerSettings) {
+    if crate::lifecycle::draining() {
+        session.set_keepalive(None);
+    } else if session.get_keepalive().is_some() {
+        session.set_keepalive(Some(server.client_keepalive_timeout.as_secs()));
+    }
+    session.set_read_timeout(Some(server.client_body_timeout));
 }

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod architecture;
 mod breaker;
 mod check;
 mod demo;
