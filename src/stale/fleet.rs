@@ -4,7 +4,8 @@
 //!
 //! - **Write-behind.** Every copy the memory tier keeps is queued here
 //!   (`try_send` on a bounded queue: full means dropped and counted, never
-//!   a wait) and written by one task in pipelined batches, with a TTL equal
+//!   a wait) and written by one task in pipelined batches (on a cluster,
+//!   one pipeline per hash slot: it refuses one that crosses slots), with a TTL equal
 //!   to the upstream's `stale.max_stale`, in the persist tier's versioned
 //!   record format (`stored::encode`).
 //! - **Read-through.** Only when a degraded answer is needed and the memory
@@ -22,11 +23,13 @@
 //! in length whatever the path and query, and never a token (copies of
 //! requests that carried the client's own credentials are never stored).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use redis::cluster_routing::Slot;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -52,12 +55,54 @@ impl Conn {
         }
     }
 
-    async fn pipe(&mut self, p: &redis::Pipeline) -> redis::RedisResult<()> {
+    /// `SET key value PX ttl` for each write: one pipeline on a single
+    /// Redis; on a cluster one pipeline per hash slot (a cluster pipeline
+    /// must stay in one slot), sent side by side. The first error, if any.
+    async fn set_all(&mut self, batch: &[Write]) -> redis::RedisResult<()> {
         match self {
-            Conn::Single(c) => p.query_async::<()>(c).await,
-            Conn::Cluster(c) => p.query_async::<()>(c).await,
+            Conn::Single(c) => set_pipeline(batch.iter()).query_async::<()>(c).await,
+            Conn::Cluster(c) => {
+                let mut by_slot: HashMap<Slot, Vec<&Write>> = HashMap::new();
+                for w in batch {
+                    by_slot.entry(Slot::for_key(&w.key)).or_default().push(w);
+                }
+                let mut runs = tokio::task::JoinSet::new();
+                for writes in by_slot.into_values() {
+                    let pipe = set_pipeline(writes.into_iter());
+                    let mut c = c.clone();
+                    runs.spawn(async move { pipe.query_async::<()>(&mut c).await });
+                }
+                let mut first_error = None;
+                while let Some(done) = runs.join_next().await {
+                    let result = done.unwrap_or_else(|e| {
+                        Err(redis::RedisError::from((
+                            redis::ErrorKind::Io,
+                            "SET task failed",
+                            e.to_string(),
+                        )))
+                    });
+                    if let Err(e) = result {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                first_error.map_or(Ok(()), Err)
+            }
         }
     }
+}
+
+fn set_pipeline<'a>(writes: impl Iterator<Item = &'a Write>) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for w in writes {
+        let ms = w.ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
+        pipe.cmd("SET")
+            .arg(&w.key)
+            .arg(&w.value)
+            .arg("PX")
+            .arg(ms)
+            .ignore();
+    }
+    pipe
 }
 
 enum Client {
@@ -364,19 +409,11 @@ impl FleetTier {
                 batch.clear();
                 continue;
             };
-            let mut pipe = redis::pipe();
-            for w in batch.drain(..) {
-                let ms = w.ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
-                pipe.cmd("SET")
-                    .arg(w.key)
-                    .arg(w.value)
-                    .arg("PX")
-                    .arg(ms)
-                    .ignore();
-            }
             let mut conn = (*conn).clone();
             let limit = self.config.timeout.max(Duration::from_secs(1));
-            let result = match tokio::time::timeout(limit, conn.pipe(&pipe)).await {
+            let sent = tokio::time::timeout(limit, conn.set_all(&batch)).await;
+            batch.clear();
+            let result = match sent {
                 Err(_) => Err((
                     "timeout",
                     "SET batch timed out".to_string(),

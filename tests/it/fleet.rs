@@ -50,11 +50,17 @@ async fn wait_fleet(
     what: &str,
     f: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    wait_for_async(what, Duration::from_secs(15), || async {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
         let s = fleet_status(g).await;
-        f(&s).then_some(s)
-    })
-    .await
+        if f(&s) {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("timed out after 15s waiting for {what}; cache.fleet: {s:#}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,18 +405,18 @@ async fn a_three_master_cluster_spreads_copies_across_slots() {
     let (up, revoked) = vendor();
     let a = start(&up, &spec);
     wait_fleet(&a, "the cluster fleet tier up", |s| s["up"] == true).await;
+    // All at once, so that the write task finds several copies queued and
+    // batches keys of different hash slots (one pipeline per slot).
+    let mut requests = tokio::task::JoinSet::new();
     for i in 0..20 {
-        assert_eq!(
-            client()
-                .get(a.url(&format!("/v1/c/{i}")))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        let url = a.url(&format!("/v1/c/{i}"));
+        requests.spawn(async move { client().get(url).send().await.unwrap().status() });
     }
-    wait_fleet(&a, "20 writes", |s| s["writes"].as_u64() >= Some(20)).await;
+    while let Some(status) = requests.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let s = wait_fleet(&a, "20 writes", |s| s["writes"].as_u64() >= Some(20)).await;
+    assert_eq!(s["errors"], 0, "{s:#}");
     let per_node: Vec<u64> = nodes
         .iter()
         .map(|n| n.cli(&["DBSIZE"]).trim().parse().unwrap_or(0))
