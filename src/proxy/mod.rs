@@ -736,11 +736,13 @@ impl ProxyHttp for Proxy {
                 (Reason::from_status(status), None)
             }
         };
-        let retry_after =
-            retry_after.or_else(|| resp.headers.get(http::header::RETRY_AFTER).cloned());
         if let Some(reason) =
             reason.filter(|r| respond::triggered(&up.config.stale.on, *r, Some(status)))
         {
+            // Only a degraded answer needs it: the upstream's own
+            // Retry-After when the refusal gave none.
+            let retry_after =
+                retry_after.or_else(|| resp.headers.get(http::header::RETRY_AFTER).cloned());
             return self
                 .replace_with_degraded(session, ctx, up, resp, reason, retry_after.as_ref())
                 .await;
