@@ -34,9 +34,7 @@ fn config(port: u16, health: &str, extra: &str) -> String {
 }
 
 fn start(port: u16, health: &str, extra: &str) -> Graceway {
-    let dir = TestDir::new();
-    dir.write("token", "tok-health\n");
-    Graceway::start_in(dir, &config(port, health, extra))
+    Graceway::start_with_token("tok-health\n", &config(port, health, extra))
 }
 
 fn degraded(r: &reqwest::Response) -> Option<String> {
@@ -320,9 +318,7 @@ async fn preflight_refuses_a_token_the_upstream_refuses() {
 async fn preflight_with_the_upstream_down_still_applies() {
     let up = MockUpstream::start(|_| MockReply::ok("{}"));
     let port = up.port;
-    let dir = TestDir::new();
-    dir.write("token", "tok-before\n");
-    let g = Graceway::start_in(dir, &preflight_config(port));
+    let g = Graceway::start_with_token("tok-before\n", &preflight_config(port));
     drop(up); // the upstream is down during the rotation
     let before = g.reload_attempt().await;
     g.dir.write("token", "tok-after\n");

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    client, wait_for, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir, BIN,
+    client, wait_for, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, BIN,
 };
 
 const TOKEN: &str = "tok-drain-1";
@@ -95,9 +95,7 @@ impl KeepAlive {
 }
 
 fn start(cfg: EmojiConfig) -> Graceway {
-    let dir = TestDir::new();
-    dir.write("token", TOKEN);
-    Graceway::start_in(dir, &cfg.build())
+    Graceway::start_with_token(TOKEN, &cfg.build())
 }
 
 #[test]

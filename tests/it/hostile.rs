@@ -21,9 +21,7 @@ fn echoing_upstream() -> MockUpstream {
 }
 
 fn start(cfg: EmojiConfig) -> Graceway {
-    let dir = TestDir::new();
-    dir.write("token", &format!("{TOKEN}\n"));
-    Graceway::start_in(dir, &cfg.build())
+    Graceway::start_with_token(&format!("{TOKEN}\n"), &cfg.build())
 }
 
 fn get(target: &str) -> String {

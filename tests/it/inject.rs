@@ -60,9 +60,7 @@ async fn header_injection_replaces_client_credential_and_sets_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_header_without_prefix() {
     let up = MockUpstream::start(|_| MockReply::ok("{}"));
-    let dir = TestDir::new();
-    dir.write("token", "key-123");
-    let g = Graceway::start_in(dir, &config(&up, "{ header: X-Api-Key }"));
+    let g = Graceway::start_with_token("key-123", &config(&up, "{ header: X-Api-Key }"));
     let r = client()
         .get(g.url("/v1/a"))
         .header("x-api-key", "client-value")
@@ -79,9 +77,7 @@ async fn custom_header_without_prefix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_injection_replaces_client_parameter() {
     let up = MockUpstream::start(|_| MockReply::ok("{}"));
-    let dir = TestDir::new();
-    dir.write("token", "q tok/+1");
-    let g = Graceway::start_in(dir, &config(&up, "{ query: access_token }"));
+    let g = Graceway::start_with_token("q tok/+1", &config(&up, "{ query: access_token }"));
     let c = client();
     let r = c
         .get(g.url("/v1/search?q=smile&access_token=client&page=2"))
@@ -103,9 +99,7 @@ async fn query_injection_replaces_client_parameter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmatched_requests_get_404_json_and_never_leave() {
     let up = MockUpstream::start(|_| MockReply::ok("{}"));
-    let dir = TestDir::new();
-    dir.write("token", "tok-404");
-    let g = Graceway::start_in(dir, &config(&up, "{ header: Authorization }"));
+    let g = Graceway::start_with_token("tok-404", &config(&up, "{ header: Authorization }"));
     let c = client();
     for path in ["/", "/v2/x", "/v1"] {
         let r = c.get(g.url(path)).send().await.unwrap();

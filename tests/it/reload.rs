@@ -38,9 +38,7 @@ async fn token_seen(g: &Graceway, up: &MockUpstream) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_swaps_tokens_under_load_without_failures() {
     let up = MockUpstream::start(|_| MockReply::ok("{}"));
-    let dir = TestDir::new();
-    dir.write("token", "tok-gen-0\n");
-    let g = Graceway::start_in(dir, &config(&up, "{dir}/token", ""));
+    let g = Graceway::start_with_token("tok-gen-0\n", &config(&up, "{dir}/token", ""));
 
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -102,9 +100,7 @@ async fn sighup_swaps_tokens_under_load_without_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watched_file_applies_without_signal() {
     let up = MockUpstream::start(|_| MockReply::ok("{}"));
-    let dir = TestDir::new();
-    dir.write("token", "tok-watch-1\n");
-    let g = Graceway::start_in(dir, &config(&up, "{dir}/token", ""));
+    let g = Graceway::start_with_token("tok-watch-1\n", &config(&up, "{dir}/token", ""));
     assert_eq!(token_seen(&g, &up).await, "tok-watch-1");
 
     // In-place write (no rename), as `echo new > token` does.
@@ -154,9 +150,7 @@ async fn kubernetes_symlink_swap_applies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_token_file_on_reload_keeps_old_token() {
     let up = MockUpstream::start(|_| MockReply::ok("{}"));
-    let dir = TestDir::new();
-    dir.write("token", "tok-good\n");
-    let g = Graceway::start_in(dir, &config(&up, "{dir}/token", ""));
+    let g = Graceway::start_with_token("tok-good\n", &config(&up, "{dir}/token", ""));
     assert_eq!(token_seen(&g, &up).await, "tok-good");
 
     for bad in ["", "evil\r\nX-Injected: yes\n", "bad\0token"] {
@@ -187,9 +181,7 @@ async fn invalid_token_file_on_reload_keeps_old_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_config_on_reload_keeps_old_state() {
     let up = MockUpstream::start(|_| MockReply::ok("{}"));
-    let dir = TestDir::new();
-    dir.write("token", "tok-cfg\n");
-    let g = Graceway::start_in(dir, &config(&up, "{dir}/token", ""));
+    let g = Graceway::start_with_token("tok-cfg\n", &config(&up, "{dir}/token", ""));
     let good = std::fs::read_to_string(&g.config).unwrap();
     std::fs::write(&g.config, format!("{good}\nbogus_key: 1\n")).unwrap();
     let (code, _, err) = run_cli(&["reload", "-c", g.config.to_str().unwrap()]);

@@ -48,9 +48,7 @@ fn config(port: u16, extra_upstream: &str, extra_top: &str) -> String {
 }
 
 fn start(port: u16, extra_upstream: &str, extra_top: &str) -> Graceway {
-    let dir = TestDir::new();
-    dir.write("token", "tok-stale\n");
-    Graceway::start_in(dir, &config(port, extra_upstream, extra_top))
+    Graceway::start_with_token("tok-stale\n", &config(port, extra_upstream, extra_top))
 }
 
 async fn get(g: &Graceway, path: &str) -> reqwest::Response {

@@ -59,9 +59,7 @@ async fn wrong_ca_is_refused_and_token_never_sent() {
     );
 
     // Without ca_file the system roots apply, which do not know the test CA.
-    let dir = TestDir::new();
-    dir.write("token", "tok-tls-wrong\n");
-    let g2 = Graceway::start_in(dir, &config(up.port, "{ verify: true }"));
+    let g2 = Graceway::start_with_token("tok-tls-wrong\n", &config(up.port, "{ verify: true }"));
     let r = client().get(g2.url("/v1/x")).send().await.unwrap();
     assert!(r.status().is_server_error(), "{}", r.status());
     assert_eq!(up.request_count(), 0);
@@ -71,9 +69,7 @@ async fn wrong_ca_is_refused_and_token_never_sent() {
 async fn verify_false_connects_and_warns() {
     let fx = TlsFixture::new();
     let up = MockUpstream::start_tls(|_| MockReply::ok("{}"), fx.server.clone());
-    let dir = TestDir::new();
-    dir.write("token", "tok-tls-noverify\n");
-    let g = Graceway::start_in(dir, &config(up.port, "{ verify: false }"));
+    let g = Graceway::start_with_token("tok-tls-noverify\n", &config(up.port, "{ verify: false }"));
     let r = client().get(g.url("/v1/x")).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", g.logs());
     assert!(g.logs().contains("tls.verify is false"), "{}", g.logs());

@@ -139,6 +139,13 @@ impl Graceway {
         g
     }
 
+    /// Starts in a fresh folder whose `token` file holds `token`.
+    pub fn start_with_token(token: &str, template: &str) -> Graceway {
+        let dir = TestDir::new();
+        dir.write("token", token);
+        Graceway::start_in(dir, template)
+    }
+
     /// Starts without waiting (for tests of start-up failures).
     pub fn spawn_in(dir: TestDir, template: &str, env: &[(&str, &str)]) -> Graceway {
         let listen = free_port();
