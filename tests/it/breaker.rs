@@ -94,14 +94,7 @@ async fn hanging_upstream_is_answered_at_once_after_the_breaker_opens() {
     assert_eq!(h["open"], true, "{st}");
     assert_eq!(h["reason"], "upstream-timeout");
     assert_eq!(st["upstreams"][0]["state"], "degraded");
-    let m = c
-        .get(g.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = g.metrics().await;
     assert!(
         m.contains("graceway_upstream_breaker_open{upstream=\"emoji\"} 1"),
         "{m}"
@@ -114,14 +107,7 @@ async fn hanging_upstream_is_answered_at_once_after_the_breaker_opens() {
         degraded(&r).is_none().then_some(())
     })
     .await;
-    let m = c
-        .get(g.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = g.metrics().await;
     assert!(m.contains("graceway_upstream_breaker_open{upstream=\"emoji\"} 0"));
     let logs = g.logs();
     assert_eq!(logs.matches("health breaker open").count(), 1, "{logs}");
@@ -289,14 +275,7 @@ async fn preflight_refuses_a_token_the_upstream_refuses() {
     let st = g.status().await;
     assert_eq!(st["reload"]["ok"], false);
     assert!(st["reload"]["message"].as_str().unwrap().contains(&fp));
-    let m = c
-        .get(g.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = g.metrics().await;
     assert!(m.contains("graceway_token_reloads_total{result=\"failed\"}"));
     assert!(g.logs().contains(&fp));
 

@@ -293,14 +293,7 @@ async fn expiry_from_jwt_and_expires_at() {
     let r = client().get(g.url("/v1/a")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.requests()[0].bearer(), Some(near.as_str()));
-    let m = client()
-        .get(g.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = g.metrics().await;
     assert!(
         m.contains(&format!(
             "graceway_token_expiry_timestamp_seconds{{token=\"1\",upstream=\"emoji\"}} {}",

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::support::mock::Wire;
 use crate::support::{
-    client, run_cli, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir,
+    client, metric_value, run_cli, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream,
+    TestDir,
 };
 
 /// The token value every test starts with. It must never show up in a
@@ -96,15 +97,6 @@ async fn metrics_text(g: &Graceway) -> String {
     r.text().await.unwrap()
 }
 
-/// The value of one exact series (`name{labels}` as the text format prints
-/// it, label names sorted), if present.
-fn series(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// Polls `/metrics` until every `(series, value)` pair holds exactly (some
 /// gauges are refreshed by the once-a-second control loop). Returns the
 /// text that satisfied them all.
@@ -114,8 +106,8 @@ async fn wait_metrics(g: &Graceway, expected: &[(&str, f64)]) -> String {
         let text = metrics_text(g).await;
         let wrong: Vec<String> = expected
             .iter()
-            .filter(|(s, v)| series(&text, s) != Some(*v))
-            .map(|(s, v)| format!("{s} = {:?}, expected {v}", series(&text, s)))
+            .filter(|(s, v)| metric_value(&text, s) != Some(*v))
+            .map(|(s, v)| format!("{s} = {:?}, expected {v}", metric_value(&text, s)))
             .collect();
         if wrong.is_empty() {
             return text;
@@ -291,9 +283,9 @@ async fn metrics_after_a_scripted_outage() {
     )
     .await;
 
-    let bytes = series(&m, "graceway_cache_bytes").unwrap_or(0.0);
+    let bytes = metric_value(&m, "graceway_cache_bytes").unwrap_or(0.0);
     assert!(bytes > 0.0, "cache bytes {bytes}\n{m}");
-    let rss = series(&m, "process_resident_memory_bytes").unwrap_or(0.0);
+    let rss = metric_value(&m, "process_resident_memory_bytes").unwrap_or(0.0);
     assert!(rss > 1_000_000.0, "rss {rss}\n{m}");
     // The smallest bucket of the histogram exists for the upstream.
     assert!(
@@ -588,16 +580,16 @@ async fn memory_soft_limit_sheds_copies_and_no_limit_keeps_them() {
 
     let m = metrics_text(&shed).await;
     assert_eq!(
-        series(&m, "graceway_memory_soft_limit_bytes"),
+        metric_value(&m, "graceway_memory_soft_limit_bytes"),
         Some(1048576.0),
         "{m}"
     );
     assert_eq!(
-        series(&m, "graceway_memory_shed_entries_total"),
+        metric_value(&m, "graceway_memory_shed_entries_total"),
         Some(shed_entries as f64),
         "{m}"
     );
-    assert_eq!(series(&m, "graceway_cache_entries"), Some(0.0), "{m}");
+    assert_eq!(metric_value(&m, "graceway_cache_entries"), Some(0.0), "{m}");
 
     // The control instance, without soft_limit, kept every copy.
     let st = keep.status().await;
@@ -607,12 +599,12 @@ async fn memory_soft_limit_sheds_copies_and_no_limit_keeps_them() {
     assert!(!keep.logs().contains("above memory.soft_limit"));
     let m = metrics_text(&keep).await;
     assert_eq!(
-        series(&m, "graceway_memory_shed_entries_total"),
+        metric_value(&m, "graceway_memory_shed_entries_total"),
         Some(0.0),
         "{m}"
     );
     assert_eq!(
-        series(&m, "graceway_cache_entries"),
+        metric_value(&m, "graceway_cache_entries"),
         Some(PATHS as f64),
         "{m}"
     );
@@ -724,14 +716,15 @@ async fn webhook_reports_token_rejection_and_retries() {
         let admin = admin.clone();
         async move {
             let m = client().get(&admin).send().await.ok()?.text().await.ok()?;
-            let retried = series(&m, r#"graceway_webhook_deliveries_total{result="retried"}"#)?;
-            let ok = series(&m, r#"graceway_webhook_deliveries_total{result="ok"}"#)?;
+            let retried =
+                metric_value(&m, r#"graceway_webhook_deliveries_total{result="retried"}"#)?;
+            let ok = metric_value(&m, r#"graceway_webhook_deliveries_total{result="ok"}"#)?;
             (retried >= 2.0 && ok >= 1.0).then_some(m)
         }
     })
     .await;
     assert!(
-        series(&m, r#"graceway_webhook_deliveries_total{result="failed"}"#)
+        metric_value(&m, r#"graceway_webhook_deliveries_total{result="failed"}"#)
             .is_none_or(|v| v == 0.0),
         "{m}"
     );

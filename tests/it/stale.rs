@@ -97,14 +97,7 @@ async fn assert_stale_on_status(status: u16, reason: &str) {
     assert_eq!(body["upstream"], "emoji");
     assert!(!body.to_string().contains("secret_detail"));
 
-    let m = client()
-        .get(g.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = g.metrics().await;
     assert!(
         m.contains(&format!(
             "graceway_stale_served_total{{reason=\"{reason}\",upstream=\"emoji\"}} 1"
