@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use graceway::breaker::Breaker;
+use graceway::cache::{primary_key, Cache, CachedResponse, Recorded};
 use graceway::generation::{Router, UpstreamStatus};
-use graceway::stale::{primary_key, LastGoodStore, Recorded, StoredResponse};
 
 fn time<F: FnMut()>(name: &str, iters: u32, mut f: F) {
     let mut samples = Vec::new();
@@ -46,14 +46,14 @@ upstreams:
         black_box(router.route(black_box(Some("EMOJI.internal")), black_box("/v1/x")));
     });
 
-    let store = LastGoodStore::new(64 << 20, 1 << 20, None);
+    let store = Cache::new(64 << 20, 1 << 20, None);
     let owner = Arc::new(UpstreamStatus::new("a"));
     let req = pingora::http::RequestHeader::build("GET", b"/v1/emojis/smile?size=2", None).unwrap();
     let key = primary_key("a", &req);
     store.insert(
         &key,
         None,
-        Arc::new(StoredResponse {
+        Arc::new(CachedResponse {
             recorded: Recorded {
                 headers: vec![(
                     http::header::CONTENT_TYPE,

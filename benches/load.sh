@@ -8,7 +8,7 @@
 #   direct    wrk straight at the API (sending the token itself)
 #   nginx     nginx proxy_pass + proxy_set_header Authorization + keepalive
 #   graceway  graceway (release build) injecting the token from a file
-# then graceway's degraded paths (answers from the last-good store):
+# then graceway's degraded paths (answers from the last-good cache):
 #   short-circuit  breaker open, answered in the request phase
 #   rewrite        upstream 503 with a body, replaced in the response phase
 #   direct-write   upstream 502 with Content-Length: 0, written directly
@@ -117,7 +117,7 @@ for p in $API $NGX $GW $ADM; do
 done
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADM/readyz" >/dev/null && break; sleep 0.1; done
 
-# Fill the store for the degraded paths, then trip the sc breaker.
+# Fill the cache for the degraded paths, then trip the sc breaker.
 for p in rw rwe sc err; do curl -sf -H "X-Fill: 1" "http://127.0.0.1:$GW/$p/x" >/dev/null; done
 curl -s "http://127.0.0.1:$GW/sc/x" >/dev/null
 

@@ -9,10 +9,10 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use crate::cache::{persist, Cache};
 use crate::config;
 use crate::generation::{self, Generation, SourcePolicy, UpstreamStatus};
 use crate::metrics::metrics;
-use crate::stale::{persist, LastGoodStore};
 use crate::tokens::TokenState;
 
 /// Why a reload or token refresh left the generation in force in place.
@@ -73,10 +73,10 @@ pub struct App {
     pub config_path: PathBuf,
     pub started_at: SystemTime,
     /// Last-good copies; outlives reloads (its size is fixed at start).
-    pub store: LastGoodStore,
+    pub cache: Cache,
     /// The fleet tier (`cache.redis`), shared by every replica; fixed at
     /// start.
-    pub fleet: Option<Arc<crate::stale::fleet::FleetTier>>,
+    pub fleet: Option<Arc<crate::cache::fleet::FleetTier>>,
     /// Resident memory and shedding figures, written by the memory watch.
     pub memory: crate::memory::MemoryFigures,
     /// Set once the proxy listener was seen accepting (see `/readyz`).
@@ -124,8 +124,8 @@ impl App {
         };
         let path = loaded.path.clone();
         publish_token_metrics(&gen, None);
-        let cache = &loaded.config.cache;
-        let writer = cache
+        let settings = &loaded.config.cache;
+        let writer = settings
             .persist_path
             .as_ref()
             .and_then(|p| match persist::Writer::open(p) {
@@ -135,8 +135,8 @@ impl App {
                     None
                 }
             });
-        let store = LastGoodStore::new(cache.memory_bytes, cache.max_object_bytes, writer);
-        let restored = store.load_persisted(
+        let cache = Cache::new(settings.memory_bytes, settings.max_object_bytes, writer);
+        let restored = cache.load_persisted(
             &|name: &str| status_for(&statuses, name),
             loaded.config.longest_max_stale(),
         );
@@ -145,7 +145,7 @@ impl App {
         }
         let fleet = match &loaded.config.cache.redis {
             None => None,
-            Some(r) => match crate::stale::fleet::FleetTier::new(r) {
+            Some(r) => match crate::cache::fleet::FleetTier::new(r) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     log::error!("cache.redis: {e}; the fleet tier is off");
@@ -168,7 +168,7 @@ impl App {
             reload_lock: tokio::sync::Mutex::new(()),
             config_path: path,
             started_at: SystemTime::now(),
-            store,
+            cache,
             memory: Default::default(),
             proxy_listening: Default::default(),
             pid_file: Default::default(),
@@ -183,7 +183,7 @@ impl App {
     /// once the previous process of an upgrade has released the file).
     pub fn restore_persisted(&self) -> usize {
         let max_age = self.live.load().loaded.config.longest_max_stale();
-        self.store
+        self.cache
             .load_persisted(&|name: &str| status_for(&self.statuses, name), max_age)
     }
 

@@ -4,7 +4,7 @@
 //! - the **auth** breaker, which opens when no token of the upstream is
 //!   usable any more (every one rejected or expired).
 //!
-//! While open, requests are answered from the last-good store at once. One
+//! While open, requests are answered from the last-good cache at once. One
 //! trial per backoff window (starting at `health.retry_after`, doubling up
 //! to `health.max_retry_after`) may go to the upstream: a live request, or
 //! the probe when one is configured. A success closes the breaker.

@@ -50,7 +50,7 @@ impl BackgroundService for Control {
             fleet.start();
         }
         let app = self.app.clone();
-        self.app.store.start_persist(move || {
+        self.app.cache.start_persist(move || {
             let restored = app.restore_persisted();
             log::info!("restored {restored} last-good copies left by the previous process");
         });
@@ -88,9 +88,9 @@ impl BackgroundService for Control {
                     }
                 }
                 _ = tick.tick() => {
-                    self.app.store.maintain();
+                    self.app.cache.maintain();
                     memory.tick(
-                        &self.app.store,
+                        &self.app.cache,
                         &self.app.memory,
                         self.app.live.load().loaded.config.memory.soft_limit,
                     );

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 
+use crate::cache::stored;
 use crate::proxy::target;
-use crate::stale::stored;
 use crate::tokens::value::Secret;
 
 fn corpus_dir() -> PathBuf {

@@ -159,8 +159,8 @@ pub struct UpstreamStatus {
     last_success: AtomicU64,
     last_failure: AtomicU64,
     last_failure_reason: AtomicU8,
-    /// Copies in the last-good store for this upstream, and their bytes;
-    /// kept by the store as it inserts and evicts.
+    /// Copies in the last-good cache for this upstream, and their bytes;
+    /// kept by the cache as it inserts and evicts.
     pub stored_entries: AtomicI64,
     pub stored_bytes: AtomicI64,
     /// Reason of the current degradation (see [`Reason`]); 0 while the
@@ -203,7 +203,7 @@ impl UpstreamStatus {
         if self.health.failure(reason) {
             self.metrics.breaker_open.set(1);
             log::warn!(
-                "upstream {}: health breaker open after consecutive failures ({}); answering from the last-good store at once",
+                "upstream {}: health breaker open after consecutive failures ({}); answering from the last-good cache at once",
                 self.name,
                 reason.as_str()
             );

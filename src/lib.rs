@@ -15,7 +15,7 @@
 //! | [`app`] | process-wide state (`ArcSwap<Generation>`), reload and token refresh |
 //! | [`breaker`] | the circuit breaker used twice per upstream: health and auth |
 //! | [`proxy`] | the Pingora `ProxyHttp` implementation: the data plane |
-//! | [`stale`] | the last-good store: memory tier, persist tier, what may be stored and served |
+//! | [`stale`] | the last-good cache: memory tier, persist tier, what may be stored and served |
 //! | [`admin`] | health, readiness, status, metrics and reload endpoints |
 //! | [`control`] | SIGHUP, pid file, token file watcher, command refresh |
 //! | [`server`] | wiring of the Pingora server and its services |
@@ -42,6 +42,7 @@ pub(crate) mod access_log;
 pub(crate) mod admin;
 pub(crate) mod app;
 pub mod breaker;
+pub mod cache;
 pub mod cli;
 pub(crate) mod clock;
 pub mod config;
@@ -59,7 +60,6 @@ pub(crate) mod outcome;
 pub(crate) mod probe;
 pub(crate) mod proxy;
 pub mod server;
-pub mod stale;
 pub(crate) mod systemd;
 pub mod tokens;
 pub(crate) mod webhook;

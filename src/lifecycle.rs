@@ -19,7 +19,7 @@
 //!   the same drain, after Pingora has handed the listening sockets to the
 //!   new process and kept accepting for its 5 s hand-over; the old process
 //!   releases the persist file at exit, and the new one opens it then
-//!   (see `stale::persist`).
+//!   (see `cache::persist`).
 //! - **SIGINT**: stop at once (Pingora's fast shutdown).
 //!
 //! Under systemd (`Type=notify`, `NOTIFY_SOCKET` set) graceway says
@@ -166,7 +166,7 @@ fn exit_when_idle(app: Arc<App>, delay: Duration, timeout: Duration) {
 /// What every way out does last: flush and release the persist file,
 /// remove the pid file (when it still names this process).
 pub fn finish(app: &App) {
-    app.store.close_persist(FLUSH_LIMIT);
+    app.cache.close_persist(FLUSH_LIMIT);
     app.remove_pid_file();
     log::info!("graceway stopped");
 }

@@ -5,12 +5,12 @@
 //! a copy's age is the time since its path was last fetched with success.
 //! The allocator gives memory back to the system lazily, so after shedding
 //! the watch waits 10 s before it judges the RSS again, instead of emptying
-//! the store chasing a number that is still falling.
+//! the cache chasing a number that is still falling.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::stale::LastGoodStore;
+use crate::cache::Cache;
 
 /// The resident set size in bytes, from `/proc/self/statm`.
 pub fn rss_bytes() -> Option<u64> {
@@ -31,7 +31,7 @@ pub struct MemoryFigures {
 pub struct MemoryWatch {
     last_sample: Option<Instant>,
     cooldown_until: Option<Instant>,
-    /// Last "store is empty" warning (at most one a minute).
+    /// Last "cache is empty" warning (at most one a minute).
     warned_empty: Option<Instant>,
 }
 
@@ -40,14 +40,9 @@ const COOLDOWN: Duration = Duration::from_secs(10);
 
 impl MemoryWatch {
     /// Called from the control loop with what the watch acts on: the
-    /// store it sheds from, the figures it writes, the configured limit.
+    /// cache it sheds from, the figures it writes, the configured limit.
     /// Samples at most once a second.
-    pub fn tick(
-        &mut self,
-        store: &LastGoodStore,
-        figures: &MemoryFigures,
-        soft_limit: Option<u64>,
-    ) {
+    pub fn tick(&mut self, cache: &Cache, figures: &MemoryFigures, soft_limit: Option<u64>) {
         let now = Instant::now();
         if self.last_sample.is_some_and(|t| now - t < SAMPLE_EVERY) {
             return;
@@ -66,7 +61,7 @@ impl MemoryWatch {
             return;
         }
         let excess = rss - limit;
-        let (entries, bytes) = store.shed_oldest(excess);
+        let (entries, bytes) = cache.shed_oldest(excess);
         if entries > 0 {
             self.cooldown_until = Some(now + COOLDOWN);
             let m = figures;
@@ -89,7 +84,7 @@ impl MemoryWatch {
         {
             self.warned_empty = Some(now);
             log::warn!(
-                "memory: resident {} MiB is above memory.soft_limit {} MiB and the last-good store is empty",
+                "memory: resident {} MiB is above memory.soft_limit {} MiB and the last-good cache is empty",
                 rss >> 20,
                 limit >> 20
             );

@@ -123,7 +123,7 @@ pub fn metrics() -> &'static Metrics {
             .expect("metric registers"),
             stale_served_total: register_int_counter_vec!(
                 "graceway_stale_served_total",
-                "Degraded answers served from the last-good store, by reason.",
+                "Degraded answers served from the last-good cache, by reason.",
                 &["upstream", "reason"]
             )
             .expect("metric registers"),
@@ -237,17 +237,17 @@ pub fn metrics() -> &'static Metrics {
             .expect("metric registers"),
             cache_bytes: register_int_gauge!(
                 "graceway_cache_bytes",
-                "Bytes held by the last-good memory store."
+                "Bytes held by the last-good memory cache."
             )
             .expect("metric registers"),
             cache_entries: register_int_gauge!(
                 "graceway_cache_entries",
-                "Entries held by the last-good memory store."
+                "Entries held by the last-good memory cache."
             )
             .expect("metric registers"),
             cache_evictions_total: register_int_counter!(
                 "graceway_cache_evictions_total",
-                "Entries evicted from the last-good memory store."
+                "Entries evicted from the last-good memory cache."
             )
             .expect("metric registers"),
             upstream_request_duration_seconds: register_histogram_vec!(

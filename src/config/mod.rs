@@ -8,6 +8,7 @@
 pub mod model;
 pub mod schema;
 pub mod units;
+mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 pub use model::*;
+pub use validate::parse_url;
 
 /// One problem in a config file, tied to the field it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]

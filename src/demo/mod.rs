@@ -402,7 +402,7 @@ impl Walkthrough {
         println!();
 
         println!("9. Another day, the vendor's API hangs. The first 2 requests wait for the 2 s read timeout,");
-        println!("   then the health breaker opens and every answer comes from the store at once.");
+        println!("   then the health breaker opens and every answer comes from the cache at once.");
         let _ = self.post(&self.api("/demo/hang")).await;
         for i in 1..=3 {
             let t0 = Instant::now();

@@ -5,7 +5,7 @@
 //! (Host, token) -> upstream -> `upstream_response_filter` (status
 //! bookkeeping; a failure becomes the stored answer here) ->
 //! `response_filter` (`Cache-Status`) -> `response_body_filter` (capture
-//! the body for the store, or swap in the stored body) -> client.
+//! the body for the cache, or swap in the stored body) -> client.
 //! Timeouts and refused connections have no upstream header and end in
 //! `fail_to_proxy`.
 //!
@@ -38,11 +38,11 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::app::App;
+use crate::cache::stored::{self, CacheControl};
+use crate::cache::{self, Cache, CachedResponse, Recorded};
 use crate::clock::unix_now;
 use crate::generation::{Generation, Upstream};
 use crate::outcome::{Outcome, Reason};
-use crate::stale::stored::{self, CacheControl};
-use crate::stale::{self as store, LastGoodStore, Recorded, StoredResponse};
 use crate::tokens::evidence::{self, Verdict};
 use crate::tokens::set::Suspicion;
 
@@ -50,7 +50,7 @@ pub struct Proxy {
     pub app: Arc<App>,
 }
 
-/// A body being captured for the last-good store.
+/// A body being captured for the last-good cache.
 struct Capture {
     primary: String,
     variant: Option<(Arc<[HeaderName]>, String)>,
@@ -116,11 +116,11 @@ static CS_STORED: HeaderValue = HeaderValue::from_static("graceway; fwd=miss; st
 static CS_MISS: HeaderValue = HeaderValue::from_static("graceway; fwd=miss");
 
 impl Proxy {
-    fn store(&self) -> &LastGoodStore {
-        &self.app.store
+    fn cache(&self) -> &Cache {
+        &self.app.cache
     }
 
-    /// Answers from the store (or the 503 JSON) in the request phase,
+    /// Answers from the cache (or the 503 JSON) in the request phase,
     /// without contacting the upstream.
     async fn short_circuit(
         &self,
@@ -158,7 +158,7 @@ impl Proxy {
         retry_after: Option<&HeaderValue>,
     ) -> Result<respond::Replacement> {
         let from_fleet = self.fill_from_fleet(up, req).await;
-        let mut answer = respond::degraded(self.store(), up, req, reason, fwd, retry_after)?;
+        let mut answer = respond::degraded(self.cache(), up, req, reason, fwd, retry_after)?;
         if from_fleet && answer.stale {
             // RFC 9211: one member per cache, the one nearest the origin
             // first: the fleet tier had it, this graceway served it.
@@ -179,13 +179,13 @@ impl Proxy {
         let Some(fleet) = &self.app.fleet else {
             return false;
         };
-        if respond::servable_copy(self.store(), up, req).is_some()
+        if respond::servable_copy(self.cache(), up, req).is_some()
             || !matches!(req.method, http::Method::GET | http::Method::HEAD)
         {
             return false;
         }
         let name = up.config.name.as_str();
-        let primary = store::primary_key(name, req);
+        let primary = cache::primary_key(name, req);
         let Some(found) = fleet.get(name, &primary).await else {
             return false;
         };
@@ -195,13 +195,13 @@ impl Proxy {
         let (found, variant) = if names.is_empty() {
             (found, None)
         } else {
-            let vkey = store::variant_key(&primary, &names, req);
+            let vkey = cache::variant_key(&primary, &names, req);
             match fleet.get(name, &vkey).await {
                 Some(v) => (v, Some((Arc::from(names), vkey))),
                 None => return false,
             }
         };
-        self.store()
+        self.cache()
             .adopt(&primary, variant, found, up.status.clone());
         true
     }
@@ -409,7 +409,7 @@ impl Proxy {
         Ok(())
     }
 
-    /// A 200 to a storable GET: starts capturing its body for the store.
+    /// A 200 to a storable GET: starts capturing its body for the cache.
     /// Under load a hot path would be re-stored on every answer; a copy
     /// younger than STORE_REFRESH is kept instead (a lookup costs ~0.15 us,
     /// a capture and insert several).
@@ -420,20 +420,20 @@ impl Proxy {
         up: &Upstream,
         resp: &ResponseHeader,
     ) {
-        let primary = store::primary_key(&up.config.name, req);
+        let primary = cache::primary_key(&up.config.name, req);
         let recently_stored = self
-            .store()
+            .cache()
             .lookup_primary(&primary, req)
             .is_some_and(|c| c.recorded.age(SystemTime::now()) < STORE_REFRESH);
         let meta = (!recently_stored)
-            .then(|| stored::storable_meta(resp, self.store().max_object))
+            .then(|| stored::storable_meta(resp, self.cache().max_object))
             .flatten();
         let Some((cc, headers)) = meta else {
             return;
         };
         let names = stored::vary_names(&headers);
         let variant = (!names.is_empty()).then(|| {
-            let vkey = store::variant_key(&primary, &names, req);
+            let vkey = cache::variant_key(&primary, &names, req);
             (Arc::from(names), vkey)
         });
         let capture = Capture {
@@ -514,7 +514,7 @@ impl Proxy {
     }
 
     /// No token can be sent (the auth breaker is open): answer from the
-    /// store at once, or let this request through as the auth trial with
+    /// cache at once, or let this request through as the auth trial with
     /// the next rejected token. `Ok(true)` when answered.
     async fn without_usable_token(
         &self,
@@ -535,7 +535,7 @@ impl Proxy {
         }
         if reason.is_some_and(|r| up.auth.trip(r)) {
             log::warn!(
-                "upstream {}: auth breaker open: no usable token ({}); answering from the last-good store until {}",
+                "upstream {}: auth breaker open: no usable token ({}); answering from the last-good cache until {}",
                 up.config.name,
                 up.no_token_reason(),
                 if probed { "a probe succeeds or the tokens change" } else { "a trial request succeeds or the tokens change" }
@@ -709,7 +709,7 @@ impl ProxyHttp for Proxy {
     /// First look at the upstream's answer, before anything reaches the
     /// client. Counts the status, marks the token rejected on 401/403, and
     /// turns a failure listed in `stale.on` into the last-good copy (or the
-    /// 503 JSON). A 200 to a storable GET starts a capture for the store.
+    /// 503 JSON). A 200 to a storable GET starts a capture for the cache.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
@@ -783,7 +783,7 @@ impl ProxyHttp for Proxy {
 
     /// Body chunks on their way to the client. Captures a storable body (by
     /// reference, copied once at the end into an exactly-sized buffer so the
-    /// store's byte count is the memory held), or swaps a replaced answer's
+    /// cache's byte count is the memory held), or swaps a replaced answer's
     /// body in for the upstream's.
     fn response_body_filter(
         &self,
@@ -802,7 +802,7 @@ impl ProxyHttp for Proxy {
         if let Some(cap) = ctx.capture.as_mut() {
             if let Some(b) = body.as_ref() {
                 cap.size += b.len();
-                if cap.size as u64 > self.store().max_object {
+                if cap.size as u64 > self.cache().max_object {
                     // Too big: stream on untouched, keep nothing.
                     ctx.capture = None;
                     return Ok(None);
@@ -820,7 +820,7 @@ impl ProxyHttp for Proxy {
 
     /// The request failed with an error: a timeout, a refused or reset
     /// connection, or anything else. Upstream failures listed in `stale.on`
-    /// are answered from the store (or the 503 JSON) when nothing has been
+    /// are answered from the cache (or the 503 JSON) when nothing has been
     /// sent to the client yet; the client connection is closed after it,
     /// with `Connection: close` said up front (Pingora does not reuse a
     /// connection after a failed upstream attempt).
@@ -1202,9 +1202,9 @@ impl Proxy {
             .variant
             .as_ref()
             .map_or(cap.primary.len(), |(_, k)| k.len());
-        let weight = LastGoodStore::weigh(key_len, &cap.headers, cap.size);
+        let weight = Cache::weigh(key_len, &cap.headers, cap.size);
         let fresh = cap.cc.s_maxage.or(cap.cc.max_age).unwrap_or(0);
-        let copy = Arc::new(StoredResponse {
+        let copy = Arc::new(CachedResponse {
             recorded: Recorded {
                 headers: cap.headers,
                 body: body.freeze(),
@@ -1223,7 +1223,7 @@ impl Proxy {
                 fleet.put(&up.config.name, vkey, &copy, ttl);
             }
         }
-        self.store().insert(&cap.primary, cap.variant, copy, true);
+        self.cache().insert(&cap.primary, cap.variant, copy, true);
     }
 }
 

@@ -1,5 +1,5 @@
 //! Answers graceway writes itself: JSON errors and degraded answers from
-//! the last-good store, with the degradation headers.
+//! the last-good cache, with the degradation headers.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -11,16 +11,16 @@ use pingora::prelude::*;
 use pingora::protocols::http::conditional_filter;
 use pingora::proxy::Session;
 
+use crate::cache::CachedResponse;
 use crate::config::{StalePolicy, StaleTriggers};
 use crate::generation::Upstream;
 use crate::outcome::Reason;
-use crate::stale::StoredResponse;
 
 /// A complete answer to write in place of the upstream's.
 pub struct Replacement {
     pub header: ResponseHeader,
     pub body: Bytes,
-    /// Served from the store (`stale`) or an error (`error`).
+    /// Served from the cache (`stale`) or an error (`error`).
     pub stale: bool,
 }
 
@@ -97,17 +97,17 @@ pub fn triggered(on: &StaleTriggers, reason: Reason, status: Option<u16>) -> boo
     }
 }
 
-/// A servable copy for this request, if the store has one.
+/// A servable copy for this request, if the cache has one.
 pub fn servable_copy(
-    store: &crate::stale::LastGoodStore,
+    cache: &crate::cache::Cache,
     up: &Upstream,
     req: &RequestHeader,
-) -> Option<Arc<StoredResponse>> {
+) -> Option<Arc<CachedResponse>> {
     if req.method != http::Method::GET && req.method != http::Method::HEAD {
         return None;
     }
     let policy: &StalePolicy = &up.config.stale;
-    store.lookup(&up.config.name, req).filter(|c| {
+    cache.lookup(&up.config.name, req).filter(|c| {
         c.recorded.servable(
             SystemTime::now(),
             policy.max_stale,
@@ -120,14 +120,14 @@ pub fn servable_copy(
 /// the stored copy (or a 304 when the client's validators match it) with
 /// the degradation headers, else the 503 JSON error.
 pub fn degraded(
-    store: &crate::stale::LastGoodStore,
+    cache: &crate::cache::Cache,
     up: &Upstream,
     req: &RequestHeader,
     reason: Reason,
     fwd_status: Option<u16>,
     retry_after: Option<&HeaderValue>,
 ) -> Result<Replacement> {
-    let Some(copy) = servable_copy(store, up, req) else {
+    let Some(copy) = servable_copy(cache, up, req) else {
         return unavailable(
             "the upstream cannot answer and no last good copy exists for this request",
             up,

@@ -1,5 +1,5 @@
 //! The upstream-health breaker (hanging, refusing and failing upstreams
-//! answered at once from the store) and reload preflight.
+//! answered at once from the cache) and reload preflight.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;

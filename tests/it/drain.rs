@@ -1,7 +1,7 @@
 //! Stopping and upgrading without loss: SIGTERM answers what is in flight
 //! and exits as soon as nothing is, the accept window keeps serving a
 //! sidecar's application, two graceful upgrades in a row under keep-alive
-//! load fail no request and keep the last-good store, a truncated config is
+//! load fail no request and keep the last-good cache, a truncated config is
 //! refused, and a normal load run logs no ERROR.
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -562,7 +562,7 @@ async fn memory_soft_limit_sheds_copies_and_no_limit_keeps_them() {
     // first sample above the limit (at start, on an empty store).
     let st = wait_status(
         &shed,
-        "the store to be shed",
+        "the cache to be shed",
         Duration::from_secs(20),
         |s| s["cache"]["entries"] == 0 && s["memory"]["shed_entries"].as_u64().unwrap_or(0) > 0,
     )
@@ -891,7 +891,7 @@ async fn access_log_plain_json_and_off() {
 
 /// `upstream_ms` is the upstream's time to the response header: a number on
 /// every line for which an upstream was asked (fresh, or a 401 answered
-/// from the store), `-` / null only when none was.
+/// from the cache), `-` / null only when none was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_records_upstream_time() {
     let route = r#"    match: { path_prefix: "/v1" }"#;

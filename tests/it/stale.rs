@@ -1,4 +1,4 @@
-//! The last-good store through the real binary: what is stored, every
+//! The last-good cache through the real binary: what is stored, every
 //! trigger in `stale.on`, the degradation headers, limits and persistence.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
@@ -59,7 +59,7 @@ fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     r.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Fills the store with `path`, switches the upstream to `status`, and
+/// Fills the cache with `path`, switches the upstream to `status`, and
 /// checks the stale answer and its headers.
 async fn assert_stale_on_status(status: u16, reason: &str) {
     let (up, sw) = switchable();
@@ -430,7 +430,7 @@ async fn byte_budget_holds_under_distinct_keys() {
     assert!(st["cache"]["entries"].as_i64().unwrap() > 10, "{st}");
     assert!(
         max_seen > budget / 2,
-        "the test never filled the store: {max_seen}"
+        "the test never filled the cache: {max_seen}"
     );
     let evictions = metric_value(&g.metrics().await, "graceway_cache_evictions_total").unwrap();
     assert!(evictions > 0.0);

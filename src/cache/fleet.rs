@@ -19,7 +19,7 @@
 //!   (`ConnectionManager`, the cluster client). A record of an unknown
 //!   version or that does not decode is ignored and counted, never served.
 //!
-//! Keys are `<key_prefix>v1:<upstream>:<sha256 of the store key>`: bounded
+//! Keys are `<key_prefix>v1:<upstream>:<sha256 of the cache key>`: bounded
 //! in length whatever the path and query, and never a token (copies of
 //! requests that carried the client's own credentials are never stored).
 
@@ -33,7 +33,7 @@ use redis::cluster_routing::Slot;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::stored::{self, Recorded, StoredResponse};
+use super::stored::{self, CachedResponse, Recorded};
 use crate::breaker::Breaker;
 use crate::config::{RedisConfig, RedisTarget};
 use crate::metrics::fleet_metrics as metrics;
@@ -210,7 +210,7 @@ impl FleetTier {
     }
 
     /// Queues a copy for Redis; never waits (a full queue drops it).
-    pub fn put(&self, upstream: &str, store_key: &str, copy: &StoredResponse, ttl: Duration) {
+    pub fn put(&self, upstream: &str, store_key: &str, copy: &CachedResponse, ttl: Duration) {
         let w = Write {
             key: self.key(upstream, store_key),
             value: stored::encode(&copy.recorded),
@@ -222,7 +222,7 @@ impl FleetTier {
         }
     }
 
-    /// Reads the copy of a store key, within the timeout; `None` for a
+    /// Reads the copy of a cache key, within the timeout; `None` for a
     /// miss, a timeout, an error, a corrupt record, or while Redis is down.
     pub async fn get(&self, upstream: &str, store_key: &str) -> Option<Recorded> {
         let Some(conn) = self.usable() else {
@@ -477,7 +477,7 @@ impl FleetTier {
     }
 }
 
-/// The Redis key of a store key (`upstream` + `\n` + path and query, plus
+/// The Redis key of a cache key (`upstream` + `\n` + path and query, plus
 /// the varied headers): bounded whatever the path, and never a token.
 pub fn redis_key(prefix: &str, upstream: &str, store_key: &str) -> String {
     let digest = Sha256::digest(store_key.as_bytes());

@@ -12,7 +12,7 @@
 //! thread retries every 200 ms), and opens it once the old process has
 //! drained, flushed its queue and let go ([`Writer::close`]); it then loads
 //! the copies the old process kept and carries on writing. So an upgrade
-//! keeps the last-good store, and persistence stays on afterwards.
+//! keeps the last-good cache, and persistence stays on afterwards.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,13 +22,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::stored::{self, Recorded, StoredResponse};
+use super::stored::{self, CachedResponse, Recorded};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("last_good_v1");
 const QUEUE: usize = 4096;
 
 enum Op {
-    Put(Arc<str>, Arc<StoredResponse>),
+    Put(Arc<str>, Arc<CachedResponse>),
     Delete(Arc<str>),
     /// Commit what is queued, release the file, then answer.
     Close(SyncSender<()>),
@@ -194,7 +194,7 @@ impl Writer {
         }
     }
 
-    pub fn put(&self, key: &Arc<str>, copy: &Arc<StoredResponse>) {
+    pub fn put(&self, key: &Arc<str>, copy: &Arc<CachedResponse>) {
         self.send(Op::Put(key.clone(), copy.clone()));
     }
 

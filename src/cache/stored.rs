@@ -30,7 +30,7 @@ pub struct Recorded {
 /// shared by `Arc` between the memory tier, the persist writer and
 /// requests being answered.
 #[derive(Debug)]
-pub struct StoredResponse {
+pub struct CachedResponse {
     pub recorded: Recorded,
     /// Bytes this copy costs in memory (key + headers + body + overhead).
     pub weight: u32,

@@ -1,9 +1,9 @@
-//! The last-good store: the newest 200 answer per upstream, path, query and
+//! The last-good cache: the newest 200 answer per upstream, path, query and
 //! `Vary`'d request headers, kept to answer when the upstream turns the
 //! token away or fails.
 //!
 //! Two tiers:
-//! - memory ([`LastGoodStore`]): a moka cache weighted in bytes (key,
+//! - memory ([`Cache`]): a moka cache weighted in bytes (key,
 //!   headers, body and a fixed per-entry overhead). moka's TinyLFU admission
 //!   keeps hot keys when the budget is full, so a scan of one-off paths does
 //!   not push out the copies users actually ask for. graceway keeps its own
@@ -27,13 +27,13 @@ use moka::notification::RemovalCause;
 use pingora::http::RequestHeader;
 
 use crate::metrics::metrics;
-pub use stored::{Recorded, StoredResponse};
+pub use stored::{CachedResponse, Recorded};
 
 /// What a key holds: a copy, or (for a response with `Vary`) the list of
 /// request headers that pick the copy.
 #[derive(Clone)]
 enum Slot {
-    Copy(Arc<StoredResponse>),
+    Copy(Arc<CachedResponse>),
     Vary(Arc<[HeaderName]>),
 }
 
@@ -49,7 +49,7 @@ impl Slot {
     }
 }
 
-pub struct LastGoodStore {
+pub struct Cache {
     cache: moka::sync::Cache<Arc<str>, Slot>,
     budget: u64,
     pub max_object: u64,
@@ -89,8 +89,8 @@ pub fn variant_key(primary: &str, names: &[HeaderName], req: &RequestHeader) -> 
     k
 }
 
-impl LastGoodStore {
-    pub fn new(budget: u64, max_object: u64, persist: Option<persist::Writer>) -> LastGoodStore {
+impl Cache {
+    pub fn new(budget: u64, max_object: u64, persist: Option<persist::Writer>) -> Cache {
         let bytes = Arc::new(AtomicI64::new(0));
         let entries = Arc::new(AtomicI64::new(0));
         let (b, e) = (bytes.clone(), entries.clone());
@@ -117,7 +117,7 @@ impl LastGoodStore {
             })
             .support_invalidation_closures()
             .build();
-        LastGoodStore {
+        Cache {
             cache,
             budget,
             max_object,
@@ -128,7 +128,7 @@ impl LastGoodStore {
     }
 
     /// The copy for this request, if any (servability is the caller's call).
-    pub fn lookup(&self, upstream: &str, req: &RequestHeader) -> Option<Arc<StoredResponse>> {
+    pub fn lookup(&self, upstream: &str, req: &RequestHeader) -> Option<Arc<CachedResponse>> {
         self.lookup_primary(&primary_key(upstream, req), req)
     }
 
@@ -137,7 +137,7 @@ impl LastGoodStore {
         &self,
         primary: &str,
         req: &RequestHeader,
-    ) -> Option<Arc<StoredResponse>> {
+    ) -> Option<Arc<CachedResponse>> {
         match self.cache.get(primary)? {
             Slot::Copy(c) => Some(c),
             Slot::Vary(names) => {
@@ -155,7 +155,7 @@ impl LastGoodStore {
         &self,
         primary: &str,
         variant: Option<(Arc<[HeaderName]>, String)>,
-        copy: Arc<StoredResponse>,
+        copy: Arc<CachedResponse>,
         persist: bool,
     ) {
         let key: Arc<str> = match variant {
@@ -287,7 +287,7 @@ impl LastGoodStore {
     }
 
     /// Removes the oldest copies until at least `bytes` are freed (or the
-    /// store is empty). Returns (entries, bytes) removed.
+    /// cache is empty). Returns (entries, bytes) removed.
     pub fn shed_oldest(&self, bytes: u64) -> (u64, u64) {
         let mut copies: Vec<(SystemTime, u32, Arc<str>)> = self
             .cache
@@ -321,8 +321,8 @@ impl LastGoodStore {
         owner: Arc<crate::generation::UpstreamStatus>,
     ) {
         let key_len = variant.as_ref().map_or(primary.len(), |(_, k)| k.len());
-        let copy = Arc::new(StoredResponse {
-            weight: LastGoodStore::weigh(key_len, &d.headers, d.body.len()),
+        let copy = Arc::new(CachedResponse {
+            weight: Cache::weigh(key_len, &d.headers, d.body.len()),
             owner,
             recorded: d,
         });
