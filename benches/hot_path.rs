@@ -7,8 +7,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use graceway::breaker::Breaker;
 use graceway::cache::{primary_key, Cache, CachedResponse, Recorded};
+use graceway::generation::breaker::Breaker;
 use graceway::generation::{Router, UpstreamStatus};
 
 fn time<F: FnMut()>(name: &str, iters: u32, mut f: F) {

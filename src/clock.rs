@@ -42,3 +42,12 @@ mod tests {
         );
     }
 }
+
+/// Serialises a `SystemTime` as an RFC 3339 UTC timestamp (seconds).
+pub mod rfc3339 {
+    use std::time::SystemTime;
+
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_rfc3339_seconds(*t).to_string())
+    }
+}

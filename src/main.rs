@@ -105,7 +105,7 @@ fn main() {
             dir,
             exit,
         } => {
-            match graceway::demo::run(graceway::demo::DemoOptions {
+            match graceway::cli::demo::run(graceway::cli::demo::DemoOptions {
                 listen,
                 admin,
                 api,

@@ -55,7 +55,7 @@ pub struct Metrics {
     /// reason (a fixed set: [`CLIENT_REJECTIONS`]).
     pub client_rejections_total: IntCounterVec,
     /// Open client connections and connections refused over the cap, per
-    /// listener; read from `listener::PROXY`/`ADMIN` at scrape time.
+    /// listener; read from `net::listener::PROXY`/`ADMIN` at scrape time.
     pub client_connections: IntGaugeVec,
     pub client_connections_max: IntGaugeVec,
     pub client_connections_refused_total: IntCounterVec,
@@ -379,8 +379,8 @@ pub fn refresh_listener_metrics() {
     use std::sync::atomic::Ordering::Relaxed;
     let m = metrics();
     for (name, f) in [
-        ("proxy", &crate::listener::PROXY),
-        ("admin", &crate::listener::ADMIN),
+        ("proxy", &crate::net::listener::PROXY),
+        ("admin", &crate::net::listener::ADMIN),
     ] {
         m.client_connections
             .with_label_values(&[name])

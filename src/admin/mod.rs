@@ -57,7 +57,7 @@ fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        crate::listener::header_complete(session.stream());
+        crate::net::listener::header_complete(session.stream());
         let req = session.req_header();
         let cross_site = cross_site(req);
         let method = req.method.clone();

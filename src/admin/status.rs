@@ -58,7 +58,7 @@ pub fn notice_view(t: &crate::tokens::Token) -> Value {
     })
 }
 
-fn breaker_view(b: &crate::breaker::Breaker) -> Value {
+fn breaker_view(b: &crate::generation::breaker::Breaker) -> Value {
     json!({
         "open": b.is_open(),
         "reason": b.reason().map(|r| r.as_str()),
@@ -158,7 +158,7 @@ pub fn status(app: &App) -> Value {
 
 /// Client connection figures per listener and the descriptor limits.
 fn connections(app: &App) -> Value {
-    let view = |f: &crate::listener::ListenerFigures| {
+    let view = |f: &crate::net::listener::ListenerFigures| {
         json!({
             "open": f.open.load(Ordering::Relaxed),
             "max": f.cap.load(Ordering::Relaxed),
@@ -168,8 +168,8 @@ fn connections(app: &App) -> Value {
     };
     let limits = app.limits.get();
     json!({
-        "proxy": view(&crate::listener::PROXY),
-        "admin": view(&crate::listener::ADMIN),
+        "proxy": view(&crate::net::listener::PROXY),
+        "admin": view(&crate::net::listener::ADMIN),
         "nofile_soft": limits.map(|l| l.nofile_soft),
         "nofile_hard": limits.map(|l| l.nofile_hard),
     })
@@ -204,7 +204,7 @@ pub fn readiness(app: &App) -> (bool, Value) {
     let gen = app.live.load_full();
     let now = SystemTime::now();
     let listening = proxy_listening(app, gen.loaded.config.listen);
-    let draining = crate::lifecycle::draining();
+    let draining = crate::app::lifecycle::draining();
     let mut all = listening && !draining;
     let ups: Vec<Value> = gen
         .upstreams

@@ -34,8 +34,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::stored::{self, CachedResponse, Recorded};
-use crate::breaker::Breaker;
 use crate::config::{RedisConfig, RedisTarget};
+use crate::generation::breaker::Breaker;
 use crate::metrics::fleet_metrics as metrics;
 use crate::outcome::Reason;
 

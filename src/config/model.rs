@@ -50,7 +50,7 @@ pub struct ServerSettings {
     /// A client that sends no body bytes for this long gets 408.
     pub client_body_timeout: Duration,
     /// Open client connections at most; `None`: derived from the
-    /// descriptor limit at start (see `listener::default_max_connections`).
+    /// descriptor limit at start (see `net::listener::default_max_connections`).
     pub max_connections: Option<usize>,
     pub upgrade_sock: PathBuf,
 }

@@ -23,6 +23,7 @@
 //!   connection after a failed attempt, so the answer says
 //!   `Connection: close` instead of promising keep-alive.
 
+pub(crate) mod access_log;
 mod admission;
 mod respond;
 pub(crate) mod target;
@@ -98,7 +99,7 @@ pub struct RequestCtx {
     body_bytes: u64,
     /// Counts this request as in flight until the context is dropped (a
     /// drain waits for none to be left, see `lifecycle`).
-    _in_flight: Option<crate::lifecycle::InFlight>,
+    _in_flight: Option<crate::app::lifecycle::InFlight>,
 }
 
 impl RequestCtx {
@@ -235,7 +236,7 @@ impl Proxy {
     /// The upstream refused token `t` with a 401/403 that is about the
     /// token (`invalid_token`) or may be (no error code). The first is a
     /// rejection; the second makes the token `suspect`, and is confirmed by
-    /// the probe (woken at once, see `probe::run`) or, without a probe, by
+    /// the probe (woken at once, see `app::probe::run`) or, without a probe, by
     /// a refusal on another path within
     /// [`crate::tokens::set::SUSPECT_WINDOW_SECS`]. Either way
     /// this request is retried once with the next usable token; the error
@@ -581,7 +582,7 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            _in_flight: Some(crate::lifecycle::InFlight::start()),
+            _in_flight: Some(crate::app::lifecycle::InFlight::start()),
             ..RequestCtx::default()
         }
     }
@@ -593,7 +594,7 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        crate::listener::header_complete(session.as_downstream().stream());
+        crate::net::listener::header_complete(session.as_downstream().stream());
         Ok(())
     }
 
@@ -767,7 +768,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         // A drain that began while this request was upstream: the answer
         // says `Connection: close`, so the client does not reuse it.
-        if crate::lifecycle::draining() {
+        if crate::app::lifecycle::draining() {
             session.set_keepalive(None);
         }
         if ctx.outcome == Outcome::Fresh {
@@ -1175,8 +1176,8 @@ impl Proxy {
                 g.loaded.config.log.format
             })
             == crate::config::LogFormat::Json;
-        crate::access_log::write(
-            &crate::access_log::AccessLine {
+        crate::proxy::access_log::write(
+            &crate::proxy::access_log::AccessLine {
                 time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
                 method: req.method.as_str(),
                 path: req.uri.path(),
@@ -1234,7 +1235,7 @@ impl Proxy {
 /// `client_body_timeout` (Pingora's default is 60 s); a stall is the
 /// client's, see `fail_to_proxy`.
 fn set_client_timeouts(session: &mut Session, server: &crate::config::ServerSettings) {
-    if crate::lifecycle::draining() {
+    if crate::app::lifecycle::draining() {
         session.set_keepalive(None);
     } else if session.get_keepalive().is_some() {
         session.set_keepalive(Some(server.client_keepalive_timeout.as_secs()));

@@ -32,7 +32,7 @@ pub fn json_error(
     reason: &str,
     retry_after: Option<&HeaderValue>,
 ) -> Result<Replacement> {
-    let body = crate::json::error_body(message, upstream, reason);
+    let body = error_body(message, upstream, reason);
     let mut resp = ResponseHeader::build(status, Some(6))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
@@ -166,4 +166,15 @@ pub fn degraded(
         },
         stale: true,
     })
+}
+
+/// `{"error": .., "upstream": .., "reason": ..}`, the body of every error
+/// graceway answers itself. Values are escaped by serde_json.
+pub fn error_body(error: &str, upstream: Option<&str>, reason: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "error": error,
+        "upstream": upstream,
+        "reason": reason,
+    }))
+    .unwrap_or_default()
 }

@@ -173,7 +173,7 @@ async fn fetch(spec: &OAuth2Spec) -> Result<(Secret, Option<Duration>), SourceEr
         form.push_str(&percent_encode(&client_secret));
     }
 
-    let peer = crate::outbound::peer_for(
+    let peer = crate::net::outbound::peer_for(
         &spec.endpoint,
         spec.verify,
         spec.ca_file.as_deref(),
@@ -212,9 +212,10 @@ async fn fetch(spec: &OAuth2Spec) -> Result<(Secret, Option<Duration>), SourceEr
         req.insert_header(http::header::AUTHORIZATION, v)
             .map_err(h)?;
     }
-    let answer = crate::outbound::send(&peer, req, Some(Bytes::from(form)), spec.timeout, 64 << 10)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    let answer =
+        crate::net::outbound::send(&peer, req, Some(Bytes::from(form)), spec.timeout, 64 << 10)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
     let json: Option<serde_json::Value> = serde_json::from_slice(&answer.body).ok();
     if answer.status != 200 {
         // The `error` code (RFC 6749 §5.2) is safe to show; the description

@@ -1,7 +1,8 @@
 //! The layout rule of `src/`: data flows one way, so no top-level module
 //! imports (through `crate::...`) a module that imports it, directly or
-//! through others. Unit-test modules are left out: a test may reach
-//! anywhere.
+//! through others; and inside each folder, no file imports a sibling that
+//! imports it (`mod.rs`, the folder's own root, is left out). Unit-test
+//! modules are left out: a test may reach anywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -110,6 +111,66 @@ fn no_module_imports_a_module_that_imports_it() {
         .filter_map(|m| cycle_through(m, &graph))
         .map(|p| p.join(" -> "))
         .collect();
+    assert!(cycles.is_empty(), "import circles:\n{}", cycles.join("\n"));
+}
+
+/// Inside each folder of `src/`: its files (and subfolders) other than
+/// `mod.rs`, with the siblings each names as `super::<name>` or
+/// `crate::<folder>::<name>`.
+fn folder_graphs() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(&src).expect("src/") {
+        let dir = entry.expect("entry").path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let folder = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let children = modules(&dir);
+        let mut graph = BTreeMap::new();
+        for (name, files) in &children {
+            if name == "mod" {
+                continue;
+            }
+            let mut deps = BTreeSet::new();
+            for f in files {
+                let text = code(&std::fs::read_to_string(f).expect("source file"));
+                let text = text.replace(&format!("crate::{folder}::"), "super::");
+                for (i, _) in text.match_indices("super::") {
+                    let rest = &text[i + "super::".len()..];
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()))
+                        .unwrap_or(rest.len());
+                    let dep = &rest[..end];
+                    if dep != name && dep != "mod" && children.contains_key(dep) {
+                        deps.insert(dep.to_string());
+                    }
+                }
+            }
+            graph.insert(name.clone(), deps);
+        }
+        out.insert(folder, graph);
+    }
+    out
+}
+
+#[test]
+fn no_file_imports_a_sibling_that_imports_it() {
+    let folders = folder_graphs();
+    assert!(folders.len() >= 8, "folders not read: {folders:?}");
+    // The rule has teeth: a known sibling edge is seen.
+    assert!(
+        folders["generation"]["upstream"].contains("breaker"),
+        "{folders:?}"
+    );
+    let mut cycles = Vec::new();
+    for (folder, graph) in &folders {
+        for m in graph.keys() {
+            if let Some(p) = cycle_through(m, graph) {
+                cycles.push(format!("{folder}/: {}", p.join(" -> ")));
+            }
+        }
+    }
     assert!(cycles.is_empty(), "import circles:\n{}", cycles.join("\n"));
 }
 

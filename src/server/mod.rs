@@ -1,5 +1,10 @@
 //! Wiring: config -> [`App`] -> Pingora server with three services
 //! (control, proxy, admin) -> run.
+//!
+//! [`logging`]: the logger, with Pingora's messages about expected client
+//! and pool events demoted to DEBUG and counted.
+
+pub(crate) mod logging;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,16 +35,16 @@ pub struct RunOptions {
 /// ends the process. Errors before the listeners bind exit non-zero.
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let loaded = config::load(&opts.config)?;
-    crate::logging::init(&loaded.config.log);
+    crate::server::logging::init(&loaded.config.log);
     for w in loaded.config.inactive_settings() {
         log::warn!("{w}");
     }
     let app = start_app(loaded)?;
     let (server, _) = build_server(&app, &opts)?;
     server.run(pingora::server::RunArgs {
-        shutdown_signal: Box::new(crate::lifecycle::Signals { app: app.clone() }),
+        shutdown_signal: Box::new(crate::app::lifecycle::Signals { app: app.clone() }),
     });
-    crate::lifecycle::finish(&app);
+    crate::app::lifecycle::finish(&app);
     Ok(())
 }
 
@@ -64,7 +69,7 @@ pub fn server_conf(cfg: &Config, daemon: bool) -> ServerConf {
         upgrade_sock: cfg.server.upgrade_sock.display().to_string(),
         // graceway drains on its own (see `lifecycle`): Pingora's grace
         // period only has to outlast it, and what is left after that is cut.
-        grace_period_seconds: Some(crate::lifecycle::pingora_grace_period(&cfg.server)),
+        grace_period_seconds: Some(crate::app::lifecycle::pingora_grace_period(&cfg.server)),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     }
@@ -97,20 +102,20 @@ pub fn build_server(app: &Arc<App>, opts: &RunOptions) -> anyhow::Result<(Server
     );
     let control_handle = server.add_service(control);
 
-    let (nofile_soft, nofile_hard) = crate::listener::raise_nofile_limit();
-    app.limits.get_or_init(|| crate::listener::Limits {
+    let (nofile_soft, nofile_hard) = crate::net::listener::raise_nofile_limit();
+    app.limits.get_or_init(|| crate::net::listener::Limits {
         nofile_soft,
         nofile_hard,
     });
     let max_connections = cfg
         .server
         .max_connections
-        .unwrap_or_else(|| crate::listener::default_max_connections(nofile_soft));
+        .unwrap_or_else(|| crate::net::listener::default_max_connections(nofile_soft));
     let header_timeout = cfg.server.request_header_timeout;
 
-    let proxy_app = crate::listener::Guarded::new(
+    let proxy_app = crate::net::listener::Guarded::new(
         pingora::proxy::http_proxy(&server.configuration, Proxy { app: app.clone() }),
-        &crate::listener::PROXY,
+        &crate::net::listener::PROXY,
         max_connections,
         header_timeout,
     );
@@ -119,9 +124,9 @@ pub fn build_server(app: &Arc<App>, opts: &RunOptions) -> anyhow::Result<(Server
     let proxy_handle = server.add_service(proxy);
     proxy_handle.add_dependency(&control_handle);
 
-    let admin_app = crate::listener::Guarded::new(
+    let admin_app = crate::net::listener::Guarded::new(
         HttpServer::new_app(AdminApp { app: app.clone() }),
-        &crate::listener::ADMIN,
+        &crate::net::listener::ADMIN,
         cfg.admin.max_connections,
         header_timeout,
     );

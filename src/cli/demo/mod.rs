@@ -19,7 +19,7 @@ use pingora::services::background::{BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
 
 use crate::app::App;
-use crate::outbound::{self, Answer as Reply};
+use crate::net::outbound::{self, Answer as Reply};
 use crate::server::{self, RunOptions};
 
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     std::fs::write(&config_path, demo_config(&opts, &dir))?;
 
     let loaded = crate::config::load(&config_path)?;
-    crate::logging::init(&crate::config::LogConfig {
+    crate::server::logging::init(&crate::config::LogConfig {
         level: log::LevelFilter::Warn,
         ..loaded.config.log.clone()
     });

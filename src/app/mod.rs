@@ -1,5 +1,16 @@
 //! The process-wide state every service shares, and the one way it changes:
 //! [`App::reload`] and [`App::refresh_tokens`].
+//!
+//! | file | what lives there |
+//! |---|---|
+//! | `mod.rs` | [`App`] (the live generation, the cache, reload records) and the reload itself |
+//! | [`probe`] | background token probes and the reload's preflight |
+//! | [`lifecycle`] | SIGTERM drain, SIGQUIT hand-over, SIGINT; requests in flight |
+//! | [`systemd`] | `Type=notify`: READY, RELOADING, STOPPING, the watchdog |
+
+pub(crate) mod lifecycle;
+pub(crate) mod probe;
+pub(crate) mod systemd;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,7 +34,7 @@ pub enum ReloadError {
     #[error(transparent)]
     Build(#[from] generation::BuildErrors),
     #[error(transparent)]
-    Preflight(#[from] crate::probe::PreflightError),
+    Preflight(#[from] crate::app::probe::PreflightError),
     /// Token sources that failed during a refresh (what did change was
     /// applied).
     #[error("{0}")]
@@ -47,7 +58,7 @@ pub struct ReloadRecord {
     /// Counts every attempt, applied or not; `graceway reload` waits for it
     /// to move to learn the result of the SIGHUP it sent.
     pub attempt: u64,
-    #[serde(with = "crate::json::rfc3339")]
+    #[serde(with = "crate::clock::rfc3339")]
     pub at: SystemTime,
     pub trigger: Trigger,
     pub ok: bool,
@@ -78,13 +89,13 @@ pub struct App {
     /// start.
     pub fleet: Option<Arc<crate::cache::fleet::FleetTier>>,
     /// Resident memory and shedding figures, written by the memory watch.
-    pub memory: crate::memory::MemoryFigures,
+    pub memory: MemoryFigures,
     /// Set once the proxy listener was seen accepting (see `/readyz`).
     pub proxy_listening: std::sync::atomic::AtomicBool,
     /// The pid file this process wrote (a reload does not move it).
     pub pid_file: std::sync::OnceLock<PathBuf>,
     /// Descriptor limits as raised at start.
-    pub limits: std::sync::OnceLock<crate::listener::Limits>,
+    pub limits: std::sync::OnceLock<crate::net::listener::Limits>,
     /// The last reload run, numbered by start order, so that concurrent
     /// reload requests share one run (see [`App::reload`]).
     last_run: Mutex<(u64, Option<ReloadRecord>)>,
@@ -205,10 +216,10 @@ impl App {
         }
         let run = self.runs_started.fetch_add(1, SeqCst) + 1;
         if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
-            crate::systemd::notify(&[sd_notify::NotifyState::Reloading, now]);
+            crate::app::systemd::notify(&[sd_notify::NotifyState::Reloading, now]);
         }
         let record = self.reload_now(trigger).await;
-        crate::systemd::notify(&[sd_notify::NotifyState::Ready]);
+        crate::app::systemd::notify(&[sd_notify::NotifyState::Ready]);
         let m = metrics();
         m.config_reloads_total
             .with_label_values(&[if record.ok { "ok" } else { "failed" }])
@@ -250,7 +261,7 @@ impl App {
                 .await
                 {
                     Err(e) => Err(e.into()),
-                    Ok(g) => match crate::probe::preflight(&g, &current).await {
+                    Ok(g) => match crate::app::probe::preflight(&g, &current).await {
                         Ok(()) => Ok((g, notes)),
                         Err(e) => Err(e.into()),
                     },
@@ -295,7 +306,7 @@ impl App {
         if unchanged && gen.warnings.is_empty() {
             return None;
         }
-        if let Err(e) = crate::probe::preflight(&gen, &current).await {
+        if let Err(e) = crate::app::probe::preflight(&gen, &current).await {
             return Some(self.finish(trigger, &current, Err(e.into())));
         }
         if !gen.warnings.is_empty() {
@@ -548,4 +559,14 @@ pub fn refresh_token_state_metrics(gen: &Generation) {
             }
         }
     }
+}
+
+/// Resident memory and shedding, written by the memory watch
+/// (`control::memory`), read by `/status`.
+#[derive(Debug, Default)]
+pub struct MemoryFigures {
+    pub rss: std::sync::atomic::AtomicU64,
+    pub shed_entries: std::sync::atomic::AtomicU64,
+    pub shed_bytes: std::sync::atomic::AtomicU64,
+    pub last_shed_unix: std::sync::atomic::AtomicU64,
 }

@@ -7,24 +7,16 @@
 //! the watch waits 10 s before it judges the RSS again, instead of emptying
 //! the cache chasing a number that is still falling.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::app::MemoryFigures;
 use crate::cache::Cache;
 
 /// The resident set size in bytes, from `/proc/self/statm`.
 pub fn rss_bytes() -> Option<u64> {
     let statm = procfs::process::Process::myself().ok()?.statm().ok()?;
     Some(statm.resident * procfs::page_size())
-}
-
-/// Figures for `/status`.
-#[derive(Debug, Default)]
-pub struct MemoryFigures {
-    pub rss: AtomicU64,
-    pub shed_entries: AtomicU64,
-    pub shed_bytes: AtomicU64,
-    pub last_shed_unix: AtomicU64,
 }
 
 #[derive(Default)]

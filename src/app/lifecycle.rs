@@ -96,7 +96,7 @@ impl ShutdownSignalWatch for Signals {
         };
         let server = self.app.live.load().loaded.config.server.clone();
         let timeout = server.graceful_shutdown_timeout;
-        let stopping = || crate::systemd::notify(&[sd_notify::NotifyState::Stopping]);
+        let stopping = || crate::app::systemd::notify(&[sd_notify::NotifyState::Stopping]);
         tokio::select! {
             _ = int.recv() => {
                 stopping();

@@ -7,6 +7,13 @@
 //! listeners depend on this service, so they only accept connections once
 //! SIGHUP is handled (before that, SIGHUP's default action would kill the
 //! process).
+//!
+//! Beside it: [`memory`] (resident-memory watch, shedding above
+//! `memory.soft_limit`) and [`webhook`] (state-change detection and the
+//! JSON POSTs), both ticked by this service.
+
+pub(crate) mod memory;
+pub(crate) mod webhook;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -62,15 +69,15 @@ impl BackgroundService for Control {
         ready.notify_ready();
         log::info!("graceway ready (pid {})", std::process::id());
         let cfg = &self.app.live.load().loaded.config;
-        tokio::spawn(crate::systemd::announce_ready([
+        tokio::spawn(crate::app::systemd::announce_ready([
             cfg.listen,
             cfg.admin.listen,
         ]));
 
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut refresh = RefreshClock::default();
-        let mut memory = crate::memory::MemoryWatch::default();
-        let mut states = crate::webhook::StateWatch::default();
+        let mut memory = crate::control::memory::MemoryWatch::default();
+        let mut states = crate::control::webhook::StateWatch::default();
         let mut resolver = Resolver::default();
         loop {
             tokio::select! {
@@ -331,7 +338,7 @@ impl ProbeSupervisor {
         for u in &gen.upstreams {
             if u.probe().is_some() {
                 let app = app.clone();
-                self.tasks.push(tokio::spawn(crate::probe::run(
+                self.tasks.push(tokio::spawn(crate::app::probe::run(
                     Arc::new(move || app.live.load_full()),
                     gen.number,
                     u.config.name.clone(),

@@ -19,7 +19,7 @@ use pingora::http::RequestHeader;
 
 use crate::generation::Generation;
 use crate::generation::Upstream;
-use crate::outbound::{self, Failure};
+use crate::net::outbound::{self, Failure};
 use crate::outcome::Reason;
 use crate::tokens::Token;
 

@@ -266,11 +266,11 @@ async fn deliver(
         .to_string();
         let mut delivered = false;
         for attempt in 1..=5 {
-            let tls = crate::outbound::Tls {
+            let tls = crate::net::outbound::Tls {
                 verify: true,
                 ca_file: ca_file.as_deref(),
             };
-            match crate::outbound::request(
+            match crate::net::outbound::request(
                 "POST",
                 &url,
                 &[("Content-Type", "application/json")],

@@ -1,5 +1,8 @@
 //! The commands besides `run`: `check`, `reload`, `status`.
 //! Each returns the process exit code.
+//! The demo (`graceway demo`) lives in [`demo`].
+
+pub mod demo;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -8,7 +11,7 @@ use serde_json::Value;
 
 use crate::config;
 use crate::generation::{self, SourcePolicy, UpstreamStatus};
-use crate::outbound;
+use crate::net::outbound;
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()

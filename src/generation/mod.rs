@@ -1,0 +1,218 @@
+//! One generation of config and tokens: everything the request path reads,
+//! built and checked off the request path, then swapped in whole.
+//!
+//! A request loads the current [`Generation`] once (an `Arc` from the
+//! `ArcSwap` in [`crate::app::App`]) and keeps it to the end, retries
+//! included. So a request sees the old tokens or the new ones, never a mix,
+//! and a reload never waits for requests or makes them wait.
+
+//!
+//! | file | what lives there |
+//! |---|---|
+//! | `mod.rs` | [`Generation`] and [`build`]: DNS, CA files, token sources |
+//! | [`upstream`] | [`Upstream`] (per generation) and [`UpstreamStatus`] (outlives them) |
+//! | [`router`] | host and longest-prefix routing |
+//! | [`inject`] | header and query injection targets |
+//! | [`breaker`] | the circuit breaker, used twice per upstream: health and auth |
+
+pub mod breaker;
+pub(crate) mod inject;
+pub(crate) mod router;
+pub(crate) mod upstream;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::HeaderValue;
+use pingora::upstreams::peer::HttpPeer;
+
+pub use breaker::Breaker;
+pub use inject::InjectTarget;
+pub use router::Router;
+pub use upstream::{Upstream, UpstreamStatus};
+
+use crate::config::{Injection, LoadedConfig, UpstreamConfig};
+use crate::tokens::{self, TokenSet};
+
+/// Everything one request needs, swapped atomically on reload.
+#[derive(Debug)]
+pub struct Generation {
+    /// Counts reloads that were applied (1 = the config graceway started with).
+    pub number: u64,
+    pub loaded: LoadedConfig,
+    pub router: Router,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub loaded_at: SystemTime,
+    /// Token sources that failed but did not fail the build (see
+    /// [`SourcePolicy`]); empty when every source was read.
+    pub warnings: Vec<String>,
+}
+
+/// Why a generation could not be built: one line per problem, each
+/// naming its config path.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct BuildErrors(pub Vec<String>);
+
+/// How strictly token sources are judged while building.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourcePolicy {
+    /// First start: a failed source makes that token `unavailable` and the
+    /// process starts anyway (readiness reports it). A sidecar that refuses
+    /// to start because a secret store is slow only makes things worse.
+    Tolerate,
+    /// Reload: any failed source fails the reload and the old state stays.
+    Require,
+    /// Token refresh (a watched file changed, a command or OAuth2 refresh
+    /// came due): a failed source keeps its previous value, the others
+    /// apply; the failure is reported.
+    KeepPrevious,
+}
+
+/// Builds a generation from a loaded config: resolves addresses, loads CA
+/// files and reads every token source. `previous` lends each upstream its
+/// long-lived status (matched by name) and, when `keep_token_states`, the
+/// rejection state of tokens whose value did not change.
+pub async fn build(
+    loaded: LoadedConfig,
+    number: u64,
+    previous: Option<&Generation>,
+    statuses: &(dyn Fn(&str) -> Arc<UpstreamStatus> + Sync),
+    policy: SourcePolicy,
+    keep_token_states: bool,
+) -> Result<Generation, BuildErrors> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mut upstreams = Vec::new();
+    for (i, u) in loaded.config.upstreams.iter().enumerate() {
+        let at = format!("upstreams[{i}]");
+        let peer = make_peer(u)
+            .await
+            .map_err(|e| format!("{at}.{}: {e}", e.field()));
+        let (tokens, inject) = match &u.credentials {
+            None => (TokenSet::default(), None),
+            Some(cr) => {
+                let (mut set, errs) = tokens::load_set(cr).await;
+                for (j, e) in errs {
+                    let field = format!("{at}.credentials.tokens[{j}]");
+                    match policy {
+                        SourcePolicy::Require => errors.push(format!("{field}: {e}")),
+                        SourcePolicy::Tolerate => {
+                            log::error!("{field}: token source failed, token unavailable: {e}");
+                            warnings.push(format!("{field}: {e}"));
+                        }
+                        SourcePolicy::KeepPrevious => {
+                            let kept = previous
+                                .and_then(|g| g.upstream_named(&u.name))
+                                .and_then(|p| p.tokens.tokens.get(j))
+                                .filter(|p| p.spec == set.tokens[j].spec)
+                                .and_then(|p| p.carry_over());
+                            match kept {
+                                Some(t) => {
+                                    set.tokens[j] = t;
+                                    warnings.push(format!(
+                                        "{field}: {e} (the previous value stays in use)"
+                                    ));
+                                }
+                                None => warnings.push(format!("{field}: {e} (token unavailable)")),
+                            }
+                        }
+                    }
+                }
+                let target = match &cr.inject {
+                    Injection::Header { name, .. } => InjectTarget::Header {
+                        name: bytes::Bytes::from(name.clone()),
+                        lookup: http::HeaderName::from_bytes(name.as_bytes())
+                            .expect("validated header name"),
+                    },
+                    Injection::Query { param } => InjectTarget::Query {
+                        key_eq: format!("{param}="),
+                    },
+                };
+                (set, Some(target))
+            }
+        };
+        if keep_token_states {
+            if let Some(prev) = previous.and_then(|g| g.upstream_named(&u.name)) {
+                for t in &tokens.tokens {
+                    if let Some(old) = prev.tokens.tokens.get(t.index) {
+                        t.inherit_state(old);
+                    }
+                }
+            }
+        }
+        let host_header = match HeaderValue::from_str(&u.url.host_header) {
+            Ok(v) => v,
+            Err(_) => {
+                errors.push(format!(
+                    "{at}.url: host `{}` is not a valid Host header",
+                    u.url.host
+                ));
+                continue;
+            }
+        };
+        let peer = match peer {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let status = statuses(&u.name);
+        let h = &u.health;
+        status
+            .health
+            .configure(h.open_after, h.retry_after, h.max_retry_after);
+        upstreams.push(Arc::new(Upstream {
+            config: u.clone(),
+            peer: arc_swap::ArcSwap::from_pointee(peer),
+            resolve_now: Default::default(),
+            host_header,
+            allow: HeaderValue::from_str(
+                &u.methods
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+            .unwrap_or(HeaderValue::from_static("GET")),
+            inject,
+            tokens,
+            auth: Breaker::new(1, h.retry_after, h.max_retry_after),
+            auth_trials: Default::default(),
+            status,
+        }));
+    }
+    if !errors.is_empty() {
+        return Err(BuildErrors(errors));
+    }
+    Ok(Generation {
+        number,
+        warnings,
+        router: Router::new(&loaded.config.upstreams),
+        loaded,
+        upstreams,
+        loaded_at: SystemTime::now(),
+    })
+}
+
+impl Generation {
+    pub fn upstream_named(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.config.name == name)
+    }
+}
+
+/// Resolves the upstream's address now (Pingora's `HttpPeer::new` would do
+/// a blocking lookup and panic on failure) and sets TLS and timeouts.
+async fn make_peer(u: &UpstreamConfig) -> Result<HttpPeer, crate::net::outbound::PeerError> {
+    let mut peer = crate::net::outbound::peer_for(
+        &u.url,
+        u.tls.verify,
+        u.tls.ca_file.as_deref(),
+        u.timeouts.connect,
+        u.timeouts.read,
+    )
+    .await?;
+    peer.options.write_timeout = Some(u.timeouts.write);
+    Ok(peer)
+}

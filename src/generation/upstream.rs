@@ -1,0 +1,264 @@
+//! One upstream as the request path sees it ([`Upstream`], rebuilt with
+//! each generation: peer, precomputed headers, tokens, the auth breaker)
+//! and what outlives generations for its name ([`UpstreamStatus`]:
+//! counters, last success and failure, the health breaker).
+
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderValue;
+use pingora::upstreams::peer::HttpPeer;
+
+use super::breaker::Breaker;
+use super::inject::InjectTarget;
+use crate::config::UpstreamConfig;
+use crate::metrics::UpstreamMetrics;
+use crate::outcome::Reason;
+use crate::tokens::{TokenSet, TokenState};
+
+/// One upstream, with every per-request value precomputed.
+#[derive(Debug)]
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    /// A connect-ready peer (resolved address, SNI, TLS and timeouts);
+    /// each request clones it. An `ArcSwap` so that a re-resolved address
+    /// (see `control::Resolver`) applies without a reload: one atomic load
+    /// per request.
+    pub peer: arc_swap::ArcSwap<HttpPeer>,
+    /// Set after a failed connect: re-resolve at the next control tick.
+    pub resolve_now: std::sync::atomic::AtomicBool,
+    pub host_header: HeaderValue,
+    /// `Allow` of a 405: the upstream's methods, comma-separated.
+    pub allow: HeaderValue,
+    pub inject: Option<InjectTarget>,
+    pub tokens: TokenSet,
+    /// Opens when no token is usable; lives and dies with this generation,
+    /// so a reload or a token change closes it.
+    pub auth: Breaker,
+    /// Counts auth-breaker trials, to cycle through the rejected tokens.
+    pub auth_trials: std::sync::atomic::AtomicUsize,
+    /// Outlives generations: counters, last success/failure, the health
+    /// breaker.
+    pub status: Arc<UpstreamStatus>,
+}
+
+impl Upstream {
+    /// Why an upstream has no usable token, for the error body and logs.
+    pub fn no_token_reason(&self) -> &'static str {
+        match self.no_token().0 {
+            Some(Reason::TokenExpired) => "token-expired",
+            Some(Reason::RateLimited) => "rate-limited",
+            Some(_) => "token-rejected",
+            None => "token-unavailable",
+        }
+    }
+
+    /// The degradation reason when no token is usable, and the status that
+    /// refused it (for `fwd-status`): `None` when every token is unavailable.
+    /// A rejection wins over an expiry, and both over a quota cool-down.
+    pub fn no_token(&self) -> (Option<Reason>, Option<u16>) {
+        let now = SystemTime::now();
+        let mut expired = false;
+        let mut cooling = false;
+        for t in &self.tokens.tokens {
+            match t.state(now) {
+                TokenState::Rejected => {
+                    return (
+                        Some(Reason::TokenRejected),
+                        Some(t.rejected_status()).filter(|s| *s != 0),
+                    )
+                }
+                TokenState::Expired => expired = true,
+                TokenState::RateLimited => cooling = true,
+                _ => {}
+            }
+        }
+        if expired {
+            (Some(Reason::TokenExpired), None)
+        } else if cooling {
+            (Some(Reason::RateLimited), Some(429))
+        } else {
+            (None, None)
+        }
+    }
+
+    /// Seconds until the first token's quota cool-down ends, as `Retry-After`.
+    pub fn cooldown_retry_after(&self) -> Option<HeaderValue> {
+        let now = SystemTime::now();
+        self.tokens
+            .tokens
+            .iter()
+            .filter_map(|t| t.evidence.cool_until(now))
+            .min()
+            .map(|until| {
+                HeaderValue::from(until.duration_since(now).map_or(1, |d| d.as_secs().max(1)))
+            })
+    }
+
+    /// `healthy`, `degraded` or `down`, and why. Down means a request can get
+    /// nothing but an error: no usable token and no stored copy to serve.
+    pub fn state(&self, now: SystemTime) -> (&'static str, Option<&'static str>) {
+        let copies = self.status.stored_entries.load(Ordering::Relaxed) > 0;
+        if self.inject.is_some() && !self.tokens.any_usable(now) {
+            let why = self.no_token_reason();
+            // Copies are served for a rejected or expired token, not when every
+            // source failed (there is nothing to say the upstream would refuse).
+            let servable =
+                copies && (why != "token-unavailable" || self.config.stale.on.token_unavailable);
+            return (if servable { "degraded" } else { "down" }, Some(why));
+        }
+        if let Some(reason) = self.status.health.reason() {
+            return (
+                if copies { "degraded" } else { "down" },
+                Some(reason.as_str()),
+            );
+        }
+        if let Some((reason, _)) = self.status.degradation() {
+            return ("degraded", Some(reason.as_str()));
+        }
+        ("healthy", None)
+    }
+}
+
+/// What outlives a reload for one upstream name: counters and recent
+/// history. Written by the request path with relaxed atomics only.
+pub struct UpstreamStatus {
+    pub name: String,
+    pub metrics: UpstreamMetrics,
+    last_success: AtomicU64,
+    last_failure: AtomicU64,
+    last_failure_reason: AtomicU8,
+    /// Copies in the last-good cache for this upstream, and their bytes;
+    /// kept by the cache as it inserts and evicts.
+    pub stored_entries: AtomicI64,
+    pub stored_bytes: AtomicI64,
+    /// Reason of the current degradation (see [`Reason`]); 0 while the
+    /// answers are fresh.
+    degraded_reason: AtomicU8,
+    /// Unix seconds when the current degradation began (0 when healthy).
+    degraded_since: AtomicU64,
+    /// Upstream-health breaker (timeouts, refused, 5xx streaks); survives
+    /// reloads, its settings are updated in place.
+    pub health: Breaker,
+}
+
+impl std::fmt::Debug for UpstreamStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamStatus")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl UpstreamStatus {
+    pub fn new(name: &str) -> UpstreamStatus {
+        UpstreamStatus {
+            name: name.to_string(),
+            metrics: UpstreamMetrics::new(name),
+            last_success: AtomicU64::new(0),
+            last_failure: AtomicU64::new(0),
+            last_failure_reason: AtomicU8::new(0),
+            stored_entries: AtomicI64::new(0),
+            stored_bytes: AtomicI64::new(0),
+            degraded_reason: AtomicU8::new(0),
+            degraded_since: AtomicU64::new(0),
+            health: Breaker::new(5, Duration::from_secs(1), Duration::from_secs(30)),
+        }
+    }
+
+    /// Feeds the health breaker a failure (a live answer or a probe); logs
+    /// and publishes an opening.
+    pub fn health_failure(&self, reason: Reason) {
+        if self.health.failure(reason) {
+            self.metrics.breaker_open.set(1);
+            log::warn!(
+                "upstream {}: health breaker open after consecutive failures ({}); answering from the last-good cache at once",
+                self.name,
+                reason.as_str()
+            );
+        }
+    }
+
+    /// Feeds the health breaker a success; logs and publishes a closing.
+    #[inline]
+    pub fn health_success(&self) {
+        if self.health.success() {
+            self.metrics.breaker_open.set(0);
+            log::info!(
+                "upstream {}: health breaker closed: the upstream answers again",
+                self.name
+            );
+        }
+    }
+
+    /// A fresh answer: ends a degradation.
+    #[inline]
+    pub fn mark_healthy(&self) {
+        // The transition is logged (once) by the state watch.
+        if self.degraded_reason.load(Ordering::Relaxed) != 0
+            && self.degraded_reason.swap(0, Ordering::Relaxed) != 0
+        {
+            self.metrics.degraded.set(0);
+            self.degraded_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A degraded answer: starts a degradation or updates its reason (the
+    /// state watch logs the transition once).
+    pub fn mark_degraded(&self, reason: Reason) {
+        let now = crate::clock::unix_now();
+        self.record_failure(now, reason);
+        if self.degraded_reason.load(Ordering::Relaxed) != reason as u8
+            && self.degraded_reason.swap(reason as u8, Ordering::Relaxed) == 0
+        {
+            self.metrics.degraded.set(1);
+            self.degraded_since.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// The current degradation: reason and since when.
+    pub fn degradation(&self) -> Option<(Reason, SystemTime)> {
+        let r = Reason::from_u8(self.degraded_reason.load(Ordering::Relaxed))?;
+        Some((r, unix_opt(self.degraded_since.load(Ordering::Relaxed))?))
+    }
+
+    #[inline]
+    pub fn record_success(&self, now_secs: u64) {
+        if self.last_success.load(Ordering::Relaxed) != now_secs {
+            self.last_success.store(now_secs, Ordering::Relaxed);
+        }
+    }
+
+    pub fn record_failure(&self, now_secs: u64, reason: Reason) {
+        self.last_failure.store(now_secs, Ordering::Relaxed);
+        self.last_failure_reason
+            .store(reason as u8, Ordering::Relaxed);
+    }
+
+    pub fn last_success(&self) -> Option<SystemTime> {
+        unix_opt(self.last_success.load(Ordering::Relaxed))
+    }
+
+    pub fn last_failure(&self) -> Option<(SystemTime, Option<Reason>)> {
+        unix_opt(self.last_failure.load(Ordering::Relaxed)).map(|t| {
+            (
+                t,
+                Reason::from_u8(self.last_failure_reason.load(Ordering::Relaxed)),
+            )
+        })
+    }
+}
+
+fn unix_opt(secs: u64) -> Option<SystemTime> {
+    (secs != 0).then(|| crate::clock::from_unix(secs))
+}
+
+impl Upstream {
+    pub fn probe(&self) -> Option<&crate::config::ProbeSpec> {
+        self.config
+            .credentials
+            .as_ref()
+            .and_then(|c| c.probe.as_ref())
+    }
+}
