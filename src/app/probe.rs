@@ -78,11 +78,6 @@ pub fn apply(up: &Upstream, token: &Token, result: ProbeResult) {
             up.status.health_success();
         }
         ProbeResult::Rejected(status) => {
-            if let (crate::config::SourceSpec::OAuth2(spec), Some(secret)) =
-                (&token.spec.source, token.secret())
-            {
-                crate::tokens::oauth2::refused(spec, secret);
-            }
             if token.mark_rejected(status) {
                 log::warn!(
                     "upstream {name}: probe: token {} ({}) rejected with {status}",

@@ -25,6 +25,7 @@
 
 pub(crate) mod access_log;
 mod admission;
+mod decide;
 mod respond;
 pub(crate) mod target;
 
@@ -257,22 +258,14 @@ impl Proxy {
             Verdict::Rejected => None,
             _ => Some(t.evidence.suspect(path_hash(path), unix_now())),
         };
-        let confirmed = match suspicion {
-            None => true,
-            Some(s) => up.probe().is_none() && s == Suspicion::OtherPath,
-        };
+        let confirmed =
+            decide::rejection_confirmed(judged.verdict, suspicion, up.probe().is_some());
         let said = detail.as_deref().unwrap_or("no error code");
         let next = up.tokens.pick(ctx.tried, SystemTime::now());
         let failover = next
             .map(|n| format!("failing over to token {} ({})", n.index, n.fingerprint))
             .unwrap_or_else(|| "no other usable token".into());
         if confirmed {
-            // An OAuth2 token the upstream refused is replaced at once.
-            if let (crate::config::SourceSpec::OAuth2(spec), Some(secret)) =
-                (&t.spec.source, t.secret())
-            {
-                crate::tokens::oauth2::refused(spec, secret);
-            }
             if t.mark_rejected(status) {
                 log::warn!(
                     "upstream {}: token {} ({}) rejected with {status}: {said}; {failover}",
@@ -291,10 +284,7 @@ impl Proxy {
             );
         }
         t.evidence.set_detail(detail);
-        if !failover_on(up).covers(status) {
-            return None;
-        }
-        retry_with_next(ctx, up, status)
+        retry_with_next(ctx, up, status, failover_on(up).covers(status))
     }
 
     /// A 401, 403 or 429: what the vendor said about the token (see
@@ -326,31 +316,24 @@ impl Proxy {
             // it is; the token and the breakers are untouched.
             Verdict::NotAboutToken => Ok((None, None)),
             Verdict::QuotaExhausted => {
-                let stated = resp.headers.get(http::header::RETRY_AFTER);
-                let reset_in = stated
-                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-                    .or_else(|| evidence::quota(&resp.headers).and_then(|q| q.reset_in));
+                let (cool_secs, retry_after) = decide::quota_cool_down(
+                    resp.headers.get(http::header::RETRY_AFTER),
+                    evidence::quota(&resp.headers).and_then(|q| q.reset_in),
+                );
                 if let (Some(t), true) = (token, failover_on(up).covers(429)) {
-                    if t.evidence
-                        .cool_down(unix_now() + reset_in.unwrap_or(60).max(1))
-                    {
+                    if t.evidence.cool_down(unix_now() + cool_secs) {
                         log::warn!(
-                            "upstream {}: token {} ({}) is out of quota ({status}); skipped for {} s",
+                            "upstream {}: token {} ({}) is out of quota ({status}); skipped for {cool_secs} s",
                             up.config.name,
                             t.index,
                             t.fingerprint,
-                            reset_in.unwrap_or(60)
                         );
                     }
-                    if let Some(retry) = retry_with_next(ctx, up, status) {
+                    // `failover_on` lists 429: a quota refusal (429 or 403) fails over.
+                    if let Some(retry) = retry_with_next(ctx, up, status, true) {
                         return Err(retry);
                     }
                 }
-                let retry_after = if stated.is_some() {
-                    None
-                } else {
-                    reset_in.map(HeaderValue::from)
-                };
                 Ok((Some(Reason::RateLimited), retry_after))
             }
             Verdict::Rejected | Verdict::Suspect => {
@@ -566,6 +549,47 @@ impl Proxy {
                 Ok(true)
             }
         }
+    }
+
+    /// Answers a failed request degraded (the copy, or the 503) when the
+    /// upstream's `stale.on` lists the reason and nothing was written yet.
+    /// Pingora reuses neither connection after a failed attempt, so the
+    /// answer says `Connection: close`. `None`: not answered here.
+    async fn answer_failure(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        up: &Upstream,
+        reason: Reason,
+        fwd: Option<u16>,
+    ) -> Option<FailToProxy> {
+        if session.response_written().is_some()
+            || !respond::triggered(&up.config.stale.on, reason, fwd)
+        {
+            return None;
+        }
+        let mut answer = self
+            .degraded(session.req_header(), up, reason, fwd, None)
+            .await
+            .ok()?;
+        session.set_keepalive(None);
+        let _ = answer
+            .header
+            .insert_header(http::header::CONNECTION, "close");
+        let code = answer.header.status.as_u16();
+        ctx.outcome = if answer.stale {
+            Outcome::Stale(reason)
+        } else {
+            Outcome::Error(Some(reason))
+        };
+        Self::count_degraded(up, reason, answer.stale);
+        if let Err(err) = respond::write(session, answer).await {
+            log::debug!("writing the degraded answer failed: {err}");
+        }
+        Some(FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        })
     }
 
     fn count_degraded(up: &Upstream, reason: Reason, stale: bool) {
@@ -834,87 +858,24 @@ impl ProxyHttp for Proxy {
         if let Some(fault) = client_fault(session, e) {
             return self.client_failed(session, ctx, fault).await;
         }
-        let upstream_failure = *e.esource() == ErrorSource::Upstream;
-        let reason = match e.etype() {
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout if upstream_failure => {
-                Some(Reason::UpstreamTimeout)
-            }
-            _ if upstream_failure => Some(Reason::UpstreamUnreachable),
-            _ => None,
-        };
-        // A token-rejected retry that was not allowed (a body too large to
-        // replay): answer like any other rejection, never with the 401.
-        let reason = match e.etype() {
-            ErrorType::HTTPStatus(401 | 403) if ctx.failover_pending => Some(Reason::TokenRejected),
-            ErrorType::HTTPStatus(429) if ctx.failover_pending => Some(Reason::RateLimited),
-            _ => reason,
-        };
+        let reason = decide::failure_reason(e.etype(), e.esource(), ctx.failover_pending);
         if let (Some(reason), Some(gen)) = (reason, ctx.gen.clone()) {
             let up = &gen.upstreams[ctx.upstream];
-            if matches!(
-                e.etype(),
-                ErrorType::ConnectRefused
-                    | ErrorType::ConnectTimedout
-                    | ErrorType::ConnectNoRoute
-                    | ErrorType::ConnectError
-            ) {
-                // The address may have moved: look the host up again now.
-                up.resolve_now
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            if matches!(
-                reason,
-                Reason::UpstreamTimeout | Reason::UpstreamUnreachable
-            ) {
-                up.status.health_failure(reason);
-            }
-            let not_started = session.response_written().is_none();
+            note_upstream_failure(up, e, reason);
             let fwd = match e.etype() {
                 ErrorType::HTTPStatus(s) => Some(*s),
                 _ => None,
             };
-            if not_started && respond::triggered(&up.config.stale.on, reason, fwd) {
-                let answer = self
-                    .degraded(session.req_header(), up, reason, fwd, None)
-                    .await;
-                if let Ok(mut answer) = answer {
-                    session.set_keepalive(None);
-                    let _ = answer
-                        .header
-                        .insert_header(http::header::CONNECTION, "close");
-                    let code = answer.header.status.as_u16();
-                    ctx.outcome = if answer.stale {
-                        Outcome::Stale(reason)
-                    } else {
-                        Outcome::Error(Some(reason))
-                    };
-                    Self::count_degraded(up, reason, answer.stale);
-                    if let Err(err) = respond::write(session, answer).await {
-                        log::debug!("writing the degraded answer failed: {err}");
-                    }
-                    return FailToProxy {
-                        error_code: code,
-                        can_reuse_downstream: false,
-                    };
-                }
+            if let Some(done) = self.answer_failure(session, ctx, up, reason, fwd).await {
+                return done;
             }
-            if upstream_failure {
+            if *e.esource() == ErrorSource::Upstream {
                 up.status.mark_degraded(reason);
                 ctx.outcome = Outcome::Error(Some(reason));
             }
         }
         // Not ours to answer: Pingora's default (502/504/400...).
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                _ => 500,
-            },
-        };
+        let code = decide::fallback_status(e.etype(), e.esource());
         if code > 0 && session.response_written().is_none() {
             let _ = session.respond_error(code).await;
         }
@@ -996,6 +957,22 @@ impl ProxyHttp for Proxy {
     }
 }
 
+/// An upstream failure's bookkeeping: a failed connect re-resolves the
+/// host at the next control tick; a timeout or no connection feeds the
+/// health breaker.
+fn note_upstream_failure(up: &Upstream, e: &Error, reason: Reason) {
+    if decide::is_connect_failure(e.etype()) {
+        up.resolve_now
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    if matches!(
+        reason,
+        Reason::UpstreamTimeout | Reason::UpstreamUnreachable
+    ) {
+        up.status.health_failure(reason);
+    }
+}
+
 /// Counts the upstream's answer: status, time to the header, and the
 /// health breaker's input (5xx is a failure, anything else a success).
 fn record_upstream_answer(ctx: &mut RequestCtx, up: &Upstream, status: u16) {
@@ -1045,16 +1022,22 @@ fn failover_on(up: &Upstream) -> crate::config::FailoverOn {
         .map_or(crate::config::FailoverOn::default(), |c| c.failover_on)
 }
 
-/// Retries the request once with the next usable token. The upstream
-/// refused the request, so nothing happened there: replaying it is safe
-/// when its body is still at hand (see `error_while_proxy`). The error
-/// returned asks Pingora for that retry; `None` when there is no next token
-/// or the request already failed over once.
-fn retry_with_next(ctx: &mut RequestCtx, up: &Upstream, status: u16) -> Option<Box<Error>> {
-    if ctx.failover_pending {
+/// Retries the request once with the next usable token when
+/// [`decide::retry_with_next_token`] says so. The upstream refused the
+/// request, so nothing happened there: replaying it is safe when its body
+/// is still at hand (see `error_while_proxy`). The error returned asks
+/// Pingora for that retry; `None`: answer degraded.
+fn retry_with_next(
+    ctx: &mut RequestCtx,
+    up: &Upstream,
+    status: u16,
+    listed: bool,
+) -> Option<Box<Error>> {
+    let next = up.tokens.pick(ctx.tried, SystemTime::now());
+    if !decide::retry_with_next_token(listed, ctx.failover_pending, next.is_some()) {
         return None;
     }
-    let n = up.tokens.pick(ctx.tried, SystemTime::now())?;
+    let n = next?;
     ctx.token = Some(n.index);
     ctx.failover_pending = true;
     let mut e = Error::explain(

@@ -333,8 +333,14 @@ impl Token {
     }
 
     /// Marks the token rejected; true when this call changed the state (so
-    /// the caller logs the transition once, not once per request).
+    /// the caller logs the transition once, not once per request). An
+    /// OAuth2 token the upstream refused is fetched again at once.
     pub fn mark_rejected(&self, status: u16) -> bool {
+        if let (crate::config::SourceSpec::OAuth2(spec), Some(secret)) =
+            (&self.spec.source, self.secret())
+        {
+            super::oauth2::refused(spec, secret);
+        }
         self.rejected_status.store(status, Ordering::Relaxed);
         self.evidence.clear_suspect();
         !self.rejected.swap(true, Ordering::Relaxed)

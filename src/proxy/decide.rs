@@ -1,0 +1,228 @@
+//! The proxy's decisions, as pure functions over plain inputs: the hooks in
+//! `mod.rs` gather the inputs (the error, the vendor's verdict, the token
+//! set), call one of these, and carry out the answer. Each is unit-tested
+//! for its edge cases here; the hooks are tested end to end in `tests/it/`.
+//!
+//! The other decisions live beside their data: which token a request uses
+//! (`tokens::TokenSet::pick`), which rejected token an auth-breaker trial
+//! uses (`tokens::TokenSet::trial_token`), what the vendor's refusal means
+//! (`tokens::evidence::judge`), and whether a copy may be served
+//! (`cache::CachedResponse::servable`).
+
+use http::HeaderValue;
+use pingora::{ErrorSource, ErrorType};
+
+use crate::outcome::Reason;
+use crate::tokens::evidence::Verdict;
+use crate::tokens::set::Suspicion;
+
+/// After the upstream refused the token (401, 403 or 429): whether this
+/// request is retried with the next usable token. Only a refusal listed in
+/// `credentials.failover_on`, once per request, and only when another
+/// token is usable; otherwise the request is answered degraded (the copy,
+/// or the 503).
+pub(crate) fn retry_with_next_token(
+    listed: bool,
+    already_failed_over: bool,
+    next_token: bool,
+) -> bool {
+    listed && !already_failed_over && next_token
+}
+
+/// Whether a 401/403 marks the token rejected now. `invalid_token` does;
+/// a refusal without an error code only makes the token suspect, unless
+/// there is no probe to decide and another path was refused within the
+/// window.
+pub(crate) fn rejection_confirmed(
+    verdict: Verdict,
+    suspicion: Option<Suspicion>,
+    has_probe: bool,
+) -> bool {
+    match verdict {
+        Verdict::Rejected => true,
+        Verdict::Suspect => !has_probe && suspicion == Some(Suspicion::OtherPath),
+        Verdict::NotAboutToken | Verdict::QuotaExhausted => false,
+    }
+}
+
+/// A quota refusal: how long the token cools down (the vendor's
+/// `Retry-After`, else its rate-limit reset, else 60 s; at least 1 s),
+/// and the `Retry-After` graceway adds to its answer (none when the
+/// upstream sent one: it is passed through).
+pub(crate) fn quota_cool_down(
+    stated: Option<&HeaderValue>,
+    reset_in: Option<u64>,
+) -> (u64, Option<HeaderValue>) {
+    let stated_secs = stated.and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let secs = stated_secs.or(reset_in);
+    let add = if stated.is_some() {
+        None
+    } else {
+        secs.map(HeaderValue::from)
+    };
+    (secs.unwrap_or(60).max(1), add)
+}
+
+/// Why the proxy failed, when it is the upstream's doing: a timeout, no
+/// connection, or a token refusal whose retry was not allowed (a body too
+/// large to replay) which is answered like any other refusal, never with
+/// the 401 itself. `None`: the client's doing or graceway's own.
+pub(crate) fn failure_reason(
+    etype: &ErrorType,
+    source: &ErrorSource,
+    failover_pending: bool,
+) -> Option<Reason> {
+    match etype {
+        ErrorType::HTTPStatus(401 | 403) if failover_pending => Some(Reason::TokenRejected),
+        ErrorType::HTTPStatus(429) if failover_pending => Some(Reason::RateLimited),
+        _ if *source != ErrorSource::Upstream => None,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(Reason::UpstreamTimeout),
+        _ => Some(Reason::UpstreamUnreachable),
+    }
+}
+
+/// A failed connect: the upstream's address may have moved.
+pub(crate) fn is_connect_failure(etype: &ErrorType) -> bool {
+    matches!(
+        etype,
+        ErrorType::ConnectRefused
+            | ErrorType::ConnectTimedout
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+    )
+}
+
+/// The status of an error graceway does not answer itself (Pingora's
+/// default page): the refused status, 502 for the upstream, 400 for a bad
+/// request, 0 (nothing to write) when the client's connection failed.
+pub(crate) fn fallback_status(etype: &ErrorType, source: &ErrorSource) -> u16 {
+    match (etype, source) {
+        (ErrorType::HTTPStatus(code), _) => *code,
+        (_, ErrorSource::Upstream) => 502,
+        (
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ErrorSource::Downstream,
+        ) => 0,
+        (_, ErrorSource::Downstream) => 400,
+        _ => 500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_retries_once_and_only_when_listed_and_another_token_exists() {
+        assert!(retry_with_next_token(true, false, true));
+        assert!(
+            !retry_with_next_token(false, false, true),
+            "not in failover_on"
+        );
+        assert!(
+            !retry_with_next_token(true, true, true),
+            "already failed over once"
+        );
+        assert!(
+            !retry_with_next_token(true, false, false),
+            "no other usable token"
+        );
+    }
+
+    #[test]
+    fn a_refusal_without_error_code_is_confirmed_only_on_another_path_without_a_probe() {
+        assert!(rejection_confirmed(Verdict::Rejected, None, true));
+        assert!(rejection_confirmed(Verdict::Rejected, None, false));
+        for s in [Suspicion::First, Suspicion::SamePath] {
+            assert!(!rejection_confirmed(Verdict::Suspect, Some(s), false));
+            assert!(!rejection_confirmed(Verdict::Suspect, Some(s), true));
+        }
+        assert!(rejection_confirmed(
+            Verdict::Suspect,
+            Some(Suspicion::OtherPath),
+            false
+        ));
+        // With a probe, the probe decides, even on another path.
+        assert!(!rejection_confirmed(
+            Verdict::Suspect,
+            Some(Suspicion::OtherPath),
+            true
+        ));
+        assert!(!rejection_confirmed(Verdict::NotAboutToken, None, false));
+        assert!(!rejection_confirmed(Verdict::QuotaExhausted, None, false));
+    }
+
+    #[test]
+    fn quota_cool_down_prefers_the_vendors_retry_after_and_never_repeats_it() {
+        let h = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(quota_cool_down(Some(&h("30")), Some(90)), (30, None));
+        assert_eq!(quota_cool_down(Some(&h(" 7 ")), None), (7, None));
+        assert_eq!(
+            quota_cool_down(None, Some(90)),
+            (90, Some(HeaderValue::from(90u64)))
+        );
+        assert_eq!(quota_cool_down(None, None), (60, None));
+        // An unreadable Retry-After: the reset decides, the header is passed on.
+        assert_eq!(quota_cool_down(Some(&h("soon")), Some(12)), (12, None));
+        assert_eq!(quota_cool_down(Some(&h("soon")), None), (60, None));
+        // Zero means "now": still at least a second.
+        assert_eq!(quota_cool_down(Some(&h("0")), None), (1, None));
+    }
+
+    #[test]
+    fn failures_are_the_upstreams_only_when_it_caused_them() {
+        let up = ErrorSource::Upstream;
+        let down = ErrorSource::Downstream;
+        assert_eq!(
+            failure_reason(&ErrorType::ReadTimedout, &up, false),
+            Some(Reason::UpstreamTimeout)
+        );
+        assert_eq!(
+            failure_reason(&ErrorType::WriteTimedout, &up, false),
+            Some(Reason::UpstreamTimeout)
+        );
+        assert_eq!(
+            failure_reason(&ErrorType::ConnectRefused, &up, false),
+            Some(Reason::UpstreamUnreachable)
+        );
+        assert_eq!(failure_reason(&ErrorType::ReadTimedout, &down, false), None);
+        assert_eq!(
+            failure_reason(&ErrorType::ConnectionClosed, &down, false),
+            None
+        );
+        // A refused token whose retry could not happen is never a 401 to the client.
+        assert_eq!(
+            failure_reason(&ErrorType::HTTPStatus(401), &up, true),
+            Some(Reason::TokenRejected)
+        );
+        assert_eq!(
+            failure_reason(&ErrorType::HTTPStatus(403), &ErrorSource::Internal, true),
+            Some(Reason::TokenRejected)
+        );
+        assert_eq!(
+            failure_reason(&ErrorType::HTTPStatus(429), &up, true),
+            Some(Reason::RateLimited)
+        );
+        assert_eq!(
+            failure_reason(&ErrorType::HTTPStatus(401), &ErrorSource::Internal, false),
+            None
+        );
+    }
+
+    #[test]
+    fn connect_failures_and_fallback_statuses() {
+        assert!(is_connect_failure(&ErrorType::ConnectRefused));
+        assert!(is_connect_failure(&ErrorType::ConnectTimedout));
+        assert!(!is_connect_failure(&ErrorType::ReadTimedout));
+        let (up, down) = (ErrorSource::Upstream, ErrorSource::Downstream);
+        assert_eq!(fallback_status(&ErrorType::HTTPStatus(413), &down), 413);
+        assert_eq!(fallback_status(&ErrorType::ConnectRefused, &up), 502);
+        assert_eq!(fallback_status(&ErrorType::ReadError, &down), 0);
+        assert_eq!(fallback_status(&ErrorType::ConnectionClosed, &down), 0);
+        assert_eq!(fallback_status(&ErrorType::InvalidHTTPHeader, &down), 400);
+        assert_eq!(
+            fallback_status(&ErrorType::InternalError, &ErrorSource::Internal),
+            500
+        );
+    }
+}
