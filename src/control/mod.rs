@@ -101,7 +101,7 @@ impl BackgroundService for Control {
                         &self.app.memory,
                         self.app.live.load().loaded.config.memory.soft_limit,
                     );
-                    states.tick(&self.app);
+                    states.tick(&self.app.live.load());
                     resolver.tick(&self.app.live.load_full()).await;
                     if refresh.due(&self.app) {
                         self.app.refresh_tokens(Trigger::Refresh).await;

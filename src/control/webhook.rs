@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::app::App;
+use crate::generation::Generation;
 use crate::metrics::metrics;
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,14 +62,14 @@ pub struct StateWatch {
 }
 
 impl StateWatch {
-    /// Called from the control loop; compares at most once a second.
-    pub fn tick(&mut self, app: &App) {
+    /// Called from the control loop with the live generation; compares at
+    /// most once a second.
+    pub fn tick(&mut self, gen: &Generation) {
         let now = Instant::now();
         if self.last.is_some_and(|t| now - t < Duration::from_secs(1)) {
             return;
         }
         self.last = Some(now);
-        let gen = app.live.load_full();
         let alerts = &gen.loaded.config.alerts;
         if self.target.as_ref() != Some(alerts) {
             self.target = Some(alerts.clone());
