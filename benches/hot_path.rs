@@ -53,8 +53,8 @@ upstreams:
     store.insert(
         &key,
         None,
-        Arc::new(CachedResponse {
-            recorded: Recorded {
+        Arc::new(CachedResponse::new(
+            Recorded {
                 headers: vec![(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("application/json"),
@@ -65,9 +65,9 @@ upstreams:
                 must_revalidate: false,
                 stale_if_error: None,
             },
-            weight: 256,
+            key.len(),
             owner,
-        }),
+        )),
         false,
     );
     time("store: primary key + lookup (hit)", 500_000, || {

@@ -50,6 +50,20 @@ impl Reason {
         }
     }
 
+    /// `Cache-Status` of a stale answer without the upstream's status
+    /// (RFC 9211), one constant per reason.
+    pub fn stale_cache_status(self) -> &'static str {
+        match self {
+            Reason::TokenRejected => "graceway; fwd=stale; detail=token-rejected",
+            Reason::TokenExpired => "graceway; fwd=stale; detail=token-expired",
+            Reason::Upstream5xx => "graceway; fwd=stale; detail=upstream-5xx",
+            Reason::RateLimited => "graceway; fwd=stale; detail=rate-limited",
+            Reason::UpstreamTimeout => "graceway; fwd=stale; detail=upstream-timeout",
+            Reason::UpstreamUnreachable => "graceway; fwd=stale; detail=upstream-unreachable",
+            Reason::TokenUnavailable => "graceway; fwd=stale; detail=token-unavailable",
+        }
+    }
+
     pub fn from_u8(v: u8) -> Option<Reason> {
         Reason::ALL.into_iter().find(|r| *r as u8 == v)
     }
@@ -80,4 +94,19 @@ pub enum Outcome {
     /// The client's own doing: it went away, stalled, or sent too much.
     /// Never counted against the upstream or its tokens.
     Client(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_cache_status_names_each_reason() {
+        for r in Reason::ALL {
+            assert_eq!(
+                r.stale_cache_status(),
+                format!("graceway; fwd=stale; detail={}", r.as_str())
+            );
+        }
+    }
 }

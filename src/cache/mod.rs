@@ -50,7 +50,7 @@ impl Slot {
 }
 
 pub struct Cache {
-    cache: moka::sync::Cache<Arc<str>, Slot>,
+    cache: moka::sync::Cache<Arc<str>, Slot, ahash::RandomState>,
     budget: u64,
     pub max_object: u64,
     /// Bytes held, by graceway's own count (see the module doc).
@@ -116,7 +116,7 @@ impl Cache {
                 }
             })
             .support_invalidation_closures()
-            .build();
+            .build_with_hasher(ahash::RandomState::new());
         Cache {
             cache,
             budget,
@@ -321,11 +321,7 @@ impl Cache {
         owner: Arc<crate::generation::UpstreamStatus>,
     ) {
         let key_len = variant.as_ref().map_or(primary.len(), |(_, k)| k.len());
-        let copy = Arc::new(CachedResponse {
-            weight: Cache::weigh(key_len, &d.headers, d.body.len()),
-            owner,
-            recorded: d,
-        });
+        let copy = Arc::new(CachedResponse::new(d, key_len, owner));
         self.insert(primary, variant, copy, false);
     }
 

@@ -36,6 +36,34 @@ pub struct CachedResponse {
     pub weight: u32,
     /// Per-upstream counters (`stored_entries`, `stored_bytes`).
     pub owner: Arc<UpstreamStatus>,
+    /// The answer's header, built once when the copy is kept: the recorded
+    /// headers with `Content-Length`. A stale answer clones it and sets
+    /// `Age` and the degradation headers, instead of parsing every header
+    /// name into a new header per request.
+    header: ResponseHeader,
+}
+
+impl CachedResponse {
+    /// A copy for the memory tier, weighed and with its answer's header
+    /// built. `key_len`: the length of the key it is kept under.
+    pub fn new(recorded: Recorded, key_len: usize, owner: Arc<UpstreamStatus>) -> CachedResponse {
+        let weight = crate::cache::Cache::weigh(key_len, &recorded.headers, recorded.body.len());
+        let header = recorded.build_header();
+        CachedResponse {
+            recorded,
+            weight,
+            owner,
+            header,
+        }
+    }
+
+    /// The response header of this copy, with `Content-Length` set and
+    /// `Age` computed; the caller adds the degradation headers.
+    pub fn response_header(&self, now: SystemTime) -> pingora::Result<ResponseHeader> {
+        let mut h = self.header.clone();
+        h.insert_header(http::header::AGE, self.recorded.age(now).as_secs())?;
+        Ok(h)
+    }
 }
 
 /// Fixed cost per entry on top of its bytes: the `Arc`, the map slot, the
@@ -71,16 +99,21 @@ impl Recorded {
         true
     }
 
-    /// The response header of this copy, with `Content-Length` set and
-    /// `Age` computed; the caller adds the degradation headers.
-    pub fn response_header(&self, now: SystemTime) -> pingora::Result<ResponseHeader> {
-        let mut h = ResponseHeader::build(200, Some(self.headers.len() + 6))?;
+    /// The header a stale answer starts from: 200, the recorded headers
+    /// (the upstream's own `Age` left out: the answer computes its own) and
+    /// `Content-Length`. Room is reserved for the headers each answer adds.
+    /// Recorded names and values were valid when they came, so a failure
+    /// here cannot happen; if one did, the header is left without it.
+    fn build_header(&self) -> ResponseHeader {
+        let mut h = ResponseHeader::build(200, Some(self.headers.len() + 6))
+            .unwrap_or_else(|_| ResponseHeader::build_no_case(200, None).expect("200 is a status"));
         for (k, v) in &self.headers {
-            h.append_header(k.clone(), v.clone())?;
+            if k != http::header::AGE {
+                let _ = h.append_header(k.clone(), v.clone());
+            }
         }
-        h.insert_header(http::header::CONTENT_LENGTH, self.body.len())?;
-        h.insert_header(http::header::AGE, self.age(now).as_secs())?;
-        Ok(h)
+        let _ = h.insert_header(http::header::CONTENT_LENGTH, self.body.len());
+        h
     }
 }
 

@@ -37,9 +37,10 @@ impl From<TargetError> for Refusal {
 
 /// What the checks found, for routing and for the upstream request.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Admitted {
-    /// The host to route on (absolute-form authority, else `Host`), no port.
-    pub host: Option<String>,
+pub(crate) struct Admitted<'a> {
+    /// The host to route on (absolute-form authority, else `Host`), no
+    /// port; borrowed from the request.
+    pub host: Option<&'a str>,
     /// The normalized target when it differs from the request's own.
     pub rewritten: Option<String>,
     /// A single canonical `Content-Length` to send instead of what came
@@ -48,11 +49,11 @@ pub(crate) struct Admitted {
 }
 
 /// Runs every check in order; the first failure is the answer.
-pub(crate) fn admit(
-    req: &RequestHeader,
+pub(crate) fn admit<'a>(
+    req: &'a RequestHeader,
     server: &ServerSettings,
     router: &Router,
-) -> Result<Admitted, Refusal> {
+) -> Result<Admitted<'a>, Refusal> {
     header_size(req, server.max_request_header_bytes)?;
     let canonical_length = framing(req, server.max_request_body_bytes)?;
     let t = target::normalize(req.raw_path())?;
@@ -85,9 +86,9 @@ pub(crate) fn admit(
                     "bad-host",
                 ));
             }
-            Some(h.to_string())
+            Some(h)
         }
-        None => host_header.map(|h| strip_port(h).to_string()),
+        None => host_header.map(strip_port),
     };
     Ok(Admitted {
         host,
@@ -216,8 +217,20 @@ mod tests {
         r
     }
 
-    fn check(r: &RequestHeader) -> Result<Admitted, Refusal> {
-        admit(r, &settings(), &router())
+    /// What `admit` found, owned (the tests build requests as temporaries).
+    #[derive(Debug, PartialEq)]
+    struct Found {
+        host: Option<String>,
+        rewritten: Option<String>,
+        canonical_length: Option<u64>,
+    }
+
+    fn check(r: &RequestHeader) -> Result<Found, Refusal> {
+        admit(r, &settings(), &router()).map(|a| Found {
+            host: a.host.map(str::to_string),
+            rewritten: a.rewritten,
+            canonical_length: a.canonical_length,
+        })
     }
 
     #[test]

@@ -78,7 +78,9 @@ pub struct RequestCtx {
     upstream_status: u16,
     /// GET without the client's own `Authorization` or `Cookie`.
     storable_request: bool,
-    capture: Option<Capture>,
+    /// Boxed: most requests capture nothing, and the context is moved with
+    /// the request's future (a smaller context is a smaller copy).
+    capture: Option<Box<Capture>>,
     /// A `Content-Length: 0` answer was kept at once (no body to capture).
     stored_empty: bool,
     /// Drop the upstream's body chunks (its answer was replaced).
@@ -438,7 +440,7 @@ impl Proxy {
             self.keep(up, capture);
             ctx.stored_empty = true;
         } else {
-            ctx.capture = Some(capture);
+            ctx.capture = Some(Box::new(capture));
         }
     }
 
@@ -454,19 +456,23 @@ impl Proxy {
         gen: &Generation,
     ) -> Result<Option<usize>> {
         let server = &gen.loaded.config.server;
-        let admitted = match admission::admit(session.req_header(), server, &gen.router) {
-            Ok(a) => a,
-            Err(refusal) => {
-                self.refuse(session, ctx, &refusal, None).await?;
-                return Ok(None);
-            }
-        };
+        let (index, rewritten, canonical_length) =
+            match admission::admit(session.req_header(), server, &gen.router) {
+                Ok(admitted) => {
+                    let path = match admitted.rewritten.as_deref() {
+                        Some(t) => t.split_once('?').map_or(t, |(p, _)| p),
+                        None => session.req_header().uri.path(),
+                    };
+                    let index = gen.router.route(admitted.host, path);
+                    (index, admitted.rewritten, admitted.canonical_length)
+                }
+                Err(refusal) => {
+                    self.refuse(session, ctx, &refusal, None).await?;
+                    return Ok(None);
+                }
+            };
         let req = session.req_header();
-        let path = match admitted.rewritten.as_deref() {
-            Some(t) => t.split_once('?').map_or(t, |(p, _)| p),
-            None => req.uri.path(),
-        };
-        let Some(index) = gen.router.route(admitted.host.as_deref(), path) else {
+        let Some(index) = index else {
             let refusal = admission::Refusal {
                 status: 404,
                 message: "no upstream is configured for this host and path",
@@ -486,10 +492,10 @@ impl Proxy {
             self.refuse(session, ctx, &refusal, Some(allow)).await?;
             return Ok(None);
         }
-        if let Some(t) = admitted.rewritten {
+        if let Some(t) = rewritten {
             session.req_header_mut().set_raw_path(t.as_bytes())?;
         }
-        if let Some(n) = admitted.canonical_length {
+        if let Some(n) = canonical_length {
             session
                 .req_header_mut()
                 .insert_header(http::header::CONTENT_LENGTH, n)?;
@@ -836,7 +842,7 @@ impl ProxyHttp for Proxy {
             }
             if end_of_stream {
                 if let (Some(cap), Some(up)) = (ctx.capture.take(), ctx.upstream()) {
-                    self.keep(up, cap);
+                    self.keep(up, *cap);
                 }
             }
         }
@@ -1186,20 +1192,16 @@ impl Proxy {
             .variant
             .as_ref()
             .map_or(cap.primary.len(), |(_, k)| k.len());
-        let weight = Cache::weigh(key_len, &cap.headers, cap.size);
         let fresh = cap.cc.s_maxage.or(cap.cc.max_age).unwrap_or(0);
-        let copy = Arc::new(CachedResponse {
-            recorded: Recorded {
-                headers: cap.headers,
-                body: body.freeze(),
-                stored_at: SystemTime::now(),
-                fresh_for: std::time::Duration::from_secs(fresh),
-                must_revalidate: cap.cc.must_revalidate,
-                stale_if_error: cap.cc.stale_if_error.map(std::time::Duration::from_secs),
-            },
-            weight,
-            owner: up.status.clone(),
-        });
+        let recorded = Recorded {
+            headers: cap.headers,
+            body: body.freeze(),
+            stored_at: SystemTime::now(),
+            fresh_for: std::time::Duration::from_secs(fresh),
+            must_revalidate: cap.cc.must_revalidate,
+            stale_if_error: cap.cc.stale_if_error.map(std::time::Duration::from_secs),
+        };
+        let copy = Arc::new(CachedResponse::new(recorded, key_len, up.status.clone()));
         if let Some(fleet) = &self.app.fleet {
             let ttl = up.config.stale.max_stale;
             fleet.put(&up.config.name, &cap.primary, &copy, ttl);

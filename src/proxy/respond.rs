@@ -136,7 +136,7 @@ pub fn degraded(
         );
     };
     let now = SystemTime::now();
-    let mut h = copy.recorded.response_header(now)?;
+    let mut h = copy.response_header(now)?;
     // The client's validators against the copy (several ETags, weak
     // comparison, If-None-Match before If-Modified-Since: pingora-core's
     // conditional filter, RFC 9110 §13).
@@ -144,16 +144,19 @@ pub fn degraded(
     if not_modified {
         conditional_filter::to_304(&mut h);
     }
-    let mut cs = String::with_capacity(80);
-    cs.push_str("graceway; fwd=stale");
-    if let Some(s) = fwd_status {
-        cs.push_str("; fwd-status=");
-        cs.push_str(&s.to_string());
-    }
-    cs.push_str("; detail=");
-    cs.push_str(reason.as_str());
+    let cs = match fwd_status {
+        None => HeaderValue::from_static(reason.stale_cache_status()),
+        Some(s) => HeaderValue::try_from(format!(
+            "graceway; fwd=stale; fwd-status={s}; detail={}",
+            reason.as_str()
+        ))
+        .map_err(|_| Error::explain(ErrorType::InternalError, "Cache-Status value"))?,
+    };
     h.insert_header("Cache-Status", cs)?;
-    h.insert_header("X-Graceway-Degraded", reason.as_str())?;
+    h.insert_header(
+        "X-Graceway-Degraded",
+        HeaderValue::from_static(reason.as_str()),
+    )?;
     if up.config.stale.warning_header {
         h.insert_header(http::header::WARNING, "110 - \"Response is Stale\"")?;
     }
