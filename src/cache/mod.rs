@@ -235,9 +235,10 @@ impl Cache {
     ) -> u32 {
         let h: usize = headers
             .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .map(|(k, v)| k.as_str().len() + v.len() + stored::HEADER_OVERHEAD)
             .sum();
-        (key_len + h + body_len + stored::ENTRY_OVERHEAD).min(u32::MAX as usize) as u32
+        let body = stored::allocation_size(body_len);
+        (key_len + h + body + stored::ENTRY_OVERHEAD).min(u32::MAX as usize) as u32
     }
 
     /// Refills the memory tier from the persist file at start.
