@@ -322,10 +322,18 @@ mod tests {
         // As Pingora parses a header block: values are slices of one buffer.
         let block = bytes::Bytes::from(vec![b'a'; 16 * 1024]);
         let v = HeaderValue::from_maybe_shared(block.slice(10..20)).unwrap();
-        assert_eq!(v.as_bytes().as_ptr(), block[10..].as_ptr(), "a slice, as parsed");
+        assert_eq!(
+            v.as_bytes().as_ptr(),
+            block[10..].as_ptr(),
+            "a slice, as parsed"
+        );
         let kept = owned(&v);
         assert_eq!(kept, v);
-        assert_ne!(kept.as_bytes().as_ptr(), v.as_bytes().as_ptr(), "copied out");
+        assert_ne!(
+            kept.as_bytes().as_ptr(),
+            v.as_bytes().as_ptr(),
+            "copied out"
+        );
         let mut secret = v.clone();
         secret.set_sensitive(true);
         assert!(owned(&secret).is_sensitive());
