@@ -424,11 +424,12 @@ def gw_status(admin):
     return json.loads(b) if s == 200 else {}
 
 
-def bare(name, port, api, threads=1):
+def bare(name, port, api, threads=1, respond=None):
     d = os.path.join(W, name)
     os.makedirs(d, exist_ok=True)
+    extra = ["--respond", respond] if respond else []
     p = start(name, [A.bare, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{api}",
-                     "--token", TOKEN, "--threads", str(threads), "--dir", d])
+                     "--token", TOKEN, "--threads", str(threads), "--dir", d] + extra)
     wait_port(port, proc=p)
     return p
 
@@ -491,7 +492,7 @@ def main():
         f.write(big)
 
     (P_API, P_API2, P_NGX, P_NGXC, P_NGX2, P_HAP, P_VAR, P_VARM, P_BARE,
-     P_GW, P_GWA, P_GWS, P_GWSA, P_GWU, P_GWUA, P_GWR, P_GWRA, P_GW2, P_GW2A, P_GWM, P_GWMA) = free_ports(21)
+     P_GW, P_GWA, P_GWS, P_GWSA, P_GWU, P_GWUA, P_GWR, P_GWRA, P_GW2, P_GW2A, P_GWM, P_GWMA, P_BARER) = free_ports(22)
 
     log("starting upstreams, proxies and graceway instances")
     api = upstream_nginx("api", P_API)            # the API everyone proxies to
@@ -501,6 +502,9 @@ def main():
     hap = haproxy("haproxy", P_HAP, P_API)
     var = varnish("varnish", P_VAR, P_VARM, P_API2)
     bp = bare("bare", P_BARE, P_API)
+    with open(f"{W}/www/body.json", "w") as f:
+        f.write(BODY)
+    bpr = bare("bare-respond", P_BARER, P_API, respond=f"{W}/www/body.json")
     tok = {}
     for n in ("gw", "gw-stale", "gw-soft", "gw-hard", "gw-reload", "gw2", "gw-mem"):
         tok[n] = f"{W}/{n}.token"
@@ -539,6 +543,7 @@ def main():
                degraded=True),
         Target("nginx_cache", "6b", "nginx proxy_cache hit", ngx, P_NGXC, before=warm_cache),
         Target("varnish", "6c", "Varnish grace, backend sick", var, P_VAR),
+        Target("bare_respond", "6d", "bare Pingora answering every request from `request_filter` (`--respond`: the framework's floor for an answer from memory)", bpr, P_BARER),
         Target("gw_401", "7a", "graceway stale on upstream 401, auth breaker not open (401 without error code: token suspect, every request goes upstream)", gwu, P_GWU,
                path="/soft/v1/e", degraded=True),
         Target("gw_401_open", "7b", "graceway stale, auth breaker open (401 `invalid_token`: token rejected, answered without the upstream)", gwu, P_GWU,
@@ -724,11 +729,16 @@ def main():
          f"({ratio(stale, ncache):.2f}x)", stale >= 1.5 * ncache),
         (f"stale, breaker open >= 2x Varnish grace: {stale:.0f} vs {vgrace:.0f} ({ratio(stale, vgrace):.2f}x)",
          stale >= 2 * vgrace),
+        (f"(context) the framework's own floor for an answer from memory, bare Pingora `--respond`: "
+         f"{m(by['bare_respond'], 'rps'):.0f} req/s, {m(by['bare_respond'], 'cpu_us'):.1f} us/req "
+         f"({ratio(m(by['bare_respond'], 'rps'), ncache):.2f}x nginx's cache hit); graceway stale "
+         f"{m(by['gw_stale'], 'cpu_us'):.1f} us/req", True),
         (f"reload storm: zero failed ({rl_fail}) and throughput within 5% of row 5 ({rl_ratio:.3f}x)",
          rl_fail == 0 and rl_ratio >= 0.95),
         (f"idle RSS <= HAProxy's: {g.idle_rss / 1024:.1f} vs {by['haproxy'].idle_rss / 1024:.1f} MiB",
          g.idle_rss <= by["haproxy"].idle_rss),
-        (f"RSS with the 64 MiB store full <= 80 MB: {mb:.1f} MB", mb <= 80),
+        (f"RSS with the 64 MiB store full <= 80 MB: {mb:.1f} MB ({full_rss / 1024:.1f} MiB; "
+         f"PSS {full_pss / 1024:.1f} MiB)", mb <= 80),
     ]
     print("### Targets")
     print()
