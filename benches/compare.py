@@ -607,36 +607,36 @@ def main():
     reload0 = (gw_status(P_GWRA).get("reload") or {}).get("attempt") or 0
 
     # Saturation rounds, alternating, each round starting at another target.
+    def measure(t, run):
+        """One measurement of target t, with its before/during hooks."""
+        if t.before:
+            t.before()
+        th = threading.Thread(target=t.during, args=(dur,)) if t.during else None
+        if th:
+            th.start()
+        res = run(t)
+        if th:
+            th.join(timeout=dur + 10)
+        return res
+
+    def rounds_of(run, keep, after_round=None):
+        """rounds alternating rounds, each starting at another target."""
+        for r in range(rounds):
+            for t in T[r % len(T):] + T[:r % len(T)]:
+                keep(t).append(measure(t, run))
+            if after_round:
+                after_round(r)
+
     log(f"saturation: {rounds} rounds x {len(T)} targets x {dur}s")
-    for r in range(rounds):
-        order = T[r % len(T):] + T[:r % len(T)]
-        for t in order:
-            if t.before:
-                t.before()
-            th = threading.Thread(target=t.during, args=(dur,)) if t.during else None
-            if th:
-                th.start()
-            res = run_wrk(t.port, t.path, t.headers, dur, descendants(t.proc.pid))
-            if th:
-                th.join(timeout=dur + 10)
-            t.sat.append(res)
-        log(f"round {r + 1}: " + ", ".join(f"{t.key} {t.sat[-1]['rps']:.0f}" for t in T))
+    rounds_of(lambda t: run_wrk(t.port, t.path, t.headers, dur, descendants(t.proc.pid)),
+              lambda t: t.sat,
+              lambda r: log(f"round {r + 1}: " + ", ".join(f"{t.key} {t.sat[-1]['rps']:.0f}" for t in T)))
 
     med = lambda xs: statistics.median(xs) if xs else float("nan")
     nginx_rps = med([x["rps"] for x in by["nginx"].sat])
     rate = max(100, int(nginx_rps / 2))
     log(f"latency: {rounds} rounds x {len(T)} targets x {dur}s at {rate} req/s (half of nginx's {nginx_rps:.0f})")
-    for r in range(rounds):
-        order = T[r % len(T):] + T[:r % len(T)]
-        for t in order:
-            if t.before:
-                t.before()
-            th = threading.Thread(target=t.during, args=(dur,)) if t.during else None
-            if th:
-                th.start()
-            t.lat.append(run_oha(t.port, t.path, t.headers, dur, rate))
-            if th:
-                th.join(timeout=dur + 10)
+    rounds_of(lambda t: run_oha(t.port, t.path, t.headers, dur, rate), lambda t: t.lat)
 
     # Memory with a full store: many distinct ~40 KB answers.
     log("filling graceway's 64 MiB store")

@@ -161,8 +161,12 @@ impl Proxy {
         fwd: Option<u16>,
         retry_after: Option<&HeaderValue>,
     ) -> Result<respond::Replacement> {
-        let from_fleet = self.fill_from_fleet(up, req).await;
-        let mut answer = respond::degraded(self.cache(), up, req, reason, fwd, retry_after)?;
+        let mut copy = respond::servable_copy(self.cache(), up, req);
+        let from_fleet = copy.is_none() && self.fill_from_fleet(up, req).await;
+        if from_fleet {
+            copy = respond::servable_copy(self.cache(), up, req);
+        }
+        let mut answer = respond::degraded(copy, up, req, reason, fwd, retry_after)?;
         if from_fleet && answer.stale {
             // RFC 9211: one member per cache, the one nearest the origin
             // first: the fleet tier had it, this graceway served it.
@@ -177,15 +181,13 @@ impl Proxy {
         Ok(answer)
     }
 
-    /// On a local miss, reads the request's copy from the fleet tier and
-    /// keeps it in the memory tier; true when one came.
+    /// Called on a local miss: reads the request's copy from the fleet tier
+    /// and keeps it in the memory tier; true when one came.
     async fn fill_from_fleet(&self, up: &Upstream, req: &RequestHeader) -> bool {
         let Some(fleet) = &self.app.fleet else {
             return false;
         };
-        if respond::servable_copy(self.cache(), up, req).is_some()
-            || !matches!(req.method, http::Method::GET | http::Method::HEAD)
-        {
+        if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
             return false;
         }
         let name = up.config.name.as_str();

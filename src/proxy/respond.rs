@@ -117,17 +117,18 @@ pub fn servable_copy(
 }
 
 /// The degraded answer for a request whose upstream outcome is `reason`:
-/// the stored copy (or a 304 when the client's validators match it) with
-/// the degradation headers, else the 503 JSON error.
+/// its servable copy (`copy`, from [`servable_copy`]; or a 304 when the
+/// client's validators match it) with the degradation headers, else the
+/// 503 JSON error.
 pub fn degraded(
-    cache: &crate::cache::Cache,
+    copy: Option<Arc<CachedResponse>>,
     up: &Upstream,
     req: &RequestHeader,
     reason: Reason,
     fwd_status: Option<u16>,
     retry_after: Option<&HeaderValue>,
 ) -> Result<Replacement> {
-    let Some(copy) = servable_copy(cache, up, req) else {
+    let Some(copy) = copy else {
         return unavailable(
             "the upstream cannot answer and no last good copy exists for this request",
             up,

@@ -46,15 +46,21 @@ fn code(text: &str) -> String {
         .join("\n")
 }
 
-/// The top-level modules named as `crate::<name>` in `text`.
-fn mentions(text: &str, known: &BTreeMap<String, Vec<PathBuf>>) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for (i, _) in text.match_indices("crate::") {
-        let rest = &text[i + "crate::".len()..];
+/// The module names that follow `prefix` (`crate::`, `super::`) in `text`.
+fn names_after<'a>(text: &'a str, prefix: &'a str) -> impl Iterator<Item = &'a str> {
+    text.match_indices(prefix).map(move |(i, _)| {
+        let rest = &text[i + prefix.len()..];
         let end = rest
             .find(|c: char| !(c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()))
             .unwrap_or(rest.len());
-        let name = &rest[..end];
+        &rest[..end]
+    })
+}
+
+/// The top-level modules named as `crate::<name>` in `text`.
+fn mentions(text: &str, known: &BTreeMap<String, Vec<PathBuf>>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for name in names_after(text, "crate::") {
         if known.contains_key(name) {
             out.insert(name.to_string());
         }
@@ -136,12 +142,7 @@ fn folder_graphs() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
             for f in files {
                 let text = code(&std::fs::read_to_string(f).expect("source file"));
                 let text = text.replace(&format!("crate::{folder}::"), "super::");
-                for (i, _) in text.match_indices("super::") {
-                    let rest = &text[i + "super::".len()..];
-                    let end = rest
-                        .find(|c: char| !(c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()))
-                        .unwrap_or(rest.len());
-                    let dep = &rest[..end];
+                for dep in names_after(&text, "super::") {
                     if dep != name && dep != "mod" && children.contains_key(dep) {
                         deps.insert(dep.to_string());
                     }

@@ -302,15 +302,9 @@ fn wait_child(c: &mut Child, limit: Duration) -> std::process::ExitStatus {
 
 #[test]
 fn two_upgrades_under_keepalive_load_fail_nothing_and_keep_the_store() {
-    let rejecting = Arc::new(AtomicBool::new(false));
-    let r = rejecting.clone();
-    let up = MockUpstream::start(move |req| {
-        if r.load(Ordering::Relaxed) {
-            MockReply::revoked(401, "{}")
-        } else {
-            MockReply::ok(&format!(r#"{{"path":"{}"}}"#, req.path()))
-                .header("Cache-Control", "max-age=60")
-        }
+    let (up, rejecting) = MockUpstream::revocable(|req| {
+        MockReply::ok(&format!(r#"{{"path":"{}"}}"#, req.path()))
+            .header("Cache-Control", "max-age=60")
     });
     let mut g = start(
         EmojiConfig::new(up.port)

@@ -17,17 +17,10 @@ const TOKEN: &str = "tok-fleet-1";
 
 /// A vendor that answers until `revoke` is set, then refuses the token.
 fn vendor() -> (MockUpstream, Arc<AtomicBool>) {
-    let revoked = Arc::new(AtomicBool::new(false));
-    let r = revoked.clone();
-    let up = MockUpstream::start(move |req| {
-        if r.load(Ordering::Relaxed) {
-            MockReply::revoked(401, "{}")
-        } else {
-            MockReply::ok(&format!(r#"{{"path":"{}"}}"#, req.path()))
-                .header("Cache-Control", "max-age=60")
-        }
-    });
-    (up, revoked)
+    MockUpstream::revocable(|req| {
+        MockReply::ok(&format!(r#"{{"path":"{}"}}"#, req.path()))
+            .header("Cache-Control", "max-age=60")
+    })
 }
 
 fn start(up: &MockUpstream, redis: &str) -> Graceway {
@@ -72,15 +65,7 @@ async fn a_replica_serves_what_another_stored_with_the_ttl_of_max_stale() {
     let b = start(&up, &spec);
     wait_fleet(&a, "A's fleet tier up", |s| s["up"] == true).await;
     for i in 0..5 {
-        assert_eq!(
-            client()
-                .get(a.url(&format!("/v1/item/{i}")))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(a.get(&format!("/v1/item/{i}")).await.status(), 200);
     }
     wait_fleet(&a, "A's writes", |s| s["writes"].as_u64() >= Some(5)).await;
     // Keys: prefix, version, upstream, a hash; never a path or a token.
@@ -103,11 +88,7 @@ async fn a_replica_serves_what_another_stored_with_the_ttl_of_max_stale() {
     revoked.store(true, Ordering::Relaxed);
     wait_fleet(&b, "B's fleet tier up", |s| s["up"] == true).await;
     for i in 0..5 {
-        let r = client()
-            .get(b.url(&format!("/v1/item/{i}")))
-            .send()
-            .await
-            .unwrap();
+        let r = b.get(&format!("/v1/item/{i}")).await;
         assert_eq!(r.status(), 200, "B serves A's copy");
         assert_eq!(r.headers()["x-graceway-degraded"], "token-rejected");
         let cs = r.headers()["cache-status"].to_str().unwrap().to_string();
@@ -121,7 +102,7 @@ async fn a_replica_serves_what_another_stored_with_the_ttl_of_max_stale() {
         );
     }
     // Kept locally: the second time it is B's own copy.
-    let r = client().get(b.url("/v1/item/0")).send().await.unwrap();
+    let r = b.get("/v1/item/0").await;
     assert!(!r.headers()["cache-status"]
         .to_str()
         .unwrap()
@@ -148,15 +129,7 @@ async fn a_paused_killed_or_restarted_redis_never_fails_a_request() {
         &format!("{{ url: \"{}\", timeout: 50ms }}", redis.url()),
     );
     wait_fleet(&g, "the fleet tier up", |s| s["up"] == true).await;
-    assert_eq!(
-        client()
-            .get(g.url("/v1/kept"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(g.get("/v1/kept").await.status(), 200);
 
     // Paused: reads wait at most the timeout, then the breaker skips Redis.
     redis.signal("STOP");
@@ -164,14 +137,10 @@ async fn a_paused_killed_or_restarted_redis_never_fails_a_request() {
     let mut worst = Duration::ZERO;
     for i in 0..10 {
         let t = Instant::now();
-        let r = client()
-            .get(g.url(&format!("/v1/never/{i}")))
-            .send()
-            .await
-            .unwrap();
+        let r = g.get(&format!("/v1/never/{i}")).await;
         worst = worst.max(t.elapsed());
         assert_eq!(r.status(), 503, "no copy anywhere: a clear 503");
-        let r = client().get(g.url("/v1/kept")).send().await.unwrap();
+        let r = g.get("/v1/kept").await;
         assert_eq!(r.status(), 200, "the local copy");
     }
     assert!(
@@ -215,11 +184,7 @@ async fn a_paused_killed_or_restarted_redis_never_fails_a_request() {
     g.wait_reload(attempt).await;
     let before = fleet_status(&g).await["writes"].as_u64().unwrap();
     for i in 0..3 {
-        client()
-            .get(g.url(&format!("/v1/after/{i}")))
-            .send()
-            .await
-            .unwrap();
+        g.get(&format!("/v1/after/{i}")).await;
     }
     wait_fleet(&g, "writes after the restart", |s| {
         s["writes"].as_u64() > Some(before)
@@ -247,7 +212,7 @@ async fn corrupt_and_unknown_version_records_are_ignored_and_counted() {
     ]);
     revoked.store(true, Ordering::Relaxed);
     for p in ["/v1/garbage", "/v1/future"] {
-        let r = client().get(g.url(p)).send().await.unwrap();
+        let r = g.get(p).await;
         assert_eq!(r.status(), 503, "{p}: never served");
     }
     let s = fleet_status(&g).await;
@@ -290,7 +255,7 @@ async fn passwords_acl_users_and_a_wrong_password() {
             s["up"] == true
         })
         .await;
-        client().get(g.url("/v1/pw")).send().await.unwrap();
+        g.get("/v1/pw").await;
         let s = wait_fleet(&g, "a write", |s| s["writes"].as_u64() >= Some(1)).await;
         assert!(!s.to_string().contains("pass"), "password shown: {s}");
         assert!(s["target"].as_str().unwrap().contains(":***@"), "{s}");
@@ -308,15 +273,7 @@ async fn passwords_acl_users_and_a_wrong_password() {
     let e = s["last_error"].as_str().unwrap().to_ascii_lowercase();
     assert!(e.contains("auth") || e.contains("pass"), "{s}");
     assert!(!s.to_string().contains("wrong"), "password shown: {s}");
-    assert_eq!(
-        client()
-            .get(g.url("/v1/still"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(g.get("/v1/still").await.status(), 200);
     assert!(
         g.logs()
             .contains("fleet tier: cannot connect to Redis redis://:***@"),
@@ -341,7 +298,7 @@ async fn tls_verified_against_a_ca_the_test_made() {
         .build();
     let a = Graceway::start_in(dir, &cfg);
     wait_fleet(&a, "the TLS fleet tier up", |s| s["up"] == true).await;
-    client().get(a.url("/v1/tls")).send().await.unwrap();
+    a.get("/v1/tls").await;
     wait_fleet(&a, "a write over TLS", |s| s["writes"].as_u64() >= Some(1)).await;
     assert_eq!(redis.cli(&["DBSIZE"]).trim(), "1");
     // A second replica reads it back over TLS.
@@ -351,7 +308,7 @@ async fn tls_verified_against_a_ca_the_test_made() {
     let b = Graceway::start_in(dir, &cfg);
     wait_fleet(&b, "B's TLS fleet tier up", |s| s["up"] == true).await;
     revoked.store(true, Ordering::Relaxed);
-    let r = client().get(b.url("/v1/tls")).send().await.unwrap();
+    let r = b.get("/v1/tls").await;
     assert_eq!(r.status(), 200);
     assert!(r.headers()["cache-status"]
         .to_str()
@@ -430,11 +387,7 @@ async fn a_three_master_cluster_spreads_copies_across_slots() {
     wait_fleet(&b, "B's cluster fleet tier up", |s| s["up"] == true).await;
     revoked.store(true, Ordering::Relaxed);
     for i in 0..20 {
-        let r = client()
-            .get(b.url(&format!("/v1/c/{i}")))
-            .send()
-            .await
-            .unwrap();
+        let r = b.get(&format!("/v1/c/{i}")).await;
         assert_eq!(r.status(), 200, "/v1/c/{i}");
     }
     assert_eq!(fleet_status(&b).await["hits"], 20);
@@ -444,29 +397,15 @@ async fn a_three_master_cluster_spreads_copies_across_slots() {
 async fn a_full_redis_refuses_writes_but_reads_and_requests_go_on() {
     let redis = Redis::start(&["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]);
     let big = "x".repeat(200 << 10);
-    let revoked = Arc::new(AtomicBool::new(false));
-    let r = revoked.clone();
-    let up = MockUpstream::start(move |req| {
-        if r.load(Ordering::Relaxed) {
-            MockReply::revoked(401, "{}")
-        } else {
-            MockReply::ok(&format!("{}{}", req.path(), big)).header("Cache-Control", "max-age=60")
-        }
+    let (up, revoked) = MockUpstream::revocable(move |req| {
+        MockReply::ok(&format!("{}{}", req.path(), big)).header("Cache-Control", "max-age=60")
     });
     let spec = format!("{{ url: \"{}\" }}", redis.url());
     let a = start(&up, &spec);
     wait_fleet(&a, "the fleet tier up", |s| s["up"] == true).await;
     // ~200 KB copies into 3 MB: the first fit, then Redis answers OOM.
     for i in 0..40 {
-        assert_eq!(
-            client()
-                .get(a.url(&format!("/v1/big/{i}")))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(a.get(&format!("/v1/big/{i}")).await.status(), 200);
     }
     let s = wait_fleet(&a, "OOM errors", |s| s["errors"].as_u64() > Some(0)).await;
     assert!(s["last_error"].as_str().unwrap().contains("OOM"), "{s}");
@@ -485,11 +424,7 @@ async fn a_full_redis_refuses_writes_but_reads_and_requests_go_on() {
     let b = start(&up, &spec);
     wait_fleet(&b, "B up", |s| s["up"] == true).await;
     revoked.store(true, Ordering::Relaxed);
-    let r = client()
-        .get(b.url(&format!("/v1/big/{stored}")))
-        .send()
-        .await
-        .unwrap();
+    let r = b.get(&format!("/v1/big/{stored}")).await;
     assert_eq!(r.status(), 200);
     assert!(r.headers()["cache-status"]
         .to_str()

@@ -4,7 +4,7 @@
 //! wire: a `Content-Length: 0` answer, a reset before the header, a body cut
 //! short, a hang. Every request is recorded; connections are counted.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -125,6 +125,23 @@ impl MockUpstream {
     /// Plain HTTP.
     pub fn start(handler: impl Fn(&Recorded) -> MockReply + Send + Sync + 'static) -> MockUpstream {
         MockUpstream::start_inner(Box::new(handler), None)
+    }
+
+    /// A vendor that answers with `ok` until the returned flag is set, then
+    /// refuses every request with `401` (`invalid_token`).
+    pub fn revocable(
+        ok: impl Fn(&Recorded) -> MockReply + Send + Sync + 'static,
+    ) -> (MockUpstream, Arc<AtomicBool>) {
+        let revoked = Arc::new(AtomicBool::new(false));
+        let r = revoked.clone();
+        let up = MockUpstream::start(move |req| {
+            if r.load(Ordering::Relaxed) {
+                MockReply::revoked(401, "{}")
+            } else {
+                ok(req)
+            }
+        });
+        (up, revoked)
     }
 
     /// HTTPS with the given server config.

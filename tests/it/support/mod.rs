@@ -198,6 +198,11 @@ impl Graceway {
         format!("http://127.0.0.1:{}{path}", self.listen)
     }
 
+    /// `GET path` on the proxy listener with the shared test client.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        client().get(self.url(path)).send().await.unwrap()
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.admin)
     }
