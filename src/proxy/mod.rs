@@ -141,12 +141,7 @@ impl Proxy {
         } else {
             respond::unavailable("the upstream cannot answer", up, reason, retry_after)?
         };
-        ctx.outcome = if answer.stale {
-            Outcome::Stale(reason)
-        } else {
-            Outcome::Error(Some(reason))
-        };
-        Self::count_degraded(up, reason, answer.stale);
+        record_degraded(ctx, up, reason, answer.stale);
         respond::write(session, answer).await
     }
 
@@ -367,12 +362,7 @@ impl Proxy {
         let answer = self
             .degraded(session.req_header(), up, reason, Some(status), retry_after)
             .await?;
-        ctx.outcome = if answer.stale {
-            Outcome::Stale(reason)
-        } else {
-            Outcome::Error(Some(reason))
-        };
-        Self::count_degraded(up, reason, answer.stale);
+        record_degraded(ctx, up, reason, answer.stale);
         ctx.drop_upstream_body = true;
         let head = session.req_header().method == http::Method::HEAD;
         let upstream_has_no_body = status == 204
@@ -585,12 +575,7 @@ impl Proxy {
             .header
             .insert_header(http::header::CONNECTION, "close");
         let code = answer.header.status.as_u16();
-        ctx.outcome = if answer.stale {
-            Outcome::Stale(reason)
-        } else {
-            Outcome::Error(Some(reason))
-        };
-        Self::count_degraded(up, reason, answer.stale);
+        record_degraded(ctx, up, reason, answer.stale);
         if let Err(err) = respond::write(session, answer).await {
             log::debug!("writing the degraded answer failed: {err}");
         }
@@ -598,13 +583,6 @@ impl Proxy {
             error_code: code,
             can_reuse_downstream: false,
         })
-    }
-
-    fn count_degraded(up: &Upstream, reason: Reason, stale: bool) {
-        if stale {
-            up.status.metrics.stale_served(reason);
-        }
-        up.status.mark_degraded(reason);
     }
 }
 
@@ -979,6 +957,19 @@ fn note_upstream_failure(up: &Upstream, e: &Error, reason: Reason) {
     ) {
         up.status.health_failure(reason);
     }
+}
+
+/// A degraded answer's bookkeeping, the same in every phase that writes
+/// one: how the request ended, the stale counter, the upstream's last
+/// degradation.
+fn record_degraded(ctx: &mut RequestCtx, up: &Upstream, reason: Reason, stale: bool) {
+    ctx.outcome = if stale {
+        up.status.metrics.stale_served(reason);
+        Outcome::Stale(reason)
+    } else {
+        Outcome::Error(Some(reason))
+    };
+    up.status.mark_degraded(reason);
 }
 
 /// Counts the upstream's answer: status, time to the header, and the
