@@ -420,7 +420,12 @@ fn a_connection_flood_is_capped_and_health_checks_still_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_site_reloads_are_refused_and_bursts_coalesce() {
     let up = MockUpstream::start(|_| MockReply::ok("{}"));
-    let g = start(EmojiConfig::new(up.port));
+    // A token source that takes 300 ms, so each reload run lasts long
+    // enough for the burst to arrive during it, however fast the machine
+    // (with a file source a run took ~1 ms and the count was timing).
+    let g = start(EmojiConfig::new(up.port).tokens(&format!(
+        "        - {{ command: [\"sh\", \"-c\", \"sleep 0.3; echo {TOKEN}\"], timeout: 5s }}"
+    )));
     let c = client();
     let url = g.admin_url("/reload");
     for (name, value) in [
