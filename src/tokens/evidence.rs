@@ -164,10 +164,12 @@ static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 /// Reads either header family; `None` when the answer states no quota.
 /// `X-RateLimit-Reset` above 10^9 is a Unix time (GitHub), else seconds.
 pub fn quota(headers: &HeaderMap) -> Option<Quota> {
-    quota_at(headers, crate::clock::unix_now())
+    quota_at(headers, crate::clock::unix_now)
 }
 
-fn quota_at(headers: &HeaderMap, now: u64) -> Option<Quota> {
+/// `now` is read only for a Unix-time reset: most answers state no quota,
+/// and this runs on every answer that carried a token.
+fn quota_at(headers: &HeaderMap, now: impl Fn() -> u64) -> Option<Quota> {
     let num = |name: &HeaderName| -> Option<u64> {
         let v = headers.get(name)?.to_str().ok()?;
         // `RateLimit-Limit: 100, 100;w=60` (draft-03) starts with the number.
@@ -176,7 +178,7 @@ fn quota_at(headers: &HeaderMap, now: u64) -> Option<Quota> {
     };
     let reset_in = |v: u64| {
         if v > 1_000_000_000 {
-            v.saturating_sub(now)
+            v.saturating_sub(now())
         } else {
             v
         }
@@ -405,7 +407,7 @@ mod tests {
                 ("x-ratelimit-limit", "5000"),
                 ("x-ratelimit-reset", "1700000060"),
             ]),
-            1_700_000_000,
+            || 1_700_000_000,
         )
         .unwrap();
         assert_eq!(
@@ -421,7 +423,7 @@ mod tests {
                 ("ratelimit", r#""default";r=7;t=30"#),
                 ("ratelimit-policy", r#""default";q=100;w=60"#),
             ]),
-            0,
+            || 0,
         )
         .unwrap();
         assert_eq!(
@@ -432,7 +434,11 @@ mod tests {
                 reset_in: Some(30)
             }
         );
-        let q = quota_at(&h(&[("ratelimit", "limit=100, remaining=0, reset=5")]), 0).unwrap();
+        let q = quota_at(
+            &h(&[("ratelimit", "limit=100, remaining=0, reset=5")]),
+            || 0,
+        )
+        .unwrap();
         assert_eq!(
             q,
             Quota {
@@ -447,7 +453,7 @@ mod tests {
                 ("ratelimit-limit", "10, 10;w=1"),
                 ("ratelimit-reset", "9"),
             ]),
-            0,
+            || 0,
         )
         .unwrap();
         assert_eq!(
@@ -458,7 +464,7 @@ mod tests {
                 reset_in: Some(9)
             }
         );
-        assert_eq!(quota_at(&h(&[]), 0), None);
+        assert_eq!(quota_at(&h(&[]), || 0), None);
         // A 403 with quota left is not a rate limit.
         assert_eq!(
             judge(403, &h(&[("x-ratelimit-remaining", "10")])).verdict,
