@@ -22,6 +22,10 @@ pub struct Metrics {
     pub upstream_responses_total: IntCounterVec,
     pub upstream_auth_failures_total: IntCounterVec,
     pub stale_served_total: IntCounterVec,
+    /// Token values the upstream echoed, taken out, by `part` (`header`:
+    /// masked or dropped; `body`: the copy not kept, and masked on the way
+    /// out with `stale.scrub_bodies`).
+    pub token_reflections_total: IntCounterVec,
     pub degraded: IntGaugeVec,
     pub token_state: IntGaugeVec,
     pub token_expiry_timestamp_seconds: IntGaugeVec,
@@ -47,6 +51,8 @@ pub struct Metrics {
     pub cache_bytes: IntGauge,
     pub cache_entries: IntGauge,
     pub cache_evictions_total: IntCounter,
+    /// Persist files found damaged (moved aside, started empty).
+    pub cache_persist_damaged_total: IntCounter,
     pub upstream_request_duration_seconds: HistogramVec,
     pub memory_soft_limit_bytes: IntGauge,
     pub memory_shed_entries_total: IntCounter,
@@ -59,6 +65,9 @@ pub struct Metrics {
     pub client_connections: IntGaugeVec,
     pub client_connections_max: IntGaugeVec,
     pub client_connections_refused_total: IntCounterVec,
+    /// Connections closed to make room for a new one at the cap (the
+    /// longest idle keep-alive, else the slowest request header).
+    pub client_connections_evicted_total: IntCounterVec,
     /// Expected events Pingora would otherwise log at ERROR or WARN
     /// (see `logging`), by kind.
     pub proxy_events_total: IntCounterVec,
@@ -119,6 +128,12 @@ pub fn metrics() -> &'static Metrics {
                 "graceway_upstream_auth_failures_total",
                 "Upstream 401/403 answers, by status code.",
                 &["upstream", "status"]
+            )
+            .expect("metric registers"),
+            token_reflections_total: register_int_counter_vec!(
+                "graceway_token_reflections_total",
+                "Token values found in the upstream's answers and taken out, by upstream and part (header, body).",
+                &["upstream", "part"]
             )
             .expect("metric registers"),
             stale_served_total: register_int_counter_vec!(
@@ -245,6 +260,11 @@ pub fn metrics() -> &'static Metrics {
                 "Entries held by the last-good memory cache."
             )
             .expect("metric registers"),
+            cache_persist_damaged_total: register_int_counter!(
+                "graceway_cache_persist_damaged_total",
+                "Persist files found damaged on open, read or write: moved aside, replaced by an empty one."
+            )
+            .expect("metric registers"),
             cache_evictions_total: register_int_counter!(
                 "graceway_cache_evictions_total",
                 "Entries evicted from the last-good memory cache."
@@ -306,6 +326,12 @@ pub fn metrics() -> &'static Metrics {
             client_connections_refused_total: register_int_counter_vec!(
                 "graceway_client_connections_refused_total",
                 "Client connections refused because the listener was at its cap.",
+                &["listener"]
+            )
+            .expect("metric registers"),
+            client_connections_evicted_total: register_int_counter_vec!(
+                "graceway_client_connections_evicted_total",
+                "Client connections closed to make room for a new one at the cap (idle keep-alive first, then the slowest request header).",
                 &["listener"]
             )
             .expect("metric registers"),
@@ -393,6 +419,10 @@ pub fn refresh_listener_metrics() {
             .with_label_values(&[name]);
         let total = f.refused.load(Relaxed);
         refused.inc_by(total.saturating_sub(refused.get()));
+        let evicted = m
+            .client_connections_evicted_total
+            .with_label_values(&[name]);
+        evicted.inc_by(f.evicted.load(Relaxed).saturating_sub(evicted.get()));
         if name == "proxy" {
             let c = m
                 .client_rejections_total
@@ -415,6 +445,9 @@ pub struct UpstreamMetrics {
     stale_by_reason: Vec<IntCounter>,
     pub duration: Histogram,
     name: String,
+    /// `token_reflections_total` for `header` and `body`.
+    pub reflected_header: IntCounter,
+    pub reflected_body: IntCounter,
     /// Lazily resolved `upstream_responses_total` handle per status code.
     responses: Box<[OnceLock<IntCounter>]>,
 }
@@ -450,6 +483,12 @@ impl UpstreamMetrics {
             duration: m
                 .upstream_request_duration_seconds
                 .with_label_values(&[upstream]),
+            reflected_header: m
+                .token_reflections_total
+                .with_label_values(&[upstream, "header"]),
+            reflected_body: m
+                .token_reflections_total
+                .with_label_values(&[upstream, "body"]),
             name: upstream.to_string(),
             responses: (0..600).map(|_| OnceLock::new()).collect(),
         }

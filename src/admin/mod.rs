@@ -58,7 +58,12 @@ fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         crate::net::listener::header_complete(session.stream());
+        session.set_pipelining_enabled(true);
         let req = session.req_header();
+        if let Some(refused) = self.misdirected(req) {
+            crate::net::listener::request_done(session.stream());
+            return refused;
+        }
         let cross_site = cross_site(req);
         let method = req.method.clone();
         let path = req.uri.path().to_string();
@@ -115,6 +120,7 @@ impl ServeHttp for AdminApp {
         if method == Method::HEAD {
             resp.body_mut().clear();
         }
+        crate::net::listener::request_done(session.stream());
         resp
     }
 }
@@ -139,7 +145,54 @@ fn cross_site(req: &pingora::http::RequestHeader) -> bool {
     }
 }
 
+/// Whether `Host` names this listener: absent (HTTP/1.0), an IP literal
+/// (no DNS name can be rebound to it), `localhost`, or one of
+/// `admin.allowed_hosts`; the port is not compared. Any other name is what
+/// a DNS-rebinding page sends (`evil.example` made to resolve to 127.0.0.1).
+fn host_allowed(host: Option<&[u8]>, allowed: &[String]) -> bool {
+    let Some(host) = host else { return true };
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let name = crate::proxy::target::strip_port(host.trim());
+    if name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok()
+        || name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .is_some_and(|n| n.parse::<std::net::Ipv6Addr>().is_ok())
+    {
+        return true;
+    }
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
 impl AdminApp {
+    /// Refuses a request that names another host (421, DNS rebinding), has
+    /// more than one `Host`, or more than one `Origin` (403: which one a
+    /// check reads would decide it).
+    fn misdirected(&self, req: &pingora::http::RequestHeader) -> Option<Response<Vec<u8>>> {
+        let mut hosts = req.headers.get_all(http::header::HOST).iter();
+        let host = hosts.next();
+        if hosts.next().is_some() {
+            return Some(error(StatusCode::BAD_REQUEST, "more than one Host header"));
+        }
+        if req.headers.get_all(http::header::ORIGIN).iter().count() > 1 {
+            return Some(error(StatusCode::FORBIDDEN, "more than one Origin header"));
+        }
+        let gen = self.app.live.load();
+        if !host_allowed(
+            host.map(|h| h.as_bytes()),
+            &gen.loaded.config.admin.allowed_hosts,
+        ) {
+            return Some(error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this Host is not the admin listener's (add it to admin.allowed_hosts if a proxy or DNS name in front of it sends it)",
+            ));
+        }
+        None
+    }
+
     /// Checks the admin bearer when `admin.token_file` is configured. The
     /// file is read on each call (reloads are rare), so rotating it needs no
     /// restart. Compares SHA-256 digests so that timing reveals nothing
@@ -173,6 +226,36 @@ impl AdminApp {
                 );
                 Err(r)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn rebinding_hosts_are_refused() {
+        let allowed = vec!["graceway-admin.internal".to_string()];
+        for ok in [
+            None,
+            Some("127.0.0.1:9180"),
+            Some("localhost:9180"),
+            Some("LOCALHOST"),
+            Some("10.0.0.7:9180"),
+            Some("[::1]:9180"),
+            Some("graceway-admin.internal:9180"),
+        ] {
+            assert!(host_allowed(ok.map(str::as_bytes), &allowed), "{ok:?}");
+        }
+        for bad in [
+            "evil.example:19180",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "",
+        ] {
+            assert!(!host_allowed(Some(bad.as_bytes()), &allowed), "{bad}");
         }
     }
 }

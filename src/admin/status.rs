@@ -164,6 +164,7 @@ fn connections(app: &App) -> Value {
             "max": f.cap.load(Ordering::Relaxed),
             "refused": f.refused.load(Ordering::Relaxed),
             "header_timeouts": f.header_timeouts.load(Ordering::Relaxed),
+            "evicted": f.evicted.load(Ordering::Relaxed),
         })
     };
     let limits = app.limits.get();

@@ -26,6 +26,7 @@ use std::time::SystemTime;
 use http::HeaderName;
 use moka::notification::RemovalCause;
 use pingora::http::RequestHeader;
+use sha2::{Digest, Sha256};
 
 use crate::metrics::metrics;
 pub use stored::{CachedResponse, Recorded};
@@ -60,34 +61,106 @@ pub struct Cache {
     persist: Option<persist::Writer>,
 }
 
-/// The key of a request's copy without `Vary`: upstream, path and query.
+/// The key of a request's copy without `Vary`: the upstream's name and a
+/// SHA-256 of the path and query (see [`key_of`]).
 pub fn primary_key(upstream: &str, req: &RequestHeader) -> String {
-    let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut k = String::with_capacity(upstream.len() + pq.len() + 1);
+    key_of(
+        upstream,
+        req.uri.path_and_query().map_or("/", |p| p.as_str()),
+    )
+}
+
+/// `upstream` + `\n` + the hex SHA-256 of `path_and_query`. Keys are
+/// hashes so that neither the persist file nor Redis ever holds a raw
+/// path or query (a client's `?api_key=` included); the memory tier uses
+/// the same keys so that a copy read back from either lands where a
+/// request will look.
+pub fn key_of(upstream: &str, path_and_query: &str) -> String {
+    let mut k = String::with_capacity(upstream.len() + 65);
     k.push_str(upstream);
     k.push('\n');
-    k.push_str(pq);
+    push_hex(&mut k, &Sha256::digest(path_and_query.as_bytes()));
     k
 }
 
-/// The key of one `Vary` variant: the primary key plus the request's values
-/// of the named headers.
+/// The key of one `Vary` variant: the primary key, `\n`, and the hex
+/// SHA-256 of the request's values of the named headers (each
+/// `\nname=v1,v2`).
 pub fn variant_key(primary: &str, names: &[HeaderName], req: &RequestHeader) -> String {
-    let mut k = String::from(primary);
+    let mut h = Sha256::new();
     for n in names {
-        k.push('\n');
-        k.push_str(n.as_str());
-        k.push('=');
-        let mut first = true;
-        for v in req.headers.get_all(n) {
-            if !first {
-                k.push(',');
+        h.update(b"\n");
+        h.update(n.as_str().as_bytes());
+        h.update(b"=");
+        for (i, v) in req.headers.get_all(n).iter().enumerate() {
+            if i > 0 {
+                h.update(b",");
             }
-            first = false;
-            k.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            h.update(v.as_bytes());
         }
     }
+    variant_of(primary, h)
+}
+
+fn variant_of(primary: &str, h: Sha256) -> String {
+    let mut k = String::with_capacity(primary.len() + 65);
+    k.push_str(primary);
+    k.push('\n');
+    push_hex(&mut k, &h.finalize());
     k
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+}
+
+fn is_digest(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A persisted key read back: the primary key, and the variant key when
+/// the copy is one variant. Keys written before keys were hashed (raw
+/// path, query and `name=value` lines) are hashed here; `migrated` says so.
+struct ReadKey {
+    upstream: String,
+    primary: String,
+    variant: Option<String>,
+    migrated: bool,
+}
+
+fn read_key(key: &str) -> Option<ReadKey> {
+    let (upstream, rest) = key.split_once('\n')?;
+    let mut lines = rest.split('\n');
+    let first = lines.next()?;
+    let second = lines.next();
+    if is_digest(first) && second.is_none_or(is_digest) && lines.next().is_none() {
+        return Some(ReadKey {
+            upstream: upstream.to_string(),
+            primary: format!("{upstream}\n{first}"),
+            variant: second.map(|_| key.to_string()),
+            migrated: false,
+        });
+    }
+    // The old form: `upstream\npath?query` then `\nname=value` per header.
+    let primary = key_of(upstream, first);
+    let varied = &rest[first.len()..];
+    let variant = (!varied.is_empty()).then(|| {
+        let mut h = Sha256::new();
+        h.update(varied.as_bytes());
+        variant_of(&primary, h)
+    });
+    Some(ReadKey {
+        upstream: upstream.to_string(),
+        primary,
+        variant,
+        migrated: true,
+    })
 }
 
 impl Cache {
@@ -255,7 +328,7 @@ impl Cache {
         let mut loaded = 0;
         let mut expired = Vec::new();
         for (key, d) in p.load_all() {
-            let Some((upstream, rest)) = key.split_once('\n') else {
+            let Some(k) = read_key(&key) else {
                 expired.push(key.to_string());
                 continue;
             };
@@ -263,25 +336,26 @@ impl Cache {
                 expired.push(key.to_string());
                 continue;
             }
+            let mem_key = k.variant.as_deref().unwrap_or(&k.primary);
             // Loaded late (after a graceful upgrade), the memory tier may
             // already hold a newer copy.
-            if self.holds_newer(&key, d.stored_at) {
+            if self.holds_newer(mem_key, d.stored_at) {
                 continue;
             }
             let names = stored::vary_names(&d.headers);
-            if names.is_empty() {
-                self.adopt(&key, None, d, status_for(upstream));
+            let variant = match (names.is_empty(), &k.variant) {
+                (false, Some(v)) => Some((Arc::from(names), v.clone())),
+                _ => None,
+            };
+            let owner = status_for(&k.upstream);
+            if k.migrated {
+                // Written again under its hash, the raw key deleted.
+                expired.push(key.to_string());
+                let key_len = variant.as_ref().map_or(k.primary.len(), |(_, v)| v.len());
+                let copy = Arc::new(CachedResponse::new(d, key_len, owner));
+                self.insert(&k.primary, variant, copy, true);
             } else {
-                // rest = path?query + "\nname=value"...: the primary key is
-                // upstream + the first line.
-                let pq = rest.split('\n').next().unwrap_or("");
-                let primary = format!("{upstream}\n{pq}");
-                self.adopt(
-                    &primary,
-                    Some((Arc::from(names), key.to_string())),
-                    d,
-                    status_for(upstream),
-                );
+                self.adopt(&k.primary, variant, d, owner);
             }
             loaded += 1;
         }
@@ -348,5 +422,58 @@ impl Cache {
         if let Some(p) = &self.persist {
             p.close(limit);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(target: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn keys_hold_hashes_never_the_path_or_query() {
+        let r = req("/v1/items?api_key=CLIENTSECRET&x=1", &[]);
+        let k = primary_key("emoji", &r);
+        assert!(k.starts_with("emoji\n"));
+        assert!(!k.contains("items") && !k.contains("CLIENTSECRET"), "{k}");
+        assert_eq!(k, key_of("emoji", "/v1/items?api_key=CLIENTSECRET&x=1"));
+        assert_ne!(k, primary_key("emoji", &req("/v1/items?x=1", &[])));
+        assert_ne!(k, primary_key("other", &r));
+        let names = [HeaderName::from_static("accept-language")];
+        let a = variant_key(&k, &names, &req("/", &[("accept-language", "de")]));
+        let b = variant_key(&k, &names, &req("/", &[("accept-language", "fr")]));
+        assert!(a.starts_with(&format!("{k}\n")) && !a.contains("de"));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn persisted_keys_read_back_in_both_forms() {
+        let r = req("/v1/x?a=1", &[("accept-language", "de, en")]);
+        let primary = primary_key("emoji", &r);
+        let names = [HeaderName::from_static("accept-language")];
+        let variant = variant_key(&primary, &names, &r);
+        let k = read_key(&primary).unwrap();
+        assert_eq!(
+            (k.primary.as_str(), k.variant, k.migrated),
+            (primary.as_str(), None, false)
+        );
+        let k = read_key(&variant).unwrap();
+        assert_eq!(k.primary, primary);
+        assert_eq!(k.variant.as_deref(), Some(variant.as_str()));
+        assert!(!k.migrated);
+        // The form written before keys were hashed maps to the same keys.
+        let k = read_key("emoji\n/v1/x?a=1").unwrap();
+        assert_eq!((k.primary.as_str(), k.migrated), (primary.as_str(), true));
+        let k = read_key("emoji\n/v1/x?a=1\naccept-language=de, en").unwrap();
+        assert_eq!(k.variant.as_deref(), Some(variant.as_str()));
+        assert_eq!(k.upstream, "emoji");
+        assert!(read_key("no newline").is_none());
     }
 }

@@ -74,27 +74,7 @@ impl Writer {
                 );
                 None
             }
-            Err(e @ OpenError::Redb(_)) => {
-                let aside = path.with_extension(format!(
-                    "corrupt-{}",
-                    SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs())
-                ));
-                log::error!(
-                    "persist file {} is unreadable ({e}); moved to {} and starting empty",
-                    path.display(),
-                    aside.display()
-                );
-                std::fs::rename(path, &aside).map_err(|source| PersistError::MoveAside {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-                Some(open_checked(path).map_err(|source| PersistError::Create {
-                    path: path.to_path_buf(),
-                    source,
-                })?)
-            }
+            Err(e) => Some(replace_damaged(path, &e)?),
         };
         let db = Arc::new(Mutex::new(db.map(Arc::new)));
         let (tx, rx) = sync_channel(QUEUE);
@@ -126,22 +106,31 @@ impl Writer {
                         match open_checked(&path) {
                             Ok(db) => {
                                 *lock(&slot) = Some(Arc::new(db));
-                                log::info!("persist file {} opened: the other process let go", path.display());
+                                log::info!(
+                                    "persist file {} opened: the other process let go",
+                                    path.display()
+                                );
                                 on_open();
                                 break;
                             }
                             Err(OpenError::InUse) => continue,
-                            Err(e @ OpenError::Redb(_)) => {
-                                log::error!(
-                                    "persist file {}: cannot open it after the other process let go ({e}); copies stay in memory only",
-                                    path.display()
-                                );
-                                return;
-                            }
+                            Err(e) => match replace_damaged(&path, &e) {
+                                Ok(db) => {
+                                    *lock(&slot) = Some(Arc::new(db));
+                                    break;
+                                }
+                                Err(e) => {
+                                    log::error!(
+                                        "persist file {}: {e}; copies stay in memory only",
+                                        path.display()
+                                    );
+                                    return;
+                                }
+                            },
                         }
                     }
                 }
-                write_loop(&slot, rx, &dropped)
+                write_loop(&slot, &path, rx, &dropped)
             });
         if let Err(e) = spawned {
             log::error!("cannot start the persist writer, copies stay in memory only: {e}");
@@ -216,35 +205,47 @@ impl Writer {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Every decodable entry; undecodable ones are deleted.
+    /// Every decodable entry; undecodable ones are deleted. A file that
+    /// fails (or makes redb panic) while being read is moved aside and
+    /// replaced by an empty one: graceway starts without its copies.
     pub fn load_all(&self) -> Vec<(Arc<str>, Recorded)> {
-        let mut out = Vec::new();
-        let mut bad: Vec<String> = Vec::new();
         let Some(db) = lock(&self.db).clone() else {
-            return out;
+            return Vec::new();
         };
-        let mut read = || -> Result<(), redb::Error> {
-            let txn = db.begin_read()?;
+        type Read = (Vec<(Arc<str>, Recorded)>, Vec<String>);
+        let read = || -> Result<Read, OpenError> {
+            let (mut out, mut bad) = (Vec::new(), Vec::new());
+            let txn = db.begin_read().map_err(redb::Error::from)?;
             let table = match txn.open_table(TABLE) {
                 Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-                Err(e) => return Err(e.into()),
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok((out, bad)),
+                Err(e) => return Err(redb::Error::from(e).into()),
             };
-            for row in table.iter()? {
-                let (k, v) = row?;
+            for row in table.iter().map_err(redb::Error::from)? {
+                let (k, v) = row.map_err(redb::Error::from)?;
                 match stored::decode(v.value()) {
                     Some(d) => out.push((Arc::from(k.value()), d)),
                     None => bad.push(k.value().to_string()),
                 }
             }
-            Ok(())
+            Ok((out, bad))
         };
-        if let Err(e) = read() {
-            log::error!(
-                "persist file {}: reading failed, starting without its copies: {e}",
-                self.path.display()
-            );
-        }
+        let (out, bad) = match contain(read) {
+            Ok(found) => found,
+            Err(e) => {
+                drop(db);
+                let mut slot = lock(&self.db);
+                *slot = None;
+                match replace_damaged(&self.path, &e) {
+                    Ok(fresh) => *slot = Some(Arc::new(fresh)),
+                    Err(e) => log::error!(
+                        "persist file {}: {e}; copies stay in memory only",
+                        self.path.display()
+                    ),
+                }
+                return Vec::new();
+            }
+        };
         if !bad.is_empty() {
             log::warn!(
                 "persist file {}: {} undecodable entries dropped",
@@ -288,6 +289,55 @@ pub enum OpenError {
     InUse,
     #[error(transparent)]
     Redb(#[from] redb::Error),
+    /// redb panicked on the file's contents (seen with random damage).
+    #[error("the database library failed on its contents: {0}")]
+    Panicked(String),
+}
+
+/// Runs `f`, turning a panic inside it (redb can panic on a damaged file
+/// instead of answering an error) into [`OpenError::Panicked`].
+fn contain<T>(f: impl FnOnce() -> Result<T, OpenError>) -> Result<T, OpenError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(OpenError::Panicked(why))
+    })
+}
+
+/// The name a damaged file is moved to: `<path>.corrupt-<unix time>`.
+fn aside_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(format!(
+        ".corrupt-{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    ));
+    PathBuf::from(name)
+}
+
+/// A file that cannot be opened or read: moved aside (one WARN with the
+/// reason, counted in `graceway_cache_persist_damaged_total`), and an
+/// empty file created in its place.
+fn replace_damaged(path: &Path, why: &OpenError) -> Result<Database, PersistError> {
+    let aside = aside_path(path);
+    log::warn!(
+        "persist file {} is damaged ({why}); moved to {} and starting with an empty persist tier",
+        path.display(),
+        aside.display()
+    );
+    crate::metrics::metrics().cache_persist_damaged_total.inc();
+    std::fs::rename(path, &aside).map_err(|source| PersistError::MoveAside {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    open_checked(path).map_err(|source| PersistError::Create {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Why the persist tier could not be opened (persistence is then off).
@@ -308,28 +358,32 @@ pub enum PersistError {
 }
 
 /// Opens the database and reads its table once, so that a corrupt file is
-/// found now and not on the first write.
+/// found now and not on the first write. A panic inside redb is an error.
 fn open_checked(path: &Path) -> Result<Database, OpenError> {
-    let db = match Database::create(path) {
-        Ok(db) => db,
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::InUse),
-        Err(e) => return Err(redb::Error::from(e).into()),
-    };
-    {
-        let txn = db.begin_write().map_err(redb::Error::from)?;
+    contain(|| {
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::InUse),
+            Err(e) => return Err(redb::Error::from(e).into()),
+        };
         {
-            let table = txn.open_table(TABLE).map_err(redb::Error::from)?;
-            for row in table.iter().map_err(redb::Error::from)? {
-                row.map_err(redb::Error::from)?;
+            let txn = db.begin_write().map_err(redb::Error::from)?;
+            {
+                let table = txn.open_table(TABLE).map_err(redb::Error::from)?;
+                for row in table.iter().map_err(redb::Error::from)? {
+                    let (k, v) = row.map_err(redb::Error::from)?;
+                    // Touch every byte redb hands out, as `load_all` will.
+                    let _ = (k.value().len(), v.value().len());
+                }
             }
+            txn.commit().map_err(redb::Error::from)?;
         }
-        txn.commit().map_err(redb::Error::from)?;
-    }
-    Ok(db)
+        Ok(db)
+    })
 }
 
-fn write_loop(slot: &Slot, rx: Receiver<Op>, dropped: &AtomicU64) {
-    let Some(db) = lock(slot).clone() else {
+fn write_loop(slot: &Slot, path: &Path, rx: Receiver<Op>, dropped: &AtomicU64) {
+    let Some(mut db) = lock(slot).clone() else {
         return;
     };
     let mut last_error_log: Option<Instant> = None;
@@ -355,26 +409,49 @@ fn write_loop(slot: &Slot, rx: Receiver<Op>, dropped: &AtomicU64) {
             }
         }
         let n = batch.len() as u64;
-        let result = (|| -> Result<(), redb::Error> {
-            let txn = db.begin_write()?;
+        let result = contain(|| {
+            let txn = db.begin_write().map_err(redb::Error::from)?;
             {
-                let mut table = txn.open_table(TABLE)?;
+                let mut table = txn.open_table(TABLE).map_err(redb::Error::from)?;
                 for op in &batch {
                     match op {
                         Op::Put(k, c) => {
-                            table.insert(&**k, stored::encode(&c.recorded).as_slice())?;
+                            table
+                                .insert(&**k, stored::encode(&c.recorded).as_slice())
+                                .map_err(redb::Error::from)?;
                         }
                         Op::Delete(k) => {
-                            table.remove(&**k)?;
+                            table.remove(&**k).map_err(redb::Error::from)?;
                         }
                         Op::Close(_) => {}
                     }
                 }
             }
-            txn.commit()?;
+            txn.commit().map_err(redb::Error::from)?;
             Ok(())
-        })();
-        if let Err(e) = result {
+        });
+        if let Err(e @ OpenError::Panicked(_)) = &result {
+            // The file was damaged under us: a fresh one from here on.
+            dropped.fetch_add(n, Ordering::Relaxed);
+            *lock(slot) = None;
+            drop(db);
+            match replace_damaged(path, e) {
+                Ok(fresh) => {
+                    db = Arc::new(fresh);
+                    *lock(slot) = Some(db.clone());
+                }
+                Err(e) => {
+                    log::error!(
+                        "persist file {}: {e}; copies stay in memory only",
+                        path.display()
+                    );
+                    if let Some(ack) = close {
+                        let _ = ack.send(());
+                    }
+                    return;
+                }
+            }
+        } else if let Err(e) = result {
             dropped.fetch_add(n, Ordering::Relaxed);
             if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
                 log::error!(

@@ -221,6 +221,27 @@ fn owned(v: &HeaderValue) -> HeaderValue {
     o
 }
 
+/// Whether a request's answer may be kept: a GET without the client's own
+/// credentials (`Authorization`, `Cookie`, or a query parameter named in
+/// `cache.sensitive_query`, compared without case).
+pub fn storable_request(req: &pingora::http::RequestHeader, sensitive: &[String]) -> bool {
+    req.method == http::Method::GET
+        && !req.headers.contains_key(http::header::AUTHORIZATION)
+        && !req.headers.contains_key(http::header::COOKIE)
+        && !req
+            .uri
+            .query()
+            .is_some_and(|q| has_sensitive_param(q, sensitive))
+}
+
+/// Whether `query` has a parameter named in `sensitive` (lower-case).
+fn has_sensitive_param(query: &str, sensitive: &[String]) -> bool {
+    query.split('&').any(|pair| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        sensitive.iter().any(|s| s.eq_ignore_ascii_case(name))
+    })
+}
+
 /// Header names the response varies on, lower-cased, sorted.
 pub fn vary_names(headers: &[(HeaderName, HeaderValue)]) -> Vec<HeaderName> {
     let mut names: Vec<HeaderName> = headers
@@ -315,6 +336,47 @@ pub fn decode(mut b: &[u8]) -> Option<Recorded> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn client_credentials_make_a_request_unstorable() {
+        let sensitive: Vec<String> = crate::config::SENSITIVE_QUERY
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let req = |target: &str, header: Option<(&str, &str)>| {
+            let mut r =
+                pingora::http::RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+            if let Some((k, v)) = header {
+                r.append_header(k.to_string(), v).unwrap();
+            }
+            r
+        };
+        assert!(storable_request(
+            &req("/v1/x?page=2&keyboard=1", None),
+            &sensitive
+        ));
+        assert!(storable_request(&req("/v1/x", None), &sensitive));
+        for bad in [
+            "/v1/x?api_key=S",
+            "/v1/x?a=1&API_KEY=S",
+            "/v1/x?token",
+            "/v1/x?sig=1&b=2",
+        ] {
+            assert!(!storable_request(&req(bad, None), &sensitive), "{bad}");
+        }
+        assert!(!storable_request(
+            &req("/v1/x", Some(("authorization", "Bearer c"))),
+            &sensitive
+        ));
+        assert!(!storable_request(
+            &req("/v1/x", Some(("cookie", "s=1"))),
+            &sensitive
+        ));
+        let mut post = req("/v1/x", None);
+        post.set_method(http::Method::POST);
+        assert!(!storable_request(&post, &sensitive));
+    }
+
     use super::*;
 
     #[test]

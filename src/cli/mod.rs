@@ -45,7 +45,7 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
         Ok(l) => l,
         Err(errors) => return check_failed(path, &errors.0),
     };
-    for w in loaded.config.inactive_settings() {
+    for w in loaded.config.warnings() {
         eprintln!("graceway: warning: {w}");
     }
     if skip_sources {

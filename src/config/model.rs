@@ -23,6 +23,11 @@ pub struct Config {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token_file: Option<PathBuf>,
+    /// Host names (besides the listener's own address and `localhost`)
+    /// that a request's `Host` may carry: what a proxy or DNS name in
+    /// front of the admin port sends. Anything else is a DNS-rebinding
+    /// page and gets 421.
+    pub allowed_hosts: Vec<String>,
     /// Open admin connections at most (its own budget, so that health
     /// checks answer while the proxy port is flooded).
     pub max_connections: usize,
@@ -263,6 +268,8 @@ pub struct StalePolicy {
     pub warning_header: bool,
     /// Honour an origin's `must-revalidate` and `stale-if-error=N`.
     pub honor_origin_directives: bool,
+    /// Mask token values the upstream echoes in a body on the way out.
+    pub scrub_bodies: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -271,7 +278,23 @@ pub struct CacheConfig {
     pub max_object_bytes: u64,
     pub persist_path: Option<PathBuf>,
     pub redis: Option<RedisConfig>,
+    /// Lower-case query parameter names that make a request unstorable
+    /// (a client's credential must not be kept, even under a hashed key).
+    pub sensitive_query: Vec<String>,
 }
+
+/// `cache.sensitive_query` when not set.
+pub const SENSITIVE_QUERY: [&str; 9] = [
+    "api_key",
+    "apikey",
+    "key",
+    "token",
+    "access_token",
+    "auth",
+    "signature",
+    "sig",
+    "password",
+];
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -352,10 +375,17 @@ impl Config {
             .unwrap_or_default()
     }
 
-    /// Settings this build accepts but does not act on, as warnings for
-    /// `check` and the start-up log.
-    pub fn inactive_settings(&self) -> Vec<String> {
+    /// What `check` and the start-up log both warn about: an admin
+    /// listener anyone can reach without a bearer, and settings this build
+    /// accepts but does not act on.
+    pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if !self.admin.listen.ip().is_loopback() && self.admin.token_file.is_none() {
+            out.push(format!(
+                "admin.listen {} is not a loopback address and admin.token_file is not set: anyone who can reach it can reload graceway; set admin.token_file or listen on 127.0.0.1",
+                self.admin.listen
+            ));
+        }
         if let Some(r) = &self.cache.redis {
             let tls = match &r.target {
                 RedisTarget::Single(u) => u.starts_with("rediss://"),

@@ -63,6 +63,7 @@ pub struct FileConfig {
 pub struct FileAdmin {
     pub listen: Option<String>,
     pub token_file: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
     pub max_connections: Option<usize>,
 }
 
@@ -244,6 +245,9 @@ pub struct FileStale {
     /// `honor` (default) follows RFC 9111 `must-revalidate` and RFC 5861
     /// `stale-if-error`; `ignore` serves any copy younger than `max_stale`.
     pub origin_directives: Option<String>,
+    /// Mask token values an upstream echoes in a body on the way to the
+    /// client too (such a body is never kept, with or without this).
+    pub scrub_bodies: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -255,6 +259,9 @@ pub struct FileCache {
     pub persist: Option<FilePersist>,
     #[serde(default)]
     pub redis: Option<FileRedis>,
+    /// Query parameters that carry a client's credential: a request with
+    /// one is never stored.
+    pub sensitive_query: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -91,6 +91,25 @@ impl Config {
         let admin = AdminConfig {
             listen: c.addr("admin.listen", &admin_file.listen, "127.0.0.1:9180"),
             token_file: admin_file.token_file.as_deref().map(|p| c.path(p)),
+            allowed_hosts: admin_file
+                .allowed_hosts
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|h| {
+                    let h = h.trim().to_ascii_lowercase();
+                    if h.is_empty() || h.contains(['/', ' ', '@']) {
+                        c.err(
+                            "admin.allowed_hosts",
+                            format!(
+                                "`{h}` is not a host name (write it without scheme, path or port)"
+                            ),
+                        );
+                        None
+                    } else {
+                        Some(h)
+                    }
+                })
+                .collect(),
             max_connections: match admin_file.max_connections {
                 Some(0) => {
                     c.err("admin.max_connections", "must be at least 1");
@@ -196,6 +215,25 @@ impl Config {
                 }
             },
             redis: cf.redis.map(|r| redis_config(&mut c, r)),
+            sensitive_query: match cf.sensitive_query {
+                None => SENSITIVE_QUERY.iter().map(|s| s.to_string()).collect(),
+                Some(list) => list
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, n)| {
+                        let n = n.trim().to_ascii_lowercase();
+                        if n.is_empty() || n.contains(['&', '=', '?', '#']) {
+                            c.err(
+                                format!("cache.sensitive_query[{i}]"),
+                                "must be a query parameter name",
+                            );
+                            None
+                        } else {
+                            Some(n)
+                        }
+                    })
+                    .collect(),
+            },
         };
         if cache.max_object_bytes > cache.memory_bytes {
             c.err(
@@ -609,6 +647,7 @@ fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamConfig {
                 true
             }
         },
+        scrub_bodies: st.and_then(|s| s.scrub_bodies).unwrap_or(false),
     };
 
     let methods = methods(c, &format!("{at}.methods"), u.methods.as_deref());

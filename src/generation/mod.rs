@@ -177,6 +177,7 @@ pub async fn build(
             )
             .unwrap_or(HeaderValue::from_static("GET")),
             inject,
+            reflections: crate::tokens::reflect::Reflections::new(&tokens),
             tokens,
             auth: Breaker::new(1, h.retry_after, h.max_retry_after),
             auth_trials: Default::default(),

@@ -33,6 +33,9 @@ pub struct Upstream {
     pub allow: HeaderValue,
     pub inject: Option<InjectTarget>,
     pub tokens: TokenSet,
+    /// The tokens' values in every form the upstream was sent, to take
+    /// out of its answers (see `tokens::reflect`).
+    pub reflections: crate::tokens::reflect::Reflections,
     /// Opens when no token is usable; lives and dies with this generation,
     /// so a reload or a token change closes it.
     pub auth: Breaker,

@@ -5,68 +5,138 @@
 //! `read()` (a client that drips one byte every few seconds is never cut
 //! off, pingora#447), so both limits live here, in a [`Guarded`] wrapper
 //! around each listening service:
-//! - a cap on open connections per listener: one over the cap is answered
+//! - a cap on open connections per listener. A connection over the cap
+//!   first makes room: the connection idle longest between two requests
+//!   is closed (as nginx reuses idle connections), else the one that has
+//!   been sending its request header for longest, if that is more than
+//!   [`EVICT_AFTER`]. When nothing can be closed the new one is answered
 //!   with a fixed `503` and closed at once (no request is parsed), so a
 //!   flood cannot use up the descriptors that the admin listener, upstream
 //!   connections and files need. The admin listener has its own small cap,
 //!   so `/healthz` answers during a flood of the proxy port;
-//! - a deadline for a complete request header: from accept for a new
-//!   connection (one that has not completed a request yet), from the first
-//!   byte for the next request on a kept-alive connection. At the deadline
-//!   the client gets `408` and the connection is closed. Time spent idle
-//!   between requests is bounded by `server.client_keepalive_timeout`.
+//! - a deadline for every complete request header on a connection: from
+//!   accept for its first request, from the first byte of each later one
+//!   on a kept-alive connection. At the deadline the client gets `408` and
+//!   the connection is closed. Time spent idle between requests is bounded
+//!   by `server.client_keepalive_timeout`.
 //!
-//! The per-request cost is two relaxed atomic stores; a timer is armed
-//! only when a header does not arrive in one read.
+//! Pingora 0.9.1 reads every request of a kept-alive connection inside one
+//! call of `process_new`, so the phase is kept on the stream and moved by
+//! the apps: [`header_complete`] when a header has been parsed,
+//! [`request_done`] when its answer has been written.
+//!
+//! The per-request cost is a few relaxed atomic stores and one clock read;
+//! a timer is armed only when a header does not arrive in one read. The
+//! registry of open connections is locked per connection (accept and
+//! close), never per request.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use atomic_waker::AtomicWaker;
 use pingora::apps::ServerApp;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
 };
 use pingora::server::ShutdownWatch;
+use slab::Slab;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
 /// The answer to a connection over the cap.
-const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 63\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{\"error\":\"too many client connections\",\"reason\":\"overloaded\"}\n\n";
+pub(crate) const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 62\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{\"error\":\"too many client connections\",\"reason\":\"overloaded\"}\n";
 
 /// The answer to a header that missed its deadline.
-const HEADER_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: 71\r\nConnection: close\r\n\r\n{\"error\":\"the request header was not complete in time\",\"reason\":\"timeout\"}";
+pub(crate) const HEADER_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: 74\r\nConnection: close\r\n\r\n{\"error\":\"the request header was not complete in time\",\"reason\":\"timeout\"}";
+
+/// A connection still sending its request header after this long may be
+/// closed to make room for a new one when the cap is reached.
+pub const EVICT_AFTER: Duration = Duration::from_secs(1);
+
+/// How far over the cap the count of open connections may go while closed
+/// ones are on their way out (each eviction admits the new connection at
+/// once; the evicted one gives its slot back a moment later).
+const EVICT_SLACK: usize = 64;
 
 /// Open connections and what was refused or cut, per listener. Read by
 /// `/status` and `/metrics`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ListenerFigures {
     pub open: AtomicUsize,
     pub refused: AtomicU64,
     pub header_timeouts: AtomicU64,
+    /// Connections closed to make room for a new one under the cap.
+    pub evicted: AtomicU64,
     /// The cap in force (set at start).
     pub cap: AtomicUsize,
+    /// Every open connection's shared state, for eviction.
+    registry: Mutex<Slab<Arc<ConnState>>>,
+}
+
+impl ListenerFigures {
+    const fn new() -> ListenerFigures {
+        ListenerFigures {
+            open: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+            header_timeouts: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            cap: AtomicUsize::new(0),
+            registry: Mutex::new(Slab::new()),
+        }
+    }
+
+    /// Asks the best victim to close (see the module doc); true when one
+    /// was found.
+    fn evict_one(&self) -> bool {
+        let now = now_ms();
+        let Ok(reg) = self.registry.lock() else {
+            return false;
+        };
+        let mut idle: Option<(u64, &Arc<ConnState>)> = None;
+        let mut slow: Option<(u64, &Arc<ConnState>)> = None;
+        for (_, c) in reg.iter() {
+            if c.evict.load(Ordering::Relaxed) {
+                continue;
+            }
+            let since = c.since.load(Ordering::Relaxed);
+            let pick = match c.phase.load(Ordering::Relaxed) {
+                AWAITING => &mut idle,
+                HEADER if now.saturating_sub(since) >= EVICT_AFTER.as_millis() as u64 => &mut slow,
+                _ => continue,
+            };
+            if pick.is_none_or(|(s, _)| since < s) {
+                *pick = Some((since, c));
+            }
+        }
+        let Some((_, victim)) = idle.or(slow) else {
+            return false;
+        };
+        victim.evict.store(true, Ordering::Relaxed);
+        victim.waker.wake();
+        self.evicted.fetch_add(1, Ordering::Relaxed);
+        true
+    }
 }
 
 /// The proxy listener's figures.
-pub static PROXY: ListenerFigures = ListenerFigures {
-    open: AtomicUsize::new(0),
-    refused: AtomicU64::new(0),
-    header_timeouts: AtomicU64::new(0),
-    cap: AtomicUsize::new(0),
-};
+pub static PROXY: ListenerFigures = ListenerFigures::new();
 
 /// The admin listener's figures.
-pub static ADMIN: ListenerFigures = ListenerFigures {
-    open: AtomicUsize::new(0),
-    refused: AtomicU64::new(0),
-    header_timeouts: AtomicU64::new(0),
-    cap: AtomicUsize::new(0),
-};
+pub static ADMIN: ListenerFigures = ListenerFigures::new();
+
+/// Milliseconds since the first call (a monotonic clock for `since`).
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
 
 /// A listening service's app with the connection cap and header deadline.
 pub struct Guarded<A> {
@@ -95,35 +165,43 @@ impl<A> Guarded<A> {
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
-    /// Pingora calls this once per request on a kept-alive connection: the
-    /// stream it hands back is ours already, so only a new connection is
-    /// counted and wrapped.
+    /// Called once per connection: Pingora loops over a kept-alive
+    /// connection's requests inside the inner app.
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if let Some(g) = (*stream).as_any().downcast_ref::<GuardedStream>() {
-            g.phase.store(AWAITING, Ordering::Relaxed);
-        } else {
-            if self.figures.open.fetch_add(1, Ordering::Relaxed) >= self.cap {
-                self.figures.open.fetch_sub(1, Ordering::Relaxed);
-                self.figures.refused.fetch_add(1, Ordering::Relaxed);
-                // Best effort and bounded: the client may not be reading.
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(100), stream.write_all(OVER_CAP))
-                        .await;
-                return None;
-            }
-            stream = Box::new(GuardedStream {
-                inner: stream,
-                phase: AtomicU8::new(HEADER),
-                timer: None,
-                timer_armed: false,
-                header_timeout: self.header_timeout,
-                figures: self.figures,
-            });
+        let open = self.figures.open.fetch_add(1, Ordering::Relaxed);
+        if open >= self.cap && (open >= self.cap + EVICT_SLACK || !self.figures.evict_one()) {
+            self.figures.open.fetch_sub(1, Ordering::Relaxed);
+            self.figures.refused.fetch_add(1, Ordering::Relaxed);
+            // Best effort and bounded: the client may not be reading.
+            let _ =
+                tokio::time::timeout(Duration::from_millis(100), stream.write_all(OVER_CAP)).await;
+            return None;
         }
+        let state = Arc::new(ConnState {
+            phase: AtomicU8::new(HEADER),
+            since: AtomicU64::new(now_ms()),
+            evict: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        });
+        let key = self
+            .figures
+            .registry
+            .lock()
+            .map(|mut r| r.insert(state.clone()))
+            .ok();
+        stream = Box::new(GuardedStream {
+            inner: stream,
+            state,
+            key,
+            timer: None,
+            timer_armed: false,
+            header_timeout: self.header_timeout,
+            figures: self.figures,
+        });
         self.inner.process_new(stream, shutdown).await
     }
 
@@ -139,29 +217,62 @@ const HEADER: u8 = 1;
 /// The header is complete: body and response, no deadline.
 const IN_REQUEST: u8 = 2;
 
+/// What the listener and the apps share about one connection.
+#[derive(Debug)]
+struct ConnState {
+    phase: AtomicU8,
+    /// When the current phase began ([`now_ms`]).
+    since: AtomicU64,
+    /// Set by [`ListenerFigures::evict_one`]: close at the next read.
+    evict: AtomicBool,
+    /// The task reading this connection, woken on eviction.
+    waker: AtomicWaker,
+}
+
 /// A client connection with its deadline and its place under the cap
 /// (given back on drop).
 pub struct GuardedStream {
     inner: Stream,
-    /// Atomic because the proxy marks the header done through `&self`
+    /// Shared with the registry; the apps move the phase through `&self`
     /// (see [`header_complete`]) while the stream is owned by Pingora.
-    phase: AtomicU8,
+    state: Arc<ConnState>,
+    /// The registry slot (`None` if the registry was poisoned).
+    key: Option<usize>,
     timer: Option<Pin<Box<Sleep>>>,
     timer_armed: bool,
     header_timeout: Duration,
     figures: &'static ListenerFigures,
 }
 
+fn guarded(stream: Option<&Stream>) -> Option<&GuardedStream> {
+    stream.and_then(|s| (**s).as_any().downcast_ref::<GuardedStream>())
+}
+
 /// Tells the connection under `stream` that its request header is
 /// complete: the header deadline no longer applies.
 pub fn header_complete(stream: Option<&Stream>) {
-    if let Some(g) = stream.and_then(|s| (**s).as_any().downcast_ref::<GuardedStream>()) {
-        g.phase.store(IN_REQUEST, Ordering::Relaxed);
+    if let Some(g) = guarded(stream) {
+        g.state.phase.store(IN_REQUEST, Ordering::Relaxed);
+    }
+}
+
+/// Tells the connection under `stream` that its request was answered:
+/// until the next byte arrives it is idle (and may be closed to make room
+/// under the cap).
+pub fn request_done(stream: Option<&Stream>) {
+    if let Some(g) = guarded(stream) {
+        g.state.since.store(now_ms(), Ordering::Relaxed);
+        g.state.phase.store(AWAITING, Ordering::Relaxed);
     }
 }
 
 impl Drop for GuardedStream {
     fn drop(&mut self) {
+        // Out of the registry before the inner stream (and its descriptor)
+        // goes, under the registry's lock.
+        if let (Some(k), Ok(mut reg)) = (self.key, self.figures.registry.lock()) {
+            reg.try_remove(k);
+        }
         self.figures.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -190,6 +301,13 @@ impl GuardedStream {
             .as_mut()
             .is_some_and(|t| t.as_mut().poll(cx).is_ready())
     }
+
+    /// Ends a request header that will not be completed: 408, then an
+    /// error for Pingora (which closes the connection).
+    fn cut_header(&mut self, cx: &mut Context<'_>, why: &'static str) -> Poll<std::io::Result<()>> {
+        let _ = Pin::new(&mut self.inner).poll_write(cx, HEADER_TIMEOUT);
+        Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why)))
+    }
 }
 
 impl AsyncRead for GuardedStream {
@@ -199,30 +317,42 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        match this.phase.load(Ordering::Relaxed) {
+        let phase = this.state.phase.load(Ordering::Relaxed);
+        if phase != IN_REQUEST && this.state.evict.load(Ordering::Relaxed) {
+            return match phase {
+                // Idle: end of stream, Pingora closes it quietly.
+                AWAITING => Poll::Ready(Ok(())),
+                _ => this.cut_header(cx, "closed to make room under the connection cap"),
+            };
+        }
+        match phase {
             IN_REQUEST => Pin::new(&mut this.inner).poll_read(cx, buf),
             AWAITING => {
                 let before = buf.filled().len();
                 let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-                if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-                    // The next request has begun: its header deadline starts.
-                    this.phase.store(HEADER, Ordering::Relaxed);
-                    this.timer_armed = false;
+                match &r {
+                    Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                        // The next request has begun: its header deadline starts.
+                        this.state.since.store(now_ms(), Ordering::Relaxed);
+                        this.state.phase.store(HEADER, Ordering::Relaxed);
+                        this.timer_armed = false;
+                    }
+                    Poll::Pending => this.state.waker.register(cx.waker()),
+                    _ => {}
                 }
                 r
             }
             _ => {
                 let r = Pin::new(&mut this.inner).poll_read(cx, buf);
                 if r.is_ready() || !this.header_deadline_passed(cx) {
+                    if r.is_pending() {
+                        this.state.waker.register(cx.waker());
+                    }
                     return r;
                 }
                 this.figures.header_timeouts.fetch_add(1, Ordering::Relaxed);
                 log::debug!("client request header not complete in time: closing with 408");
-                let _ = Pin::new(&mut this.inner).poll_write(cx, HEADER_TIMEOUT);
-                Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "request header deadline passed",
-                )))
+                this.cut_header(cx, "request header deadline passed")
             }
         }
     }
@@ -348,4 +478,33 @@ pub fn default_max_connections(nofile_soft: u64) -> usize {
 pub struct Limits {
     pub nofile_soft: u64,
     pub nofile_hard: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each fixed answer parses as a client would read it, and its
+    /// `Content-Length` is the body's length, so nothing stray follows.
+    #[test]
+    fn fixed_answers_are_framed_exactly() {
+        for (bytes, status) in [(OVER_CAP, 503), (HEADER_TIMEOUT, 408)] {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut headers);
+            let head = match resp.parse(bytes) {
+                Ok(httparse::Status::Complete(n)) => n,
+                other => panic!("not a complete response head: {other:?}"),
+            };
+            assert_eq!(resp.code, Some(status));
+            let length: usize = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                .expect("a Content-Length");
+            assert_eq!(length, bytes.len() - head, "status {status}");
+            let body: serde_json::Value = serde_json::from_slice(&bytes[head..]).unwrap();
+            assert!(body["error"].is_string());
+        }
+    }
 }

@@ -76,7 +76,8 @@ pub struct RequestCtx {
     tried: u64,
     /// The upstream's status on the last attempt, once known.
     upstream_status: u16,
-    /// GET without the client's own `Authorization` or `Cookie`.
+    /// A GET without the client's own credentials (see
+    /// `stored::storable_request`).
     storable_request: bool,
     /// Boxed: most requests capture nothing, and the context is moved with
     /// the request's future (a smaller context is a smaller copy).
@@ -87,6 +88,9 @@ pub struct RequestCtx {
     drop_upstream_body: bool,
     /// Emit this body at end of stream (the replaced answer's body).
     replace_body: Option<Bytes>,
+    /// Masks token values in the body on its way out
+    /// (`stale.scrub_bodies`); boxed, as it is rarely on.
+    scrub: Option<Box<crate::tokens::reflect::BodyScrubber>>,
     outcome: Outcome,
     sent_at: Option<Instant>,
     /// This request is the auth breaker's half-open trial (it carries a
@@ -598,13 +602,18 @@ impl ProxyHttp for Proxy {
     }
 
     /// Runs as soon as the request header is parsed: the connection's
-    /// header deadline (see [`crate::listener`]) no longer applies.
+    /// header deadline (see [`crate::net::listener`]) no longer applies.
+    /// Pipelined requests (sent before this one's answer was read) are
+    /// answered one after another, in order (RFC 9112 §9.3.2); Pingora's
+    /// default would drop them and close the connection.
     async fn early_request_filter(
         &self,
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        crate::net::listener::header_complete(session.as_downstream().stream());
+        let downstream = session.as_downstream_mut();
+        crate::net::listener::header_complete(downstream.stream());
+        downstream.set_pipelining_enabled(true);
         Ok(())
     }
 
@@ -644,10 +653,10 @@ impl ProxyHttp for Proxy {
         let Some(index) = self.admit_and_route(session, ctx, &gen).await? else {
             return Ok(true);
         };
-        let req = session.req_header();
-        ctx.storable_request = req.method == http::Method::GET
-            && !req.headers.contains_key(http::header::AUTHORIZATION)
-            && !req.headers.contains_key(http::header::COOKIE);
+        ctx.storable_request = stored::storable_request(
+            session.req_header(),
+            &gen.loaded.config.cache.sensitive_query,
+        );
         ctx.upstream = index;
         let up = gen.upstreams[index].clone();
         ctx.gen = Some(gen);
@@ -733,6 +742,15 @@ impl ProxyHttp for Proxy {
             return Ok(());
         };
         let up = &gen.upstreams[ctx.upstream];
+        if let Some(s) = up.reflections.scrub_headers(&resp.headers) {
+            for (name, values) in s.headers {
+                resp.remove_header(&name);
+                for v in values {
+                    resp.append_header(name.clone(), v)?;
+                }
+            }
+            note_reflection(up, s.first.token, "header");
+        }
         record_upstream_answer(ctx, up, status);
         let token = ctx.token.and_then(|i| up.tokens.tokens.get(i));
         if let Some(t) = token {
@@ -762,6 +780,9 @@ impl ProxyHttp for Proxy {
         if status < 400 {
             up.status.mark_healthy();
         }
+        if up.config.stale.scrub_bodies && !up.reflections.is_empty() {
+            ctx.scrub = Some(Box::new(up.reflections.body_scrubber()));
+        }
         if ctx.storable_request && status == 200 {
             self.start_capture(session.req_header(), ctx, up, resp);
         }
@@ -782,7 +803,10 @@ impl ProxyHttp for Proxy {
             session.set_keepalive(None);
         }
         if ctx.outcome == Outcome::Fresh {
-            let v = if ctx.capture.is_some() || ctx.stored_empty {
+            // `stored` only for a copy already kept (an empty body); one
+            // still streaming may yet be dropped (cut off, too big, or
+            // holding a token value).
+            let v = if ctx.stored_empty {
                 &CS_STORED
             } else {
                 &CS_MISS
@@ -809,6 +833,9 @@ impl ProxyHttp for Proxy {
                 *body = ctx.replace_body.take();
             }
             return Ok(None);
+        }
+        if ctx.scrub.is_some() {
+            self.scrub_body(body, end_of_stream, ctx);
         }
         if let Some(cap) = ctx.capture.as_mut() {
             if let Some(b) = body.as_ref() {
@@ -922,6 +949,7 @@ impl ProxyHttp for Proxy {
     /// Counts the outcome once the response is done, and writes the access
     /// log line when `log.access` is on.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        crate::net::listener::request_done(session.as_downstream().stream());
         if let Some(t0) = ctx.started_at {
             self.access_log(session, e, ctx, t0);
         }
@@ -956,6 +984,27 @@ fn note_upstream_failure(up: &Upstream, e: &Error, reason: Reason) {
         Reason::UpstreamTimeout | Reason::UpstreamUnreachable
     ) {
         up.status.health_failure(reason);
+    }
+}
+
+/// The upstream echoed token `index`'s value: counted by part, logged once
+/// per token (the value never: its fingerprint).
+fn note_reflection(up: &Upstream, index: usize, part: &'static str) {
+    let m = &up.status.metrics;
+    if part == "header" {
+        m.reflected_header.inc();
+    } else {
+        m.reflected_body.inc();
+    }
+    if let Some(t) = up.tokens.tokens.get(index) {
+        if t.evidence.reflected_first() {
+            log::warn!(
+                "upstream {}: its answer echoed token {} ({}) in the {part}; taken out (masked or dropped, the copy not kept). Check what the upstream reflects.",
+                up.config.name,
+                t.index,
+                t.fingerprint
+            );
+        }
     }
 }
 
@@ -1175,11 +1224,41 @@ impl Proxy {
         );
     }
 
-    /// Turns a finished capture into a stored copy.
+    /// Masks token values in a body chunk (`stale.scrub_bodies`); one
+    /// found means the answer is not kept.
+    fn scrub_body(&self, body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
+        let (Some(gen), Some(sc)) = (ctx.gen.clone(), ctx.scrub.as_mut()) else {
+            return;
+        };
+        let up = &gen.upstreams[ctx.upstream];
+        let (mut out, mut found) = match body.as_ref() {
+            Some(b) => sc.push(&up.reflections, b),
+            None => (Vec::new(), None),
+        };
+        if end_of_stream {
+            let (rest, f) = sc.finish(&up.reflections);
+            out.extend_from_slice(&rest);
+            found = found.or(f);
+        }
+        // An empty chunk could read as the end of a chunked body: none.
+        *body = (!out.is_empty()).then(|| Bytes::from(out));
+        if let Some(f) = found {
+            ctx.capture = None;
+            note_reflection(up, f.token, "body");
+        }
+    }
+
+    /// Turns a finished capture into a stored copy, unless its body holds
+    /// a token value (the upstream echoed it): that copy is never kept,
+    /// persisted or sent to the fleet tier.
     fn keep(&self, up: &Upstream, cap: Capture) {
         let mut body = BytesMut::with_capacity(cap.size);
         for p in &cap.parts {
             body.extend_from_slice(p);
+        }
+        if let Some(f) = up.reflections.find(&body) {
+            note_reflection(up, f.token, "body");
+            return;
         }
         let key_len = cap
             .variant

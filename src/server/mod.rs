@@ -36,7 +36,7 @@ pub struct RunOptions {
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let loaded = config::load(&opts.config)?;
     crate::server::logging::init(&loaded.config.log);
-    for w in loaded.config.inactive_settings() {
+    for w in loaded.config.warnings() {
         log::warn!("{w}");
     }
     let app = start_app(loaded)?;
@@ -135,12 +135,6 @@ pub fn build_server(app: &Arc<App>, opts: &RunOptions) -> anyhow::Result<(Server
     let admin_handle = server.add_service(admin);
     admin_handle.add_dependency(&control_handle);
 
-    if !cfg.admin.listen.ip().is_loopback() && cfg.admin.token_file.is_none() {
-        log::warn!(
-            "admin.listen {} is not a loopback address and admin.token_file is not set: anyone who can reach it can reload graceway; set admin.token_file or listen on 127.0.0.1",
-            cfg.admin.listen
-        );
-    }
     if max_connections as u64 * 2 + cfg.admin.max_connections as u64 + 64 > nofile_soft {
         log::warn!(
             "server.max_connections {max_connections} may use up the open-file limit {nofile_soft} (each client connection can hold an upstream connection too)"

@@ -8,6 +8,7 @@
 
 pub mod evidence;
 pub mod oauth2;
+pub mod reflect;
 pub mod set;
 pub mod source;
 pub mod value;

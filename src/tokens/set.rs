@@ -118,6 +118,8 @@ pub struct Evidence {
     /// Unix seconds until which the token is skipped (its quota is spent);
     /// 0 = not cooling.
     cool_until: AtomicU64,
+    /// The upstream echoed this token's value back (logged once).
+    reflected: AtomicBool,
 }
 
 impl Default for Evidence {
@@ -131,6 +133,7 @@ impl Default for Evidence {
             quota_reset_at: AtomicU64::new(0),
             notice: ArcSwapOption::empty(),
             cool_until: AtomicU64::new(0),
+            reflected: AtomicBool::new(false),
         }
     }
 }
@@ -150,6 +153,12 @@ pub enum Suspicion {
 pub const SUSPECT_WINDOW_SECS: u64 = 300;
 
 impl Evidence {
+    /// Notes that the upstream echoed the token's value; true the first
+    /// time (for one WARN per token and generation).
+    pub fn reflected_first(&self) -> bool {
+        !self.reflected.swap(true, Ordering::Relaxed)
+    }
+
     pub fn is_suspect(&self) -> bool {
         self.suspect_since.load(Ordering::Relaxed) != 0
     }

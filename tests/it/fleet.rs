@@ -201,7 +201,11 @@ async fn corrupt_and_unknown_version_records_are_ignored_and_counted() {
     let g = start(&up, &format!("{{ url: \"{}\" }}", redis.url()));
     wait_fleet(&g, "the fleet tier up", |s| s["up"] == true).await;
     let key = |path: &str| {
-        graceway::cache::fleet::redis_key("graceway:", "emoji", &format!("emoji\n{path}"))
+        graceway::cache::fleet::redis_key(
+            "graceway:",
+            "emoji",
+            &graceway::cache::key_of("emoji", path),
+        )
     };
     redis.cli(&["SET", &key("/v1/garbage"), "not a record"]);
     // Version 99, then plausible bytes.
@@ -416,7 +420,7 @@ async fn a_full_redis_refuses_writes_but_reads_and_requests_go_on() {
             let key = graceway::cache::fleet::redis_key(
                 "graceway:",
                 "emoji",
-                &format!("emoji\n/v1/big/{i}"),
+                &graceway::cache::key_of("emoji", &format!("/v1/big/{i}")),
             );
             redis.cli(&["EXISTS", &key]).trim() == "1"
         })
