@@ -266,3 +266,31 @@ fn missing_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn check_warns_like_run_about_an_admin_listener_anyone_can_reach() {
+    let dir = TestDir::new();
+    let yaml = format!(
+        "{GOOD_HEAD}admin: {{ listen: \"0.0.0.0:19180\" }}\nupstreams:\n  - {{ name: a, url: \"http://127.0.0.1:1\", credentials: none }}\n"
+    );
+    let (code, out, err) = check_file_only(&dir, &yaml);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("warning: admin.listen 0.0.0.0:19180 is not a loopback address"),
+        "{err}"
+    );
+    // With a bearer, no warning.
+    let yaml = yaml.replace(
+        "listen: \"0.0.0.0:19180\"",
+        "listen: \"0.0.0.0:19180\", token_file: /run/secrets/admin",
+    );
+    let (code, out, err) = check_file_only(&dir, &yaml);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!err.contains("admin.listen"), "{err}");
+}
+
+fn check_file_only(dir: &TestDir, yaml: &str) -> (i32, String, String) {
+    let p = dir.file("check.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    run_cli(&["check", "--skip-sources", "-c", p.to_str().unwrap()])
+}

@@ -244,3 +244,29 @@ fn a_cap_full_of_kept_alive_drippers_never_locks_out_a_new_client() {
         "{status:#}"
     );
 }
+
+#[test]
+fn three_pipelined_requests_get_three_answers_in_order() {
+    let up = MockUpstream::start(|r| MockReply::ok(&format!("{{\"path\":\"{}\"}}", r.target)));
+    let g = start(EmojiConfig::new(up.port));
+    let mut s = TcpStream::connect(("127.0.0.1", g.listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // One write: the second and third arrive before the first is answered.
+    s.write_all(
+        b"GET /v1/a HTTP/1.1\r\nHost: h\r\n\r\nGET /v1/b HTTP/1.1\r\nHost: h\r\n\r\nGET /v1/c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    let answers: Vec<&str> = text.matches("HTTP/1.1 200").collect();
+    assert_eq!(answers.len(), 3, "{text}");
+    let (a, b, c) = (
+        text.find("/v1/a").unwrap(),
+        text.find("/v1/b").unwrap(),
+        text.find("/v1/c").unwrap(),
+    );
+    assert!(a < b && b < c, "out of order: {text}");
+    let paths: Vec<String> = up.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(paths, ["/v1/a", "/v1/b", "/v1/c"]);
+}

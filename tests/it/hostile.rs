@@ -539,3 +539,47 @@ fn a_client_that_goes_away_is_its_own_outcome_not_an_error() {
     assert_eq!(status["upstreams"][0]["breakers"]["health"]["open"], false);
     assert_no_error_lines(&g);
 }
+
+#[test]
+fn the_admin_listener_refuses_rebinding_hosts_and_two_origins() {
+    let up = MockUpstream::start(|_| MockReply::ok("{}"));
+    let cfg = EmojiConfig::new(up.port).build().replace(
+        r#"admin: { listen: "127.0.0.1:{admin}" }"#,
+        r#"admin: { listen: "127.0.0.1:{admin}", allowed_hosts: [graceway-admin.internal] }"#,
+    );
+    assert!(cfg.contains("allowed_hosts"));
+    let g = Graceway::start_with_token(&format!("{TOKEN}\n"), &cfg);
+    let ask = |head: &str| {
+        raw_exchange(
+            g.admin,
+            format!("{head}Connection: close\r\n\r\n").as_bytes(),
+            WAIT,
+        )
+    };
+    let port = g.admin;
+    // A page on evil.example whose name now resolves to 127.0.0.1.
+    for head in [
+        format!("POST /reload HTTP/1.1\r\nHost: evil.example:{port}\r\nOrigin: http://evil.example:{port}\r\nContent-Length: 0\r\n"),
+        format!("GET /status HTTP/1.1\r\nHost: evil.example:{port}\r\n"),
+        format!("GET /metrics HTTP/1.1\r\nHost: evil.example\r\n"),
+        "GET /status HTTP/1.1\r\nHost: \r\n".to_string(),
+    ] {
+        let r = ask(&head);
+        assert_eq!(r.status(), 421, "{head}: {}", r.text);
+        assert!(!r.text.contains("upstreams"), "{}", r.text);
+    }
+    let r = ask(&format!(
+        "POST /reload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\nOrigin: http://evil.example\r\nContent-Length: 0\r\n"
+    ));
+    assert_eq!(r.status(), 403, "{}", r.text);
+    assert_eq!(g.logs().matches("reload").count(), 0, "{}", g.logs());
+    // The listener's own names still work.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "graceway-admin.internal".to_string(),
+    ] {
+        let r = ask(&format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n"));
+        assert_eq!(r.status(), 200, "{host}: {}", r.text);
+    }
+}

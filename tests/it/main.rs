@@ -19,6 +19,7 @@ mod lifecycle;
 mod nginx;
 mod observability;
 mod package;
+mod persist_damage;
 mod prometheus;
 mod reflection;
 mod reload;
