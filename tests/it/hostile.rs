@@ -561,7 +561,7 @@ fn the_admin_listener_refuses_rebinding_hosts_and_two_origins() {
     for head in [
         format!("POST /reload HTTP/1.1\r\nHost: evil.example:{port}\r\nOrigin: http://evil.example:{port}\r\nContent-Length: 0\r\n"),
         format!("GET /status HTTP/1.1\r\nHost: evil.example:{port}\r\n"),
-        format!("GET /metrics HTTP/1.1\r\nHost: evil.example\r\n"),
+        "GET /metrics HTTP/1.1\r\nHost: evil.example\r\n".to_string(),
         "GET /status HTTP/1.1\r\nHost: \r\n".to_string(),
     ] {
         let r = ask(&head);
