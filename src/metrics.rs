@@ -26,6 +26,10 @@ pub struct Metrics {
     /// masked or dropped; `body`: the copy not kept, and masked on the way
     /// out with `stale.scrub_bodies`).
     pub token_reflections_total: IntCounterVec,
+    /// Protocol upgrades by result: `tunnelled` (101, allowed by
+    /// `upgrade`), `stripped` (`Upgrade` not allowed, removed),
+    /// `refused-101` (a 101 nobody asked for, answered 502).
+    pub upgrades_total: IntCounterVec,
     pub degraded: IntGaugeVec,
     pub token_state: IntGaugeVec,
     pub token_expiry_timestamp_seconds: IntGaugeVec,
@@ -128,6 +132,12 @@ pub fn metrics() -> &'static Metrics {
                 "graceway_upstream_auth_failures_total",
                 "Upstream 401/403 answers, by status code.",
                 &["upstream", "status"]
+            )
+            .expect("metric registers"),
+            upgrades_total: register_int_counter_vec!(
+                "graceway_upgrades_total",
+                "Protocol upgrades by upstream and result (tunnelled, stripped, refused-101).",
+                &["upstream", "result"]
             )
             .expect("metric registers"),
             token_reflections_total: register_int_counter_vec!(
@@ -445,6 +455,10 @@ pub struct UpstreamMetrics {
     stale_by_reason: Vec<IntCounter>,
     pub duration: Histogram,
     name: String,
+    /// `upgrades_total` by result.
+    pub upgrades_tunnelled: IntCounter,
+    pub upgrades_stripped: IntCounter,
+    pub upgrades_refused: IntCounter,
     /// `token_reflections_total` for `header` and `body`.
     pub reflected_header: IntCounter,
     pub reflected_body: IntCounter,
@@ -483,6 +497,11 @@ impl UpstreamMetrics {
             duration: m
                 .upstream_request_duration_seconds
                 .with_label_values(&[upstream]),
+            upgrades_tunnelled: m.upgrades_total.with_label_values(&[upstream, "tunnelled"]),
+            upgrades_stripped: m.upgrades_total.with_label_values(&[upstream, "stripped"]),
+            upgrades_refused: m
+                .upgrades_total
+                .with_label_values(&[upstream, "refused-101"]),
             reflected_header: m
                 .token_reflections_total
                 .with_label_values(&[upstream, "header"]),

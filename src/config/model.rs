@@ -74,6 +74,9 @@ pub struct UpstreamConfig {
     pub methods: Vec<http::Method>,
     /// Re-resolve the host this often (zero: only after a failed connect).
     pub dns_refresh: Duration,
+    /// Lower-case `Upgrade` protocols a client may switch to; without
+    /// one listed, `Upgrade` is not forwarded and a 101 is answered 502.
+    pub upgrade: Vec<String>,
 }
 
 /// `url` taken apart: graceway forwards the request path unchanged, so the
@@ -101,6 +104,9 @@ pub struct Timeouts {
     pub connect: Duration,
     pub read: Duration,
     pub write: Duration,
+    /// How long an upgraded connection (a tunnel) may carry nothing in
+    /// either direction.
+    pub stream_idle: Duration,
 }
 
 #[derive(Debug, Clone)]

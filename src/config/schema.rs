@@ -103,6 +103,9 @@ pub struct FileUpstream {
     pub stale: Option<FileStale>,
     pub methods: Option<Vec<String>>,
     pub dns_refresh: Option<Human>,
+    /// Protocols a client may switch to (`Upgrade`), e.g. `[websocket]`;
+    /// none by default.
+    pub upgrade: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -118,6 +121,7 @@ pub struct FileTimeouts {
     pub connect: Option<Human>,
     pub read: Option<Human>,
     pub write: Option<Human>,
+    pub stream_idle: Option<Human>,
 }
 
 #[derive(Debug, Deserialize, Default)]

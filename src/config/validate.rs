@@ -529,6 +529,11 @@ fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamConfig {
             &t.and_then(|t| t.write.clone()),
             Duration::from_secs(10),
         ),
+        stream_idle: c.positive_duration(
+            &format!("{at}.timeouts.stream_idle"),
+            &t.and_then(|t| t.stream_idle.clone()),
+            Duration::from_secs(300),
+        ),
     };
 
     let tls_file = u.tls.as_ref();
@@ -658,9 +663,32 @@ fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamConfig {
         Duration::from_secs(30),
     );
 
+    let upgrade = u
+        .upgrade
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let p = p.trim().to_ascii_lowercase();
+            let token = !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
+            if token {
+                Some(p)
+            } else {
+                c.err(
+                    format!("{at}.upgrade[{i}]"),
+                    "must be a protocol name such as `websocket`",
+                );
+                None
+            }
+        })
+        .collect();
+
     UpstreamConfig {
         dns_refresh,
         methods,
+        upgrade,
         name,
         url,
         route,

@@ -97,6 +97,53 @@ pub(crate) fn admit<'a>(
     })
 }
 
+/// What a request's `Upgrade` asks of this upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpgradeAsk {
+    /// No `Upgrade` header.
+    None,
+    /// Every protocol it names is in the upstream's `upgrade` list: the
+    /// request may become a tunnel.
+    Allowed,
+    /// Not allowed: `Upgrade` and the `upgrade` token of `Connection` are
+    /// removed, so the request goes upstream as a plain one.
+    Strip,
+}
+
+/// Whether the request asks to switch protocols, and may (RFC 9110 §7.8:
+/// `Upgrade` is a list of protocol names, `name/version` allowed).
+pub(crate) fn upgrade_ask(req: &RequestHeader, allowed: &[String]) -> UpgradeAsk {
+    let mut values = req.headers.get_all(http::header::UPGRADE).iter().peekable();
+    if values.peek().is_none() {
+        return UpgradeAsk::None;
+    }
+    let all_allowed = values.all(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').all(|p| {
+                let name = p.trim().split('/').next().unwrap_or("");
+                allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+            })
+        })
+    });
+    if all_allowed && req.version == Version::HTTP_11 {
+        UpgradeAsk::Allowed
+    } else {
+        UpgradeAsk::Strip
+    }
+}
+
+/// `Connection` without its `upgrade` token (`None`: nothing left).
+pub(crate) fn connection_without_upgrade(v: &http::HeaderValue) -> Option<String> {
+    let kept: Vec<&str> = v
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("upgrade"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
+}
+
 /// The request line and header fields together against the limit.
 fn header_size(req: &RequestHeader, limit: usize) -> Result<(), Refusal> {
     let line = req.method.as_str().len() + req.raw_path().len() + 12;
@@ -184,6 +231,42 @@ fn parse_plain_number(s: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upgrades_pass_only_when_listed() {
+        let req = |upgrade: Option<&str>| {
+            let mut r = RequestHeader::build("GET", b"/ws", None).unwrap();
+            if let Some(u) = upgrade {
+                r.insert_header("upgrade", u).unwrap();
+                r.insert_header("connection", "keep-alive, Upgrade")
+                    .unwrap();
+            }
+            r
+        };
+        let ws = vec!["websocket".to_string()];
+        assert_eq!(upgrade_ask(&req(None), &ws), UpgradeAsk::None);
+        assert_eq!(
+            upgrade_ask(&req(Some("websocket")), &ws),
+            UpgradeAsk::Allowed
+        );
+        assert_eq!(
+            upgrade_ask(&req(Some("WebSocket")), &ws),
+            UpgradeAsk::Allowed
+        );
+        assert_eq!(upgrade_ask(&req(Some("websocket")), &[]), UpgradeAsk::Strip);
+        assert_eq!(upgrade_ask(&req(Some("h2c")), &ws), UpgradeAsk::Strip);
+        assert_eq!(
+            upgrade_ask(&req(Some("websocket, h2c")), &ws),
+            UpgradeAsk::Strip
+        );
+        let c = http::HeaderValue::from_static("keep-alive, Upgrade");
+        assert_eq!(
+            connection_without_upgrade(&c).as_deref(),
+            Some("keep-alive")
+        );
+        let c = http::HeaderValue::from_static("upgrade");
+        assert_eq!(connection_without_upgrade(&c), None);
+    }
 
     fn settings() -> ServerSettings {
         crate::config::Config::from_file(

@@ -102,6 +102,9 @@ pub struct RequestCtx {
     started_at: Option<Instant>,
     /// Upstream time to the response header.
     upstream_time: Option<std::time::Duration>,
+    /// The client asked for an upgrade the upstream allows (`upgrade`): a
+    /// 101 becomes a tunnel with `timeouts.stream_idle`.
+    upgrade: bool,
     /// Request body bytes received so far (for `max_request_body_bytes`).
     body_bytes: u64,
     /// Counts this request as in flight until the context is dropped (a
@@ -499,6 +502,35 @@ impl Proxy {
         Ok(Some(index))
     }
 
+    /// An `Upgrade` the upstream allows makes this request a tunnel
+    /// candidate (its reads wait `timeouts.stream_idle`); any other is
+    /// taken out, so nothing can switch protocols past graceway's rules.
+    fn plan_upgrade(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        up: &Upstream,
+    ) -> Result<()> {
+        match admission::upgrade_ask(session.req_header(), &up.config.upgrade) {
+            admission::UpgradeAsk::None => {}
+            admission::UpgradeAsk::Allowed => {
+                ctx.upgrade = true;
+                session.set_read_timeout(Some(up.config.timeouts.stream_idle));
+            }
+            admission::UpgradeAsk::Strip => {
+                up.status.metrics.upgrades_stripped.inc();
+                let req = session.req_header_mut();
+                req.remove_header(&http::header::UPGRADE);
+                if let Some(c) = req.remove_header(&http::header::CONNECTION) {
+                    if let Some(kept) = admission::connection_without_upgrade(&c) {
+                        req.insert_header(http::header::CONNECTION, kept)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// No token can be sent (the auth breaker is open): answer from the
     /// cache at once, or let this request through as the auth trial with
     /// the next rejected token. `Ok(true)` when answered.
@@ -660,6 +692,7 @@ impl ProxyHttp for Proxy {
         ctx.upstream = index;
         let up = gen.upstreams[index].clone();
         ctx.gen = Some(gen);
+        self.plan_upgrade(session, ctx, &up)?;
         let probed = up.probe().is_some();
 
         // Upstream known down: answer at once. Without a probe, one request
@@ -694,7 +727,11 @@ impl ProxyHttp for Proxy {
         let up = ctx
             .upstream()
             .ok_or_else(|| Error::new(ErrorType::InternalError))?;
-        Ok(Box::new(HttpPeer::clone(&up.peer.load())))
+        let mut peer = Box::new(HttpPeer::clone(&up.peer.load()));
+        if ctx.upgrade {
+            peer.options.read_timeout = Some(up.config.timeouts.stream_idle);
+        }
+        Ok(peer)
     }
 
     /// Runs before every attempt (retries included): sets `Host` to the
@@ -752,6 +789,20 @@ impl ProxyHttp for Proxy {
             note_reflection(up, s.first.token, "header");
         }
         record_upstream_answer(ctx, up, status);
+        if status == 101 {
+            if !ctx.upgrade {
+                // It switched protocols unasked: nothing may pass
+                // graceway as an opaque tunnel.
+                up.status.metrics.upgrades_refused.inc();
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(502),
+                    "the upstream switched protocols without an allowed upgrade",
+                );
+            }
+            up.status.metrics.upgrades_tunnelled.inc();
+            ctx.outcome = Outcome::Fresh;
+            return Ok(());
+        }
         let token = ctx.token.and_then(|i| up.tokens.tokens.get(i));
         if let Some(t) = token {
             read_vendor_signals(up, t, &resp.headers);

@@ -28,3 +28,4 @@ mod signals;
 mod stale;
 mod systemd;
 mod tls;
+mod upgrade;
