@@ -55,6 +55,9 @@ pub struct Metrics {
     pub cache_bytes: IntGauge,
     pub cache_entries: IntGauge,
     pub cache_evictions_total: IntCounter,
+    /// First asks for a key not kept because the memory tier was half full
+    /// (kept on the second ask: scan resistance, see `Cache::admit`).
+    pub cache_admissions_deferred_total: IntCounter,
     /// Persist files found damaged (moved aside, started empty).
     pub cache_persist_damaged_total: IntCounter,
     pub upstream_request_duration_seconds: HistogramVec,
@@ -268,6 +271,11 @@ pub fn metrics() -> &'static Metrics {
             cache_entries: register_int_gauge!(
                 "graceway_cache_entries",
                 "Entries held by the last-good memory cache."
+            )
+            .expect("metric registers"),
+            cache_admissions_deferred_total: register_int_counter!(
+                "graceway_cache_admissions_deferred_total",
+                "Copies not kept on a key's first ask because the memory tier was half full (kept on the second ask)."
             )
             .expect("metric registers"),
             cache_persist_damaged_total: register_int_counter!(

@@ -406,10 +406,12 @@ impl Proxy {
         resp: &ResponseHeader,
     ) {
         let primary = cache::primary_key(&up.config.name, req);
-        let recently_stored = self
-            .cache()
-            .lookup_primary(&primary, req)
-            .is_some_and(|c| c.recorded.age(SystemTime::now()) < STORE_REFRESH);
+        let held = self.cache().lookup_primary(&primary, req);
+        if held.is_none() && !self.cache().admit(&primary) {
+            return;
+        }
+        let recently_stored =
+            held.is_some_and(|c| c.recorded.age(SystemTime::now()) < STORE_REFRESH);
         let meta = (!recently_stored)
             .then(|| stored::storable_meta(resp, self.cache().max_object))
             .flatten();

@@ -679,3 +679,70 @@ async fn degraded_answers_keep_the_client_connection() {
         "after the rejection nothing goes upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_one_off_paths_does_not_push_out_popular_copies() {
+    // ~1 KB bodies in a 256 KiB tier: about 120 copies fit.
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = down.clone();
+    let up = MockUpstream::start(move |r| {
+        if d.load(Ordering::Relaxed) {
+            return MockReply::status(503, r#"{"error":"down"}"#);
+        }
+        MockReply::ok(&format!(
+            r#"{{"path":"{}","pad":"{}"}}"#,
+            r.target,
+            "p".repeat(900)
+        ))
+    });
+    let g = start(
+        up.port,
+        "",
+        "cache: { memory_bytes: 256KiB, max_object_bytes: 64KiB }",
+    );
+    let c = client();
+    for round in 0..3 {
+        for i in 0..50 {
+            let r = c
+                .get(g.url(&format!("/v1/popular/{i}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "round {round}");
+        }
+    }
+    // One client, one-off paths (cache-busting queries), several at a time.
+    let flood: Vec<_> = (0..8)
+        .map(|w| {
+            let (c, url) = (c.clone(), g.url("/v1/search"));
+            tokio::spawn(async move {
+                for i in 0..400 {
+                    let r = c.get(format!("{url}?q={w}-{i}")).send().await.unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for f in flood {
+        f.await.unwrap();
+    }
+    let m = g.metrics().await;
+    assert!(
+        metric_value(&m, "graceway_cache_admissions_deferred_total") > Some(2000.0),
+        "{m}"
+    );
+    // The outage: every popular copy is still there.
+    down.store(true, Ordering::Relaxed);
+    let mut served = 0;
+    for i in 0..50 {
+        let r = c
+            .get(g.url(&format!("/v1/popular/{i}")))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 && r.headers().contains_key("x-graceway-degraded") {
+            served += 1;
+        }
+    }
+    assert_eq!(served, 50, "popular copies served after the flood");
+}
