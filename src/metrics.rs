@@ -26,6 +26,9 @@ pub struct Metrics {
     /// masked or dropped; `body`: the copy not kept, and masked on the way
     /// out with `stale.scrub_bodies`).
     pub token_reflections_total: IntCounterVec,
+    /// Request headers not forwarded, by reason (`underscore`: a name with
+    /// an underscore).
+    pub request_headers_dropped_total: IntCounterVec,
     /// Protocol upgrades by result: `tunnelled` (101, allowed by
     /// `upgrade`), `stripped` (`Upgrade` not allowed, removed),
     /// `refused-101` (a 101 nobody asked for, answered 502).
@@ -137,6 +140,16 @@ pub fn metrics() -> &'static Metrics {
                 &["upstream", "status"]
             )
             .expect("metric registers"),
+            request_headers_dropped_total: {
+                let c = register_int_counter_vec!(
+                    "graceway_request_headers_dropped_total",
+                    "Client request headers not forwarded, by reason (underscore: a name with an underscore).",
+                    &["reason"]
+                )
+                .expect("metric registers");
+                c.with_label_values(&["underscore"]);
+                c
+            },
             upgrades_total: register_int_counter_vec!(
                 "graceway_upgrades_total",
                 "Protocol upgrades by upstream and result (tunnelled, stripped, refused-101).",

@@ -46,6 +46,10 @@ pub(crate) struct Admitted<'a> {
     /// A single canonical `Content-Length` to send instead of what came
     /// (duplicates, a list of equal values, leading zeros).
     pub canonical_length: Option<u64>,
+    /// Header names with an underscore, not forwarded: `X_Forwarded_For`
+    /// and `Transfer_Encoding` mean their dashed names to some servers
+    /// (CGI, WSGI) and nothing to others (nginx drops them by default).
+    pub drop_headers: Vec<http::HeaderName>,
 }
 
 /// Runs every check in order; the first failure is the answer.
@@ -62,7 +66,9 @@ pub(crate) fn admit<'a>(
         1 => Some(
             req.headers[HOST]
                 .to_str()
-                .map_err(|_| Refusal::bad("the Host header is not valid", "bad-host"))?,
+                .ok()
+                .filter(|h| valid_host(h))
+                .ok_or(Refusal::bad("the Host header is not valid", "bad-host"))?,
         ),
         _ => return Err(Refusal::bad("more than one Host header", "bad-host")),
     };
@@ -90,10 +96,71 @@ pub(crate) fn admit<'a>(
         }
         None => host_header.map(strip_port),
     };
+    let drop_headers = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .cloned()
+        .collect();
     Ok(Admitted {
         host,
         rewritten: t.rewritten,
         canonical_length,
+        drop_headers,
+    })
+}
+
+/// RFC 9112 §3.2 / RFC 3986 §3.2.2: a `Host` is a host name (letters,
+/// digits, `.-_~`) or a bracketed IPv6 literal, then an optional `:port`.
+/// Empty, spaces, `/`, `@` and the like are refused.
+fn valid_host(h: &str) -> bool {
+    let (name, port) = if let Some(rest) = h.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if v6.is_empty()
+            || !v6
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        (
+            "v6",
+            after
+                .strip_prefix(':')
+                .map(Some)
+                .unwrap_or(after.is_empty().then_some("")),
+        )
+    } else {
+        match h.rsplit_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (h, Some("")),
+        }
+    };
+    let Some(port) = port else { return false };
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~'))
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Headers that ask a server to treat the request as another method.
+pub(crate) const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Whether every method-override header names a method this upstream
+/// forwards (an override is the method, to servers that honour it).
+pub(crate) fn overrides_allowed(req: &RequestHeader, methods: &[http::Method]) -> bool {
+    METHOD_OVERRIDES.iter().all(|name| {
+        req.headers.get_all(*name).iter().all(|v| {
+            http::Method::from_bytes(v.as_bytes().trim_ascii()).is_ok_and(|m| methods.contains(&m))
+        })
     })
 }
 
@@ -231,6 +298,52 @@ fn parse_plain_number(s: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_checked() {
+        for ok in [
+            "api.example",
+            "api.example:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "a_b.internal",
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b/c",
+            "a b",
+            "host/x",
+            "u@host",
+            "host:port",
+            "host:123456",
+            "[::1",
+            "[zz]",
+            ":80",
+            "[::1]x",
+        ] {
+            assert!(!valid_host(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn method_overrides_must_name_a_forwarded_method() {
+        let methods = [http::Method::GET, http::Method::POST];
+        let req = |v: Option<&str>| {
+            let mut r = RequestHeader::build("POST", b"/x", None).unwrap();
+            if let Some(v) = v {
+                r.insert_header("x-http-method-override", v).unwrap();
+            }
+            r
+        };
+        assert!(overrides_allowed(&req(None), &methods));
+        assert!(overrides_allowed(&req(Some("GET")), &methods));
+        assert!(!overrides_allowed(&req(Some("TRACE")), &methods));
+        assert!(!overrides_allowed(&req(Some("DELETE")), &methods));
+        assert!(!overrides_allowed(&req(Some("not a method")), &methods));
+    }
 
     #[test]
     fn upgrades_pass_only_when_listed() {

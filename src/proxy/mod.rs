@@ -457,7 +457,7 @@ impl Proxy {
         gen: &Generation,
     ) -> Result<Option<usize>> {
         let server = &gen.loaded.config.server;
-        let (index, rewritten, canonical_length) =
+        let (index, rewritten, canonical_length, drop_headers) =
             match admission::admit(session.req_header(), server, &gen.router) {
                 Ok(admitted) => {
                     let path = match admitted.rewritten.as_deref() {
@@ -465,7 +465,12 @@ impl Proxy {
                         None => session.req_header().uri.path(),
                     };
                     let index = gen.router.route(admitted.host, path);
-                    (index, admitted.rewritten, admitted.canonical_length)
+                    (
+                        index,
+                        admitted.rewritten,
+                        admitted.canonical_length,
+                        admitted.drop_headers,
+                    )
                 }
                 Err(refusal) => {
                     self.refuse(session, ctx, &refusal, None).await?;
@@ -492,6 +497,23 @@ impl Proxy {
             let allow = up.allow.clone();
             self.refuse(session, ctx, &refusal, Some(allow)).await?;
             return Ok(None);
+        }
+        if !admission::overrides_allowed(req, &up.config.methods) {
+            let refusal = admission::Refusal {
+                status: 405,
+                message: "a method-override header names a method not forwarded to this upstream",
+                reason: "method-not-allowed",
+            };
+            let allow = up.allow.clone();
+            self.refuse(session, ctx, &refusal, Some(allow)).await?;
+            return Ok(None);
+        }
+        for name in &drop_headers {
+            session.req_header_mut().remove_header(name);
+            crate::metrics::metrics()
+                .request_headers_dropped_total
+                .with_label_values(&["underscore"])
+                .inc();
         }
         if let Some(t) = rewritten {
             session.req_header_mut().set_raw_path(t.as_bytes())?;

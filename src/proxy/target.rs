@@ -11,7 +11,9 @@
 //! - refused (400): any other form (`x`, `host:80`, `*`), an encoded `/`
 //!   or `\`, a raw `\`, a `..` that climbs above `/`, a bad escape, an
 //!   encoded or raw control character, bytes outside ASCII, a fragment,
-//!   and userinfo in an absolute-form authority.
+//!   userinfo in an absolute-form authority, a `;` (path parameters), a
+//!   double-encoded dot, slash or backslash (`%252e`), and escapes that do
+//!   not decode to UTF-8 (overlong `%c0%af` included).
 //!
 //! The query is forwarded as it came: its meaning is the upstream's.
 //! An already-normal origin-form target (the usual case) is recognised by
@@ -40,6 +42,15 @@ pub(crate) enum TargetError {
     UserInfo,
     /// Absolute-form with an empty or unparsable authority.
     BadAuthority,
+    /// `;` in the path: path parameters (`/v1/..;/admin`) mean a segment
+    /// boundary to some servers and nothing to others.
+    PathParameter,
+    /// `%25` before an encoded dot, slash or backslash (`%252e`): decoded
+    /// twice by some servers into what the first decoding refused.
+    DoubleEncoded,
+    /// Escapes that decode to bytes that are not UTF-8, overlong forms
+    /// (`%c0%af` for `/`) included.
+    BadUtf8,
 }
 
 impl TargetError {
@@ -59,6 +70,13 @@ impl TargetError {
             TargetError::Fragment => "a request target must not carry a fragment (#)",
             TargetError::UserInfo => "user information is not allowed in the request target",
             TargetError::BadAuthority => "the absolute URL has no usable host",
+            TargetError::PathParameter => "a semicolon (path parameter) is not allowed in the path",
+            TargetError::DoubleEncoded => {
+                "a double-encoded dot, slash or backslash (%25) is not allowed in the path"
+            }
+            TargetError::BadUtf8 => {
+                "the path's escapes do not decode to UTF-8 (overlong or invalid)"
+            }
         }
     }
 }
@@ -175,6 +193,7 @@ fn needs_work(path: &[u8]) -> Result<bool, TargetError> {
     for (i, &b) in path.iter().enumerate() {
         match b {
             b'\\' => return Err(TargetError::Backslash),
+            b';' => return Err(TargetError::PathParameter),
             b'%' => work = true,
             b'.' if i > 0 && path[i - 1] == b'/' => work = true,
             0..=0x20 | 0x7f..=0xff => return Err(TargetError::BadByte),
@@ -197,8 +216,50 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Refuses `%25` followed by the escape of a dot, slash or backslash, and
+/// escapes whose decoded bytes are not UTF-8 (overlong forms included).
+fn check_escapes(path: &[u8]) -> Result<(), TargetError> {
+    let mut high: Vec<u8> = Vec::new();
+    let mut i = 0;
+    let flush = |high: &mut Vec<u8>| -> Result<(), TargetError> {
+        if !high.is_empty() && std::str::from_utf8(high).is_err() {
+            return Err(TargetError::BadUtf8);
+        }
+        high.clear();
+        Ok(())
+    };
+    while i < path.len() {
+        if path[i] != b'%' {
+            flush(&mut high)?;
+            i += 1;
+            continue;
+        }
+        let (Some(h), Some(l)) = (
+            path.get(i + 1).copied().and_then(hex),
+            path.get(i + 2).copied().and_then(hex),
+        ) else {
+            return Err(TargetError::BadEscape);
+        };
+        let v = h * 16 + l;
+        if v == b'%' {
+            let next = path.get(i + 3..i + 5).map(|n| n.to_ascii_lowercase());
+            if matches!(next.as_deref(), Some(b"2e" | b"2f" | b"5c")) {
+                return Err(TargetError::DoubleEncoded);
+            }
+        }
+        if v >= 0x80 {
+            high.push(v);
+        } else {
+            flush(&mut high)?;
+        }
+        i += 3;
+    }
+    flush(&mut high)
+}
+
 /// Decodes unreserved escapes, then removes dot segments.
 fn normalize_path(path: &[u8]) -> Result<String, TargetError> {
+    check_escapes(path)?;
     let mut decoded = String::with_capacity(path.len() + 1);
     if path.is_empty() {
         decoded.push('/');
@@ -314,6 +375,21 @@ mod tests {
         assert_eq!(norm("http://u:p@host/x"), Err(TargetError::UserInfo));
         assert_eq!(norm("http:///x"), Err(TargetError::BadAuthority));
         assert_eq!(normalize("/a\u{e9}".as_bytes()), Err(TargetError::BadByte));
+        assert_eq!(norm("/v1/..;/admin"), Err(TargetError::PathParameter));
+        assert_eq!(norm("/v1/x;jsessionid=1"), Err(TargetError::PathParameter));
+        assert_eq!(
+            norm("/v1/%252e%252e/admin"),
+            Err(TargetError::DoubleEncoded)
+        );
+        assert_eq!(norm("/v1/%252F"), Err(TargetError::DoubleEncoded));
+        assert_eq!(norm("/v1/%255c"), Err(TargetError::DoubleEncoded));
+        assert_eq!(norm("/v1/..%c0%afadmin"), Err(TargetError::BadUtf8));
+        assert_eq!(norm("/v1/%e0%80%af"), Err(TargetError::BadUtf8));
+        assert_eq!(norm("/v1/%e2%9c"), Err(TargetError::BadUtf8));
+        assert_eq!(norm("/v1/%ff"), Err(TargetError::BadUtf8));
+        // A plain %25 and real UTF-8 stay allowed.
+        assert_eq!(norm("/v1/100%25").unwrap(), "/v1/100%25");
+        assert_eq!(norm("/v1/caf%C3%A9").unwrap(), "/v1/caf%C3%A9");
     }
 
     #[test]

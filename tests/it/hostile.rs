@@ -583,3 +583,51 @@ fn the_admin_listener_refuses_rebinding_hosts_and_two_origins() {
         assert_eq!(r.status(), 200, "{host}: {}", r.text);
     }
 }
+
+#[test]
+fn bad_hosts_path_tricks_underscores_overrides_and_connect_are_refused() {
+    let up = echoing_upstream();
+    let g = start(EmojiConfig::new(up.port));
+    let ask = |raw: &str| raw_exchange(g.listen, raw.as_bytes(), WAIT);
+    for (req, status) in [
+        ("GET /v1/x HTTP/1.1\r\nHost: a b/c\r\nConnection: close\r\n\r\n", 400),
+        ("GET /v1/x HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n", 400),
+        (&get("/v1/..;/admin"), 400),
+        (&get("/v1/x;jsessionid=1"), 400),
+        (&get("/v1/%252e%252e/admin"), 400),
+        (&get("/v1/..%c0%afadmin"), 400),
+        (
+            "POST /v1/x HTTP/1.1\r\nHost: h\r\nX-HTTP-Method-Override: TRACE\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            405,
+        ),
+        // Pingora answers CONNECT before any hook: 405, or 400 when
+        // `Host` differs from the target (docs/reliability.md says so).
+        ("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
+        ("CONNECT example.com:443 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
+    ] {
+        let r = ask(req);
+        assert_eq!(r.status(), status, "{req:?}: {}", r.text);
+        assert!(!r.text.contains(TOKEN));
+    }
+    assert_eq!(up.request_count(), 0, "{:?}", up.requests());
+    // An allowed override passes; an underscore header does not.
+    let r = ask(
+        "POST /v1/x HTTP/1.1\r\nHost: h\r\nX-HTTP-Method-Override: PATCH\r\nTransfer_Encoding: chunked\r\nX_Forwarded_For: 10.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status(), 200, "{}", r.text);
+    let rec = &up.requests()[0];
+    assert_eq!(rec.header("x-http-method-override"), Some("PATCH"));
+    assert!(rec.header("transfer_encoding").is_none(), "{rec:?}");
+    assert!(rec.header("x_forwarded_for").is_none(), "{rec:?}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let m = rt.block_on(g.metrics());
+    assert_eq!(
+        metric_value(
+            &m,
+            "graceway_request_headers_dropped_total{reason=\"underscore\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert_no_error_lines(&g);
+}
