@@ -42,6 +42,13 @@ use crate::app::App;
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Set from the first SIGTERM or SIGQUIT on.
 static DRAINING: AtomicBool = AtomicBool::new(false);
+/// Set when `graceful_shutdown_timeout` has passed with requests still in
+/// flight: their upstream connections are being closed, and each is
+/// answered 503 with `Connection: close` (see `proxy::fail_to_proxy`).
+static CUT: AtomicBool = AtomicBool::new(false);
+
+/// How long the requests cut at the drain deadline get to write their 503.
+const CUT_ANSWER_LIMIT: Duration = Duration::from_millis(500);
 
 /// Pingora keeps accepting for this long after handing the sockets over in
 /// an upgrade (pingora-core's `CLOSE_TIMEOUT`).
@@ -76,6 +83,11 @@ pub fn in_flight() -> usize {
 /// `Connection: close`, readiness is 503.
 pub fn draining() -> bool {
     DRAINING.load(Ordering::Relaxed)
+}
+
+/// Whether the drain deadline has passed (requests are being cut).
+pub fn cutting() -> bool {
+    CUT.load(Ordering::Relaxed)
 }
 
 /// graceway's answer to Pingora's question "which shutdown, and when?".
@@ -147,11 +159,17 @@ fn exit_when_idle(app: Arc<App>, delay: Duration, timeout: Duration) {
             let deadline = Instant::now() + timeout;
             while in_flight() > 0 {
                 if Instant::now() >= deadline {
+                    CUT.store(true, Ordering::Relaxed);
+                    let closed = close_upstream_connections(&app);
                     log::warn!(
-                        "{} request(s) still in flight after server.graceful_shutdown_timeout ({timeout:?}): they are cut",
+                        "{} request(s) still in flight after server.graceful_shutdown_timeout ({timeout:?}): cut now ({closed} upstream connection(s) closed; each is answered 503 with Connection: close)",
                         in_flight()
                     );
-                    return;
+                    let answered_by = Instant::now() + CUT_ANSWER_LIMIT;
+                    while in_flight() > 0 && Instant::now() < answered_by {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -161,6 +179,43 @@ fn exit_when_idle(app: Arc<App>, delay: Duration, timeout: Duration) {
     if let Err(e) = spawned {
         log::error!("cannot start the drain watch ({e}); Pingora's grace period applies");
     }
+}
+
+/// Shuts the read side of every socket of this process whose peer is an
+/// upstream's address, so requests waiting on an upstream end now (Pingora
+/// then calls `fail_to_proxy`, which answers 503). Found through
+/// `/proc/self/fd` at the deadline only: nothing is registered per request.
+fn close_upstream_connections(app: &App) -> usize {
+    use nix::sys::socket::{getpeername, shutdown, Shutdown, SockaddrStorage};
+    let gen = app.live.load();
+    let peers: Vec<std::net::SocketAddr> = gen
+        .upstreams
+        .iter()
+        .filter_map(|u| u.peer.load()._address.as_inet().copied())
+        .collect();
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let mut closed = 0;
+    for fd in fds
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        let Ok(addr) = getpeername::<SockaddrStorage>(fd) else {
+            continue;
+        };
+        let inet = addr
+            .as_sockaddr_in()
+            .map(|a| std::net::SocketAddr::from(std::net::SocketAddrV4::from(*a)))
+            .or_else(|| {
+                addr.as_sockaddr_in6()
+                    .map(|a| std::net::SocketAddr::from(std::net::SocketAddrV6::from(*a)))
+            });
+        if inet.is_some_and(|a| peers.contains(&a)) && shutdown(fd, Shutdown::Read).is_ok() {
+            closed += 1;
+        }
+    }
+    closed
 }
 
 /// What every way out does last: flush and release the persist file,

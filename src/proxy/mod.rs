@@ -943,6 +943,9 @@ impl ProxyHttp for Proxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if crate::app::lifecycle::cutting() {
+            return self.cut_at_shutdown(session, ctx).await;
+        }
         if let Some(fault) = client_fault(session, e) {
             return self.client_failed(session, ctx, fault).await;
         }
@@ -1256,6 +1259,35 @@ impl Proxy {
         }
         FailToProxy {
             error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// A request still in flight at the drain deadline: 503, `Retry-After:
+    /// 1`, `Connection: close` (the client retries elsewhere), nothing
+    /// charged to the upstream.
+    async fn cut_at_shutdown(&self, session: &mut Session, ctx: &mut RequestCtx) -> FailToProxy {
+        ctx.outcome = Outcome::Client("shutting-down");
+        session.set_keepalive(None);
+        if session.response_written().is_none() {
+            if let Ok(mut answer) = respond::json_error(
+                503,
+                "graceway is shutting down: retry the request",
+                None,
+                "shutting-down",
+                None,
+            ) {
+                let _ = answer
+                    .header
+                    .insert_header(http::header::CONNECTION, "close");
+                let _ = answer.header.insert_header(http::header::RETRY_AFTER, "1");
+                if let Err(e) = respond::write(session, answer).await {
+                    log::debug!("writing the shutdown answer failed: {e}");
+                }
+            }
+        }
+        FailToProxy {
+            error_code: 503,
             can_reuse_downstream: false,
         }
     }

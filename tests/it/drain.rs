@@ -145,6 +145,54 @@ fn sigterm_answers_every_request_in_flight_then_exits_at_once() {
     assert!(!g.dir.file("graceway.pid").exists(), "pid file removed");
 }
 
+#[test]
+fn requests_still_in_flight_at_the_timeout_get_503_then_graceway_exits() {
+    let up = MockUpstream::start(|_| {
+        let mut r = MockReply::ok(r#"{"slow":true}"#);
+        r.delay = Duration::from_secs(8);
+        r
+    });
+    let mut g = start(
+        EmojiConfig::new(up.port)
+            .read_timeout("20s")
+            .server("graceful_shutdown_timeout: 1s"),
+    );
+    let port = g.listen;
+    let clients: Vec<_> = (0..3)
+        .map(|i| std::thread::spawn(move || KeepAlive::new(port).get(&format!("/v1/slow/{i}"))))
+        .collect();
+    wait_for("3 requests upstream", Duration::from_secs(5), || {
+        (up.request_count() >= 3).then_some(())
+    });
+    let signalled = Instant::now();
+    g.signal("TERM");
+    for c in clients {
+        let a = c.join().unwrap().expect("answered, not an empty reply");
+        assert_eq!(a.status, 503);
+        assert!(a.close, "the cut answer says Connection: close");
+        assert!(a.body.contains("shutting down"), "{}", a.body);
+    }
+    let took = signalled.elapsed();
+    // Cut at the timeout (1 s, plus the 100 ms the listeners take to
+    // close), not at Pingora's grace period a second later.
+    assert!(
+        took < Duration::from_millis(1900),
+        "answered after {took:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(1),
+        "cut before the timeout: {took:?}"
+    );
+    let status = g.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{status:?}\n{}", g.logs());
+    let logs = g.logs();
+    assert!(
+        logs.contains("cut now (3 upstream connection(s) closed"),
+        "{logs}"
+    );
+    assert!(!logs.contains(" ERROR "), "{logs}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_accept_window_keeps_serving_new_connections() {
     let up = MockUpstream::start(|_| MockReply::ok("{}"));
