@@ -188,6 +188,14 @@ impl StateWatch {
                     e.from,
                     why(e, ": ", "")
                 ),
+                // The same state with another reason (degraded by a 5xx,
+                // then by a rejected token) is one change, said as such.
+                None if e.from == e.to => log::warn!(
+                    "upstream {}: still {}, now {}",
+                    e.upstream,
+                    e.to,
+                    e.reason.as_deref().unwrap_or("-")
+                ),
                 None => log::warn!(
                     "upstream {}: state {} -> {}{}",
                     e.upstream,

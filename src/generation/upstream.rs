@@ -144,6 +144,23 @@ pub struct UpstreamStatus {
     /// Upstream-health breaker (timeouts, refused, 5xx streaks); survives
     /// reloads, its settings are updated in place.
     pub health: Breaker,
+    /// Unix milliseconds of the last logged health-breaker change, and
+    /// how many changes since then were not logged: a flapping upstream
+    /// is logged once a second with a count, not once per flip.
+    breaker_logged_at: AtomicU64,
+    breaker_unlogged: AtomicU64,
+}
+
+/// Health-breaker changes are logged at most this often.
+const BREAKER_LOG_EVERY_MS: u64 = 1000;
+
+/// The tail of a breaker log line that stands for several changes.
+fn flapped(unlogged: u64) -> String {
+    if unlogged == 0 {
+        String::new()
+    } else {
+        format!(" ({unlogged} more opens and closes in the last second were not logged: the upstream is flapping)")
+    }
 }
 
 impl std::fmt::Debug for UpstreamStatus {
@@ -167,7 +184,28 @@ impl UpstreamStatus {
             degraded_reason: AtomicU8::new(0),
             degraded_since: AtomicU64::new(0),
             health: Breaker::new(5, Duration::from_secs(1), Duration::from_secs(30)),
+            breaker_logged_at: AtomicU64::new(0),
+            breaker_unlogged: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a breaker change may be logged now; `Some(n)`: yes, and `n`
+    /// changes since the last logged one were not.
+    fn breaker_log_due(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.breaker_logged_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < BREAKER_LOG_EVERY_MS
+            || self
+                .breaker_logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.breaker_unlogged.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.breaker_unlogged.swap(0, Ordering::Relaxed))
     }
 
     /// Feeds the health breaker a failure (a live answer or a probe); logs
@@ -175,11 +213,14 @@ impl UpstreamStatus {
     pub fn health_failure(&self, reason: Reason) {
         if self.health.failure(reason) {
             self.metrics.breaker_open.set(1);
-            log::warn!(
-                "upstream {}: health breaker open after consecutive failures ({}); answering from the last-good cache at once",
-                self.name,
-                reason.as_str()
-            );
+            if let Some(unlogged) = self.breaker_log_due() {
+                log::warn!(
+                    "upstream {}: health breaker open after consecutive failures ({}); answering from the last-good cache at once{}",
+                    self.name,
+                    reason.as_str(),
+                    flapped(unlogged)
+                );
+            }
         }
     }
 
@@ -188,10 +229,13 @@ impl UpstreamStatus {
     pub fn health_success(&self) {
         if self.health.success() {
             self.metrics.breaker_open.set(0);
-            log::info!(
-                "upstream {}: health breaker closed: the upstream answers again",
-                self.name
-            );
+            if let Some(unlogged) = self.breaker_log_due() {
+                log::info!(
+                    "upstream {}: health breaker closed: the upstream answers again{}",
+                    self.name,
+                    flapped(unlogged)
+                );
+            }
         }
     }
 

@@ -371,3 +371,45 @@ async fn probe_retests_an_open_breaker_on_its_schedule() {
         "live requests were short-circuited while open: {live_during}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_upstream_is_logged_once_a_second_not_once_per_flip() {
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n2 = n.clone();
+    let up = MockUpstream::start(move |_| {
+        if n2.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+            MockReply::status(500, r#"{"error":"flap"}"#)
+        } else {
+            MockReply::ok("{}")
+        }
+    });
+    let g = Graceway::start_with_token(
+        "tok-flap\n",
+        &EmojiConfig::new(up.port)
+            .health("{ open_after: 1, retry_after: 1ms, max_retry_after: 1ms }")
+            .build(),
+    );
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|w| {
+            let c = client();
+            let url = g.url(&format!("/v1/flap/{w}"));
+            tokio::spawn(async move {
+                for _ in 0..60 {
+                    let _ = c.get(&url).send().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs() + 1;
+    let logs = g.logs();
+    let lines = logs.matches("health breaker").count() as u64;
+    assert!(n.load(Ordering::Relaxed) > 100, "the upstream was asked");
+    assert!(
+        lines <= 2 * secs + 2,
+        "{lines} breaker lines in {secs} s:\n{logs}"
+    );
+}
