@@ -377,7 +377,7 @@ async fn a_flapping_upstream_is_logged_once_a_second_not_once_per_flip() {
     let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let n2 = n.clone();
     let up = MockUpstream::start(move |_| {
-        if n2.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+        if n2.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
             MockReply::status(500, r#"{"error":"flap"}"#)
         } else {
             MockReply::ok("{}")
