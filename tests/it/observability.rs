@@ -735,13 +735,14 @@ async fn webhook_reports_token_rejection_and_retries() {
 
 // ------------------------------------------------------------- access log
 
-/// A fresh answer, a stale one and an unrouted 404, with a client
-/// credential in the query that must not be logged.
+/// A fresh answer, a stale one and an unrouted 404, with a client secret
+/// in the query that must not be logged (a parameter name outside
+/// `cache.sensitive_query`, so the answer is still kept).
 async fn access_scenario(g: &Graceway, gate: &Gate) {
-    fill(g, "/v1/a?access_token=clientsecret").await;
+    fill(g, "/v1/a?session=clientsecret").await;
     gate.reject_all();
-    assert_stale(g, "/v1/a?access_token=clientsecret").await;
-    let r = get(g, "/other?access_token=clientsecret").await;
+    assert_stale(g, "/v1/a?session=clientsecret").await;
+    let r = get(g, "/other?session=clientsecret").await;
     assert_eq!(r.status(), 404);
 }
 
@@ -754,7 +755,7 @@ fn stopped_stdout(g: &mut Graceway) -> String {
 
 fn assert_no_secrets(out: &str) {
     assert!(!out.contains("clientsecret"), "query logged:\n{out}");
-    assert!(!out.contains("access_token"), "query logged:\n{out}");
+    assert!(!out.contains("session="), "query logged:\n{out}");
     assert!(!out.contains(TOKEN), "token logged:\n{out}");
 }
 

@@ -60,8 +60,7 @@ async fn echoed_header_and_body_tokens_never_reach_the_client_the_cache_disk_or_
     assert_eq!(r.status(), 200);
     let h = header_text(&r);
     assert!(!h.contains(TOKEN), "{h}");
-    let masked = format!("Bearer [token]{}", "*".repeat(TOKEN.len() - 7));
-    assert_eq!(r.headers()["x-echo-authorization"], masked.as_str());
+    assert_eq!(r.headers()["x-echo-authorization"], "Bearer [token]");
     assert_eq!(r.headers()["x-plain"], "nothing to see");
     let r = g.get("/v1/echo-body").await;
     assert_eq!(r.status(), 200);
