@@ -29,10 +29,10 @@ fn main() {
 listen: "127.0.0.1:18080"
 pid_file: /tmp/graceway-bench.pid
 upstreams:
-  - { name: a, url: "http://127.0.0.1:1", match: { path_prefix: "/" } }
-  - { name: b, url: "http://127.0.0.1:2", match: { path_prefix: "/v1/special/" } }
-  - { name: c, url: "http://127.0.0.1:3", match: { host: "emoji.internal" } }
-  - { name: d, url: "http://127.0.0.1:4", match: { path_prefix: "/v2/" } }
+  - { name: a, url: "http://127.0.0.1:1", match: { path_prefix: "/" }, credentials: none }
+  - { name: b, url: "http://127.0.0.1:2", match: { path_prefix: "/v1/special/" }, credentials: none }
+  - { name: c, url: "http://127.0.0.1:3", match: { host: "emoji.internal" }, credentials: none }
+  - { name: d, url: "http://127.0.0.1:4", match: { path_prefix: "/v2/" }, credentials: none }
 "#;
     let cfg = graceway::config::parse(yaml, std::path::Path::new("/")).expect("bench config");
     let router = Router::new(&cfg.upstreams);
@@ -73,6 +73,52 @@ upstreams:
     time("store: primary key + lookup (hit)", 500_000, || {
         black_box(store.lookup(black_box("a"), black_box(&req)));
     });
+    time("store: primary key alone (SHA-256)", 1_000_000, || {
+        black_box(primary_key(black_box("a"), black_box(&req)));
+    });
+    // Admission past half the budget: one hash and one swap.
+    let full = Cache::new(1, 1, None);
+    full.insert(&key, None, store.lookup("a", &req).unwrap(), false);
+    time("store: admission check (tier half full)", 1_000_000, || {
+        black_box(full.admit(black_box("a\nsome-key")));
+    });
+
+    // Echoed tokens: an ordinary answer's headers, and a body per byte.
+    let reflections = graceway::tokens::reflect::Reflections::from_values([
+        ("tok-primary-7f3a9c2e1b", 0),
+        ("tok-standby-00aa11bb22", 1),
+    ]);
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in [
+        ("content-type", "application/json; charset=utf-8"),
+        ("date", "Tue, 01 Dec 2026 21:00:00 GMT"),
+        ("cache-control", "max-age=60"),
+        ("etag", "\"5d1e9f0a2b3c\""),
+        ("x-request-id", "0f3c9a4e-1b2d-4e5f-8a9b-0c1d2e3f4a5b"),
+        ("ratelimit-remaining", "97"),
+        ("vary", "Accept-Encoding"),
+        ("server", "vendor"),
+    ] {
+        headers.insert(k, http::HeaderValue::from_static(v));
+    }
+    time("reflect: scan 8 response headers (none)", 1_000_000, || {
+        black_box(reflections.scrub_headers(black_box(&headers)));
+    });
+    let body = vec![b'x'; 16 * 1024];
+    time("reflect: find in a 16 KiB body (none)", 20_000, || {
+        black_box(reflections.find(black_box(&body)));
+    });
+    time(
+        "reflect: scrub a 16 KiB body in 1 KiB chunks",
+        20_000,
+        || {
+            let mut s = reflections.body_scrubber();
+            for chunk in body.chunks(1024) {
+                black_box(s.push(&reflections, chunk));
+            }
+            black_box(s.finish(&reflections));
+        },
+    );
 
     let breaker = Breaker::new(
         5,

@@ -36,6 +36,12 @@ pub struct Metrics {
     pub degraded: IntGaugeVec,
     pub token_state: IntGaugeVec,
     pub token_expiry_timestamp_seconds: IntGaugeVec,
+    /// 1 for a token graceway renews itself with working renewals (OAuth2,
+    /// a command with `refresh`): its expiry needs no operator.
+    pub token_renews_itself: IntGaugeVec,
+    /// Token fetches of self-renewing sources (OAuth2), by result: `ok`,
+    /// `failed`, `refused` (the upstream refused the fetched token).
+    pub token_fetches_total: IntCounterVec,
     /// Vendor signals, set at scrape time from the tokens' evidence.
     pub upstream_deprecated: IntGaugeVec,
     pub upstream_sunset_timestamp_seconds: IntGaugeVec,
@@ -178,6 +184,18 @@ pub fn metrics() -> &'static Metrics {
                 "graceway_token_state",
                 "1 for the current state of each token (token = index in the upstream's list).",
                 &["upstream", "token", "state"]
+            )
+            .expect("metric registers"),
+            token_renews_itself: register_int_gauge_vec!(
+                "graceway_token_renews_itself",
+                "1 when graceway renews the token itself (OAuth2, a command with refresh) and its renewals work: its expiry needs no operator.",
+                &["upstream", "token"]
+            )
+            .expect("metric registers"),
+            token_fetches_total: register_int_counter_vec!(
+                "graceway_token_fetches_total",
+                "OAuth2 token fetches by upstream, token and result (ok, failed, refused: the upstream refused the fetched token).",
+                &["upstream", "token", "result"]
             )
             .expect("metric registers"),
             token_expiry_timestamp_seconds: register_int_gauge_vec!(

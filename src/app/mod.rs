@@ -472,6 +472,9 @@ pub fn publish_token_metrics(gen: &Generation, old: Option<&Generation>) {
                     .token_expiry_timestamp_seconds
                     .remove_label_values(&[&u.config.name, &idx]);
                 let _ = m
+                    .token_renews_itself
+                    .remove_label_values(&[&u.config.name, &idx]);
+                let _ = m
                     .token_info
                     .remove_label_values(&[&u.config.name, &idx, &t.fingerprint]);
             }
@@ -482,6 +485,9 @@ pub fn publish_token_metrics(gen: &Generation, old: Option<&Generation>) {
             m.token_info
                 .with_label_values(&[&u.config.name, &t.index.to_string(), &t.fingerprint])
                 .set(1);
+            m.token_renews_itself
+                .with_label_values(&[&u.config.name, &t.index.to_string()])
+                .set(i64::from(t.renews_itself));
         }
     }
     refresh_token_state_metrics(gen);

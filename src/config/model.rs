@@ -215,6 +215,10 @@ pub struct OAuth2Spec {
     pub client_auth: ClientAuth,
     pub refresh_fraction: f64,
     pub timeout: Duration,
+    /// Fetch retries back off (2 s doubling) up to this while no token of
+    /// this source is usable (requests wait on it); up to 5 min while the
+    /// previous token still serves.
+    pub max_retry: Duration,
     pub ca_file: Option<PathBuf>,
     pub verify: bool,
 }

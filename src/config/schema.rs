@@ -221,6 +221,8 @@ pub struct FileOAuth2 {
     /// Refresh once this fraction of `expires_in` has passed (default 0.8).
     pub refresh_fraction: Option<f64>,
     pub timeout: Option<Human>,
+    /// The longest wait between fetch retries while no token is usable.
+    pub max_retry: Option<Human>,
     #[serde(default)]
     pub tls: Option<FileTls>,
 }

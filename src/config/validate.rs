@@ -1074,6 +1074,11 @@ fn oauth2(c: &mut Check, at: &str, o: &FileOAuth2) -> Option<OAuth2Spec> {
         &o.timeout,
         Duration::from_secs(10),
     );
+    let max_retry = c.positive_duration(
+        &format!("{at}.max_retry"),
+        &o.max_retry,
+        Duration::from_secs(4),
+    );
     let tls = o.tls.as_ref();
     if c.errors.len() > errors_before {
         return None;
@@ -1089,6 +1094,7 @@ fn oauth2(c: &mut Check, at: &str, o: &FileOAuth2) -> Option<OAuth2Spec> {
         client_auth,
         refresh_fraction,
         timeout,
+        max_retry,
         ca_file: tls.and_then(|t| t.ca_file.as_deref()).map(|p| c.path(p)),
         verify: tls.and_then(|t| t.verify).unwrap_or(true),
     })

@@ -92,7 +92,7 @@ pub async fn build(
         let (tokens, inject) = match &u.credentials {
             None => (TokenSet::default(), None),
             Some(cr) => {
-                let (mut set, errs) = tokens::load_set(cr).await;
+                let (mut set, errs) = tokens::load_set(&u.name, cr).await;
                 for (j, e) in errs {
                     let field = format!("{at}.credentials.tokens[{j}]");
                     match policy {

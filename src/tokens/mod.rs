@@ -23,11 +23,14 @@ use crate::config::Credentials;
 /// itself reports (OAuth2's `expires_in`), if any. OAuth2 builds on the
 /// plain sources (its client secret is a file or a variable), so the choice
 /// is made here, above both.
+/// `upstream` and `index` label an OAuth2 fetch in the metrics.
 pub async fn read(
     spec: &crate::config::SourceSpec,
+    upstream: &str,
+    index: usize,
 ) -> Result<(Secret, Option<std::time::SystemTime>), SourceError> {
     match spec {
-        crate::config::SourceSpec::OAuth2(o) => oauth2::read(o).await,
+        crate::config::SourceSpec::OAuth2(o) => oauth2::read(o, upstream, index).await,
         other => source::read_value(other).await.map(|s| (s, None)),
     }
 }
@@ -35,11 +38,14 @@ pub async fn read(
 /// Reads every source of one upstream. A failed source yields an
 /// `unavailable` token and its error (with the token's index); the caller decides whether that fails
 /// the whole load (a reload does; the first start does not).
-pub async fn load_set(creds: &Credentials) -> (TokenSet, Vec<(usize, SourceError)>) {
+pub async fn load_set(
+    upstream: &str,
+    creds: &Credentials,
+) -> (TokenSet, Vec<(usize, SourceError)>) {
     let mut tokens = Vec::with_capacity(creds.tokens.len());
     let mut errors = Vec::new();
     for (index, spec) in creds.tokens.iter().enumerate() {
-        let got = match read(&spec.source).await {
+        let got = match read(&spec.source, upstream, index).await {
             Ok((secret, expires)) => match Injected::build(&secret, &creds.inject) {
                 Ok(inj) => Ok((secret, inj, expires)),
                 Err(error) => Err(SourceError::Value {

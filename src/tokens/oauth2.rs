@@ -1,12 +1,25 @@
 //! The `oauth2` token source: the client-credentials grant (RFC 6749
 //! §4.4) against a token endpoint.
 //!
-//! A fetched token is kept until `refresh_fraction` of its `expires_in`
-//! has passed; reading the source before then returns the same token, so
-//! reloads and file events do not mint new tokens. A failed fetch is
-//! retried with backoff (2 s doubling to 5 min) while the previous token,
-//! if still unexpired, keeps serving. The fetched token's expiry comes from
-//! `expires_in`.
+//! A fetched token is kept until `refresh_fraction` of its lifetime has
+//! passed; reading the source before then returns the same token, so
+//! reloads and file events do not mint new tokens. Its expiry is the
+//! earliest of the JWT's own `exp` (when the token is a JWT), the answer's
+//! `expires_at` and fetch start + `expires_in`, less a skew margin
+//! ([`expiry`]), so a token is never sent past the moment the vendor will
+//! call it expired.
+//!
+//! A failed fetch is retried with backoff: 2 s doubling up to
+//! `oauth2.max_retry` (default 4 s) while no token of the source is usable
+//! (requests are waiting on it, so a returning identity provider is used
+//! within that), up to 5 min while the previous token still serves.
+//!
+//! A refusal by the upstream ([`refused`]) re-fetches once at once; when
+//! the replacement is refused too, the next fetch backs off (10 s doubling
+//! to 5 min), so an upstream that refuses every token of this provider
+//! costs a handful of fetches, not one per request (identity providers
+//! bill and rate-limit machine tokens). Fetches are counted by result in
+//! `graceway_token_fetches_total{upstream,token,result}`.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -27,6 +40,47 @@ struct Cached {
     /// When the next fetch is due (refresh point, or retry after a failure).
     next_attempt: SystemTime,
     failures: u32,
+    /// When the current secret was fetched.
+    fetched_at: SystemTime,
+    /// The current secret was refused by an upstream (counted once).
+    refused: bool,
+    /// Refused tokens in a row: each fetched to replace a refused one.
+    refusals: u32,
+    /// The upstream and token index that read this source (metric labels).
+    labels: (String, String),
+}
+
+/// A refused token fetched longer ago than this had worked: its refusal
+/// starts a new chain (one immediate re-fetch).
+const REFUSAL_CHAIN: Duration = Duration::from_secs(60);
+
+/// Before the expiry the vendor states, at most: clocks differ, and a
+/// token sent in its last second arrives expired.
+const EXPIRY_SKEW: Duration = Duration::from_secs(5);
+
+/// The expiry of a token fetched at `fetched` (before the request went
+/// out): the earliest of the JWT's `exp`, the answer's `expires_at` and
+/// `fetched + expires_in`, less [`EXPIRY_SKEW`] (at most a tenth of the
+/// lifetime). `None` when none of them is stated.
+pub fn expiry(
+    fetched: SystemTime,
+    jwt_exp: Option<SystemTime>,
+    expires_at: Option<SystemTime>,
+    expires_in: Option<Duration>,
+) -> Option<SystemTime> {
+    let stated = [jwt_exp, expires_at, expires_in.map(|d| fetched + d)]
+        .into_iter()
+        .flatten()
+        .min()?;
+    let lifetime = stated.duration_since(fetched).unwrap_or_default();
+    Some(stated - EXPIRY_SKEW.min(lifetime / 10))
+}
+
+fn count(labels: &(String, String), result: &str) {
+    crate::metrics::metrics()
+        .token_fetches_total
+        .with_label_values(&[labels.0.as_str(), labels.1.as_str(), result])
+        .inc();
 }
 
 fn cache() -> &'static Mutex<HashMap<String, Cached>> {
@@ -48,28 +102,69 @@ pub fn due(spec: &OAuth2Spec) -> bool {
         .is_none_or(|e| SystemTime::now() >= e.next_attempt)
 }
 
-/// The upstream refused `rejected`, this source's current token: the next
-/// read fetches a new one at once (the control loop's refresh runs within a
-/// quarter second), instead of keeping the refused token until its
-/// scheduled refresh. A fetch that is backing off after failures keeps its
-/// backoff. Only a freshly fetched token that is also refused stays
-/// rejected.
+/// Whether the source's last fetch failed (its previous token, if any,
+/// still serves): a self-refreshing token is `expiring` only then.
+pub fn refresh_failing(spec: &OAuth2Spec) -> bool {
+    let c = cache().lock().unwrap_or_else(|p| p.into_inner());
+    c.get(&key(spec)).is_some_and(|e| e.failures > 0)
+}
+
+/// The upstream refused `rejected`, this source's current token. The first
+/// refusal in a chain fetches a new token at once (the control loop's
+/// refresh runs within a quarter second) instead of keeping the refused
+/// one until its scheduled refresh; when that replacement is refused too,
+/// the next fetch waits 10 s, then 20 s ... up to 5 min. A token is counted
+/// once however many requests it refused. A fetch that is backing off
+/// after failures keeps its backoff.
 pub fn refused(spec: &OAuth2Spec, rejected: &Secret) {
     let mut map = cache().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = map.get_mut(&key(spec)) {
-        if c.secret.as_ref() == Some(rejected) && c.failures == 0 {
-            c.next_attempt = SystemTime::now();
-            log::info!(
-                "oauth2 {}: token {} was refused; fetching a new one now",
-                spec.token_url,
-                rejected.fingerprint()
-            );
-        }
+    let Some(c) = map.get_mut(&key(spec)) else {
+        return;
+    };
+    if c.secret.as_ref() != Some(rejected) || c.refused {
+        return;
+    }
+    let now = SystemTime::now();
+    c.refused = true;
+    if now.duration_since(c.fetched_at).unwrap_or_default() > REFUSAL_CHAIN {
+        c.refusals = 0;
+    }
+    c.refusals += 1;
+    count(&c.labels, "refused");
+    if c.failures > 0 {
+        return;
+    }
+    if c.refusals == 1 {
+        c.next_attempt = now;
+        log::info!(
+            "oauth2 {}: token {} was refused; fetching a new one now",
+            spec.token_url,
+            rejected.fingerprint()
+        );
+    } else {
+        let wait = crate::clock::backoff(
+            Duration::from_secs(10),
+            c.refusals - 1,
+            Duration::from_secs(300),
+        );
+        c.next_attempt = now + wait;
+        log::warn!(
+            "oauth2 {}: token {} was refused too ({} refused in a row): the upstream does not take this provider's tokens; next fetch in {}s",
+            spec.token_url,
+            rejected.fingerprint(),
+            c.refusals,
+            wait.as_secs()
+        );
     }
 }
 
-/// The current token: cached while fresh, fetched when due.
-pub async fn read(spec: &OAuth2Spec) -> Result<(Secret, Option<SystemTime>), SourceError> {
+/// The current token: cached while fresh, fetched when due. `upstream`
+/// and `token` (its index) label the fetch in the metrics.
+pub async fn read(
+    spec: &OAuth2Spec,
+    upstream: &str,
+    token: usize,
+) -> Result<(Secret, Option<SystemTime>), SourceError> {
     let k = key(spec);
     let now = SystemTime::now();
     let cached = cache()
@@ -85,14 +180,28 @@ pub async fn read(spec: &OAuth2Spec) -> Result<(Secret, Option<SystemTime>), Sou
             }
         }
     }
+    let labels = (upstream.to_string(), token.to_string());
     let result = fetch(spec).await;
     let mut map = cache().lock().unwrap_or_else(|p| p.into_inner());
     match result {
-        Ok((secret, expires_in)) => {
-            let refresh_after = expires_in
+        Ok(f) => {
+            let expires_at = expiry(
+                now,
+                super::value::jwt_expiry(f.secret.expose()),
+                f.expires_at,
+                f.expires_in,
+            );
+            let lifetime = expires_at.map(|e| e.duration_since(now).unwrap_or_default());
+            let refresh_after = lifetime
                 .map(|d| d.mul_f64(spec.refresh_fraction))
                 .unwrap_or(Duration::from_secs(3600));
-            let expires_at = expires_in.map(|d| now + d);
+            // A replacement for a refused token carries the chain on.
+            let refusals = cached
+                .as_ref()
+                .filter(|c| c.refused)
+                .map_or(0, |c| c.refusals);
+            count(&labels, "ok");
+            let secret = f.secret;
             map.insert(
                 k,
                 Cached {
@@ -100,31 +209,48 @@ pub async fn read(spec: &OAuth2Spec) -> Result<(Secret, Option<SystemTime>), Sou
                     expires_at,
                     next_attempt: now + refresh_after.max(Duration::from_secs(1)),
                     failures: 0,
+                    fetched_at: now,
+                    refused: false,
+                    refusals,
+                    labels,
                 },
             );
             log::info!(
                 "oauth2 {}: fetched token {} (expires in {})",
                 spec.token_url,
                 secret.fingerprint(),
-                expires_in.map_or("unknown".into(), |d| format!("{}s", d.as_secs()))
+                lifetime.map_or("unknown".into(), |d| format!("{}s", d.as_secs()))
             );
             Ok((secret, expires_at))
         }
         Err(e) => {
+            count(&labels, "failed");
             let failures = cached.as_ref().map_or(0, |c| c.failures) + 1;
-            let backoff =
-                crate::clock::backoff(Duration::from_secs(2), failures, Duration::from_secs(300));
-            let keep =
-                cached.filter(|c| c.secret.is_some() && c.expires_at.is_none_or(|x| x > now));
+            let keep = cached
+                .as_ref()
+                .filter(|c| c.secret.is_some() && c.expires_at.is_none_or(|x| x > now));
+            // Requests wait on a source without a usable token: retry
+            // soon, so a returning provider is used within max_retry.
+            let cap = if keep.is_some() {
+                Duration::from_secs(300)
+            } else {
+                spec.max_retry
+            };
+            let backoff = crate::clock::backoff(Duration::from_secs(2).min(cap), failures, cap);
             map.insert(
                 k,
                 Cached {
-                    secret: keep.as_ref().and_then(|c| c.secret.clone()),
-                    expires_at: keep.as_ref().and_then(|c| c.expires_at),
+                    secret: keep.and_then(|c| c.secret.clone()),
+                    expires_at: keep.and_then(|c| c.expires_at),
                     next_attempt: now + backoff,
                     failures,
+                    fetched_at: keep.map_or(now, |c| c.fetched_at),
+                    refused: keep.is_some_and(|c| c.refused),
+                    refusals: cached.as_ref().map_or(0, |c| c.refusals),
+                    labels,
                 },
             );
+            let keep = keep.cloned();
             match keep {
                 Some(c) => {
                     log::warn!(
@@ -152,7 +278,15 @@ async fn credential(c: &CredentialSource, what: &str) -> Result<String, SourceEr
         .map_err(|e| SourceError::OAuth2(format!("{what}: {e}")))
 }
 
-async fn fetch(spec: &OAuth2Spec) -> Result<(Secret, Option<Duration>), SourceError> {
+/// What a token endpoint answered.
+struct Fetched {
+    secret: Secret,
+    expires_in: Option<Duration>,
+    /// A non-standard `expires_at` (Unix seconds) some providers add.
+    expires_at: Option<SystemTime>,
+}
+
+async fn fetch(spec: &OAuth2Spec) -> Result<Fetched, SourceError> {
     let fail = |m: String| SourceError::OAuth2(format!("{}: {m}", spec.token_url));
     let client_id = credential(&spec.client_id, "client_id").await?;
     let client_secret = credential(&spec.client_secret, "client_secret").await?;
@@ -235,10 +369,42 @@ async fn fetch(spec: &OAuth2Spec) -> Result<(Secret, Option<Duration>), SourceEr
         .as_str()
         .ok_or_else(|| fail("the answer has no access_token".into()))?;
     let secret = Secret::parse(token).map_err(|e| fail(e.to_string()))?;
-    let expires_in = json["expires_in"]
-        .as_u64()
-        .or_else(|| json["expires_in"].as_str().and_then(|s| s.parse().ok()))
-        .filter(|s| *s > 0)
-        .map(Duration::from_secs);
-    Ok((secret, expires_in))
+    let seconds = |field: &str| {
+        json[field]
+            .as_u64()
+            .or_else(|| json[field].as_str().and_then(|s| s.parse().ok()))
+            .filter(|s| *s > 0)
+    };
+    Ok(Fetched {
+        secret,
+        expires_in: seconds("expires_in").map(Duration::from_secs),
+        expires_at: seconds("expires_at")
+            .filter(|s| *s < 100_000_000_000)
+            .map(|s| std::time::UNIX_EPOCH + Duration::from_secs(s)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_the_earliest_stated_less_the_skew() {
+        let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let s = Duration::from_secs;
+        // expires_in alone.
+        assert_eq!(expiry(t0, None, None, Some(s(3600))), Some(t0 + s(3595)));
+        // A JWT whose exp comes before fetch + expires_in wins.
+        assert_eq!(
+            expiry(t0, Some(t0 + s(3599)), None, Some(s(3600))),
+            Some(t0 + s(3594))
+        );
+        assert_eq!(
+            expiry(t0, None, Some(t0 + s(100)), Some(s(3600))),
+            Some(t0 + s(95))
+        );
+        // A short lifetime loses a tenth, not 5 s.
+        assert_eq!(expiry(t0, None, None, Some(s(10))), Some(t0 + s(9)));
+        assert_eq!(expiry(t0, None, None, None), None);
+    }
 }

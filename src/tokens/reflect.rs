@@ -59,15 +59,24 @@ impl std::fmt::Debug for Reflections {
 impl Reflections {
     /// The needles for a token set's values (raw and percent-encoded).
     pub fn new(tokens: &TokenSet) -> Reflections {
+        Reflections::from_values(
+            tokens
+                .tokens
+                .iter()
+                .filter_map(|t| Some((t.secret()?.expose(), t.index))),
+        )
+    }
+
+    /// The needles for `(value, token index)` pairs.
+    pub fn from_values<'a>(values: impl IntoIterator<Item = (&'a str, usize)>) -> Reflections {
         let mut needles: Vec<(Vec<u8>, usize)> = Vec::new();
-        for t in &tokens.tokens {
-            let Some(s) = t.secret() else { continue };
-            let raw = s.expose().as_bytes().to_vec();
-            let encoded = super::value::percent_encode(s.expose()).into_bytes();
+        for (value, index) in values {
+            let raw = value.as_bytes().to_vec();
+            let encoded = super::value::percent_encode(value).into_bytes();
             if encoded != raw {
-                needles.push((encoded, t.index));
+                needles.push((encoded, index));
             }
-            needles.push((raw, t.index));
+            needles.push((raw, index));
         }
         needles.sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
         let min_len = needles.iter().map(|(n, _)| n.len()).min().unwrap_or(0);
@@ -239,23 +248,7 @@ mod tests {
     use super::*;
 
     fn reflections(values: &[&str]) -> Reflections {
-        let mut needles: Vec<(Vec<u8>, usize)> = Vec::new();
-        for (i, v) in values.iter().enumerate() {
-            let enc = crate::tokens::value::percent_encode(v).into_bytes();
-            if enc != v.as_bytes() {
-                needles.push((enc, i));
-            }
-            needles.push((v.as_bytes().to_vec(), i));
-        }
-        needles.sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
-        Reflections {
-            min_len: needles.iter().map(|(n, _)| n.len()).min().unwrap(),
-            max_len: needles.iter().map(|(n, _)| n.len()).max().unwrap(),
-            needles: needles
-                .into_iter()
-                .map(|(n, i)| (Finder::new(&n).into_owned(), i))
-                .collect(),
-        }
+        Reflections::from_values(values.iter().enumerate().map(|(i, v)| (*v, i)))
     }
 
     #[test]

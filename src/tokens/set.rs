@@ -89,6 +89,10 @@ pub struct Token {
     /// Unix seconds of the last request that carried this token (0 = never).
     last_used: AtomicU64,
     expires_warning: Duration,
+    /// graceway renews this token itself (OAuth2, a command with
+    /// `refresh`) and its renewals work: it is never `expiring` then, since
+    /// no operator needs to act.
+    pub renews_itself: bool,
     /// What the vendor last said about this token; see [`Evidence`].
     pub evidence: Evidence,
 }
@@ -289,8 +293,14 @@ impl Token {
                     .expires_at
                     .or(source_expiry)
                     .or_else(|| super::value::jwt_expiry(secret.expose()));
+                let renews_itself = match &spec.source {
+                    crate::config::SourceSpec::OAuth2(o) => !super::oauth2::refresh_failing(o),
+                    crate::config::SourceSpec::Command { refresh, .. } => refresh.is_some(),
+                    _ => false,
+                };
                 Token {
                     index,
+                    renews_itself,
                     spec,
                     fingerprint: secret.fingerprint(),
                     secret: Some(secret),
@@ -306,6 +316,7 @@ impl Token {
             }
             Err(reason) => Token {
                 index,
+                renews_itself: false,
                 expires_at: spec.expires_at,
                 spec,
                 fingerprint: "unavailable".into(),
@@ -336,7 +347,9 @@ impl Token {
             Some(exp) if exp <= now => TokenState::Expired,
             _ if self.evidence.cooling(now) => TokenState::RateLimited,
             _ if self.evidence.is_suspect() => TokenState::Suspect,
-            Some(exp) if exp <= now + self.expires_warning => TokenState::Expiring,
+            Some(exp) if !self.renews_itself && exp <= now + self.expires_warning => {
+                TokenState::Expiring
+            }
             _ => TokenState::Active,
         }
     }

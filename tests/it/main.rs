@@ -14,6 +14,7 @@ mod dns;
 mod drain;
 mod fleet;
 mod hostile;
+mod idp;
 mod inject;
 mod lifecycle;
 mod nginx;
