@@ -169,6 +169,16 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Decides, from the upstream's response header, whether it may become a
+/// Whether a response is a Server-Sent Events stream (`text/event-stream`).
+pub fn is_event_stream(h: &http::HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .split(|&b| b == b';')
+            .next()
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"text/event-stream"))
+    })
+}
+
 /// last-good copy. Returns the metadata to keep when it may.
 pub fn storable_meta(
     resp: &ResponseHeader,
@@ -184,6 +194,11 @@ pub fn storable_meta(
     }
     // A response that sets a cookie is someone's, not everyone's.
     if h.contains_key(http::header::SET_COOKIE) {
+        return None;
+    }
+    // An event stream is a moment, not a resource: replaying its old
+    // events as a copy would tell the client they happened again.
+    if is_event_stream(h) {
         return None;
     }
     if h.get_all(http::header::VARY).iter().any(|v| {

@@ -77,6 +77,8 @@ pub struct UpstreamConfig {
     /// Lower-case `Upgrade` protocols a client may switch to; without
     /// one listed, `Upgrade` is not forwarded and a 101 is answered 502.
     pub upgrade: Vec<String>,
+    /// Every answer is a stream (see `proxy`'s stream handling).
+    pub stream: bool,
 }
 
 /// `url` taken apart: graceway forwards the request path unchanged, so the

@@ -106,6 +106,9 @@ pub struct FileUpstream {
     /// Protocols a client may switch to (`Upgrade`), e.g. `[websocket]`;
     /// none by default.
     pub upgrade: Option<Vec<String>>,
+    /// Every answer of this upstream is a stream (`timeouts.stream_idle`,
+    /// never stored, never charged to the breaker after its header).
+    pub stream: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

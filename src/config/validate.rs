@@ -689,6 +689,7 @@ fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamConfig {
         dns_refresh,
         methods,
         upgrade,
+        stream: u.stream.unwrap_or(false),
         name,
         url,
         route,

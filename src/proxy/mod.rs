@@ -105,6 +105,12 @@ pub struct RequestCtx {
     /// The client asked for an upgrade the upstream allows (`upgrade`): a
     /// 101 becomes a tunnel with `timeouts.stream_idle`.
     upgrade: bool,
+    /// A stream: announced by the request (`Accept: text/event-stream`, an
+    /// allowed upgrade, an upstream with `stream: true`; its reads wait
+    /// `timeouts.stream_idle`) or found in the answer
+    /// (`text/event-stream`). Never stored; once its header has arrived,
+    /// its end, pause or cut is never charged to the upstream.
+    stream: bool,
     /// Request body bytes received so far (for `max_request_body_bytes`).
     body_bytes: u64,
     /// Counts this request as in flight until the context is dropped (a
@@ -717,6 +723,7 @@ impl ProxyHttp for Proxy {
         let up = gen.upstreams[index].clone();
         ctx.gen = Some(gen);
         self.plan_upgrade(session, ctx, &up)?;
+        ctx.stream = ctx.upgrade || up.config.stream || asks_for_events(session.req_header());
         let probed = up.probe().is_some();
 
         // Upstream known down: answer at once. Without a probe, one request
@@ -752,7 +759,7 @@ impl ProxyHttp for Proxy {
             .upstream()
             .ok_or_else(|| Error::new(ErrorType::InternalError))?;
         let mut peer = Box::new(HttpPeer::clone(&up.peer.load()));
-        if ctx.upgrade {
+        if ctx.stream {
             peer.options.read_timeout = Some(up.config.timeouts.stream_idle);
         }
         Ok(peer)
@@ -855,10 +862,13 @@ impl ProxyHttp for Proxy {
         if status < 400 {
             up.status.mark_healthy();
         }
+        if stored::is_event_stream(&resp.headers) {
+            ctx.stream = true;
+        }
         if up.config.stale.scrub_bodies && !up.reflections.is_empty() {
             ctx.scrub = Some(Box::new(up.reflections.body_scrubber()));
         }
-        if ctx.storable_request && status == 200 {
+        if ctx.storable_request && status == 200 && !ctx.stream {
             self.start_capture(session.req_header(), ctx, up, resp);
         }
         Ok(())
@@ -949,6 +959,9 @@ impl ProxyHttp for Proxy {
         if let Some(fault) = client_fault(session, e) {
             return self.client_failed(session, ctx, fault).await;
         }
+        if ctx.stream && ctx.upstream_status != 0 {
+            return self.stream_ended(session, ctx, e);
+        }
         let reason = decide::failure_reason(e.etype(), e.esource(), ctx.failover_pending);
         if let (Some(reason), Some(gen)) = (reason, ctx.gen.clone()) {
             let up = &gen.upstreams[ctx.upstream];
@@ -1021,6 +1034,9 @@ impl ProxyHttp for Proxy {
             log::debug!("client request ended ({reason}): {error}");
             return true;
         }
+        if ctx.stream && ctx.upstream_status != 0 {
+            return true;
+        }
         matches!(ctx.outcome, Outcome::Stale(_) | Outcome::Error(Some(_)))
     }
 
@@ -1036,7 +1052,7 @@ impl ProxyHttp for Proxy {
         };
         let m = &up.status.metrics;
         match ctx.outcome {
-            Outcome::Fresh if e.is_none() => {
+            Outcome::Fresh if e.is_none() || ctx.stream => {
                 m.ok.inc();
                 if ctx.upstream_status < 400 {
                     up.status.record_success(unix_now());
@@ -1047,6 +1063,15 @@ impl ProxyHttp for Proxy {
             _ => m.error.inc(),
         }
     }
+}
+
+/// Whether the client asks for Server-Sent Events (`Accept:
+/// text/event-stream`): its answer will pause between events.
+fn asks_for_events(req: &RequestHeader) -> bool {
+    req.headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .any(|v| memchr::memmem::find(v.as_bytes(), b"text/event-stream").is_some())
 }
 
 /// An upstream failure's bookkeeping: a failed connect re-resolves the
@@ -1263,6 +1288,22 @@ impl Proxy {
         }
     }
 
+    /// A stream whose header had arrived ended with an error: it paused
+    /// past `timeouts.stream_idle` (or `timeouts.read` when nothing
+    /// announced it), or either side cut it. That is how streams end, not
+    /// an upstream failure: nothing is charged to the health breaker, the
+    /// token or the degradation state.
+    fn stream_ended(&self, session: &mut Session, ctx: &mut RequestCtx, e: &Error) -> FailToProxy {
+        log::debug!("stream ended after its header: {e}");
+        // Counted as the fresh answer it was (`logging`).
+        ctx.outcome = Outcome::Fresh;
+        session.set_keepalive(None);
+        FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        }
+    }
+
     /// A request still in flight at the drain deadline: 503, `Retry-After:
     /// 1`, `Connection: close` (the client retries elsewhere), nothing
     /// charged to the upstream.
@@ -1297,7 +1338,7 @@ impl Proxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let up = ctx.upstream();
         let (outcome, reason) = match ctx.outcome {
-            Outcome::Fresh if e.is_none() => ("ok", "-"),
+            Outcome::Fresh if e.is_none() || ctx.stream => ("ok", "-"),
             Outcome::Stale(r) => ("stale", r.as_str()),
             Outcome::Error(Some(r)) => ("error", r.as_str()),
             Outcome::Client(r) => ("client", r),

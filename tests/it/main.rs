@@ -27,6 +27,7 @@ mod reload;
 mod secrets;
 mod signals;
 mod stale;
+mod streams;
 mod systemd;
 mod tls;
 mod upgrade;
