@@ -125,6 +125,11 @@ pub struct Credentials {
     pub probe: Option<ProbeSpec>,
     pub preflight: bool,
     pub failover_on: FailoverOn,
+    /// A `suspect` token refused this many times in a row (a 401/403
+    /// without an error code, no success anywhere in between, within the
+    /// suspicion window) is rejected: the next token takes over, or the
+    /// auth breaker opens.
+    pub suspect_after: u32,
 }
 
 /// `credentials.failover_on`: which refusals move a request to the next

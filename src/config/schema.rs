@@ -183,6 +183,9 @@ pub struct FileCredentials {
     pub preflight: Option<bool>,
     /// Statuses that move a request to the next token: 401, 403, 429.
     pub failover_on: Option<Vec<Human>>,
+    /// Bare 401/403s in a row (no success between) that make a suspect
+    /// token rejected.
+    pub suspect_after: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]

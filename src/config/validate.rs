@@ -912,8 +912,17 @@ fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Credentials {
         );
     }
 
+    let suspect_after = match cr.suspect_after {
+        None => 3,
+        Some(0) => {
+            c.err(format!("{at}.suspect_after"), "must be at least 1");
+            3
+        }
+        Some(n) => n,
+    };
     Credentials {
         failover_on,
+        suspect_after,
         inject,
         tokens,
         expires_warning: c.duration(

@@ -32,15 +32,23 @@ pub(crate) fn retry_with_next_token(
 /// Whether a 401/403 marks the token rejected now. `invalid_token` does;
 /// a refusal without an error code only makes the token suspect, unless
 /// there is no probe to decide and another path was refused within the
-/// window.
+/// window, or it is the `suspect_after`-th refusal in a row (no success
+/// anywhere in between): most vendors answer a revoked key with a bare 401,
+/// and without this a single-path client (an LLM API's one POST path)
+/// would send every request to the dead key first.
 pub(crate) fn rejection_confirmed(
     verdict: Verdict,
     suspicion: Option<Suspicion>,
+    refusals_in_a_row: u32,
+    suspect_after: u32,
     has_probe: bool,
 ) -> bool {
     match verdict {
         Verdict::Rejected => true,
-        Verdict::Suspect => !has_probe && suspicion == Some(Suspicion::OtherPath),
+        Verdict::Suspect => {
+            (!has_probe && suspicion == Some(Suspicion::OtherPath))
+                || refusals_in_a_row >= suspect_after
+        }
         Verdict::NotAboutToken | Verdict::QuotaExhausted => false,
     }
 }
@@ -130,26 +138,23 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_without_error_code_is_confirmed_only_on_another_path_without_a_probe() {
-        assert!(rejection_confirmed(Verdict::Rejected, None, true));
-        assert!(rejection_confirmed(Verdict::Rejected, None, false));
+    fn a_refusal_without_error_code_is_confirmed_on_another_path_or_by_its_streak() {
+        let c = |v, s, n, probe| rejection_confirmed(v, s, n, 3, probe);
+        assert!(c(Verdict::Rejected, None, 0, true));
+        assert!(c(Verdict::Rejected, None, 0, false));
         for s in [Suspicion::First, Suspicion::SamePath] {
-            assert!(!rejection_confirmed(Verdict::Suspect, Some(s), false));
-            assert!(!rejection_confirmed(Verdict::Suspect, Some(s), true));
+            assert!(!c(Verdict::Suspect, Some(s), 1, false));
+            assert!(!c(Verdict::Suspect, Some(s), 2, true));
         }
-        assert!(rejection_confirmed(
-            Verdict::Suspect,
-            Some(Suspicion::OtherPath),
-            false
-        ));
-        // With a probe, the probe decides, even on another path.
-        assert!(!rejection_confirmed(
-            Verdict::Suspect,
-            Some(Suspicion::OtherPath),
-            true
-        ));
-        assert!(!rejection_confirmed(Verdict::NotAboutToken, None, false));
-        assert!(!rejection_confirmed(Verdict::QuotaExhausted, None, false));
+        assert!(c(Verdict::Suspect, Some(Suspicion::OtherPath), 2, false));
+        // With a probe, the probe decides another path...
+        assert!(!c(Verdict::Suspect, Some(Suspicion::OtherPath), 2, true));
+        // ...but the third refusal in a row confirms, probe or not, on one
+        // path (an LLM API's one POST path).
+        assert!(c(Verdict::Suspect, Some(Suspicion::SamePath), 3, false));
+        assert!(c(Verdict::Suspect, Some(Suspicion::SamePath), 3, true));
+        assert!(!c(Verdict::NotAboutToken, None, 9, false));
+        assert!(!c(Verdict::QuotaExhausted, None, 9, false));
     }
 
     #[test]

@@ -270,8 +270,18 @@ impl Proxy {
             Verdict::Rejected => None,
             _ => Some(t.evidence.suspect(path_hash(path), unix_now())),
         };
-        let confirmed =
-            decide::rejection_confirmed(judged.verdict, suspicion, up.probe().is_some());
+        let suspect_after = up
+            .config
+            .credentials
+            .as_ref()
+            .map_or(3, |c| c.suspect_after);
+        let confirmed = decide::rejection_confirmed(
+            judged.verdict,
+            suspicion,
+            t.evidence.suspect_refusals(),
+            suspect_after,
+            up.probe().is_some(),
+        );
         let said = detail.as_deref().unwrap_or("no error code");
         let next = up.tokens.pick(ctx.tried, SystemTime::now());
         let failover = next

@@ -109,6 +109,10 @@ pub struct Evidence {
     /// A hash of the path that met it: a rejection on another path
     /// confirms (when no probe is configured).
     suspect_path: AtomicU64,
+    /// Unconfirmed refusals in a row since the suspicion began (any answer
+    /// below 400 ends the suspicion): `credentials.suspect_after` of them
+    /// confirm it.
+    suspect_refusals: std::sync::atomic::AtomicU32,
     /// The vendor's `error (error_description)` of the last rejection.
     detail: ArcSwapOption<String>,
     /// From rate-limit headers; -1 = not stated.
@@ -131,6 +135,7 @@ impl Default for Evidence {
         Evidence {
             suspect_since: AtomicU64::new(0),
             suspect_path: AtomicU64::new(0),
+            suspect_refusals: std::sync::atomic::AtomicU32::new(0),
             detail: ArcSwapOption::empty(),
             quota_remaining: AtomicI64::new(-1),
             quota_limit: AtomicI64::new(-1),
@@ -190,14 +195,21 @@ impl Evidence {
         self.suspect_since.load(Ordering::Relaxed)
     }
 
+    /// Refusals in a row of the current suspicion (0 when not suspect).
+    pub fn suspect_refusals(&self) -> u32 {
+        self.suspect_refusals.load(Ordering::Relaxed)
+    }
+
     /// Records an unconfirmed 401/403 on the path with `path_hash`.
     pub fn suspect(&self, path_hash: u64, now: u64) -> Suspicion {
         let since = self.suspect_since.load(Ordering::Relaxed);
         if since == 0 || now.saturating_sub(since) > SUSPECT_WINDOW_SECS {
             self.suspect_path.store(path_hash, Ordering::Relaxed);
             self.suspect_since.store(now.max(1), Ordering::Relaxed);
+            self.suspect_refusals.store(1, Ordering::Relaxed);
             return Suspicion::First;
         }
+        self.suspect_refusals.fetch_add(1, Ordering::Relaxed);
         if self.suspect_path.load(Ordering::Relaxed) == path_hash {
             Suspicion::SamePath
         } else {
@@ -208,6 +220,7 @@ impl Evidence {
     /// Clears a suspicion (an answer below 400, or a probe, showed the
     /// token works); true when it was set.
     pub fn clear_suspect(&self) -> bool {
+        self.suspect_refusals.store(0, Ordering::Relaxed);
         self.suspect_since.swap(0, Ordering::Relaxed) != 0
     }
 

@@ -3,6 +3,7 @@
 //! the OAuth2 client-credentials source.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -605,4 +606,85 @@ async fn a_refused_oauth2_token_is_replaced_at_once() {
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("x-graceway-degraded").is_none());
     assert_eq!(up.requests().last().unwrap().bearer(), Some("oa-2"));
+}
+
+/// A vendor that answers a revoked key the way most do: a bare 401 and a
+/// JSON message, no `WWW-Authenticate: Bearer error="invalid_token"`.
+fn bare_401_vendor(accepted: &[&str]) -> MockUpstream {
+    let accepted: HashSet<String> = accepted.iter().map(|s| s.to_string()).collect();
+    MockUpstream::start(move |r| {
+        if r.bearer().is_some_and(|b| accepted.contains(b)) {
+            MockReply::ok(r#"{"choices":[]}"#)
+        } else {
+            MockReply::status(401, r#"{"message":"Bad credentials"}"#)
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_with_a_bare_401_on_one_post_path_stops_being_sent() {
+    let up = bare_401_vendor(&["tok-standby"]);
+    let g = start_two(&up, "");
+    let c = client();
+    for i in 0..200 {
+        let r = c
+            .post(g.url("/v1/chat/completions"))
+            .body(format!(r#"{{"n":{i}}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert!(r.headers().get("x-graceway-degraded").is_none());
+    }
+    // The primary is refused three times in a row (suspect_after), each
+    // retried with the standby; then the standby carries every request.
+    let calls = api_requests(&up).len();
+    assert_eq!(calls, 203, "vendor calls for 200 requests");
+    let to_primary = api_requests(&up)
+        .iter()
+        .filter(|r| r.bearer() == Some("tok-primary"))
+        .count();
+    assert_eq!(to_primary, 3);
+    let st = g.status().await;
+    assert_eq!(
+        st["upstreams"][0]["tokens"][0]["state"], "rejected",
+        "{st:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_standby_a_bare_401_streak_opens_the_auth_breaker() {
+    let accept = Arc::new(AtomicBool::new(true));
+    let a = accept.clone();
+    let up = MockUpstream::start(move |r| {
+        if a.load(Ordering::Relaxed) && r.bearer() == Some("tok-only") {
+            MockReply::ok(r#"{"ok":true}"#)
+        } else {
+            MockReply::status(401, r#"{"message":"Bad credentials"}"#)
+        }
+    });
+    let dir = TestDir::new();
+    dir.write("only", "tok-only\n");
+    let g = Graceway::start_in(
+        dir,
+        &config(up.port, "        - { file: \"{dir}/only\" }", ""),
+    );
+    let c = client();
+    assert_eq!(c.get(g.url("/v1/one")).send().await.unwrap().status(), 200);
+    accept.store(false, Ordering::Relaxed);
+    let before = up.request_count();
+    for _ in 0..50 {
+        let r = c.get(g.url("/v1/one")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-graceway-degraded"], "token-rejected");
+    }
+    // Three refusals, then the breaker answers from the copy (at most a
+    // trial per breaker window besides).
+    let sent = up.request_count() - before;
+    assert!(sent <= 5, "{sent} vendor calls for 50 requests");
+    let st = g.status().await;
+    assert_eq!(
+        st["upstreams"][0]["breakers"]["auth"]["open"], true,
+        "{st:#}"
+    );
 }
