@@ -107,6 +107,10 @@ pub fn variant_key(primary: &str, names: &[HeaderName], req: &RequestHeader) -> 
         h.update(b"\n");
         h.update(n.as_str().as_bytes());
         h.update(b"=");
+        if n == http::header::ACCEPT_ENCODING {
+            h.update(normalized_codings(req).as_bytes());
+            continue;
+        }
         for (i, v) in req.headers.get_all(n).iter().enumerate() {
             if i > 0 {
                 h.update(b",");
@@ -115,6 +119,34 @@ pub fn variant_key(primary: &str, names: &[HeaderName], req: &RequestHeader) -> 
         }
     }
     variant_of(primary, h)
+}
+
+/// `Accept-Encoding` as the set of codings it accepts (RFC 9111 §4.1
+/// allows normalizing before matching `Vary`): order, case, whitespace and
+/// weights ignored, `q=0` codings left out. `gzip, deflate` and
+/// `deflate,gzip;q=0.8` select the same copy.
+fn normalized_codings(req: &RequestHeader) -> String {
+    let mut codings: Vec<String> = req
+        .headers
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|part| {
+            let mut it = part.split(';');
+            let name = it.next()?.trim().to_ascii_lowercase();
+            let refused = it.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (!name.is_empty() && !refused).then_some(name)
+        })
+        .collect();
+    codings.sort();
+    codings.dedup();
+    codings.join(",")
 }
 
 fn variant_of(primary: &str, h: Sha256) -> String {
@@ -490,6 +522,14 @@ mod tests {
         let b = variant_key(&k, &names, &req("/", &[("accept-language", "fr")]));
         assert!(a.starts_with(&format!("{k}\n")) && !a.contains("de"));
         assert_ne!(a, b);
+        // Accept-Encoding: the set of codings, however written.
+        let ae = [http::header::ACCEPT_ENCODING];
+        let v = |s: &str| variant_key(&k, &ae, &req("/", &[("accept-encoding", s)]));
+        assert_eq!(v("gzip, deflate"), v("deflate,gzip"));
+        assert_eq!(v("gzip, deflate"), v("Deflate;q=0.8 , GZIP"));
+        assert_eq!(v("gzip, deflate"), v("gzip, deflate, br;q=0"));
+        assert_ne!(v("gzip, deflate"), v("gzip"));
+        assert_ne!(v("gzip"), v("br"));
     }
 
     #[test]

@@ -113,8 +113,23 @@ impl Recorded {
             h.append_header(k.clone(), v.clone())?;
         }
         h.insert_header(http::header::CONTENT_LENGTH, self.body.len())?;
-        h.insert_header(http::header::AGE, self.age(now).as_secs())?;
+        h.insert_header(http::header::AGE, self.served_age(now).as_secs())?;
         Ok(h)
+    }
+
+    /// The `Age` a served copy says (RFC 9111 §4.2.3): the time since the
+    /// origin's `Date` when the copy has one (the origin's answer may have
+    /// been older than our store), else since it was stored. Pingora 0.9
+    /// writes its own `Date` on every answer, so `Age` is what tells a
+    /// client how old the copy is.
+    pub fn served_age(&self, now: SystemTime) -> Duration {
+        let since_date = self
+            .headers
+            .iter()
+            .find(|(k, _)| k == http::header::DATE)
+            .and_then(|(_, v)| httpdate::parse_http_date(v.to_str().ok()?).ok())
+            .and_then(|d| now.duration_since(d).ok());
+        self.age(now).max(since_date.unwrap_or_default())
     }
 }
 

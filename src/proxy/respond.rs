@@ -154,6 +154,9 @@ pub fn degraded(
         .map_err(|_| Error::explain(ErrorType::InternalError, "Cache-Status value"))?,
     };
     h.insert_header("Cache-Status", cs)?;
+    // A copy answers `Range` with the whole body (200), so it must not
+    // promise ranges (RFC 9110 §14.3).
+    h.remove_header(&http::header::ACCEPT_RANGES);
     h.insert_header(
         "X-Graceway-Degraded",
         HeaderValue::from_static(reason.as_str()),

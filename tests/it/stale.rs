@@ -787,3 +787,48 @@ async fn a_query_credential_is_never_stored_and_keys_hold_no_path() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_matches_accept_encoding_as_a_set_counts_age_from_the_origin_date_and_promises_no_ranges(
+) {
+    let status = Arc::new(AtomicU16::new(200));
+    let s = status.clone();
+    let up = MockUpstream::start(move |_| match s.load(Ordering::SeqCst) {
+        200 => {
+            let date =
+                httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(30));
+            MockReply::ok(r#"{"v":1}"#)
+                .header("Vary", "Accept-Encoding")
+                .header("Accept-Ranges", "bytes")
+                .header("Date", &date)
+        }
+        st => MockReply::status(st, r#"{"error":"down"}"#),
+    });
+    let g = start(up.port, "", "");
+    let c = client();
+    let get_with = |ae: &'static str| {
+        let c = c.clone();
+        let url = g.url("/v1/enc");
+        async move {
+            c.get(url)
+                .header("Accept-Encoding", ae)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(get_with("gzip, deflate").await.status(), 200);
+    status.store(503, Ordering::SeqCst);
+    let r = get_with("deflate,gzip").await;
+    assert_eq!(r.status(), 200, "the same set of codings selects the copy");
+    assert!(r.headers().contains_key("x-graceway-degraded"));
+    let age: u64 = r.headers()["age"].to_str().unwrap().parse().unwrap();
+    assert!(age >= 30, "Age counts from the origin's Date: {age}");
+    assert!(
+        r.headers().get("accept-ranges").is_none(),
+        "{:?}",
+        r.headers()
+    );
+    let r = get_with("br").await;
+    assert_eq!(r.status(), 503, "another coding is another variant");
+}
