@@ -138,7 +138,8 @@ pub struct FileTls {
 #[derive(Debug)]
 pub enum FileCredentialsField {
     None,
-    Tokens(FileCredentials),
+    /// Boxed: the map is large and `none` carries nothing.
+    Tokens(Box<FileCredentials>),
 }
 
 impl<'de> Deserialize<'de> for FileCredentialsField {
@@ -163,7 +164,7 @@ impl<'de> Deserialize<'de> for FileCredentialsField {
                 map: A,
             ) -> Result<Self::Value, A::Error> {
                 FileCredentials::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(FileCredentialsField::Tokens)
+                    .map(|c| FileCredentialsField::Tokens(Box::new(c)))
             }
         }
         d.deserialize_any(V)
