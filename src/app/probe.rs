@@ -35,10 +35,16 @@ pub async fn probe_token(up: &Upstream, token: &Token) -> ProbeResult {
     let Some(spec) = up.probe() else {
         return ProbeResult::Failed(Reason::UpstreamUnreachable);
     };
-    let (Some(target), true) = (&up.inject, token.injected.is_some()) else {
+    probe_path(up, Some(token), &spec.path).await
+}
+
+/// `GET path` with `token` injected (none for an upstream without
+/// credentials), none of a client's headers.
+async fn probe_path(up: &Upstream, token: Option<&Token>, path: &str) -> ProbeResult {
+    if up.inject.is_some() && token.is_none_or(|t| t.injected.is_none()) {
         return ProbeResult::Failed(Reason::UpstreamUnreachable);
-    };
-    let Ok(mut req) = RequestHeader::build("GET", spec.path.as_bytes(), Some(4)) else {
+    }
+    let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), Some(4)) else {
         return ProbeResult::Failed(Reason::UpstreamUnreachable);
     };
     let built = req
@@ -49,7 +55,10 @@ pub async fn probe_token(up: &Upstream, token: &Token) -> ProbeResult {
                 concat!("graceway-probe/", env!("CARGO_PKG_VERSION")),
             )
         })
-        .and_then(|_| target.inject(token, &mut req));
+        .and_then(|_| match (&up.inject, token) {
+            (Some(target), Some(t)) => target.inject(t, &mut req),
+            _ => Ok(()),
+        });
     if built.is_err() {
         return ProbeResult::Failed(Reason::UpstreamUnreachable);
     }
@@ -180,6 +189,79 @@ pub async fn run(
             failures += 1;
         }
     }
+}
+
+/// The background trial of one upstream without a probe, for one
+/// generation: while a breaker is open (copies or 503s are being served),
+/// one request per breaker window replays the most recent path kept as a
+/// last-good copy (a successful GET, without any client's headers), so a
+/// recovery is found without waiting for a client. The auth breaker's
+/// trial carries the next rejected token (cycling, as request trials do);
+/// the health breaker's a usable one. Requests take the same trial slot,
+/// so there is still one trial per window.
+pub async fn trials(
+    live: Arc<dyn Fn() -> Arc<Generation> + Send + Sync>,
+    generation: u64,
+    name: String,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let gen = live();
+        if gen.number != generation {
+            return;
+        }
+        let Some(up) = gen.upstream_named(&name).cloned() else {
+            return;
+        };
+        drop(gen);
+        let Some(path) = up.status.last_good_path() else {
+            continue;
+        };
+        let now = SystemTime::now();
+        if up.status.health.is_open() && up.status.health.try_trial() {
+            let token = up.tokens.pick(0, now);
+            match probe_path(&up, token, &path).await {
+                ProbeResult::Failed(reason) => up.status.health_failure(reason),
+                ProbeResult::Accepted(status) | ProbeResult::Rejected(status) => {
+                    log::info!(
+                        "upstream {}: background trial GET {} answered {status}",
+                        up.config.name,
+                        crate::app::probe::shown_path(&path)
+                    );
+                    up.status.health_success();
+                }
+            }
+        } else if up.auth.is_open() && up.auth.try_trial() {
+            let n = up
+                .auth_trials
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(t) = up.tokens.trial_token(n, now) else {
+                continue;
+            };
+            match probe_path(&up, Some(t), &path).await {
+                ProbeResult::Accepted(status) => {
+                    if t.clear_rejected() {
+                        log::info!(
+                            "upstream {}: background trial: token {} ({}) accepted again ({status}); auth breaker closed",
+                            up.config.name,
+                            t.index,
+                            t.fingerprint
+                        );
+                    }
+                    up.auth.success();
+                    up.status.health_success();
+                }
+                ProbeResult::Rejected(_) => up.status.health_success(),
+                ProbeResult::Failed(reason) => up.status.health_failure(reason),
+            }
+        }
+    }
+}
+
+/// A path for a log line: without its query (which may name things the
+/// operator did not choose to log).
+pub fn shown_path(path: &str) -> &str {
+    path.split('?').next().unwrap_or(path)
 }
 
 /// Reload preflight: tries every token of `new` whose value the running

@@ -319,7 +319,15 @@ impl RefreshClock {
     }
 }
 
-/// One probe task per upstream with a `probe`, for the generation in force.
+/// A probe loop or a trial loop, as one task type.
+fn futures_boxed(
+    f: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(f)
+}
+
+/// One task per upstream for the generation in force: its probe loop
+/// when it has a `probe`, else its background trial loop.
 #[derive(Default)]
 struct ProbeSupervisor {
     generation: u64,
@@ -336,14 +344,14 @@ impl ProbeSupervisor {
         self.stop();
         self.generation = gen.number;
         for u in &gen.upstreams {
-            if u.probe().is_some() {
-                let app = app.clone();
-                self.tasks.push(tokio::spawn(crate::app::probe::run(
-                    Arc::new(move || app.live.load_full()),
-                    gen.number,
-                    u.config.name.clone(),
-                )));
-            }
+            let app = app.clone();
+            let live = Arc::new(move || app.live.load_full());
+            let name = u.config.name.clone();
+            self.tasks.push(tokio::spawn(if u.probe().is_some() {
+                futures_boxed(crate::app::probe::run(live, gen.number, name))
+            } else {
+                futures_boxed(crate::app::probe::trials(live, gen.number, name))
+            }));
         }
         true
     }

@@ -149,6 +149,10 @@ pub struct UpstreamStatus {
     /// is logged once a second with a count, not once per flip.
     breaker_logged_at: AtomicU64,
     breaker_unlogged: AtomicU64,
+    /// Path and query of the newest answer kept as a last-good copy: what
+    /// the background trial replays while a breaker is open and no probe
+    /// is configured (memory only, never persisted).
+    last_good_path: arc_swap::ArcSwapOption<String>,
 }
 
 /// Health-breaker changes are logged at most this often.
@@ -186,7 +190,18 @@ impl UpstreamStatus {
             health: Breaker::new(5, Duration::from_secs(1), Duration::from_secs(30)),
             breaker_logged_at: AtomicU64::new(0),
             breaker_unlogged: AtomicU64::new(0),
+            last_good_path: arc_swap::ArcSwapOption::empty(),
         }
+    }
+
+    /// Remembers the path of a copy just kept (see `last_good_path`).
+    pub fn set_last_good_path(&self, path: String) {
+        self.last_good_path.store(Some(Arc::new(path)));
+    }
+
+    /// The newest kept path, for the background trial.
+    pub fn last_good_path(&self) -> Option<Arc<String>> {
+        self.last_good_path.load_full()
     }
 
     /// Whether a breaker change may be logged now; `Some(n)`: yes, and `n`

@@ -55,6 +55,8 @@ pub struct Proxy {
 /// A body being captured for the last-good cache.
 struct Capture {
     primary: String,
+    /// Path and query, for the background trial (`last_good_path`).
+    path: String,
     variant: Option<(Arc<[HeaderName]>, String)>,
     headers: Vec<(HeaderName, HeaderValue)>,
     cc: CacheControl,
@@ -441,6 +443,11 @@ impl Proxy {
         });
         let capture = Capture {
             primary,
+            path: req
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
             variant,
             headers,
             cc,
@@ -1440,6 +1447,7 @@ impl Proxy {
             }
         }
         self.cache().insert(&cap.primary, cap.variant, copy, true);
+        up.status.set_last_good_path(cap.path);
     }
 }
 

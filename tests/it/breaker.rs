@@ -413,3 +413,69 @@ async fn a_flapping_upstream_is_logged_once_a_second_not_once_per_flip() {
         "{lines} breaker lines in {secs} s:\n{logs}"
     );
 }
+
+/// A vendor whose answers the test switches: 200, 503, or a revoked token.
+fn switchable_vendor() -> (MockUpstream, Arc<AtomicU8>) {
+    // 0: fine, 1: 503, 2: the token is revoked (invalid_token).
+    let mode = Arc::new(AtomicU8::new(0));
+    let m = mode.clone();
+    let up = MockUpstream::start(move |_| match m.load(Ordering::SeqCst) {
+        0 => MockReply::ok(r#"{"fine":true}"#),
+        1 => MockReply::status(503, r#"{"error":"down"}"#),
+        _ => MockReply::revoked(401, r#"{"error":"invalid_token"}"#),
+    });
+    (up, mode)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_client_and_no_probe_a_background_trial_finds_the_recovery() {
+    for (broken, breaker) in [(1u8, "health"), (2u8, "auth")] {
+        let (up, mode) = switchable_vendor();
+        let g = Graceway::start_with_token(
+            "tok-trial\n",
+            &EmojiConfig::new(up.port)
+                .health("{ open_after: 2, retry_after: 1s, max_retry_after: 2s }")
+                .build(),
+        );
+        let c = client();
+        assert_eq!(
+            c.get(g.url("/v1/a?page=1")).send().await.unwrap().status(),
+            200
+        );
+        mode.store(broken, Ordering::SeqCst);
+        for _ in 0..3 {
+            let r = c.get(g.url("/v1/a?page=1")).send().await.unwrap();
+            assert!(r.headers().contains_key("x-graceway-degraded"), "{breaker}");
+        }
+        let st = g.status().await;
+        assert_eq!(
+            st["upstreams"][0]["breakers"][breaker]["open"], true,
+            "{st:#}"
+        );
+        // The vendor recovers; no client asks anything.
+        let asked = up.request_count();
+        mode.store(0, Ordering::SeqCst);
+        wait_for_async(
+            "a background trial to close the breaker",
+            Duration::from_secs(6),
+            || async {
+                let st = g.status().await;
+                (st["upstreams"][0]["breakers"][breaker]["open"] == false).then_some(())
+            },
+        )
+        .await;
+        let trial = &up.requests()[asked..];
+        assert!(!trial.is_empty(), "{breaker}: no trial was sent");
+        assert_eq!(
+            trial[0].target, "/v1/a?page=1",
+            "the last kept path, replayed"
+        );
+        assert_eq!(trial[0].bearer(), Some("tok-trial"));
+        // The next client gets a fresh answer at once.
+        let r = c.get(g.url("/v1/a?page=1")).send().await.unwrap();
+        assert!(
+            r.headers().get("x-graceway-degraded").is_none(),
+            "{breaker}"
+        );
+    }
+}
