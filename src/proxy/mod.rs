@@ -973,11 +973,12 @@ impl ProxyHttp for Proxy {
         if crate::app::lifecycle::cutting() {
             return self.cut_at_shutdown(session, ctx).await;
         }
+        // Either side's pause or cut ends a stream whose header arrived.
+        if ctx.stream && ctx.upstream_status != 0 {
+            return self.stream_ended(session, ctx, e).await;
+        }
         if let Some(fault) = client_fault(session, e) {
             return self.client_failed(session, ctx, fault).await;
-        }
-        if ctx.stream && ctx.upstream_status != 0 {
-            return self.stream_ended(session, ctx, e);
         }
         let reason = decide::failure_reason(e.etype(), e.esource(), ctx.failover_pending);
         if let (Some(reason), Some(gen)) = (reason, ctx.gen.clone()) {
@@ -1310,11 +1311,33 @@ impl Proxy {
     /// announced it), or either side cut it. That is how streams end, not
     /// an upstream failure: nothing is charged to the health breaker, the
     /// token or the degradation state.
-    fn stream_ended(&self, session: &mut Session, ctx: &mut RequestCtx, e: &Error) -> FailToProxy {
+    /// A WebSocket tunnel that idled out is closed cleanly: the client
+    /// gets a close frame (1001, going away) before the connection ends.
+    async fn stream_ended(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        e: &Error,
+    ) -> FailToProxy {
         log::debug!("stream ended after its header: {e}");
         // Counted as the fresh answer it was (`logging`).
         ctx.outcome = Outcome::Fresh;
         session.set_keepalive(None);
+        let idled = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
+        if ctx.upgrade && ctx.upstream_status == 101 && idled {
+            // RFC 6455 §5.5.1: FIN + close opcode, unmasked (server to
+            // client), a 2-byte payload: status 1001.
+            const CLOSE_GOING_AWAY: &[u8] = &[0x88, 0x02, 0x03, 0xE9];
+            if let Err(e) = session
+                .write_response_body(Some(Bytes::from_static(CLOSE_GOING_AWAY)), true)
+                .await
+            {
+                log::debug!("writing the WebSocket close frame failed: {e}");
+            }
+        }
         FailToProxy {
             error_code: 0,
             can_reuse_downstream: false,

@@ -137,20 +137,33 @@ fn a_listed_upgrade_tunnels_is_counted_and_idles_out() {
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"ping-frame");
-    // Idle for longer than stream_idle: the tunnel is closed.
+    // Idle for longer than stream_idle: the tunnel is closed, cleanly: a
+    // WebSocket close frame (1001, going away), then the end.
     let t = Instant::now();
     let mut closed = false;
+    let mut tail = Vec::new();
     while t.elapsed() < Duration::from_secs(5) {
         match s.read(&mut buf) {
-            Ok(0) | Err(_) if t.elapsed() > Duration::from_millis(500) => {
+            Ok(0) => {
                 closed = true;
                 break;
             }
-            _ => {}
+            Ok(n) => tail.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
         }
     }
     assert!(closed, "the idle tunnel stayed open");
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert_eq!(
+        tail,
+        [0x88, 0x02, 0x03, 0xE9],
+        "a close frame, 1001: {}",
+        g.logs()
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let m = rt.block_on(g.metrics());
     let series = "graceway_upgrades_total{result=\"tunnelled\",upstream=\"emoji\"}";
