@@ -395,7 +395,6 @@ fn status_for(
         .clone()
 }
 
-/// A one-line summary of what a reload changed, by fingerprint.
 /// Logs at WARN what a reload takes away from an upstream: the upstream
 /// itself, or its credentials (a file cut short or a bad template render
 /// would otherwise change what is sent without a word).
@@ -425,6 +424,7 @@ fn warn_risky_changes(old: &Generation, new: &Generation) {
     }
 }
 
+/// A one-line summary of what a reload changed, by fingerprint.
 fn describe_changes(old: &Generation, new: &Generation) -> String {
     let mut parts = Vec::new();
     if old.loaded.file_hash != new.loaded.file_hash {

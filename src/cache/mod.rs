@@ -2,7 +2,7 @@
 //! `Vary`'d request headers, kept to answer when the upstream turns the
 //! token away or fails.
 //!
-//! Two tiers:
+//! Three tiers, all behind this module:
 //! - memory ([`Cache`]): a moka cache weighted by the memory a copy holds
 //!   (key, headers, the body's allocation size class and a measured
 //!   per-entry overhead, see [`Cache::weigh`]). graceway keeps its own
@@ -22,6 +22,13 @@
 //! - persist ([`persist`]): an embedded redb file that mirrors the memory
 //!   tier off the request path and refills it at start, so a graceway
 //!   restarted in the middle of an outage still has copies to serve.
+//! - fleet ([`fleet`], optional): Redis or Redis Cluster, shared by every
+//!   replica; written off the request path, read on a local miss when a
+//!   degraded answer is needed (bounded by `cache.redis.timeout`).
+//!
+//! The memory tier writes the persist tier itself; the fleet tier is still
+//! written and read by the proxy (`proxy::keep`, `fill_from_fleet`): giving
+//! this module sole ownership of all three is issue #23's next step.
 
 pub mod fleet;
 pub mod persist;

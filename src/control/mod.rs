@@ -204,10 +204,6 @@ impl TokenWatcher {
     }
 }
 
-/// When sources are due to be read again: a `command` with `refresh` at
-/// that interval, an `oauth2` source at its refresh point, and any
-/// `command` or `oauth2` source that failed (its token `unavailable`)
-/// with backoff, 2 s doubling to 5 min.
 /// Looks each upstream's host up again every `dns_refresh`, and at once
 /// after a failed connect, so that an API that moves its address needs no
 /// reload. A changed address is swapped into the upstream's peer (new
@@ -276,6 +272,10 @@ impl Resolver {
     }
 }
 
+/// When sources are due to be read again: a `command` with `refresh` at
+/// that interval, an `oauth2` source at its refresh point, and any
+/// `command` or `oauth2` source that failed (its token `unavailable`)
+/// with backoff, 2 s doubling to 5 min.
 #[derive(Default)]
 struct RefreshClock {
     /// (upstream name, token index) -> (last attempt, consecutive failures).

@@ -468,7 +468,6 @@ impl Proxy {
         }
     }
 
-    /// Records a degraded answer in metrics and the upstream's state.
     /// Admission (Host, framing, sizes, target), routing and the
     /// upstream's method list. `None` when the request was refused (and
     /// answered); otherwise the upstream's index, with the normalized
