@@ -449,38 +449,6 @@ pub fn client_rejected(reason: &'static str) {
         .inc();
 }
 
-/// Copies the listener figures into their series (called at scrape time).
-pub fn refresh_listener_metrics() {
-    use std::sync::atomic::Ordering::Relaxed;
-    let m = metrics();
-    for (name, f) in [
-        ("proxy", &crate::net::listener::PROXY),
-        ("admin", &crate::net::listener::ADMIN),
-    ] {
-        m.client_connections
-            .with_label_values(&[name])
-            .set(f.open.load(Relaxed) as i64);
-        m.client_connections_max
-            .with_label_values(&[name])
-            .set(f.cap.load(Relaxed) as i64);
-        let refused = m
-            .client_connections_refused_total
-            .with_label_values(&[name]);
-        let total = f.refused.load(Relaxed);
-        refused.inc_by(total.saturating_sub(refused.get()));
-        let evicted = m
-            .client_connections_evicted_total
-            .with_label_values(&[name]);
-        evicted.inc_by(f.evicted.load(Relaxed).saturating_sub(evicted.get()));
-        if name == "proxy" {
-            let c = m
-                .client_rejections_total
-                .with_label_values(&["header-timeout"]);
-            c.inc_by(f.header_timeouts.load(Relaxed).saturating_sub(c.get()));
-        }
-    }
-}
-
 /// One upstream's metric handles, resolved once.
 pub struct UpstreamMetrics {
     pub ok: IntCounter,

@@ -444,6 +444,36 @@ impl Peek for GuardedStream {
     }
 }
 
+/// Copies the listener figures into their series (called at scrape
+/// time). Here rather than in `metrics`, which sits below `net`.
+pub fn refresh_metrics() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = crate::metrics::metrics();
+    for (name, f) in [("proxy", &PROXY), ("admin", &ADMIN)] {
+        m.client_connections
+            .with_label_values(&[name])
+            .set(f.open.load(Relaxed) as i64);
+        m.client_connections_max
+            .with_label_values(&[name])
+            .set(f.cap.load(Relaxed) as i64);
+        let refused = m
+            .client_connections_refused_total
+            .with_label_values(&[name]);
+        let total = f.refused.load(Relaxed);
+        refused.inc_by(total.saturating_sub(refused.get()));
+        let evicted = m
+            .client_connections_evicted_total
+            .with_label_values(&[name]);
+        evicted.inc_by(f.evicted.load(Relaxed).saturating_sub(evicted.get()));
+        if name == "proxy" {
+            let c = m
+                .client_rejections_total
+                .with_label_values(&["header-timeout"]);
+            c.inc_by(f.header_timeouts.load(Relaxed).saturating_sub(c.get()));
+        }
+    }
+}
+
 /// Raises the soft descriptor limit to the hard one and returns both
 /// (soft, hard) as in force afterwards.
 pub fn raise_nofile_limit() -> (u64, u64) {

@@ -188,3 +188,102 @@ fn the_cycle_finder_finds_a_circle() {
     );
     assert_eq!(cycle_through("d", &g), None);
 }
+
+/// The layers of the README's Design table, bottom first: each row's
+/// modules (`clock.rs` -> `clock`, `config/` -> `config`).
+fn readme_layers() -> Vec<Vec<String>> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let design = &readme[readme.find("## Design").expect("a Design section")..];
+    design
+        .lines()
+        .skip_while(|l| !l.starts_with("| module |"))
+        .skip(2)
+        .take_while(|l| l.starts_with("| `"))
+        .map(|l| {
+            let first = l.split('|').nth(1).unwrap_or("");
+            first
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|m| m.trim_end_matches(".rs").trim_end_matches('/').to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// Modules `lib.rs` declares only for tests (`#[cfg(test)] mod x;`).
+fn test_only_modules() -> BTreeSet<String> {
+    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
+        .expect("lib.rs");
+    let lines: Vec<&str> = lib.lines().collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0].trim() == "#[cfg(test)]")
+        .filter_map(|w| {
+            let m = w[1].trim().strip_prefix("mod ")?;
+            Some(m.trim_end_matches(';').to_string())
+        })
+        .collect()
+}
+
+/// Every import that goes down the README's table (a module naming one of
+/// a row listed after its own), as `from -> to`.
+fn layer_inversions(
+    layers: &[Vec<String>],
+    graph: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<String> {
+    let layer_of = |m: &str| layers.iter().position(|row| row.iter().any(|x| x == m));
+    let mut out = Vec::new();
+    for (from, deps) in graph {
+        let Some(lf) = layer_of(from) else { continue };
+        for to in deps {
+            if layer_of(to).is_some_and(|lt| lt > lf) {
+                out.push(format!("{from} -> {to}"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_module_imports_one_listed_above_it_in_the_readme() {
+    let layers = readme_layers();
+    assert!(
+        layers.len() >= 8,
+        "the README's Design table was not read: {layers:?}"
+    );
+    let mut graph = import_graph();
+    for m in test_only_modules() {
+        graph.remove(&m);
+    }
+    // The table names every module, so a new one needs a place in it.
+    let listed: BTreeSet<&String> = layers.iter().flatten().collect();
+    let missing: Vec<&String> = graph.keys().filter(|m| !listed.contains(m)).collect();
+    assert!(
+        missing.is_empty(),
+        "modules missing from the README's Design table: {missing:?}"
+    );
+    let bad = layer_inversions(&layers, &graph);
+    assert!(
+        bad.is_empty(),
+        "imports against the README's layers:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn the_layer_check_finds_an_inversion() {
+    let layers = vec![
+        vec!["clock".to_string(), "metrics".to_string()],
+        vec!["net".to_string()],
+    ];
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    g.insert("net".into(), ["metrics".to_string()].into());
+    assert!(layer_inversions(&layers, &g).is_empty());
+    g.insert(
+        "metrics".into(),
+        ["net".to_string(), "clock".to_string()].into(),
+    );
+    assert_eq!(layer_inversions(&layers, &g), ["metrics -> net"]);
+}
