@@ -6,8 +6,14 @@
 //! credentials there, and graceway never logs a credential.
 
 use std::io::Write;
+use std::time::{Instant, SystemTime};
 
+use pingora::prelude::*;
+use pingora::proxy::Session;
 use serde::Serialize;
+
+use super::RequestCtx;
+use crate::outcome::Outcome;
 
 #[derive(Serialize)]
 pub struct AccessLine<'a> {
@@ -49,4 +55,52 @@ pub fn write(line: &AccessLine, json: bool) {
     };
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}");
+}
+
+impl super::Proxy {
+    /// Writes this request's line (`log.access`).
+    pub(super) fn access_log(
+        &self,
+        session: &Session,
+        e: Option<&Error>,
+        ctx: &RequestCtx,
+        t0: Instant,
+    ) {
+        let req = session.req_header();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let up = ctx.upstream();
+        let (outcome, reason) = match ctx.outcome {
+            Outcome::Fresh if e.is_none() || ctx.stream => ("ok", "-"),
+            Outcome::Stale(r) => ("stale", r.as_str()),
+            Outcome::Error(Some(r)) => ("error", r.as_str()),
+            Outcome::Client(r) => ("client", r),
+            Outcome::Unrouted if e.is_none() && status < 400 => ("ok", "-"),
+            _ => ("error", "-"),
+        };
+        let token = up
+            .and_then(|u| ctx.token.and_then(|i| u.tokens.tokens.get(i)))
+            .map_or("-", |t| t.fingerprint.as_str());
+        let json = ctx
+            .gen
+            .as_ref()
+            .map_or(self.app.live.load().loaded.config.log.format, |g| {
+                g.loaded.config.log.format
+            })
+            == crate::config::LogFormat::Json;
+        crate::proxy::access_log::write(
+            &crate::proxy::access_log::AccessLine {
+                time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status,
+                upstream: up.map_or("-", |u| u.config.name.as_str()),
+                outcome,
+                reason,
+                token,
+                upstream_ms: ctx.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+                total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            },
+            json,
+        );
+    }
 }

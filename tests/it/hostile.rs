@@ -390,10 +390,24 @@ fn a_connection_flood_is_capped_and_health_checks_still_answer() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let s = rt.block_on(g.status());
         let refused = s["connections"]["proxy"]["refused"].as_u64()?;
-        (refused >= 200).then_some(s)
+        // Most are refused; a loaded machine that accepts the last ones
+        // more than a second after the first lets those evict instead.
+        (refused >= 150).then_some(s)
     });
     assert_eq!(refused["connections"]["proxy"]["max"], 50);
-    assert!(refused["connections"]["proxy"]["open"].as_u64() <= Some(50));
+    // Each eviction admits its newcomer before the evicted one has gone,
+    // so the count may pass the cap for a moment (by at most EVICT_SLACK,
+    // 64); it settles back at the cap.
+    assert!(refused["connections"]["proxy"]["open"].as_u64() <= Some(50 + 64));
+    wait_for(
+        "the open count to settle at the cap",
+        Duration::from_secs(5),
+        || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let s = rt.block_on(g.status());
+            (s["connections"]["proxy"]["open"].as_u64() <= Some(50)).then_some(())
+        },
+    );
     assert!(refused["connections"]["nofile_soft"].as_u64() > Some(0));
 
     // The refused were told so, not left hanging.
@@ -407,7 +421,7 @@ fn a_connection_flood_is_capped_and_health_checks_still_answer() {
             }
         }
     }
-    assert!(told >= 200, "{told}");
+    assert!(told >= 150, "{told}");
     // The idle kept-alive client was the first to make room (as nginx
     // reuses idle connections): closed, counted.
     let mut buf = [0u8; 16];

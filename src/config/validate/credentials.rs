@@ -1,0 +1,366 @@
+//! `credentials`: injection, token sources (OAuth2 included), probe,
+//! failover and suspicion settings.
+
+use super::*;
+
+pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Credentials {
+    let inj = cr.inject.as_ref();
+    let inject = match inj {
+        Some(FileInject {
+            query: Some(q),
+            header: None,
+            prefix: None,
+        }) => {
+            if q.is_empty()
+                || !q
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+            {
+                c.err(
+                    format!("{at}.inject.query"),
+                    format!("`{q}` is not a plain query parameter name"),
+                );
+            }
+            Injection::Query { param: q.clone() }
+        }
+        Some(FileInject { query: Some(_), .. }) => {
+            c.err(
+                format!("{at}.inject"),
+                "set either `header` (with optional `prefix`) or `query`, not both",
+            );
+            Injection::Query {
+                param: String::new(),
+            }
+        }
+        other => {
+            let name = other
+                .and_then(|i| i.header.clone())
+                .unwrap_or_else(|| "Authorization".into());
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                c.err(
+                    format!("{at}.inject.header"),
+                    format!("`{name}` is not a valid header name"),
+                );
+            } else if is_reserved_header(&name) {
+                c.err(
+                    format!("{at}.inject.header"),
+                    format!("`{name}` is a hop-by-hop or framing header and cannot carry a token"),
+                );
+            }
+            let prefix = other.and_then(|i| i.prefix.clone()).unwrap_or_else(|| {
+                if name.eq_ignore_ascii_case("authorization") {
+                    "Bearer ".into()
+                } else {
+                    String::new()
+                }
+            });
+            if prefix.bytes().any(|b| b.is_ascii_control()) {
+                c.err(
+                    format!("{at}.inject.prefix"),
+                    "must not contain control characters",
+                );
+            }
+            Injection::Header { name, prefix }
+        }
+    };
+
+    if cr.tokens.is_empty() {
+        c.err(
+            format!("{at}.tokens"),
+            "at least one token source is required",
+        );
+    }
+    let mut tokens = Vec::new();
+    for (i, t) in cr.tokens.iter().enumerate() {
+        let tat = format!("{at}.tokens[{i}]");
+        let set = [
+            t.file.is_some(),
+            t.env.is_some(),
+            t.command.is_some(),
+            t.oauth2.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if set != 1 {
+            c.err(
+                &tat,
+                "set exactly one of `file`, `env`, `command` or `oauth2`",
+            );
+            continue;
+        }
+        if t.command.is_none() && (t.refresh.is_some() || t.timeout.is_some()) {
+            c.err(
+                &tat,
+                "`refresh` and `timeout` apply to `command` sources only",
+            );
+        }
+        let source = if let Some(f) = &t.file {
+            if f.is_empty() {
+                c.err(format!("{tat}.file"), "must not be empty");
+            }
+            SourceSpec::File(c.path(f))
+        } else if let Some(o) = &t.oauth2 {
+            match oauth2(c, &format!("{tat}.oauth2"), o) {
+                Some(spec) => SourceSpec::OAuth2(Box::new(spec)),
+                None => continue,
+            }
+        } else if let Some(e) = &t.env {
+            if e.is_empty() || e.contains('=') || e.contains('\0') {
+                c.err(format!("{tat}.env"), "is not a valid variable name");
+            }
+            SourceSpec::Env(e.clone())
+        } else {
+            let argv = t.command.clone().unwrap_or_default();
+            if argv.is_empty() || argv[0].is_empty() {
+                c.err(
+                    format!("{tat}.command"),
+                    "must name a program: [\"program\", \"arg\", ...]",
+                );
+            }
+            let refresh = t.refresh.as_ref().map(|_| {
+                c.positive_duration(
+                    &format!("{tat}.refresh"),
+                    &t.refresh,
+                    Duration::from_secs(900),
+                )
+            });
+            if let Some(r) = refresh {
+                if r < Duration::from_secs(1) {
+                    c.err(format!("{tat}.refresh"), "must be at least 1s");
+                }
+            }
+            SourceSpec::Command {
+                argv: if argv.is_empty() {
+                    vec![String::new()]
+                } else {
+                    argv
+                },
+                refresh,
+                timeout: c.positive_duration(
+                    &format!("{tat}.timeout"),
+                    &t.timeout,
+                    Duration::from_secs(10),
+                ),
+            }
+        };
+        let expires_at =
+            t.expires_at
+                .as_ref()
+                .and_then(|s| match humantime::parse_rfc3339_weak(s) {
+                    Ok(ts) => Some(ts),
+                    Err(_) => {
+                        c.err(
+                            format!("{tat}.expires_at"),
+                            format!("`{s}` is not a timestamp; write e.g. `2026-12-31T23:59:59Z`"),
+                        );
+                        None
+                    }
+                });
+        tokens.push(TokenSpec { source, expires_at });
+    }
+
+    let probe = cr.probe.as_ref().map(|p| {
+        let path = p.path.clone().unwrap_or_default();
+        if !path.starts_with('/') {
+            c.err(
+                format!("{at}.probe.path"),
+                "is required and must start with `/`",
+            );
+        }
+        ProbeSpec {
+            path,
+            interval: c.positive_duration(
+                &format!("{at}.probe.interval"),
+                &p.interval,
+                Duration::from_secs(60),
+            ),
+        }
+    });
+    let preflight = cr.preflight.unwrap_or(false);
+    if preflight && probe.is_none() {
+        c.err(
+            format!("{at}.preflight"),
+            "needs `probe`: the new token is tried with the probe request before it is swapped in",
+        );
+    }
+
+    let failover_on = match &cr.failover_on {
+        None => FailoverOn::default(),
+        Some(list) => {
+            let mut on = FailoverOn {
+                s401: false,
+                s403: false,
+                s429: false,
+            };
+            for (j, v) in list.iter().enumerate() {
+                match v.0.trim() {
+                    "401" => on.s401 = true,
+                    "403" => on.s403 = true,
+                    "429" => on.s429 = true,
+                    other => c.err(
+                        format!("{at}.failover_on[{j}]"),
+                        format!("`{other}`: must be one of 401, 403, 429"),
+                    ),
+                }
+            }
+            on
+        }
+    };
+    if tokens.len() > MAX_TOKENS {
+        c.err(
+            format!("{at}.tokens"),
+            format!("{} tokens: at most {MAX_TOKENS} per upstream", tokens.len()),
+        );
+    }
+
+    let suspect_after = match cr.suspect_after {
+        None => 3,
+        Some(0) => {
+            c.err(format!("{at}.suspect_after"), "must be at least 1");
+            3
+        }
+        Some(n) => n,
+    };
+    Credentials {
+        failover_on,
+        suspect_after,
+        inject,
+        tokens,
+        expires_warning: c.duration(
+            &format!("{at}.expires_warning"),
+            &cr.expires_warning,
+            Duration::from_secs(72 * 3600),
+        ),
+        probe,
+        preflight,
+    }
+}
+
+pub(super) fn credential(
+    c: &mut Check,
+    at: &str,
+    what: &str,
+    literal: Option<&String>,
+    env: Option<&String>,
+    file: Option<&String>,
+) -> Option<CredentialSource> {
+    let n =
+        usize::from(literal.is_some()) + usize::from(env.is_some()) + usize::from(file.is_some());
+    if n != 1 {
+        let options = if what == "client_id" {
+            format!("`{what}`, `{what}_env` or `{what}_file`")
+        } else {
+            format!("`{what}_env` or `{what}_file`")
+        };
+        c.err(at, format!("set exactly one of {options}"));
+        return None;
+    }
+    match (literal, env, file) {
+        (Some(l), _, _) => Some(CredentialSource::Literal(l.clone())),
+        (_, Some(e), _) => Some(CredentialSource::Env(e.clone())),
+        (_, _, Some(f)) => Some(CredentialSource::File(c.path(f))),
+        _ => None,
+    }
+}
+
+pub(super) fn oauth2(c: &mut Check, at: &str, o: &FileOAuth2) -> Option<OAuth2Spec> {
+    let errors_before = c.errors.len();
+    let url = o.token_url.clone().unwrap_or_default();
+    let parsed = url
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+    let Some(uri) = parsed else {
+        c.err(
+            format!("{at}.token_url"),
+            "is required: the https:// URL of the token endpoint",
+        );
+        return None;
+    };
+    let base = format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or("https"),
+        uri.authority().map_or("", |a| a.as_str())
+    );
+    let endpoint = match parse_url(&base) {
+        Ok(e) => e,
+        Err(e) => {
+            c.err(format!("{at}.token_url"), e);
+            return None;
+        }
+    };
+    let path_and_query = uri
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.as_str().to_string());
+    let client_id = credential(
+        c,
+        &format!("{at}.client_id"),
+        "client_id",
+        o.client_id.as_ref(),
+        o.client_id_env.as_ref(),
+        o.client_id_file.as_ref(),
+    );
+    let client_secret = credential(
+        c,
+        &format!("{at}.client_secret"),
+        "client_secret",
+        None,
+        o.client_secret_env.as_ref(),
+        o.client_secret_file.as_ref(),
+    );
+    let client_auth = match o.client_auth.as_deref() {
+        None | Some("basic") => ClientAuth::Basic,
+        Some("body") => ClientAuth::Body,
+        Some(other) => {
+            c.err(
+                format!("{at}.client_auth"),
+                format!("`{other}`: must be `basic` or `body`"),
+            );
+            ClientAuth::Basic
+        }
+    };
+    let refresh_fraction = o.refresh_fraction.unwrap_or(0.8);
+    if !(0.1..=0.95).contains(&refresh_fraction) {
+        c.err(
+            format!("{at}.refresh_fraction"),
+            "must be between 0.1 and 0.95",
+        );
+    }
+    let timeout = c.positive_duration(
+        &format!("{at}.timeout"),
+        &o.timeout,
+        Duration::from_secs(10),
+    );
+    let max_retry = c.positive_duration(
+        &format!("{at}.max_retry"),
+        &o.max_retry,
+        Duration::from_secs(4),
+    );
+    let tls = o.tls.as_ref();
+    if c.errors.len() > errors_before {
+        return None;
+    }
+    Some(OAuth2Spec {
+        token_url: url,
+        endpoint,
+        path_and_query,
+        client_id: client_id?,
+        client_secret: client_secret?,
+        scope: o.scope.clone(),
+        audience: o.audience.clone(),
+        client_auth,
+        refresh_fraction,
+        timeout,
+        max_retry,
+        ca_file: tls.and_then(|t| t.ca_file.as_deref()).map(|p| c.path(p)),
+        verify: tls.and_then(|t| t.verify).unwrap_or(true),
+    })
+}
+
+/// Headers a token may not be injected into: hop-by-hop and framing.
+fn is_reserved_header(name: &str) -> bool {
+    is_hop_by_hop(name)
+        || name.eq_ignore_ascii_case("host")
+        || name.eq_ignore_ascii_case("content-length")
+}

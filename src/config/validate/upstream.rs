@@ -1,0 +1,259 @@
+//! One `upstreams[]` entry: URL, route, timeouts, TLS, health, stale
+//! policy, methods, upgrades and streams, with its credentials from
+//! [`super::credentials`].
+
+use super::*;
+
+pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamConfig {
+    let name = match &u.name {
+        None => {
+            c.err(format!("{at}.name"), "is required");
+            String::new()
+        }
+        Some(n) => {
+            let ok = !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            if !ok {
+                c.err(
+                    format!("{at}.name"),
+                    format!("`{n}`: use 1-64 characters from a-z, A-Z, 0-9, `-`, `_`, `.`"),
+                );
+            }
+            n.clone()
+        }
+    };
+
+    let url = match &u.url {
+        None => {
+            c.err(format!("{at}.url"), "is required");
+            None
+        }
+        Some(s) => match parse_url(s) {
+            Ok(url) => Some(url),
+            Err(e) => {
+                c.err(format!("{at}.url"), e);
+                None
+            }
+        },
+    }
+    .unwrap_or(UpstreamUrl {
+        tls: false,
+        host: String::new(),
+        port: 0,
+        host_header: String::new(),
+        original: String::new(),
+    });
+
+    let m = u.route.as_ref();
+    let path_prefix = m
+        .and_then(|m| m.path_prefix.clone())
+        .unwrap_or_else(|| "/".into());
+    if !path_prefix.starts_with('/') {
+        c.err(
+            format!("{at}.match.path_prefix"),
+            format!("`{path_prefix}` must start with `/`"),
+        );
+    }
+    let host = m
+        .and_then(|m| m.host.as_ref())
+        .map(|h| h.to_ascii_lowercase());
+    if let Some(h) = &host {
+        if h.is_empty() || h.contains(['/', ' ', ':']) {
+            c.err(
+                format!("{at}.match.host"),
+                format!("`{h}` must be a bare host name, without scheme, port or path"),
+            );
+        }
+    }
+    let route = RouteMatch { host, path_prefix };
+
+    let t = u.timeouts.as_ref();
+    let timeouts = Timeouts {
+        connect: c.positive_duration(
+            &format!("{at}.timeouts.connect"),
+            &t.and_then(|t| t.connect.clone()),
+            Duration::from_secs(2),
+        ),
+        read: c.positive_duration(
+            &format!("{at}.timeouts.read"),
+            &t.and_then(|t| t.read.clone()),
+            Duration::from_secs(10),
+        ),
+        write: c.positive_duration(
+            &format!("{at}.timeouts.write"),
+            &t.and_then(|t| t.write.clone()),
+            Duration::from_secs(10),
+        ),
+        stream_idle: c.positive_duration(
+            &format!("{at}.timeouts.stream_idle"),
+            &t.and_then(|t| t.stream_idle.clone()),
+            Duration::from_secs(300),
+        ),
+    };
+
+    let tls_file = u.tls.as_ref();
+    let tls = TlsSettings {
+        ca_file: tls_file
+            .and_then(|t| t.ca_file.as_deref())
+            .map(|p| c.path(p)),
+        verify: tls_file.and_then(|t| t.verify).unwrap_or(true),
+    };
+    if (tls.ca_file.is_some() || !tls.verify) && !url.tls && !url.original.is_empty() {
+        c.err(
+            format!("{at}.tls"),
+            "is set but the url is http://; use https:// or remove `tls`",
+        );
+    }
+    if let Some(ca) = &tls.ca_file {
+        if let Err(e) = std::fs::metadata(ca) {
+            c.err(
+                format!("{at}.tls.ca_file"),
+                format!("cannot read {}: {e}", ca.display()),
+            );
+        }
+    }
+
+    let credentials = match &u.credentials {
+        None => {
+            c.err(
+                format!("{at}.credentials"),
+                "is required: list the tokens, or write `credentials: none` for an upstream that needs no token",
+            );
+            None
+        }
+        Some(FileCredentialsField::None) => None,
+        Some(FileCredentialsField::Tokens(cr)) => {
+            Some(credentials(c, &format!("{at}.credentials"), cr))
+        }
+    };
+
+    let h = u.health.as_ref();
+    let health = HealthPolicy {
+        open_after: match h.and_then(|h| h.open_after) {
+            Some(0) => {
+                c.err(format!("{at}.health.open_after"), "must be at least 1");
+                5
+            }
+            Some(n) => n,
+            None => 5,
+        },
+        retry_after: c.positive_duration(
+            &format!("{at}.health.retry_after"),
+            &h.and_then(|h| h.retry_after.clone()),
+            Duration::from_secs(1),
+        ),
+        max_retry_after: c.positive_duration(
+            &format!("{at}.health.max_retry_after"),
+            &h.and_then(|h| h.max_retry_after.clone()),
+            Duration::from_secs(30),
+        ),
+    };
+    if health.max_retry_after < health.retry_after {
+        c.err(
+            format!("{at}.health.max_retry_after"),
+            "must not be shorter than retry_after",
+        );
+    }
+
+    let st = u.stale.as_ref();
+    let on = match st.and_then(|s| s.on.as_ref()) {
+        None => StaleTriggers {
+            s401: true,
+            s403: true,
+            s429: true,
+            s5xx: true,
+            timeout: true,
+            connect_error: true,
+            token_unavailable: true,
+        },
+        Some(list) => {
+            let mut on = StaleTriggers::default();
+            for (j, item) in list.iter().enumerate() {
+                match item.as_str() {
+                    "401" => on.s401 = true,
+                    "403" => on.s403 = true,
+                    "429" => on.s429 = true,
+                    "5xx" => on.s5xx = true,
+                    "timeout" => on.timeout = true,
+                    "connect_error" => on.connect_error = true,
+                    "token_unavailable" => on.token_unavailable = true,
+                    other => c.err(
+                        format!("{at}.stale.on[{j}]"),
+                        format!(
+                            "`{other}`: must be one of 401, 403, 429, 5xx, timeout, connect_error, token_unavailable"
+                        ),
+                    ),
+                }
+            }
+            on
+        }
+    };
+    let stale = StalePolicy {
+        on,
+        max_stale: c.positive_duration(
+            &format!("{at}.stale.max_stale"),
+            &st.and_then(|s| s.max_stale.clone()),
+            Duration::from_secs(24 * 3600),
+        ),
+        warning_header: st.and_then(|s| s.warning_header).unwrap_or(false),
+        honor_origin_directives: match st.and_then(|s| s.origin_directives.as_deref()) {
+            None | Some("honor") => true,
+            Some("ignore") => false,
+            Some(other) => {
+                c.err(
+                    format!("{at}.stale.origin_directives"),
+                    format!("`{other}`: must be `honor` or `ignore`"),
+                );
+                true
+            }
+        },
+        scrub_bodies: st.and_then(|s| s.scrub_bodies).unwrap_or(false),
+    };
+
+    let methods = methods(c, &format!("{at}.methods"), u.methods.as_deref());
+
+    let dns_refresh = c.duration(
+        &format!("{at}.dns_refresh"),
+        &u.dns_refresh,
+        Duration::from_secs(30),
+    );
+
+    let upgrade = u
+        .upgrade
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let p = p.trim().to_ascii_lowercase();
+            let token = !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
+            if token {
+                Some(p)
+            } else {
+                c.err(
+                    format!("{at}.upgrade[{i}]"),
+                    "must be a protocol name such as `websocket`",
+                );
+                None
+            }
+        })
+        .collect();
+
+    UpstreamConfig {
+        dns_refresh,
+        methods,
+        upgrade,
+        stream: u.stream.unwrap_or(false),
+        name,
+        url,
+        route,
+        timeouts,
+        tls,
+        credentials,
+        health,
+        stale,
+    }
+}

@@ -1,0 +1,153 @@
+//! How a request that failed with an error ends, besides the degraded
+//! answer: the client's own doing (408/413/400, never charged to the
+//! upstream), a stream that ended after its header (never charged), a
+//! request cut at the drain deadline (503), and an upstream failure's
+//! bookkeeping for the health breaker.
+
+use super::*;
+
+/// An upstream failure's bookkeeping: a failed connect re-resolves the
+/// host at the next control tick; a timeout or no connection feeds the
+/// health breaker.
+pub(super) fn note_upstream_failure(up: &Upstream, e: &Error, reason: Reason) {
+    if decide::is_connect_failure(e.etype()) {
+        up.resolve_now
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    if matches!(
+        reason,
+        Reason::UpstreamTimeout | Reason::UpstreamUnreachable
+    ) {
+        up.status.health_failure(reason);
+    }
+}
+
+/// Whether a failed request is the client's doing: it went away, its body
+/// stalled or passed the limit, or its framing was bad. An upstream
+/// timeout while the client had not finished sending its body is the
+/// client's stall, not the upstream's (so a slow client cannot open the
+/// health breaker for everyone).
+pub(super) fn client_fault(session: &mut Session, e: &Error) -> Option<&'static str> {
+    match (e.esource(), e.etype()) {
+        (ErrorSource::Downstream, ErrorType::HTTPStatus(413)) => Some("body-too-large"),
+        (ErrorSource::Downstream, ErrorType::ReadTimedout) => Some("body-timeout"),
+        (
+            ErrorSource::Downstream,
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError,
+        ) => Some("client-closed"),
+        (ErrorSource::Downstream, _) => Some("invalid-request"),
+        (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout)
+            if !session.as_downstream_mut().is_body_done() =>
+        {
+            Some("body-timeout")
+        }
+        _ => None,
+    }
+}
+
+impl Proxy {
+    /// Ends a request that failed for the client's doing: 408, 413 or 400
+    /// when nothing was sent yet (a client that went away gets nothing),
+    /// always closing the connection. Nothing is charged to the upstream.
+    pub(super) async fn client_failed(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reason: &'static str,
+    ) -> FailToProxy {
+        crate::metrics::client_rejected(reason);
+        ctx.outcome = Outcome::Client(reason);
+        session.set_keepalive(None);
+        let (status, message) = match reason {
+            "body-too-large" => (413, "the request body is larger than this proxy accepts"),
+            "body-timeout" => (408, "the request body did not arrive in time"),
+            "invalid-request" => (400, "the request could not be read"),
+            _ => (0, ""),
+        };
+        if status > 0 && session.response_written().is_none() {
+            if let Ok(mut answer) = respond::json_error(status, message, None, reason, None) {
+                let _ = answer
+                    .header
+                    .insert_header(http::header::CONNECTION, "close");
+                if let Err(e) = respond::write(session, answer).await {
+                    log::debug!("writing the {status} answer failed: {e}");
+                }
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// A stream whose header had arrived ended with an error: it paused
+    /// past `timeouts.stream_idle` (or `timeouts.read` when nothing
+    /// announced it), or either side cut it. That is how streams end, not
+    /// an upstream failure: nothing is charged to the health breaker, the
+    /// token or the degradation state.
+    /// A WebSocket tunnel that idled out is closed cleanly: the client
+    /// gets a close frame (1001, going away) before the connection ends.
+    pub(super) async fn stream_ended(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        e: &Error,
+    ) -> FailToProxy {
+        log::debug!("stream ended after its header: {e}");
+        // Counted as the fresh answer it was (`logging`).
+        ctx.outcome = Outcome::Fresh;
+        session.set_keepalive(None);
+        let idled = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
+        if ctx.upgrade && ctx.upstream_status == 101 && idled {
+            // RFC 6455 §5.5.1: FIN + close opcode, unmasked (server to
+            // client), a 2-byte payload: status 1001.
+            const CLOSE_GOING_AWAY: &[u8] = &[0x88, 0x02, 0x03, 0xE9];
+            if let Err(e) = session
+                .write_response_body(Some(Bytes::from_static(CLOSE_GOING_AWAY)), true)
+                .await
+            {
+                log::debug!("writing the WebSocket close frame failed: {e}");
+            }
+        }
+        FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// A request still in flight at the drain deadline: 503, `Retry-After:
+    /// 1`, `Connection: close` (the client retries elsewhere), nothing
+    /// charged to the upstream.
+    pub(super) async fn cut_at_shutdown(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        ctx.outcome = Outcome::Client("shutting-down");
+        session.set_keepalive(None);
+        if session.response_written().is_none() {
+            if let Ok(mut answer) = respond::json_error(
+                503,
+                "graceway is shutting down: retry the request",
+                None,
+                "shutting-down",
+                None,
+            ) {
+                let _ = answer
+                    .header
+                    .insert_header(http::header::CONNECTION, "close");
+                let _ = answer.header.insert_header(http::header::RETRY_AFTER, "1");
+                if let Err(e) = respond::write(session, answer).await {
+                    log::debug!("writing the shutdown answer failed: {e}");
+                }
+            }
+        }
+        FailToProxy {
+            error_code: 503,
+            can_reuse_downstream: false,
+        }
+    }
+}

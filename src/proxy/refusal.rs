@@ -1,0 +1,252 @@
+//! What the upstream said about the token on this answer: a 401/403/429
+//! weighed (rejected, suspect, the vendor's word on a resource, a spent
+//! quota), the retry with the next token, the vendor's quota and notice
+//! headers, and a token value it echoed back.
+
+use super::*;
+
+/// An answer other than 401/403/429 to token `t`: a suspicion ends with
+/// any answer below 400, and an auth-breaker trial that was not refused
+/// clears the rejection (the vendor took the token back).
+pub(super) fn token_answered(
+    ctx: &RequestCtx,
+    up: &Upstream,
+    t: &crate::tokens::Token,
+    status: u16,
+) {
+    if status < 400 && t.evidence.clear_suspect() {
+        log::info!(
+            "upstream {}: token {} ({}) answered {status}: no longer suspect",
+            up.config.name,
+            t.index,
+            t.fingerprint
+        );
+    }
+    if ctx.auth_trial {
+        if t.clear_rejected() {
+            log::info!(
+                "upstream {}: token {} ({}) accepted again (answered {status}); auth breaker closed",
+                up.config.name,
+                t.index,
+                t.fingerprint
+            );
+        }
+        up.auth.success();
+    }
+}
+
+/// The upstream's `credentials.failover_on` (the default when it has none).
+pub(super) fn failover_on(up: &Upstream) -> crate::config::FailoverOn {
+    up.config
+        .credentials
+        .as_ref()
+        .map_or(crate::config::FailoverOn::default(), |c| c.failover_on)
+}
+
+/// Retries the request once with the next usable token when
+/// [`decide::retry_with_next_token`] says so. The upstream refused the
+/// request, so nothing happened there: replaying it is safe when its body
+/// is still at hand (see `error_while_proxy`). The error returned asks
+/// Pingora for that retry; `None`: answer degraded.
+pub(super) fn retry_with_next(
+    ctx: &mut RequestCtx,
+    up: &Upstream,
+    status: u16,
+    listed: bool,
+) -> Option<Box<Error>> {
+    let next = up.tokens.pick(ctx.tried, SystemTime::now());
+    if !decide::retry_with_next_token(listed, ctx.failover_pending, next.is_some()) {
+        return None;
+    }
+    let n = next?;
+    ctx.token = Some(n.index);
+    ctx.failover_pending = true;
+    let mut e = Error::explain(
+        ErrorType::HTTPStatus(status),
+        "token refused; retrying with the next token",
+    )
+    .into_up();
+    e.set_retry(true);
+    Some(e)
+}
+
+/// Reads what the vendor says beside the status, on every answer that
+/// carried a token: the quota it states and a deprecation or sunset
+/// notice. Without such headers this is a handful of header lookups.
+pub(super) fn read_vendor_signals(
+    up: &Upstream,
+    t: &crate::tokens::Token,
+    headers: &http::HeaderMap,
+) {
+    if let Some(q) = evidence::quota(headers) {
+        let now = unix_now();
+        t.evidence.observe_quota(q, now);
+        // The last request of the window went through: with 429 failover,
+        // later requests go to the next token until the reset.
+        if let (Some(0), Some(reset_in), true) =
+            (q.remaining, q.reset_in, failover_on(up).covers(429))
+        {
+            t.evidence.cool_down(now + reset_in.max(1));
+        }
+    }
+    if let Some((deprecation, sunset)) = evidence::notice_headers(headers) {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&(deprecation, sunset), &mut h);
+        t.evidence
+            .observe_notice(std::hash::Hasher::finish(&h), || evidence::notice(headers));
+    }
+}
+
+/// A hash of a request path, to tell two paths apart without keeping them.
+pub(super) fn path_hash(path: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(path, &mut h);
+    std::hash::Hasher::finish(&h)
+}
+
+/// The upstream echoed token `index`'s value: counted by part, logged once
+/// per token (the value never: its fingerprint).
+pub(super) fn note_reflection(up: &Upstream, index: usize, part: &'static str) {
+    let m = &up.status.metrics;
+    if part == "header" {
+        m.reflected_header.inc();
+    } else {
+        m.reflected_body.inc();
+    }
+    if let Some(t) = up.tokens.tokens.get(index) {
+        if t.evidence.reflected_first() {
+            log::warn!(
+                "upstream {}: its answer echoed token {} ({}) in the {part}; taken out (masked or dropped, the copy not kept). Check what the upstream reflects.",
+                up.config.name,
+                t.index,
+                t.fingerprint
+            );
+        }
+    }
+}
+
+impl Proxy {
+    /// The upstream refused token `t` with a 401/403 that is about the
+    /// token (`invalid_token`) or may be (no error code). The first is a
+    /// rejection; the second makes the token `suspect`, and is confirmed by
+    /// the probe (woken at once, see `app::probe::run`) or, without a probe, by
+    /// a refusal on another path within
+    /// [`crate::tokens::set::SUSPECT_WINDOW_SECS`]. Either way
+    /// this request is retried once with the next usable token; the error
+    /// returned asks Pingora for that retry.
+    pub(super) fn token_refused(
+        &self,
+        ctx: &mut RequestCtx,
+        up: &Upstream,
+        t: &crate::tokens::Token,
+        status: u16,
+        judged: evidence::Judgement,
+        path: &str,
+    ) -> Option<Box<Error>> {
+        let detail = judged
+            .detail
+            .map(|d| evidence::redact(d, t.secret().map_or("", |s| s.expose())));
+        let suspicion = match judged.verdict {
+            Verdict::Rejected => None,
+            _ => Some(t.evidence.suspect(path_hash(path), unix_now())),
+        };
+        let suspect_after = up
+            .config
+            .credentials
+            .as_ref()
+            .map_or(3, |c| c.suspect_after);
+        let confirmed = decide::rejection_confirmed(
+            judged.verdict,
+            suspicion,
+            t.evidence.suspect_refusals(),
+            suspect_after,
+            up.probe().is_some(),
+        );
+        let said = detail.as_deref().unwrap_or("no error code");
+        let next = up.tokens.pick(ctx.tried, SystemTime::now());
+        let failover = next
+            .map(|n| format!("failing over to token {} ({})", n.index, n.fingerprint))
+            .unwrap_or_else(|| "no other usable token".into());
+        if confirmed {
+            if t.mark_rejected(status) {
+                log::warn!(
+                    "upstream {}: token {} ({}) rejected with {status}: {said}; {failover}",
+                    up.config.name,
+                    t.index,
+                    t.fingerprint
+                );
+            }
+        } else if suspicion == Some(Suspicion::First) {
+            log::info!(
+                "upstream {}: token {} ({}) is suspect: {status} ({said}) on one path; {} decides. This request: {failover}",
+                up.config.name,
+                t.index,
+                t.fingerprint,
+                if up.probe().is_some() { "the probe" } else { "a refusal on another path" }
+            );
+        }
+        t.evidence.set_detail(detail);
+        retry_with_next(ctx, up, status, failover_on(up).covers(status))
+    }
+
+    /// A 401, 403 or 429: what the vendor said about the token (see
+    /// `tokens::evidence`). Returns the degradation reason (`None` when the
+    /// answer is the vendor's word on this resource, passed through) and a
+    /// `Retry-After` from the quota's reset; or the error that retries the
+    /// request with the next token.
+    pub(super) fn weigh_refusal(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        up: &Upstream,
+        resp: &ResponseHeader,
+    ) -> Result<(Option<Reason>, Option<HeaderValue>)> {
+        let status = resp.status.as_u16();
+        if status != 429 {
+            crate::metrics::metrics()
+                .upstream_auth_failures_total
+                .with_label_values(&[
+                    up.config.name.as_str(),
+                    if status == 401 { "401" } else { "403" },
+                ])
+                .inc();
+        }
+        let token = ctx.token.and_then(|i| up.tokens.tokens.get(i));
+        let judged = evidence::judge(status, &resp.headers);
+        match judged.verdict {
+            // The vendor's answer for this resource: the client gets it as
+            // it is; the token and the breakers are untouched.
+            Verdict::NotAboutToken => Ok((None, None)),
+            Verdict::QuotaExhausted => {
+                let (cool_secs, retry_after) = decide::quota_cool_down(
+                    resp.headers.get(http::header::RETRY_AFTER),
+                    evidence::quota(&resp.headers).and_then(|q| q.reset_in),
+                );
+                if let (Some(t), true) = (token, failover_on(up).covers(429)) {
+                    if t.evidence.cool_down(unix_now() + cool_secs) {
+                        log::warn!(
+                            "upstream {}: token {} ({}) is out of quota ({status}); skipped for {cool_secs} s",
+                            up.config.name,
+                            t.index,
+                            t.fingerprint,
+                        );
+                    }
+                    // `failover_on` lists 429: a quota refusal (429 or 403) fails over.
+                    if let Some(retry) = retry_with_next(ctx, up, status, true) {
+                        return Err(retry);
+                    }
+                }
+                Ok((Some(Reason::RateLimited), retry_after))
+            }
+            Verdict::Rejected | Verdict::Suspect => {
+                if let Some(t) = token {
+                    let path = session.req_header().uri.path();
+                    if let Some(retry) = self.token_refused(ctx, up, t, status, judged, path) {
+                        return Err(retry);
+                    }
+                }
+                Ok((Some(Reason::TokenRejected), None))
+            }
+        }
+    }
+}
