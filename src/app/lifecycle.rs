@@ -26,7 +26,7 @@
 //! `READY=1` once both listeners accept connections, `RELOADING=1` with
 //! `MONOTONIC_USEC` then `READY=1` around a config reload, `STOPPING=1` on
 //! SIGTERM, SIGQUIT or SIGINT, and `WATCHDOG=1` at half of `WatchdogSec`.
-//! Without `NOTIFY_SOCKET` every call is a no-op ([`systemd`]).
+//! Without `NOTIFY_SOCKET` every call is a no-op ([`super::systemd`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! One `upstreams[]` entry: URL, route, timeouts, TLS, health, stale
 //! policy, methods, upgrades and streams, with its credentials from
-//! [`super::credentials`].
+//! [`super::credentials`](mod@super::credentials).
 
 use super::*;
 
