@@ -85,7 +85,10 @@ impl ServeHttp for AdminApp {
                 };
                 json(code, &body)
             }
-            ("/status", true, _) => json(StatusCode::OK, &status::status(&self.app)),
+            ("/status", true, _) => json(
+                StatusCode::OK,
+                &serde_json::to_value(status::status(&self.app)).unwrap_or_default(),
+            ),
             ("/metrics", true, _) => {
                 let enc = prometheus::TextEncoder::new();
                 crate::app::refresh_token_state_metrics(&self.app.live.load());

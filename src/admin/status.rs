@@ -3,177 +3,330 @@
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::app::App;
 
 use crate::tokens::TokenState;
 
-fn ts(t: Option<SystemTime>) -> Value {
-    t.map_or(Value::Null, |t| {
-        Value::String(humantime::format_rfc3339_seconds(t).to_string())
-    })
+/// RFC 3339 seconds, as every timestamp of `/status` is written.
+fn ts(t: Option<SystemTime>) -> Option<String> {
+    t.map(|t| humantime::format_rfc3339_seconds(t).to_string())
 }
 
-#[derive(Serialize)]
-struct TokenView {
-    index: usize,
-    source: String,
-    kind: &'static str,
-    fingerprint: String,
-    state: TokenState,
-    expires_at: Value,
-    last_used: Value,
-    error: Option<String>,
+// The `/status` document, typed: written here, read back by `graceway
+// status` and the demo (`Status` derives both), so a renamed or missing
+// field is an error where it is read, not a silent `-`.
+
+/// `GET /status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub started_at: Option<String>,
+    pub config: ConfigView,
+    pub reload: ReloadView,
+    pub memory: MemoryView,
+    pub cache: CacheView,
+    pub connections: ConnectionsView,
+    pub upstreams: Vec<UpstreamView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfigView {
+    pub path: String,
+    pub hash: String,
+    pub generation: u64,
+    pub loaded_at: Option<String>,
+}
+
+/// The last reload attempt (`app::ReloadRecord` as written).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadView {
+    pub attempt: u64,
+    pub at: String,
+    pub trigger: String,
+    pub ok: bool,
+    pub message: String,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemoryView {
+    pub rss_bytes: u64,
+    pub soft_limit_bytes: Option<u64>,
+    pub shed_entries: u64,
+    pub shed_bytes: u64,
+    pub last_shed: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheView {
+    pub entries: i64,
+    pub bytes: i64,
+    pub limit_bytes: u64,
+    pub max_object_bytes: u64,
+    pub persist: Option<crate::cache::persist::PersistView>,
+    pub fleet: Option<crate::cache::fleet::FleetView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionsView {
+    pub proxy: ListenerView,
+    pub admin: ListenerView,
+    pub nofile_soft: Option<u64>,
+    pub nofile_hard: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListenerView {
+    pub open: usize,
+    pub max: usize,
+    pub refused: u64,
+    pub header_timeouts: u64,
+    pub evicted: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpstreamView {
+    pub name: String,
+    pub url: String,
+    pub route: RouteView,
+    pub state: String,
+    pub reason: Option<String>,
+    pub degraded_since: Option<String>,
+    pub last_success: Option<String>,
+    pub last_failure: Option<FailureView>,
+    pub breakers: BreakersView,
+    pub tokens: Vec<TokenView>,
+    pub stored: StoredView,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteView {
+    pub host: Option<String>,
+    pub path_prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailureView {
+    pub at: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BreakersView {
+    pub health: BreakerView,
+    pub auth: BreakerView,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BreakerView {
+    pub open: bool,
+    pub reason: Option<String>,
+    pub since: Option<String>,
+    pub next_trial: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredView {
+    pub entries: i64,
+    pub bytes: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenView {
+    pub index: usize,
+    pub source: String,
+    pub kind: String,
+    pub fingerprint: String,
+    pub state: TokenState,
+    pub expires_at: Option<String>,
+    pub last_used: Option<String>,
+    pub error: Option<String>,
     /// The vendor's words on the last refusal (`invalid_token (...)`).
-    detail: Option<String>,
+    pub detail: Option<String>,
     /// The quota the vendor last stated for this token.
-    quota: Value,
+    pub quota: Option<QuotaView>,
     /// The last deprecation or sunset notice the vendor sent with it.
-    notice: Value,
+    pub notice: Option<NoticeView>,
     /// The end of a quota cool-down (state `rate-limited`), else null.
-    cool_until: Value,
+    pub cool_until: Option<String>,
 }
 
-/// `{remaining, limit, reset_at}` or null.
-fn quota_view(t: &crate::tokens::Token) -> Value {
-    t.evidence.quota().map_or(Value::Null, |(remaining, limit, reset)| {
-        json!({ "remaining": remaining, "limit": limit, "reset_at": ts(reset) })
-    })
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuotaView {
+    pub remaining: u64,
+    pub limit: Option<u64>,
+    pub reset_at: Option<String>,
 }
 
-/// `{deprecated, deprecation_at, sunset_at, links}` or null.
-pub fn notice_view(t: &crate::tokens::Token) -> Value {
-    let Some(n) = t.evidence.notice() else {
-        return Value::Null;
-    };
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NoticeView {
+    pub deprecated: bool,
+    pub deprecation_at: Option<String>,
+    pub sunset_at: Option<String>,
+    pub links: Vec<LinkView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkView {
+    pub rel: String,
+    pub url: String,
+}
+
+fn quota_view(t: &crate::tokens::Token) -> Option<QuotaView> {
+    t.evidence
+        .quota()
+        .map(|(remaining, limit, reset)| QuotaView {
+            remaining,
+            limit,
+            reset_at: ts(reset),
+        })
+}
+
+/// A token's last deprecation or sunset notice (also the webhook's).
+pub fn notice_view(t: &crate::tokens::Token) -> Option<NoticeView> {
+    let n = t.evidence.notice()?;
     let n = &n.1;
     let at = |s: Option<u64>| ts(s.map(crate::clock::from_unix));
-    json!({
-        "deprecated": n.deprecated,
-        "deprecation_at": at(n.deprecation_at),
-        "sunset_at": at(n.sunset_at),
-        "links": n.links.iter().map(|(rel, url)| json!({"rel": rel, "url": url})).collect::<Vec<_>>(),
-    })
-}
-
-fn breaker_view(b: &crate::generation::breaker::Breaker) -> Value {
-    json!({
-        "open": b.is_open(),
-        "reason": b.reason().map(|r| r.as_str()),
-        "since": ts(b.since()),
-        "next_trial": ts(b.next_trial()),
-    })
-}
-
-pub fn status(app: &App) -> Value {
-    let gen = app.live.load_full();
-    let now = SystemTime::now();
-    let upstreams: Vec<Value> = gen
-        .upstreams
-        .iter()
-        .map(|u| {
-            let tokens: Vec<TokenView> = u
-                .tokens
-                .tokens
-                .iter()
-                .map(|t| TokenView {
-                    index: t.index,
-                    source: t.spec.source.describe(),
-                    kind: t.spec.source.kind(),
-                    fingerprint: t.fingerprint.clone(),
-                    state: t.state(now),
-                    expires_at: ts(t.expires_at),
-                    last_used: ts(t.last_used()),
-                    error: t.unavailable_reason.clone(),
-                    detail: t.evidence.detail().map(|d| d.to_string()),
-                    quota: quota_view(t),
-                    notice: notice_view(t),
-                    cool_until: ts(t.evidence.cool_until(now)),
-                })
-                .collect();
-            let (state, reason) = u.state(now);
-            let failure = u.status.last_failure();
-            json!({
-                "name": u.config.name,
-                "url": u.config.url.original,
-                "route": {
-                    "host": u.config.route.host,
-                    "path_prefix": u.config.route.path_prefix,
-                },
-                "state": state,
-                "reason": reason,
-                "degraded_since": ts(u.status.degradation().map(|(_, t)| t)),
-                "last_success": ts(u.status.last_success()),
-                "last_failure": failure.map(|(at, r)| json!({
-                    "at": ts(Some(at)),
-                    "reason": r.map(|r| r.as_str()),
-                })),
-                "breakers": {
-                    "health": breaker_view(&u.status.health),
-                    "auth": breaker_view(&u.auth),
-                },
-                "tokens": tokens,
-                "stored": {
-                    "entries": u.status.stored_entries.load(Ordering::Relaxed).max(0),
-                    "bytes": u.status.stored_bytes.load(Ordering::Relaxed).max(0),
-                },
+    Some(NoticeView {
+        deprecated: n.deprecated,
+        deprecation_at: at(n.deprecation_at),
+        sunset_at: at(n.sunset_at),
+        links: n
+            .links
+            .iter()
+            .map(|(rel, url)| LinkView {
+                rel: rel.to_string(),
+                url: url.to_string(),
             })
+            .collect(),
+    })
+}
+
+fn breaker_view(b: &crate::generation::breaker::Breaker) -> BreakerView {
+    BreakerView {
+        open: b.is_open(),
+        reason: b.reason().map(|r| r.as_str().to_string()),
+        since: ts(b.since()),
+        next_trial: ts(b.next_trial()),
+    }
+}
+
+fn upstream_view(u: &crate::generation::Upstream, now: SystemTime) -> UpstreamView {
+    let tokens = u
+        .tokens
+        .tokens
+        .iter()
+        .map(|t| TokenView {
+            index: t.index,
+            source: t.spec.source.describe(),
+            kind: t.spec.source.kind().to_string(),
+            fingerprint: t.fingerprint.clone(),
+            state: t.state(now),
+            expires_at: ts(t.expires_at),
+            last_used: ts(t.last_used()),
+            error: t.unavailable_reason.clone(),
+            detail: t.evidence.detail().map(|d| d.to_string()),
+            quota: quota_view(t),
+            notice: notice_view(t),
+            cool_until: ts(t.evidence.cool_until(now)),
         })
         .collect();
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "started_at": ts(Some(app.started_at)),
-        "config": {
-            "path": gen.loaded.path.display().to_string(),
-            "hash": gen.loaded.file_hash,
-            "generation": gen.number,
-            "loaded_at": ts(Some(gen.loaded_at)),
+    let (state, reason) = u.state(now);
+    UpstreamView {
+        name: u.config.name.clone(),
+        url: u.config.url.original.clone(),
+        route: RouteView {
+            host: u.config.route.host.clone(),
+            path_prefix: u.config.route.path_prefix.clone(),
         },
-        "reload": &**app.last_reload.load(),
-        "memory": {
-            "rss_bytes": app.memory.rss.load(Ordering::Relaxed),
-            "soft_limit_bytes": gen.loaded.config.memory.soft_limit,
-            "shed_entries": app.memory.shed_entries.load(Ordering::Relaxed),
-            "shed_bytes": app.memory.shed_bytes.load(Ordering::Relaxed),
-            "last_shed": ts((app.memory.last_shed_unix.load(Ordering::Relaxed) != 0).then(|| {
-                std::time::UNIX_EPOCH
-                    + std::time::Duration::from_secs(app.memory.last_shed_unix.load(Ordering::Relaxed))
-            })),
+        state: state.to_string(),
+        reason: reason.map(str::to_string),
+        degraded_since: ts(u.status.degradation().map(|(_, t)| t)),
+        last_success: ts(u.status.last_success()),
+        last_failure: u.status.last_failure().map(|(at, r)| FailureView {
+            at: ts(Some(at)),
+            reason: r.map(|r| r.as_str().to_string()),
+        }),
+        breakers: BreakersView {
+            health: breaker_view(&u.status.health),
+            auth: breaker_view(&u.auth),
         },
-        "cache": {
-            "entries": app.cache.entries(),
-            "bytes": app.cache.bytes(),
-            "limit_bytes": app.cache.budget(),
-            "max_object_bytes": app.cache.max_object,
-            "persist": app.cache.persist_status(),
-            "fleet": app.fleet.as_ref().map(|f| f.status()),
+        tokens,
+        stored: StoredView {
+            entries: u.status.stored_entries.load(Ordering::Relaxed).max(0),
+            bytes: u.status.stored_bytes.load(Ordering::Relaxed).max(0),
         },
-        "connections": connections(app),
-        "upstreams": upstreams,
-    })
+    }
+}
+
+/// The `/status` document now.
+pub fn status(app: &App) -> Status {
+    let gen = app.live.load_full();
+    let now = SystemTime::now();
+    let reload = app.last_reload.load();
+    let last_shed = app.memory.last_shed_unix.load(Ordering::Relaxed);
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        started_at: ts(Some(app.started_at)),
+        config: ConfigView {
+            path: gen.loaded.path.display().to_string(),
+            hash: gen.loaded.file_hash.clone(),
+            generation: gen.number,
+            loaded_at: ts(Some(gen.loaded_at)),
+        },
+        reload: ReloadView {
+            attempt: reload.attempt,
+            at: ts(Some(reload.at)).unwrap_or_default(),
+            trigger: reload.trigger.as_str().to_string(),
+            ok: reload.ok,
+            message: reload.message.clone(),
+            generation: reload.generation,
+        },
+        memory: MemoryView {
+            rss_bytes: app.memory.rss.load(Ordering::Relaxed),
+            soft_limit_bytes: gen.loaded.config.memory.soft_limit,
+            shed_entries: app.memory.shed_entries.load(Ordering::Relaxed),
+            shed_bytes: app.memory.shed_bytes.load(Ordering::Relaxed),
+            last_shed: ts((last_shed != 0).then(|| crate::clock::from_unix(last_shed))),
+        },
+        cache: CacheView {
+            entries: app.cache.entries(),
+            bytes: app.cache.bytes(),
+            limit_bytes: app.cache.budget(),
+            max_object_bytes: app.cache.max_object,
+            persist: app.cache.persist_status(),
+            fleet: app.fleet.as_ref().map(|f| f.status()),
+        },
+        connections: connections(app),
+        upstreams: gen
+            .upstreams
+            .iter()
+            .map(|u| upstream_view(u, now))
+            .collect(),
+    }
 }
 
 /// Client connection figures per listener and the descriptor limits.
-fn connections(app: &App) -> Value {
-    let view = |f: &crate::net::listener::ListenerFigures| {
-        json!({
-            "open": f.open.load(Ordering::Relaxed),
-            "max": f.cap.load(Ordering::Relaxed),
-            "refused": f.refused.load(Ordering::Relaxed),
-            "header_timeouts": f.header_timeouts.load(Ordering::Relaxed),
-            "evicted": f.evicted.load(Ordering::Relaxed),
-        })
+fn connections(app: &App) -> ConnectionsView {
+    let view = |f: &crate::net::listener::ListenerFigures| ListenerView {
+        open: f.open.load(Ordering::Relaxed),
+        max: f.cap.load(Ordering::Relaxed),
+        refused: f.refused.load(Ordering::Relaxed),
+        header_timeouts: f.header_timeouts.load(Ordering::Relaxed),
+        evicted: f.evicted.load(Ordering::Relaxed),
     };
     let limits = app.limits.get();
-    json!({
-        "proxy": view(&crate::net::listener::PROXY),
-        "admin": view(&crate::net::listener::ADMIN),
-        "nofile_soft": limits.map(|l| l.nofile_soft),
-        "nofile_hard": limits.map(|l| l.nofile_hard),
-    })
+    ConnectionsView {
+        proxy: view(&crate::net::listener::PROXY),
+        admin: view(&crate::net::listener::ADMIN),
+        nofile_soft: limits.map(|l| l.nofile_soft),
+        nofile_hard: limits.map(|l| l.nofile_hard),
+    }
 }
 
 /// Whether the proxy listener accepts connections. Pingora starts the
@@ -221,4 +374,142 @@ pub fn readiness(app: &App) -> (bool, Value) {
         all,
         json!({ "ready": all, "listening": listening, "draining": draining, "generation": gen.number, "upstreams": ups }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        let breaker = |open| BreakerView {
+            open,
+            reason: open.then(|| "token-rejected".to_string()),
+            since: open.then(|| "2026-12-01T10:00:03Z".to_string()),
+            next_trial: None,
+        };
+        Status {
+            version: "0.1.0".into(),
+            pid: 42,
+            started_at: Some("2026-12-01T09:00:00Z".into()),
+            config: ConfigView {
+                path: "/etc/graceway/graceway.yaml".into(),
+                hash: "sha256:3e55cf96a519".into(),
+                generation: 3,
+                loaded_at: None,
+            },
+            reload: ReloadView {
+                attempt: 3,
+                at: "2026-12-01T10:00:00Z".into(),
+                trigger: "signal".into(),
+                ok: true,
+                message: "tokens[0] sha256:aaaa -> sha256:bbbb".into(),
+                generation: 3,
+            },
+            memory: MemoryView {
+                rss_bytes: 1 << 24,
+                soft_limit_bytes: None,
+                shed_entries: 0,
+                shed_bytes: 0,
+                last_shed: None,
+            },
+            cache: CacheView {
+                entries: 2,
+                bytes: 1024,
+                limit_bytes: 64 << 20,
+                max_object_bytes: 1 << 20,
+                persist: None,
+                fleet: None,
+            },
+            connections: ConnectionsView {
+                proxy: ListenerView {
+                    open: 1,
+                    max: 4096,
+                    refused: 0,
+                    header_timeouts: 0,
+                    evicted: 0,
+                },
+                admin: ListenerView {
+                    open: 1,
+                    max: 64,
+                    refused: 0,
+                    header_timeouts: 0,
+                    evicted: 0,
+                },
+                nofile_soft: Some(20000),
+                nofile_hard: Some(20000),
+            },
+            upstreams: vec![UpstreamView {
+                name: "emoji".into(),
+                url: "https://api.emoji.example".into(),
+                route: RouteView {
+                    host: None,
+                    path_prefix: "/".into(),
+                },
+                state: "degraded".into(),
+                reason: Some("token-rejected".into()),
+                degraded_since: Some("2026-12-01T10:00:03Z".into()),
+                last_success: None,
+                last_failure: None,
+                breakers: BreakersView {
+                    health: breaker(false),
+                    auth: breaker(true),
+                },
+                tokens: vec![TokenView {
+                    index: 0,
+                    source: "file:/run/secrets/emoji".into(),
+                    kind: "file".into(),
+                    fingerprint: "sha256:3ca7c3e0".into(),
+                    state: TokenState::Rejected,
+                    expires_at: None,
+                    last_used: None,
+                    error: None,
+                    detail: Some("invalid_token (revoked)".into()),
+                    quota: Some(QuotaView {
+                        remaining: 0,
+                        limit: Some(100),
+                        reset_at: None,
+                    }),
+                    notice: None,
+                    cool_until: None,
+                }],
+                stored: StoredView {
+                    entries: 2,
+                    bytes: 1024,
+                },
+            }],
+        }
+    }
+
+    #[test]
+    fn status_round_trips_and_renders() {
+        let json = serde_json::to_value(sample()).unwrap();
+        // The JSON shape the docs and clients rely on.
+        assert_eq!(json["upstreams"][0]["breakers"]["auth"]["open"], true);
+        assert_eq!(json["upstreams"][0]["tokens"][0]["state"], "rejected");
+        assert_eq!(json["cache"]["persist"], serde_json::Value::Null);
+        let back: Status = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        let text = crate::cli::render_status(&back);
+        for want in [
+            "graceway 0.1.0  pid 42",
+            "last reload: 2026-12-01T10:00:00Z ok (signal)",
+            "open (token-rejected) since 2026-12-01T10:00:03Z",
+            "sha256:3ca7c3e0",
+            "0/100",
+            "emoji token 0 (sha256:3ca7c3e0) rejected: invalid_token (revoked)",
+        ] {
+            assert!(text.contains(want), "{want:?} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_document_missing_a_field_is_an_error_not_a_dash() {
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json["upstreams"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("stored");
+        let err = serde_json::from_value::<Status>(json).unwrap_err();
+        assert!(err.to_string().contains("stored"), "{err}");
+    }
 }

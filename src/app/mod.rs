@@ -52,6 +52,19 @@ pub enum Trigger {
     Refresh,
 }
 
+impl Trigger {
+    /// The name `/status` and the logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Signal => "signal",
+            Trigger::Admin => "admin",
+            Trigger::FileChange => "file-change",
+            Trigger::Refresh => "refresh",
+        }
+    }
+}
+
 /// The result of the last reload attempt.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadRecord {

@@ -456,25 +456,49 @@ impl FleetTier {
     }
 
     /// `/status`'s `cache.fleet`.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> FleetView {
         let c = &self.counts;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        serde_json::json!({
-            "target": self.config.target.redacted(),
-            "mode": match self.config.target { RedisTarget::Single(_) => "single", RedisTarget::Cluster(_) => "cluster" },
-            "up": self.conn.load().is_some() && !self.breaker.is_open(),
-            "connected": self.conn.load().is_some(),
-            "breaker_open": self.breaker.is_open(),
-            "last_error": self.last_error(),
-            "hits": n(&c.hits),
-            "misses": n(&c.misses),
-            "writes": n(&c.writes),
-            "errors": n(&c.errors),
-            "corrupt": n(&c.corrupt),
-            "dropped": n(&c.dropped),
-            "timeout_ms": self.config.timeout.as_millis() as u64,
-        })
+        FleetView {
+            target: self.config.target.redacted(),
+            mode: match self.config.target {
+                RedisTarget::Single(_) => "single",
+                RedisTarget::Cluster(_) => "cluster",
+            }
+            .to_string(),
+            up: self.conn.load().is_some() && !self.breaker.is_open(),
+            connected: self.conn.load().is_some(),
+            breaker_open: self.breaker.is_open(),
+            last_error: self.last_error(),
+            hits: n(&c.hits),
+            misses: n(&c.misses),
+            writes: n(&c.writes),
+            errors: n(&c.errors),
+            corrupt: n(&c.corrupt),
+            dropped: n(&c.dropped),
+            timeout_ms: self.config.timeout.as_millis() as u64,
+        }
     }
+}
+
+/// The fleet tier in `/status` (`cache.fleet`); the password of the
+/// target is shown as `***`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FleetView {
+    pub target: String,
+    /// `single` or `cluster`.
+    pub mode: String,
+    pub up: bool,
+    pub connected: bool,
+    pub breaker_open: bool,
+    pub last_error: Option<String>,
+    pub hits: u64,
+    pub misses: u64,
+    pub writes: u64,
+    pub errors: u64,
+    pub corrupt: u64,
+    pub dropped: u64,
+    pub timeout_ms: u64,
 }
 
 /// The Redis key of a cache key (`upstream` + `\n` + path and query, plus

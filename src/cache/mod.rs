@@ -357,15 +357,12 @@ impl Cache {
     }
 
     /// The persist tier's file and dropped-write count, for `/status`.
-    pub fn persist_status(&self) -> serde_json::Value {
-        match &self.persist {
-            None => serde_json::Value::Null,
-            Some(p) => serde_json::json!({
-                "path": p.path.display().to_string(),
-                "open": p.is_open(),
-                "dropped_writes": p.dropped(),
-            }),
-        }
+    pub fn persist_status(&self) -> Option<persist::PersistView> {
+        self.persist.as_ref().map(|p| persist::PersistView {
+            path: p.path.display().to_string(),
+            open: p.is_open(),
+            dropped_writes: p.dropped(),
+        })
     }
 
     pub fn budget(&self) -> u64 {

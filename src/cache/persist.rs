@@ -282,6 +282,14 @@ impl Writer {
     }
 }
 
+/// The persist tier in `/status` (`cache.persist`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PersistView {
+    pub path: String,
+    pub open: bool,
+    pub dropped_writes: u64,
+}
+
 /// Why the database file could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

@@ -7,8 +7,7 @@ pub mod demo;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
+use crate::admin::status::{BreakerView, QuotaView, Status};
 use crate::config;
 use crate::generation::{self, SourcePolicy, UpstreamStatus};
 use crate::net::outbound;
@@ -101,7 +100,7 @@ fn admin_url_from_config(path: &Path) -> Option<String> {
         .map(|l| format!("http://{}", l.config.admin.listen))
 }
 
-async fn get_status(admin: &str) -> Result<Value, String> {
+async fn get_status(admin: &str) -> Result<Status, String> {
     let r = outbound::request(
         "GET",
         &format!("{}/status", admin.trim_end_matches('/')),
@@ -115,7 +114,10 @@ async fn get_status(admin: &str) -> Result<Value, String> {
     if r.status != 200 {
         return Err(format!("/status answered {}", r.status));
     }
-    serde_json::from_slice(&r.body).map_err(|e| format!("/status is not JSON: {e}"))
+    // Typed: a field this version expects and the server does not send is
+    // an error here, never a silent `-` in the table.
+    serde_json::from_slice(&r.body)
+        .map_err(|e| format!("/status is not the document this version reads: {e}"))
 }
 
 /// `graceway reload -c FILE`: checks the file, sends SIGHUP to the pid in
@@ -151,10 +153,7 @@ pub fn reload(path: &Path) -> i32 {
     };
     let admin = format!("http://{}", loaded.config.admin.listen);
     block_on(async {
-        let before = get_status(&admin)
-            .await
-            .ok()
-            .and_then(|s| s["reload"]["attempt"].as_u64());
+        let before = get_status(&admin).await.ok().map(|s| s.reload.attempt);
         let rc = send_sighup(pid);
         if let Err(e) = rc {
             eprintln!("graceway: cannot signal pid {pid}: {e}");
@@ -167,13 +166,13 @@ pub fn reload(path: &Path) -> i32 {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(s) = get_status(&admin).await {
-                let r = &s["reload"];
-                if r["attempt"].as_u64().is_some_and(|a| a > before) {
-                    let msg = r["message"].as_str().unwrap_or("");
-                    if r["ok"].as_bool() == Some(true) {
+                let r = &s.reload;
+                if r.attempt > before {
+                    let msg = &r.message;
+                    if r.ok {
                         println!(
                             "graceway: reload applied (generation {}): {msg}",
-                            r["generation"]
+                            r.generation
                         );
                         return 0;
                     }
@@ -212,67 +211,47 @@ pub fn status(admin: Option<String>, config_path: Option<&Path>) -> i32 {
     }
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// An optional field as a table cell: `-` when absent.
+fn s(v: &Option<String>) -> String {
+    v.clone().unwrap_or_else(|| "-".into())
 }
 
-/// Renders `/status` JSON as aligned text tables.
-pub fn render_status(st: &Value) -> String {
+/// Renders `/status` as aligned text tables.
+pub fn render_status(st: &Status) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "graceway {}  pid {}  config {} ({}, generation {})\n",
-        s(&st["version"]),
-        s(&st["pid"]),
-        s(&st["config"]["path"]),
-        s(&st["config"]["hash"]),
-        s(&st["config"]["generation"]),
+        st.version, st.pid, st.config.path, st.config.hash, st.config.generation,
     ));
-    let r = &st["reload"];
+    let r = &st.reload;
     out.push_str(&format!(
         "last reload: {} {} ({}) {}\n",
-        s(&r["at"]),
-        if r["ok"].as_bool() == Some(true) {
-            "ok"
-        } else {
-            "FAILED"
-        },
-        s(&r["trigger"]),
-        s(&r["message"]),
+        r.at,
+        if r.ok { "ok" } else { "FAILED" },
+        r.trigger,
+        r.message,
     ));
-    if let Some(c) = st.get("cache") {
+    let c = &st.cache;
+    out.push_str(&format!(
+        "cache: {} entries, {} of {} bytes\n",
+        c.entries, c.bytes, c.limit_bytes
+    ));
+    if let Some(f) = &c.fleet {
         out.push_str(&format!(
-            "cache: {} entries, {} of {} bytes\n",
-            s(&c["entries"]),
-            s(&c["bytes"]),
-            s(&c["limit_bytes"])
+            "fleet: {} ({}) {}; {} hits, {} misses, {} writes, {} errors, {} dropped{}\n",
+            f.target,
+            f.mode,
+            if f.up { "up" } else { "DOWN" },
+            f.hits,
+            f.misses,
+            f.writes,
+            f.errors,
+            f.dropped,
+            f.last_error
+                .as_ref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
         ));
-        let f = &c["fleet"];
-        if !f.is_null() {
-            out.push_str(&format!(
-                "fleet: {} ({}) {}; {} hits, {} misses, {} writes, {} errors, {} dropped{}\n",
-                s(&f["target"]),
-                s(&f["mode"]),
-                if f["up"].as_bool() == Some(true) {
-                    "up"
-                } else {
-                    "DOWN"
-                },
-                s(&f["hits"]),
-                s(&f["misses"]),
-                s(&f["writes"]),
-                s(&f["errors"]),
-                s(&f["dropped"]),
-                if f["last_error"].is_null() {
-                    String::new()
-                } else {
-                    format!("; last error: {}", s(&f["last_error"]))
-                }
-            ));
-        }
     }
     out.push('\n');
     let mut rows = vec![vec![
@@ -287,9 +266,9 @@ pub fn render_status(st: &Value) -> String {
         "LAST SUCCESS".into(),
         "LAST FAILURE".into(),
     ]];
-    let breaker = |b: &Value| {
-        if b["open"].as_bool() == Some(true) {
-            format!("open ({}) since {}", s(&b["reason"]), s(&b["since"]))
+    let breaker = |b: &BreakerView| {
+        if b.open {
+            format!("open ({}) since {}", s(&b.reason), s(&b.since))
         } else {
             "closed".to_string()
         }
@@ -306,55 +285,47 @@ pub fn render_status(st: &Value) -> String {
     ]];
     // The vendor's words: refusals and deprecation notices, one line each.
     let mut notes = Vec::new();
-    for u in st["upstreams"].as_array().into_iter().flatten() {
-        let lf = &u["last_failure"];
+    for u in &st.upstreams {
         rows.push(vec![
-            s(&u["name"]),
-            s(&u["state"]),
-            s(&u["reason"]),
-            s(&u["degraded_since"]),
-            breaker(&u["breakers"]["health"]),
-            breaker(&u["breakers"]["auth"]),
-            s(&u["stored"]["entries"]),
-            s(&u["url"]),
-            s(&u["last_success"]),
-            if lf.is_null() {
-                "-".into()
-            } else {
-                format!("{} {}", s(&lf["at"]), s(&lf["reason"]))
+            u.name.clone(),
+            u.state.clone(),
+            s(&u.reason),
+            s(&u.degraded_since),
+            breaker(&u.breakers.health),
+            breaker(&u.breakers.auth),
+            u.stored.entries.to_string(),
+            u.url.clone(),
+            s(&u.last_success),
+            match &u.last_failure {
+                None => "-".into(),
+                Some(f) => format!("{} {}", s(&f.at), s(&f.reason)),
             },
         ]);
-        for t in u["tokens"].as_array().into_iter().flatten() {
+        for t in &u.tokens {
             token_rows.push(vec![
-                s(&u["name"]),
-                s(&t["index"]),
-                s(&t["source"]),
-                s(&t["fingerprint"]),
-                s(&t["state"]),
-                s(&t["expires_at"]),
-                s(&t["last_used"]),
-                quota(&t["quota"]),
+                u.name.clone(),
+                t.index.to_string(),
+                t.source.clone(),
+                t.fingerprint.clone(),
+                t.state.as_str().to_string(),
+                s(&t.expires_at),
+                s(&t.last_used),
+                quota(t.quota.as_ref()),
             ]);
-            let who = format!(
-                "{} token {} ({})",
-                s(&u["name"]),
-                s(&t["index"]),
-                s(&t["fingerprint"])
-            );
-            if !t["detail"].is_null() {
-                notes.push(format!("{who} {}: {}", s(&t["state"]), s(&t["detail"])));
+            let who = format!("{} token {} ({})", u.name, t.index, t.fingerprint);
+            if let Some(d) = &t.detail {
+                notes.push(format!("{who} {}: {d}", t.state.as_str()));
             }
-            let n = &t["notice"];
-            if !n.is_null() {
+            if let Some(n) = &t.notice {
                 let mut what = Vec::new();
-                if n["deprecated"].as_bool() == Some(true) {
-                    what.push(format!("DEPRECATED (from {})", s(&n["deprecation_at"])));
+                if n.deprecated {
+                    what.push(format!("DEPRECATED (from {})", s(&n.deprecation_at)));
                 }
-                if !n["sunset_at"].is_null() {
-                    what.push(format!("SUNSET at {}", s(&n["sunset_at"])));
+                if let Some(at) = &n.sunset_at {
+                    what.push(format!("SUNSET at {at}"));
                 }
-                for l in n["links"].as_array().into_iter().flatten() {
-                    what.push(format!("{}: {}", s(&l["rel"]), s(&l["url"])));
+                for l in &n.links {
+                    what.push(format!("{}: {}", l.rel, l.url));
                 }
                 notes.push(format!("{who}: {}", what.join("; ")));
             }
@@ -374,16 +345,16 @@ pub fn render_status(st: &Value) -> String {
 }
 
 /// `remaining/limit, resets <time>` or `-`.
-fn quota(q: &Value) -> String {
-    if q.is_null() {
+fn quota(q: Option<&QuotaView>) -> String {
+    let Some(q) = q else {
         return "-".into();
+    };
+    let mut out = q.remaining.to_string();
+    if let Some(l) = q.limit {
+        out = format!("{out}/{l}");
     }
-    let mut out = s(&q["remaining"]);
-    if !q["limit"].is_null() {
-        out = format!("{out}/{}", s(&q["limit"]));
-    }
-    if !q["reset_at"].is_null() {
-        out = format!("{out} until {}", s(&q["reset_at"]));
+    if let Some(at) = &q.reset_at {
+        out = format!("{out} until {at}");
     }
     out
 }

@@ -12,7 +12,7 @@ use super::value::{Injected, Secret};
 use crate::config::TokenSpec;
 
 /// What graceway currently believes about a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TokenState {
     /// Usable, and not close to expiry.

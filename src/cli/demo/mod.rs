@@ -222,7 +222,7 @@ impl Walkthrough {
 
     async fn status_table(&self) -> Option<String> {
         let r = fetch("GET", &self.admin("/status"), &[]).await.ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+        let v: crate::admin::status::Status = serde_json::from_slice(&r.body).ok()?;
         Some(crate::cli::render_status(&v))
     }
 
