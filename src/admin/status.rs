@@ -300,7 +300,7 @@ pub fn status(app: &App) -> Status {
             limit_bytes: app.cache.budget(),
             max_object_bytes: app.cache.max_object,
             persist: app.cache.persist_status(),
-            fleet: app.fleet.as_ref().map(|f| f.status()),
+            fleet: app.cache.fleet().map(|f| f.status()),
         },
         connections: connections(app),
         upstreams: gen

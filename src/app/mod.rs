@@ -98,9 +98,6 @@ pub struct App {
     pub started_at: SystemTime,
     /// Last-good copies; outlives reloads (its size is fixed at start).
     pub cache: Cache,
-    /// The fleet tier (`cache.redis`), shared by every replica; fixed at
-    /// start.
-    pub fleet: Option<Arc<crate::cache::fleet::FleetTier>>,
     /// Resident memory and shedding figures, written by the memory watch.
     pub memory: MemoryFigures,
     /// Set once the proxy listener was seen accepting (see `/readyz`).
@@ -177,8 +174,8 @@ impl App {
                 }
             },
         };
+        let cache = cache.with_fleet(fleet);
         let app = App {
-            fleet,
             last_reload: ArcSwap::from_pointee(ReloadRecord {
                 attempt: 0,
                 at: SystemTime::now(),

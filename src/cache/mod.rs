@@ -26,9 +26,12 @@
 //!   replica; written off the request path, read on a local miss when a
 //!   degraded answer is needed (bounded by `cache.redis.timeout`).
 //!
-//! The memory tier writes the persist tier itself; the fleet tier is still
-//! written and read by the proxy (`proxy::keep`, `fill_from_fleet`): giving
-//! this module sole ownership of all three is issue #23's next step.
+//! [`Cache`] owns all three: the proxy hands a fresh copy to
+//! [`Cache::keep`] (memory, persist file, fleet) and asks
+//! [`Cache::lookup`] then, for a degraded answer, [`Cache::fill_from_fleet`];
+//! it never talks to a tier itself. How long a copy is fresh comes from
+//! pingora-cache's filters (`s-maxage`, `max-age`, `Expires`; see
+//! [`stored::fresh_for`]).
 
 pub mod fleet;
 pub mod persist;
@@ -81,6 +84,8 @@ pub struct Cache {
     bytes: Arc<AtomicI64>,
     entries: Arc<AtomicI64>,
     persist: Option<persist::Writer>,
+    /// The fleet tier (`cache.redis`), set once at start.
+    fleet: Option<Arc<fleet::FleetTier>>,
 }
 
 /// The key of a request's copy without `Vary`: the upstream's name and a
@@ -256,7 +261,74 @@ impl Cache {
             bytes,
             entries,
             persist,
+            fleet: None,
         }
+    }
+
+    /// Adds the fleet tier (at start, before the cache is shared).
+    pub fn with_fleet(mut self, fleet: Option<Arc<fleet::FleetTier>>) -> Cache {
+        self.fleet = fleet;
+        self
+    }
+
+    /// The fleet tier, for its status and housekeeping.
+    pub fn fleet(&self) -> Option<&Arc<fleet::FleetTier>> {
+        self.fleet.as_ref()
+    }
+
+    /// Keeps a fresh copy in every tier: memory (which mirrors it to the
+    /// persist file) and, when configured, the fleet tier, under `ttl`.
+    /// Requests never wait: the persist and fleet writes are queued.
+    pub fn keep(
+        &self,
+        upstream: &str,
+        primary: &str,
+        variant: Option<(Arc<[HeaderName]>, String)>,
+        copy: Arc<CachedResponse>,
+        ttl: std::time::Duration,
+    ) {
+        if let Some(fleet) = &self.fleet {
+            fleet.put(upstream, primary, &copy, ttl);
+            if let Some((_, vkey)) = &variant {
+                fleet.put(upstream, vkey, &copy, ttl);
+            }
+        }
+        self.insert(primary, variant, copy, true);
+    }
+
+    /// A local miss's second chance, for a degraded answer only: the fleet
+    /// tier's copy of this request (the primary key, then the variant its
+    /// `Vary` names select), kept in the memory tier. True when one came.
+    /// The only place a request waits on Redis, bounded by
+    /// `cache.redis.timeout`.
+    pub async fn fill_from_fleet(
+        &self,
+        upstream: &str,
+        req: &RequestHeader,
+        owner: Arc<crate::generation::UpstreamStatus>,
+    ) -> bool {
+        let Some(fleet) = &self.fleet else {
+            return false;
+        };
+        if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
+            return false;
+        }
+        let primary = primary_key(upstream, req);
+        let Some(found) = fleet.get(upstream, &primary).await else {
+            return false;
+        };
+        let names = stored::vary_names(&found.headers);
+        let (found, variant) = if names.is_empty() {
+            (found, None)
+        } else {
+            let vkey = variant_key(&primary, &names, req);
+            match fleet.get(upstream, &vkey).await {
+                Some(v) => (v, Some((Arc::from(names), vkey))),
+                None => return false,
+            }
+        };
+        self.adopt(&primary, variant, found, owner);
+        true
     }
 
     /// Whether a new key's copy may be kept now. Below half the budget,

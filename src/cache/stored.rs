@@ -184,6 +184,21 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Decides, from the upstream's response header, whether it may become a
+/// No heuristic freshness: a copy is fresh only as long as the origin
+/// says (`s-maxage`, `max-age`, `Expires`).
+static NO_HEURISTIC: pingora_cache::CacheMetaDefaults =
+    pingora_cache::CacheMetaDefaults::new(|_| None, 0, 0);
+
+/// How long an answer is fresh from `now`, computed by pingora-cache's
+/// filters (RFC 9111 §4.2.1: `s-maxage`, then `max-age`, then `Expires`;
+/// `no-store`/`private` and an unparsable `Expires` mean not fresh).
+pub fn fresh_for(resp: &ResponseHeader, now: SystemTime) -> Duration {
+    let cc = pingora_cache::cache_control::CacheControl::from_resp_headers(resp);
+    pingora_cache::filters::calculate_fresh_until(now, cc.as_ref(), resp, false, &NO_HEURISTIC)
+        .and_then(|until| until.duration_since(now).ok())
+        .unwrap_or_default()
+}
+
 /// Whether a response is a Server-Sent Events stream (`text/event-stream`).
 pub fn is_event_stream(h: &http::HeaderMap) -> bool {
     h.get(http::header::CONTENT_TYPE).is_some_and(|v| {
@@ -366,6 +381,32 @@ pub fn decode(mut b: &[u8]) -> Option<Recorded> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn freshness_follows_s_maxage_max_age_then_expires() {
+        let now = SystemTime::now();
+        let resp = |headers: &[(&str, String)]| {
+            let mut r = ResponseHeader::build(200, None).unwrap();
+            for (k, v) in headers {
+                r.append_header(k.to_string(), v.as_str()).unwrap();
+            }
+            r
+        };
+        let expires = httpdate::fmt_http_date(now + Duration::from_secs(120));
+        let secs = |r: &ResponseHeader| fresh_for(r, now).as_secs();
+        let e = resp(&[("expires", expires.clone())]);
+        assert!((118..=120).contains(&secs(&e)), "{}", secs(&e));
+        let m = resp(&[
+            ("cache-control", "max-age=30".into()),
+            ("expires", expires.clone()),
+        ]);
+        assert_eq!(secs(&m), 30);
+        let s = resp(&[("cache-control", "max-age=30, s-maxage=90".into())]);
+        assert_eq!(secs(&s), 90);
+        assert_eq!(secs(&resp(&[("cache-control", "no-store".into())])), 0);
+        assert_eq!(secs(&resp(&[("expires", "not a date".into())])), 0);
+        assert_eq!(secs(&resp(&[])), 0);
+    }
 
     #[test]
     fn client_credentials_make_a_request_unstorable() {

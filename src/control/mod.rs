@@ -53,7 +53,7 @@ impl BackgroundService for Control {
         let pid_file = self.app.live.load().loaded.config.pid_file.clone();
         write_pid_file(&pid_file);
         let _ = self.app.pid_file.set(pid_file);
-        if let Some(fleet) = &self.app.fleet {
+        if let Some(fleet) = self.app.cache.fleet() {
             fleet.start();
         }
         let app = self.app.clone();

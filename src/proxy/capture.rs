@@ -17,6 +17,9 @@ pub(super) struct Capture {
     pub(super) variant: Option<(Arc<[HeaderName]>, String)>,
     pub(super) headers: Vec<(HeaderName, HeaderValue)>,
     pub(super) cc: CacheControl,
+    /// How long the copy is fresh by the origin's word (see
+    /// `stored::fresh_for`).
+    pub(super) fresh_for: std::time::Duration,
     /// The upstream's chunks, kept by reference (no copy per chunk).
     pub(super) parts: Vec<Bytes>,
     pub(super) size: usize,
@@ -62,6 +65,7 @@ impl Proxy {
             variant,
             headers,
             cc,
+            fresh_for: stored::fresh_for(resp, SystemTime::now()),
             parts: Vec::new(),
             size: 0,
         };
@@ -124,24 +128,22 @@ impl Proxy {
             .variant
             .as_ref()
             .map_or(cap.primary.len(), |(_, k)| k.len());
-        let fresh = cap.cc.s_maxage.or(cap.cc.max_age).unwrap_or(0);
         let recorded = Recorded {
             headers: cap.headers,
             body: body.freeze(),
             stored_at: SystemTime::now(),
-            fresh_for: std::time::Duration::from_secs(fresh),
+            fresh_for: cap.fresh_for,
             must_revalidate: cap.cc.must_revalidate,
             stale_if_error: cap.cc.stale_if_error.map(std::time::Duration::from_secs),
         };
         let copy = Arc::new(CachedResponse::new(recorded, key_len, up.status.clone()));
-        if let Some(fleet) = &self.app.fleet {
-            let ttl = up.config.stale.max_stale;
-            fleet.put(&up.config.name, &cap.primary, &copy, ttl);
-            if let Some((_, vkey)) = &cap.variant {
-                fleet.put(&up.config.name, vkey, &copy, ttl);
-            }
-        }
-        self.cache().insert(&cap.primary, cap.variant, copy, true);
+        self.cache().keep(
+            &up.config.name,
+            &cap.primary,
+            cap.variant,
+            copy,
+            up.config.stale.max_stale,
+        );
         up.status.set_last_good_path(cap.path);
     }
 }

@@ -73,35 +73,11 @@ impl Proxy {
         Ok(answer)
     }
 
-    /// Called on a local miss: reads the request's copy from the fleet tier
-    /// and keeps it in the memory tier; true when one came.
+    /// Called on a local miss: the cache's fleet tier may have the copy.
     pub(super) async fn fill_from_fleet(&self, up: &Upstream, req: &RequestHeader) -> bool {
-        let Some(fleet) = &self.app.fleet else {
-            return false;
-        };
-        if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
-            return false;
-        }
-        let name = up.config.name.as_str();
-        let primary = cache::primary_key(name, req);
-        let Some(found) = fleet.get(name, &primary).await else {
-            return false;
-        };
-        // A copy that varies is kept under its variant's key too: ask for
-        // the one this request's headers select.
-        let names = stored::vary_names(&found.headers);
-        let (found, variant) = if names.is_empty() {
-            (found, None)
-        } else {
-            let vkey = cache::variant_key(&primary, &names, req);
-            match fleet.get(name, &vkey).await {
-                Some(v) => (v, Some((Arc::from(names), vkey))),
-                None => return false,
-            }
-        };
         self.cache()
-            .adopt(&primary, variant, found, up.status.clone());
-        true
+            .fill_from_fleet(&up.config.name, req, up.status.clone())
+            .await
     }
 
     /// Replaces the upstream's failing answer with the degraded one (the
