@@ -91,19 +91,7 @@ pub struct Metrics {
 
 /// Every `reason` of `graceway_client_rejections_total`, exported at 0
 /// from start.
-pub const CLIENT_REJECTIONS: [&str; 11] = [
-    "bad-target",
-    "bad-host",
-    "bad-framing",
-    "header-too-large",
-    "body-too-large",
-    "method-not-allowed",
-    "no-route",
-    "header-timeout",
-    "body-timeout",
-    "client-closed",
-    "invalid-request",
-];
+pub const CLIENT_REJECTIONS: [crate::outcome::ClientReason; 12] = crate::outcome::ClientReason::ALL;
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
@@ -356,7 +344,7 @@ pub fn metrics() -> &'static Metrics {
                 )
                 .expect("metric registers");
                 for r in CLIENT_REJECTIONS {
-                    c.with_label_values(&[r]);
+                    c.with_label_values(&[r.as_str()]);
                 }
                 c
             },
@@ -442,10 +430,10 @@ pub fn fleet_metrics() -> &'static FleetMetrics {
 }
 
 /// Counts a request refused or cut for the client's doing.
-pub fn client_rejected(reason: &'static str) {
+pub fn client_rejected(reason: crate::outcome::ClientReason) {
     metrics()
         .client_rejections_total
-        .with_label_values(&[reason])
+        .with_label_values(&[reason.as_str()])
         .inc();
 }
 

@@ -2,9 +2,9 @@
 //! give a good answer ([`Reason`]), in the words the degradation headers,
 //! metrics, status and logs all use.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[repr(u8)]
 pub enum Reason {
@@ -23,6 +23,30 @@ pub enum Reason {
     /// No token has a value: every source failed (the identity provider or
     /// secret store is down).
     TokenUnavailable = 7,
+}
+
+/// What an upstream can give a request now (`/status`, `/readyz`, the
+/// webhook, `graceway status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamState {
+    /// Fresh answers.
+    Healthy,
+    /// Answers from copies (or some 503s) for a [`Reason`].
+    Degraded,
+    /// Nothing but errors: no usable token and no copy, or the upstream is
+    /// unreachable and nothing is stored.
+    Down,
+}
+
+impl UpstreamState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamState::Healthy => "healthy",
+            UpstreamState::Degraded => "degraded",
+            UpstreamState::Down => "down",
+        }
+    }
 }
 
 impl Reason {
@@ -93,7 +117,60 @@ pub enum Outcome {
     Error(Option<Reason>),
     /// The client's own doing: it went away, stalled, or sent too much.
     /// Never counted against the upstream or its tokens.
-    Client(&'static str),
+    Client(ClientReason),
+}
+
+/// Why graceway refused or ended a request on the client's side: the
+/// `reason` of the JSON error, the access log and
+/// `graceway_client_rejections_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientReason {
+    BadTarget,
+    BadHost,
+    BadFraming,
+    HeaderTooLarge,
+    BodyTooLarge,
+    MethodNotAllowed,
+    NoRoute,
+    HeaderTimeout,
+    BodyTimeout,
+    ClientClosed,
+    InvalidRequest,
+    ShuttingDown,
+}
+
+impl ClientReason {
+    pub const ALL: [ClientReason; 12] = [
+        ClientReason::BadTarget,
+        ClientReason::BadHost,
+        ClientReason::BadFraming,
+        ClientReason::HeaderTooLarge,
+        ClientReason::BodyTooLarge,
+        ClientReason::MethodNotAllowed,
+        ClientReason::NoRoute,
+        ClientReason::HeaderTimeout,
+        ClientReason::BodyTimeout,
+        ClientReason::ClientClosed,
+        ClientReason::InvalidRequest,
+        ClientReason::ShuttingDown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientReason::BadTarget => "bad-target",
+            ClientReason::BadHost => "bad-host",
+            ClientReason::BadFraming => "bad-framing",
+            ClientReason::HeaderTooLarge => "header-too-large",
+            ClientReason::BodyTooLarge => "body-too-large",
+            ClientReason::MethodNotAllowed => "method-not-allowed",
+            ClientReason::NoRoute => "no-route",
+            ClientReason::HeaderTimeout => "header-timeout",
+            ClientReason::BodyTimeout => "body-timeout",
+            ClientReason::ClientClosed => "client-closed",
+            ClientReason::InvalidRequest => "invalid-request",
+            ClientReason::ShuttingDown => "shutting-down",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::app::App;
+use crate::outcome::{Reason, UpstreamState};
 
 use crate::tokens::TokenState;
 
@@ -93,8 +94,8 @@ pub struct UpstreamView {
     pub name: String,
     pub url: String,
     pub route: RouteView,
-    pub state: String,
-    pub reason: Option<String>,
+    pub state: UpstreamState,
+    pub reason: Option<Reason>,
     pub degraded_since: Option<String>,
     pub last_success: Option<String>,
     pub last_failure: Option<FailureView>,
@@ -243,8 +244,8 @@ fn upstream_view(u: &crate::generation::Upstream, now: SystemTime) -> UpstreamVi
             host: u.config.route.host.clone(),
             path_prefix: u.config.route.path_prefix.clone(),
         },
-        state: state.to_string(),
-        reason: reason.map(str::to_string),
+        state,
+        reason,
         degraded_since: ts(u.status.degradation().map(|(_, t)| t)),
         last_success: ts(u.status.last_success()),
         last_failure: u.status.last_failure().map(|(at, r)| FailureView {
@@ -365,7 +366,7 @@ pub fn readiness(app: &App) -> (bool, Value) {
         .iter()
         .map(|u| {
             let (state, reason) = u.state(now);
-            let ready = state != "down";
+            let ready = state != UpstreamState::Down;
             all &= ready;
             json!({ "name": u.config.name, "ready": ready, "state": state, "reason": reason })
         })
@@ -445,8 +446,8 @@ mod tests {
                     host: None,
                     path_prefix: "/".into(),
                 },
-                state: "degraded".into(),
-                reason: Some("token-rejected".into()),
+                state: UpstreamState::Degraded,
+                reason: Some(Reason::TokenRejected),
                 degraded_since: Some("2026-12-01T10:00:03Z".into()),
                 last_success: None,
                 last_failure: None,

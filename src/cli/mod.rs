@@ -288,8 +288,8 @@ pub fn render_status(st: &Status) -> String {
     for u in &st.upstreams {
         rows.push(vec![
             u.name.clone(),
-            u.state.clone(),
-            s(&u.reason),
+            u.state.as_str().to_string(),
+            u.reason.map_or("-".into(), |r| r.as_str().to_string()),
             s(&u.degraded_since),
             breaker(&u.breakers.health),
             breaker(&u.breakers.auth),

@@ -84,7 +84,10 @@ impl StateWatch {
         let sys_now = SystemTime::now();
         for u in &gen.upstreams {
             let (state, reason) = u.state(sys_now);
-            let cur = (state.to_string(), reason.map(str::to_string));
+            let cur = (
+                state.as_str().to_string(),
+                reason.map(|r| r.as_str().to_string()),
+            );
             let name = u.config.name.clone();
             match self.upstreams.insert(name.clone(), cur.clone()) {
                 Some(prev) if prev != cur => events.push(Event {

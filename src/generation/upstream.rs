@@ -14,7 +14,7 @@ use super::breaker::Breaker;
 use super::inject::InjectTarget;
 use crate::config::UpstreamConfig;
 use crate::metrics::UpstreamMetrics;
-use crate::outcome::Reason;
+use crate::outcome::{Reason, UpstreamState};
 use crate::tokens::{TokenSet, TokenState};
 
 /// One upstream, with every per-request value precomputed.
@@ -47,13 +47,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Why an upstream has no usable token, for the error body and logs.
-    pub fn no_token_reason(&self) -> &'static str {
+    /// Why an upstream has no usable token (for `/status` and logs).
+    pub fn no_token_cause(&self) -> Reason {
         match self.no_token().0 {
-            Some(Reason::TokenExpired) => "token-expired",
-            Some(Reason::RateLimited) => "rate-limited",
-            Some(_) => "token-rejected",
-            None => "token-unavailable",
+            Some(r @ (Reason::TokenExpired | Reason::RateLimited)) => r,
+            Some(_) => Reason::TokenRejected,
+            None => Reason::TokenUnavailable,
         }
     }
 
@@ -99,28 +98,32 @@ impl Upstream {
             })
     }
 
-    /// `healthy`, `degraded` or `down`, and why. Down means a request can get
+    /// Healthy, degraded or down, and why. Down means a request can get
     /// nothing but an error: no usable token and no stored copy to serve.
-    pub fn state(&self, now: SystemTime) -> (&'static str, Option<&'static str>) {
+    pub fn state(&self, now: SystemTime) -> (UpstreamState, Option<Reason>) {
         let copies = self.status.stored_entries.load(Ordering::Relaxed) > 0;
+        let degraded_or_down = |servable| {
+            if servable {
+                UpstreamState::Degraded
+            } else {
+                UpstreamState::Down
+            }
+        };
         if self.inject.is_some() && !self.tokens.any_usable(now) {
-            let why = self.no_token_reason();
+            let why = self.no_token_cause();
             // Copies are served for a rejected or expired token, not when every
             // source failed (there is nothing to say the upstream would refuse).
-            let servable =
-                copies && (why != "token-unavailable" || self.config.stale.on.token_unavailable);
-            return (if servable { "degraded" } else { "down" }, Some(why));
+            let servable = copies
+                && (why != Reason::TokenUnavailable || self.config.stale.on.token_unavailable);
+            return (degraded_or_down(servable), Some(why));
         }
         if let Some(reason) = self.status.health.reason() {
-            return (
-                if copies { "degraded" } else { "down" },
-                Some(reason.as_str()),
-            );
+            return (degraded_or_down(copies), Some(reason));
         }
         if let Some((reason, _)) = self.status.degradation() {
-            return ("degraded", Some(reason.as_str()));
+            return (UpstreamState::Degraded, Some(reason));
         }
-        ("healthy", None)
+        (UpstreamState::Healthy, None)
     }
 }
 

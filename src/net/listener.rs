@@ -468,7 +468,7 @@ pub fn refresh_metrics() {
         if name == "proxy" {
             let c = m
                 .client_rejections_total
-                .with_label_values(&["header-timeout"]);
+                .with_label_values(&[crate::outcome::ClientReason::HeaderTimeout.as_str()]);
             c.inc_by(f.header_timeouts.load(Relaxed).saturating_sub(c.get()));
         }
     }

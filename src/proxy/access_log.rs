@@ -73,7 +73,7 @@ impl super::Proxy {
             Outcome::Fresh if e.is_none() || ctx.stream => ("ok", "-"),
             Outcome::Stale(r) => ("stale", r.as_str()),
             Outcome::Error(Some(r)) => ("error", r.as_str()),
-            Outcome::Client(r) => ("client", r),
+            Outcome::Client(r) => ("client", r.as_str()),
             Outcome::Unrouted if e.is_none() && status < 400 => ("ok", "-"),
             _ => ("error", "-"),
         };

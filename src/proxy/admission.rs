@@ -3,6 +3,7 @@
 //! so hostile input is refused with a 4xx before any upstream or token is
 //! involved.
 
+use crate::outcome::ClientReason;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::Version;
 use pingora::http::RequestHeader;
@@ -16,11 +17,11 @@ use crate::generation::Router;
 pub(crate) struct Refusal {
     pub status: u16,
     pub message: &'static str,
-    pub reason: &'static str,
+    pub reason: ClientReason,
 }
 
 impl Refusal {
-    fn bad(message: &'static str, reason: &'static str) -> Refusal {
+    fn bad(message: &'static str, reason: ClientReason) -> Refusal {
         Refusal {
             status: 400,
             message,
@@ -31,7 +32,7 @@ impl Refusal {
 
 impl From<TargetError> for Refusal {
     fn from(e: TargetError) -> Refusal {
-        Refusal::bad(e.message(), "bad-target")
+        Refusal::bad(e.message(), ClientReason::BadTarget)
     }
 }
 
@@ -68,14 +69,22 @@ pub(crate) fn admit<'a>(
                 .to_str()
                 .ok()
                 .filter(|h| valid_host(h))
-                .ok_or(Refusal::bad("the Host header is not valid", "bad-host"))?,
+                .ok_or(Refusal::bad(
+                    "the Host header is not valid",
+                    ClientReason::BadHost,
+                ))?,
         ),
-        _ => return Err(Refusal::bad("more than one Host header", "bad-host")),
+        _ => {
+            return Err(Refusal::bad(
+                "more than one Host header",
+                ClientReason::BadHost,
+            ))
+        }
     };
     if host_header.is_none() && req.version == Version::HTTP_11 {
         return Err(Refusal::bad(
             "an HTTP/1.1 request must carry a Host header",
-            "bad-host",
+            ClientReason::BadHost,
         ));
     }
     let host = match t.authority_host {
@@ -83,13 +92,13 @@ pub(crate) fn admit<'a>(
             if !router.knows_host(h) {
                 return Err(Refusal::bad(
                     "an absolute request target must name a host this proxy serves",
-                    "bad-target",
+                    ClientReason::BadTarget,
                 ));
             }
             if host_header.is_some_and(|hh| !strip_port(hh).eq_ignore_ascii_case(h)) {
                 return Err(Refusal::bad(
                     "the Host header differs from the host of the request target",
-                    "bad-host",
+                    ClientReason::BadHost,
                 ));
             }
             Some(h)
@@ -223,7 +232,7 @@ fn header_size(req: &RequestHeader, limit: usize) -> Result<(), Refusal> {
         return Err(Refusal {
             status: 431,
             message: "request header fields too large",
-            reason: "header-too-large",
+            reason: ClientReason::HeaderTooLarge,
         });
     }
     Ok(())
@@ -241,7 +250,7 @@ fn framing(req: &RequestHeader, max_body: u64) -> Result<Option<u64>, Refusal> {
         if !only_chunked {
             return Err(Refusal::bad(
                 "only `Transfer-Encoding: chunked` is accepted",
-                "bad-framing",
+                ClientReason::BadFraming,
             ));
         }
         // Pingora has already dropped any Content-Length (TE wins) and
@@ -260,7 +269,7 @@ fn framing(req: &RequestHeader, max_body: u64) -> Result<Option<u64>, Refusal> {
             }
             let n = parse_plain_number(part).ok_or(Refusal::bad(
                 "Content-Length must be a plain number",
-                "bad-framing",
+                ClientReason::BadFraming,
             ))?;
             if part.len() > 1 && part[0] == b'0' {
                 canonical = false;
@@ -269,7 +278,7 @@ fn framing(req: &RequestHeader, max_body: u64) -> Result<Option<u64>, Refusal> {
                 Some(l) if l != n => {
                     return Err(Refusal::bad(
                         "conflicting Content-Length values",
-                        "bad-framing",
+                        ClientReason::BadFraming,
                     ))
                 }
                 _ => length = Some(n),
@@ -281,7 +290,7 @@ fn framing(req: &RequestHeader, max_body: u64) -> Result<Option<u64>, Refusal> {
             return Err(Refusal {
                 status: 413,
                 message: "the request body is larger than this proxy accepts",
-                reason: "body-too-large",
+                reason: ClientReason::BodyTooLarge,
             });
         }
     }
@@ -448,7 +457,7 @@ mod tests {
     fn host_rules() {
         assert_eq!(
             check(&req("GET", "/x", &[])).unwrap_err().reason,
-            "bad-host"
+            ClientReason::BadHost
         );
         let mut r10 = req("GET", "/x", &[]);
         r10.set_version(Version::HTTP_10);
@@ -475,13 +484,13 @@ mod tests {
             ))
             .unwrap_err()
             .reason,
-            "bad-target"
+            ClientReason::BadTarget
         );
         assert_eq!(
             check(&req("GET", "http://api.example/x", &[("Host", "other")]))
                 .unwrap_err()
                 .reason,
-            "bad-host"
+            ClientReason::BadHost
         );
     }
 
@@ -507,7 +516,11 @@ mod tests {
         assert_eq!(check(&r).unwrap_err().status, 413);
         for bad in ["gzip, chunked", "gzip", "chunked, chunked", "identity"] {
             let r = req("POST", "/", &[h, ("Transfer-Encoding", bad)]);
-            assert_eq!(check(&r).unwrap_err().reason, "bad-framing", "{bad:?}");
+            assert_eq!(
+                check(&r).unwrap_err().reason,
+                ClientReason::BadFraming,
+                "{bad:?}"
+            );
         }
         assert!(check(&req("POST", "/", &[h, ("Transfer-Encoding", "Chunked")])).is_ok());
     }

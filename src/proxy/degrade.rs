@@ -144,7 +144,7 @@ impl Proxy {
             log::warn!(
                 "upstream {}: auth breaker open: no usable token ({}); answering from the last-good cache until {}",
                 up.config.name,
-                up.no_token_reason(),
+                up.no_token_cause().as_str(),
                 if probed { "a probe succeeds or the tokens change" } else { "a trial request succeeds or the tokens change" }
             );
         }

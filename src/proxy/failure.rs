@@ -27,19 +27,19 @@ pub(super) fn note_upstream_failure(up: &Upstream, e: &Error, reason: Reason) {
 /// timeout while the client had not finished sending its body is the
 /// client's stall, not the upstream's (so a slow client cannot open the
 /// health breaker for everyone).
-pub(super) fn client_fault(session: &mut Session, e: &Error) -> Option<&'static str> {
+pub(super) fn client_fault(session: &mut Session, e: &Error) -> Option<ClientReason> {
     match (e.esource(), e.etype()) {
-        (ErrorSource::Downstream, ErrorType::HTTPStatus(413)) => Some("body-too-large"),
-        (ErrorSource::Downstream, ErrorType::ReadTimedout) => Some("body-timeout"),
+        (ErrorSource::Downstream, ErrorType::HTTPStatus(413)) => Some(ClientReason::BodyTooLarge),
+        (ErrorSource::Downstream, ErrorType::ReadTimedout) => Some(ClientReason::BodyTimeout),
         (
             ErrorSource::Downstream,
             ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError,
-        ) => Some("client-closed"),
-        (ErrorSource::Downstream, _) => Some("invalid-request"),
+        ) => Some(ClientReason::ClientClosed),
+        (ErrorSource::Downstream, _) => Some(ClientReason::InvalidRequest),
         (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout)
             if !session.as_downstream_mut().is_body_done() =>
         {
-            Some("body-timeout")
+            Some(ClientReason::BodyTimeout)
         }
         _ => None,
     }
@@ -53,19 +53,23 @@ impl Proxy {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        reason: &'static str,
+        reason: ClientReason,
     ) -> FailToProxy {
         crate::metrics::client_rejected(reason);
         ctx.outcome = Outcome::Client(reason);
         session.set_keepalive(None);
         let (status, message) = match reason {
-            "body-too-large" => (413, "the request body is larger than this proxy accepts"),
-            "body-timeout" => (408, "the request body did not arrive in time"),
-            "invalid-request" => (400, "the request could not be read"),
+            ClientReason::BodyTooLarge => {
+                (413, "the request body is larger than this proxy accepts")
+            }
+            ClientReason::BodyTimeout => (408, "the request body did not arrive in time"),
+            ClientReason::InvalidRequest => (400, "the request could not be read"),
             _ => (0, ""),
         };
         if status > 0 && session.response_written().is_none() {
-            if let Ok(mut answer) = respond::json_error(status, message, None, reason, None) {
+            if let Ok(mut answer) =
+                respond::json_error(status, message, None, reason.as_str(), None)
+            {
                 let _ = answer
                     .header
                     .insert_header(http::header::CONNECTION, "close");
@@ -126,14 +130,15 @@ impl Proxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        ctx.outcome = Outcome::Client("shutting-down");
+        crate::metrics::client_rejected(ClientReason::ShuttingDown);
+        ctx.outcome = Outcome::Client(ClientReason::ShuttingDown);
         session.set_keepalive(None);
         if session.response_written().is_none() {
             if let Ok(mut answer) = respond::json_error(
                 503,
                 "graceway is shutting down: retry the request",
                 None,
-                "shutting-down",
+                ClientReason::ShuttingDown.as_str(),
                 None,
             ) {
                 let _ = answer

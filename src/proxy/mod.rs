@@ -62,7 +62,7 @@ use crate::cache::stored::{self, CacheControl};
 use crate::cache::{self, Cache, CachedResponse, Recorded};
 use crate::clock::unix_now;
 use crate::generation::{Generation, Upstream};
-use crate::outcome::{Outcome, Reason};
+use crate::outcome::{ClientReason, Outcome, Reason};
 use crate::tokens::evidence::{self, Verdict};
 use crate::tokens::set::Suspicion;
 
@@ -522,7 +522,7 @@ impl ProxyHttp for Proxy {
     /// metrics, not logged one by one (the latter at DEBUG).
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
         if let Outcome::Client(reason) = ctx.outcome {
-            log::debug!("client request ended ({reason}): {error}");
+            log::debug!("client request ended ({}): {error}", reason.as_str());
             return true;
         }
         if ctx.stream && ctx.upstream_status != 0 {

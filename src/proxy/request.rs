@@ -41,8 +41,13 @@ impl Proxy {
     ) -> Result<()> {
         crate::metrics::client_rejected(refusal.reason);
         ctx.outcome = Outcome::Client(refusal.reason);
-        let mut answer =
-            respond::json_error(refusal.status, refusal.message, None, refusal.reason, None)?;
+        let mut answer = respond::json_error(
+            refusal.status,
+            refusal.message,
+            None,
+            refusal.reason.as_str(),
+            None,
+        )?;
         if let Some(allow) = allow {
             answer.header.insert_header(http::header::ALLOW, allow)?;
         }
@@ -91,7 +96,7 @@ impl Proxy {
             let refusal = admission::Refusal {
                 status: 404,
                 message: "no upstream is configured for this host and path",
-                reason: "no-route",
+                reason: ClientReason::NoRoute,
             };
             self.refuse(session, ctx, &refusal, None).await?;
             return Ok(None);
@@ -101,7 +106,7 @@ impl Proxy {
             let refusal = admission::Refusal {
                 status: 405,
                 message: "this method is not forwarded to this upstream",
-                reason: "method-not-allowed",
+                reason: ClientReason::MethodNotAllowed,
             };
             let allow = up.allow.clone();
             self.refuse(session, ctx, &refusal, Some(allow)).await?;
@@ -111,7 +116,7 @@ impl Proxy {
             let refusal = admission::Refusal {
                 status: 405,
                 message: "a method-override header names a method not forwarded to this upstream",
-                reason: "method-not-allowed",
+                reason: ClientReason::MethodNotAllowed,
             };
             let allow = up.allow.clone();
             self.refuse(session, ctx, &refusal, Some(allow)).await?;
