@@ -1,6 +1,7 @@
 //! The `graceway` binary: parses the command line and hands over to the
 //! library. No logic lives here.
 
+#[cfg(feature = "demo")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -56,6 +57,7 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Run a demo emoji API with graceway in front of it and walk through an outage
+    #[cfg(feature = "demo")]
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
@@ -98,6 +100,7 @@ fn main() {
         } => graceway::cli::check(&config, skip_sources),
         Command::Reload { config } => graceway::cli::reload(&config),
         Command::Status { admin, config } => graceway::cli::status(admin, config.as_deref()),
+        #[cfg(feature = "demo")]
         Command::Demo {
             listen,
             admin,

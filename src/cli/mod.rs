@@ -2,6 +2,7 @@
 //! Each returns the process exit code.
 //! The demo (`graceway demo`) lives in [`demo`].
 
+#[cfg(feature = "demo")]
 pub mod demo;
 
 use std::path::Path;

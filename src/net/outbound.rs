@@ -19,10 +19,14 @@ use pingora::upstreams::peer::HttpPeer;
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
+    /// Read by the demo (and kept whole for any caller that needs one).
+    #[cfg_attr(not(feature = "demo"), allow(dead_code))]
     pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
+/// Read by the demo's walkthrough.
+#[cfg(feature = "demo")]
 impl Answer {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
