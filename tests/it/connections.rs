@@ -224,19 +224,26 @@ fn a_cap_full_of_kept_alive_drippers_never_locks_out_a_new_client() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut socks = dripper.join().unwrap();
     assert_eq!(answered, 8);
-    // The evicted drippers were told 408.
-    let mut told = 0;
+    // The evicted drippers were told 408 and closed. A dripper that kept
+    // writing into its closed connection may have drawn a reset, which can
+    // discard the 408 before it is read: closed counts either way.
+    let (mut told, mut ended) = (0, 0);
     for s in &mut socks {
         s.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
         let mut buf = [0u8; 512];
-        if let Ok(n) = s.read(&mut buf) {
-            if buf[..n].starts_with(b"HTTP/1.1 408") {
+        match s.read(&mut buf) {
+            Ok(n) if buf[..n].starts_with(b"HTTP/1.1 408") => {
                 told += 1;
+                ended += 1;
             }
+            Ok(0) => ended += 1,
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => ended += 1,
+            _ => {}
         }
     }
-    assert!(told >= 8, "{told} drippers were told 408");
+    assert!(told >= 1, "no dripper was told 408");
+    assert!(ended >= 8, "{ended} drippers were closed ({told} told 408)");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(g.status());
     assert!(
