@@ -584,6 +584,58 @@ mod tests {
         r
     }
 
+    fn copy(body: usize, key_len: usize) -> Arc<CachedResponse> {
+        let recorded = Recorded {
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            )],
+            body: bytes::Bytes::from(vec![b'x'; body]),
+            stored_at: SystemTime::now(),
+            fresh_for: std::time::Duration::ZERO,
+            must_revalidate: false,
+            stale_if_error: None,
+        };
+        let owner = Arc::new(crate::generation::UpstreamStatus::new("u"));
+        Arc::new(CachedResponse::new(recorded, key_len, owner))
+    }
+
+    #[test]
+    fn weights_count_key_headers_size_class_and_entry_overhead() {
+        let h = [(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        )];
+        let w = |body| Cache::weigh(70, &h, body) as usize;
+        let fixed =
+            70 + "content-type".len() + 16 + stored::HEADER_OVERHEAD + stored::ENTRY_OVERHEAD;
+        assert_eq!(w(100), fixed + stored::allocation_size(100));
+        assert!(
+            w(40_000) >= fixed + 40_000,
+            "a body is never weighed below its size"
+        );
+        assert!(w(1) < w(1000) && w(1000) < w(40_000));
+    }
+
+    #[test]
+    fn the_byte_budget_holds_at_every_insert() {
+        let budget = 64 * 1024;
+        let cache = Cache::new(budget, 16 * 1024, None);
+        for i in 0..200 {
+            let key = key_of("u", &format!("/v1/{i}"));
+            cache.insert(&key, None, copy(1500, key.len()), false);
+            assert!(
+                cache.bytes() as u64 <= budget + 4096,
+                "{} after {i}",
+                cache.bytes()
+            );
+        }
+        assert!(cache.entries() > 10);
+        // Past half the budget a new key waits for its second ask.
+        assert!(!cache.admit("u\nnever-seen"));
+        assert!(cache.admit("u\nnever-seen"));
+    }
+
     #[test]
     fn keys_hold_hashes_never_the_path_or_query() {
         let r = req("/v1/items?api_key=CLIENTSECRET&x=1", &[]);

@@ -57,3 +57,47 @@ impl Router {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        let yaml = r#"
+upstreams:
+  - { name: all, url: "http://127.0.0.1:1", credentials: none }
+  - { name: special, url: "http://127.0.0.1:2", match: { path_prefix: "/v1/special/" }, credentials: none }
+  - { name: emoji, url: "http://Emoji.Upstream:3", match: { host: "emoji.internal" }, credentials: none }
+  - { name: emoji-v2, url: "http://127.0.0.1:4", match: { host: "emoji.internal", path_prefix: "/v2/" }, credentials: none }
+"#;
+        let cfg = crate::config::parse(yaml, std::path::Path::new("/")).unwrap();
+        Router::new(&cfg.upstreams)
+    }
+
+    #[test]
+    fn the_longest_prefix_wins_and_a_host_route_beats_a_tie() {
+        let r = router();
+        assert_eq!(r.route(Some("api.example"), "/v1/special/x"), Some(1));
+        assert_eq!(r.route(Some("api.example"), "/v1/other"), Some(0));
+        // The host route (prefix "/") ties with the catch-all: it wins.
+        assert_eq!(r.route(Some("EMOJI.internal"), "/v1/x"), Some(2));
+        assert_eq!(r.route(Some("emoji.internal"), "/v2/x"), Some(3));
+        assert_eq!(
+            r.route(None, "/v2/x"),
+            Some(0),
+            "no Host: host routes never match"
+        );
+    }
+
+    #[test]
+    fn absolute_targets_may_name_route_hosts_and_upstream_hosts() {
+        let r = router();
+        assert!(r.knows_host("emoji.internal"));
+        assert!(
+            r.knows_host("EMOJI.UPSTREAM"),
+            "an upstream's own host, any case"
+        );
+        assert!(r.knows_host("127.0.0.1"));
+        assert!(!r.knows_host("evil.example"));
+    }
+}
