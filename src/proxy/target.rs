@@ -216,6 +216,17 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// The byte the escape `%XY` at `path[i]` stands for.
+fn escape_at(path: &[u8], i: usize) -> Result<u8, TargetError> {
+    match (
+        path.get(i + 1).copied().and_then(hex),
+        path.get(i + 2).copied().and_then(hex),
+    ) {
+        (Some(h), Some(l)) => Ok(h * 16 + l),
+        _ => Err(TargetError::BadEscape),
+    }
+}
+
 /// Refuses `%25` followed by the escape of a dot, slash or backslash, and
 /// escapes whose decoded bytes are not UTF-8 (overlong forms included).
 fn check_escapes(path: &[u8]) -> Result<(), TargetError> {
@@ -234,13 +245,7 @@ fn check_escapes(path: &[u8]) -> Result<(), TargetError> {
             i += 1;
             continue;
         }
-        let (Some(h), Some(l)) = (
-            path.get(i + 1).copied().and_then(hex),
-            path.get(i + 2).copied().and_then(hex),
-        ) else {
-            return Err(TargetError::BadEscape);
-        };
-        let v = h * 16 + l;
+        let v = escape_at(path, i)?;
         if v == b'%' {
             let next = path.get(i + 3..i + 5).map(|n| n.to_ascii_lowercase());
             if matches!(next.as_deref(), Some(b"2e" | b"2f" | b"5c")) {
@@ -268,13 +273,7 @@ fn normalize_path(path: &[u8]) -> Result<String, TargetError> {
     while i < path.len() {
         let b = path[i];
         if b == b'%' {
-            let (Some(h), Some(l)) = (
-                path.get(i + 1).copied().and_then(hex),
-                path.get(i + 2).copied().and_then(hex),
-            ) else {
-                return Err(TargetError::BadEscape);
-            };
-            let v = h * 16 + l;
+            let v = escape_at(path, i)?;
             match v {
                 b'/' => return Err(TargetError::EncodedSlash),
                 b'\\' => return Err(TargetError::Backslash),
