@@ -91,31 +91,11 @@ fn a_kept_alive_dripper_gets_408_on_its_second_request() {
     // The second request, one byte every 200 ms: each read is quick, the
     // header never ends.
     let started = Instant::now();
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut got = Vec::new();
-    let mut closed = false;
-    let header = b"GET /v1/x HTTP/1.1\r\nHost: h\r\nX-Drip: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    for b in header {
-        if s.write_all(&[*b]).is_err() {
-            closed = true;
-            break;
-        }
-        let mut buf = [0u8; 1024];
-        match s.read(&mut buf) {
-            Ok(0) => {
-                closed = true;
-                break;
-            }
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => {
-                closed = true;
-                break;
-            }
-        }
-    }
-    let text = String::from_utf8_lossy(&got);
+    let (text, closed) = crate::support::drip(
+        &mut s,
+        b"GET /v1/x HTTP/1.1\r\nHost: h\r\nX-Drip: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        Duration::from_secs(6),
+    );
     assert!(closed, "the dripping connection was not closed: {text}");
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(

@@ -210,33 +210,11 @@ fn a_dripped_header_is_cut_off_with_408() {
     // One byte every 200 ms: each read is quick, the header never ends.
     let started = Instant::now();
     let mut s = TcpStream::connect(("127.0.0.1", g.listen)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut got = Vec::new();
-    let mut closed = false;
-    for b in b"GET /v1/x HTTP/1.1\r\nHost: h\r\nX-Drip: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
-        if s.write_all(&[*b]).is_err() {
-            closed = true;
-            break;
-        }
-        let mut buf = [0u8; 1024];
-        match s.read(&mut buf) {
-            Ok(0) => {
-                closed = true;
-                break;
-            }
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => {
-                closed = true;
-                break;
-            }
-        }
-        if started.elapsed() > Duration::from_secs(6) {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&got);
+    let (text, closed) = crate::support::drip(
+        &mut s,
+        b"GET /v1/x HTTP/1.1\r\nHost: h\r\nX-Drip: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        Duration::from_secs(6),
+    );
     assert!(closed, "the dripping connection was not closed: {text}");
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(

@@ -425,3 +425,36 @@ pub fn client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// Writes `header` one byte at a time, reading for up to 200 ms after each
+/// byte, until the peer closes or `limit` passes: (what came back, closed).
+pub fn drip(s: &mut std::net::TcpStream, header: &[u8], limit: Duration) -> (String, bool) {
+    let started = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut closed = false;
+    for b in header {
+        if std::io::Write::write_all(s, &[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match std::io::Read::read(s, &mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        if started.elapsed() > limit {
+            break;
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
