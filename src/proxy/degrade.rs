@@ -1,29 +1,40 @@
 //! Degraded answers: the last-good copy (memory tier, then the fleet
-//! tier), or the 503 JSON, written from whichever phase learned that the
-//! upstream cannot answer: the request phase (a breaker open, no usable
-//! token), the response phase (a refusal or 5xx replaced before anything
-//! reaches the client) or the error path (timeouts, refused connections).
-//! `record_degraded` is the one bookkeeping step they share.
+//! tier), or the 503 JSON. [`Proxy::degrade`] is their one writer, called
+//! from whichever phase learned that the upstream cannot answer: the
+//! request phase (a breaker open, no usable token), the response phase (a
+//! refusal or 5xx replaced before anything reaches the client) or the
+//! error path (timeouts, refused connections). It records the outcome
+//! ([`record::Event::Degraded`]) and owns the client connection's fate:
+//! kept alive unless the error path or a drain says otherwise. Pingora
+//! writes `Connection` from that keep-alive state.
 
 use super::*;
 
-/// A degraded answer's bookkeeping, the same in every phase that writes
-/// one: how the request ended, the stale counter, the upstream's last
-/// degradation.
-pub(super) fn record_degraded(ctx: &mut RequestCtx, up: &Upstream, reason: Reason, stale: bool) {
-    ctx.outcome = if stale {
-        up.status.metrics.stale_served(reason);
-        Outcome::Stale(reason)
-    } else {
-        Outcome::Error(Some(reason))
-    };
-    up.status.mark_degraded(reason);
+/// The phase a degraded answer is written from.
+pub(super) enum Phase<'r> {
+    /// Before any upstream contact: written now; keep-alive kept, no
+    /// upstream round trip.
+    Request,
+    /// The upstream's failing header, before anything reached the client:
+    /// replaced, and the body swapped at end of stream; keep-alive kept.
+    /// When the upstream sent no body Pingora calls no body filter, so the
+    /// whole answer is written now instead.
+    Response(&'r mut ResponseHeader),
+    /// The error path (timeout, refused, reset): Pingora reuses neither
+    /// connection after a failed attempt, so the answer says
+    /// `Connection: close` rather than promise keep-alive.
+    Failed,
 }
 
 impl Proxy {
-    /// Answers from the cache (or the 503 JSON) in the request phase,
-    /// without contacting the upstream.
-    pub(super) async fn short_circuit(
+    /// Writes the degraded answer for `reason` (the copy when `stale.on`
+    /// lists it, else the 503) and records it. `fwd` is the upstream's
+    /// status when it sent one; `retry_after` the `Retry-After` to give.
+    /// Returns the status written, or `None` when the error path has
+    /// nothing to write (`stale.on` does not list the reason, or an
+    /// answer has started): Pingora's default answer follows.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn degrade(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
@@ -31,15 +42,76 @@ impl Proxy {
         reason: Reason,
         fwd: Option<u16>,
         retry_after: Option<&HeaderValue>,
-    ) -> Result<()> {
-        let answer = if respond::triggered(&up.config.stale.on, reason, fwd) {
+        phase: Phase<'_>,
+    ) -> Result<Option<u16>> {
+        let listed = respond::triggered(&up.config.stale.on, reason, fwd);
+        if matches!(phase, Phase::Failed) && (!listed || session.response_written().is_some()) {
+            return Ok(None);
+        }
+        let answer = if listed {
             self.degraded(session.req_header(), up, reason, fwd, retry_after)
                 .await?
         } else {
             respond::unavailable("the upstream cannot answer", up, reason, retry_after)?
         };
-        record_degraded(ctx, up, reason, answer.stale);
-        respond::write(session, answer).await
+        record::record(
+            ctx,
+            up,
+            record::Event::Degraded {
+                reason,
+                stale: answer.stale,
+            },
+        );
+        if matches!(phase, Phase::Failed) || crate::app::lifecycle::draining() {
+            session.set_keepalive(None);
+        }
+        let code = answer.header.status.as_u16();
+        match phase {
+            Phase::Request => respond::write(session, answer).await?,
+            Phase::Failed => {
+                if let Err(err) = respond::write(session, answer).await {
+                    log::debug!("writing the degraded answer failed: {err}");
+                }
+            }
+            Phase::Response(resp) => self.replace(session, ctx, resp, answer).await?,
+        }
+        Ok(Some(code))
+    }
+
+    /// The response phase's part of [`Proxy::degrade`]: `resp` becomes the
+    /// degraded header, the upstream's body is dropped and `answer`'s sent
+    /// in its place.
+    async fn replace(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        resp: &mut ResponseHeader,
+        answer: respond::Replacement,
+    ) -> Result<()> {
+        let status = resp.status.as_u16();
+        ctx.drop_upstream_body = true;
+        let head = session.req_header().method == http::Method::HEAD;
+        let upstream_has_no_body = status == 204
+            || status == 304
+            || resp
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() == b"0");
+        if !head && upstream_has_no_body && !answer.body.is_empty() {
+            // Pingora calls no body filter for an empty upstream body: the
+            // whole answer is written now. Pingora then skips sending
+            // `resp` (a header is out) with its one WARN of that module,
+            // which the logger demotes (`server::logging`).
+            session
+                .write_response_header(Box::new(answer.header.clone()), false)
+                .await?;
+            session.write_response_body(Some(answer.body), true).await?;
+            *resp = answer.header;
+        } else {
+            *resp = answer.header;
+            ctx.replace_body = (!head).then_some(answer.body);
+        }
+        Ok(())
     }
 
     /// The degraded answer for `req`: the last-good copy (asking the fleet
@@ -80,46 +152,6 @@ impl Proxy {
             .await
     }
 
-    /// Replaces the upstream's failing answer with the degraded one (the
-    /// copy, or the 503) before anything reaches the client.
-    pub(super) async fn replace_with_degraded(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        up: &Upstream,
-        resp: &mut ResponseHeader,
-        reason: Reason,
-        retry_after: Option<&HeaderValue>,
-    ) -> Result<()> {
-        let status = resp.status.as_u16();
-        let answer = self
-            .degraded(session.req_header(), up, reason, Some(status), retry_after)
-            .await?;
-        record_degraded(ctx, up, reason, answer.stale);
-        ctx.drop_upstream_body = true;
-        let head = session.req_header().method == http::Method::HEAD;
-        let upstream_has_no_body = status == 204
-            || status == 304
-            || resp
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes() == b"0");
-        if !head && upstream_has_no_body && !answer.body.is_empty() {
-            // Pingora calls no body filter for an empty upstream body: write
-            // the whole answer now. Pingora then tries to send `resp` too and
-            // logs a warning, which the logger filters (see `logging`).
-            session
-                .write_response_header(Box::new(answer.header.clone()), false)
-                .await?;
-            session.write_response_body(Some(answer.body), true).await?;
-            *resp = answer.header;
-        } else {
-            *resp = answer.header;
-            ctx.replace_body = (!head).then_some(answer.body);
-        }
-        Ok(())
-    }
-
     /// No token can be sent (the auth breaker is open): answer from the
     /// cache at once, or let this request through as the auth trial with
     /// the next rejected token. `Ok(true)` when answered.
@@ -136,7 +168,8 @@ impl Proxy {
             // until the first reset (no breaker, no trials: the vendor said
             // when to come back).
             let retry = up.cooldown_retry_after();
-            self.short_circuit(session, ctx, up, Reason::RateLimited, fwd, retry.as_ref())
+            let (r, phase) = (Reason::RateLimited, Phase::Request);
+            self.degrade(session, ctx, up, r, fwd, retry.as_ref(), phase)
                 .await?;
             return Ok(true);
         }
@@ -148,65 +181,14 @@ impl Proxy {
                 if probed { "a probe succeeds or the tokens change" } else { "a trial request succeeds or the tokens change" }
             );
         }
-        // Successive trials cycle through the rejected tokens, so whichever
-        // the vendor takes back is found.
-        let trial_token = (!probed && up.auth.try_trial())
-            .then(|| {
-                let n = up
-                    .auth_trials
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                up.tokens.trial_token(n, SystemTime::now())
-            })
-            .flatten();
-        match trial_token {
-            Some(t) => {
-                ctx.token = Some(t.index);
-                ctx.auth_trial = true;
-                Ok(false)
-            }
-            None => {
-                // Every source failed: the copy (or the 503) says
-                // `token-unavailable`; nothing is sent upstream.
-                let r = reason.unwrap_or(Reason::TokenUnavailable);
-                self.short_circuit(session, ctx, up, r, fwd, None).await?;
-                Ok(true)
-            }
+        if !probed && up.auth.try_trial() && choose::carry(ctx, up, choose::Attempt::Trial) {
+            return Ok(false);
         }
-    }
-
-    /// Answers a failed request degraded (the copy, or the 503) when the
-    /// upstream's `stale.on` lists the reason and nothing was written yet.
-    /// Pingora reuses neither connection after a failed attempt, so the
-    /// answer says `Connection: close`. `None`: not answered here.
-    pub(super) async fn answer_failure(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        up: &Upstream,
-        reason: Reason,
-        fwd: Option<u16>,
-    ) -> Option<FailToProxy> {
-        if session.response_written().is_some()
-            || !respond::triggered(&up.config.stale.on, reason, fwd)
-        {
-            return None;
-        }
-        let mut answer = self
-            .degraded(session.req_header(), up, reason, fwd, None)
-            .await
-            .ok()?;
-        session.set_keepalive(None);
-        let _ = answer
-            .header
-            .insert_header(http::header::CONNECTION, "close");
-        let code = answer.header.status.as_u16();
-        record_degraded(ctx, up, reason, answer.stale);
-        if let Err(err) = respond::write(session, answer).await {
-            log::debug!("writing the degraded answer failed: {err}");
-        }
-        Some(FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        })
+        // Every source failed: the copy (or the 503) says
+        // `token-unavailable`; nothing is sent upstream.
+        let r = reason.unwrap_or(Reason::TokenUnavailable);
+        self.degrade(session, ctx, up, r, fwd, None, Phase::Request)
+            .await?;
+        Ok(true)
     }
 }

@@ -1,26 +1,10 @@
 //! How a request that failed with an error ends, besides the degraded
 //! answer: the client's own doing (408/413/400, never charged to the
 //! upstream), a stream that ended after its header (never charged), a
-//! request cut at the drain deadline (503), and an upstream failure's
-//! bookkeeping for the health breaker.
+//! request cut at the drain deadline (503). An upstream failure is
+//! recorded by `record` and answered by `degrade`.
 
 use super::*;
-
-/// An upstream failure's bookkeeping: a failed connect re-resolves the
-/// host at the next control tick; a timeout or no connection feeds the
-/// health breaker.
-pub(super) fn note_upstream_failure(up: &Upstream, e: &Error, reason: Reason) {
-    if decide::is_connect_failure(e.etype()) {
-        up.resolve_now
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    if matches!(
-        reason,
-        Reason::UpstreamTimeout | Reason::UpstreamUnreachable
-    ) {
-        up.status.health_failure(reason);
-    }
-}
 
 /// Whether a failed request is the client's doing: it went away, its body
 /// stalled or passed the limit, or its framing was bad. An upstream

@@ -23,28 +23,36 @@
 //!   connection after a failed attempt, so the answer says
 //!   `Connection: close` instead of promising keep-alive.
 //!
-//! The hooks are here; what they call is in one file per step:
-//! `request` (admission, routing, refusals, streams and upgrades),
-//! `refusal` (what a 401/403/429 says about the token, the retry with the
-//! next one, vendor signals, echoed tokens), `degrade` (every degraded
-//! answer), `capture` (keeping a fresh answer), `failure` (how an errored
-//! request ends), `decide` (the pure decisions), `respond` (graceway's own
-//! answers), `access_log`.
+//! The hooks are here; what they call is in one file per step. Three of
+//! them are the seams every feature meets: `choose` (the one place a
+//! request's token is chosen: first attempt, auth trial, retry), `record`
+//! (the one place an attempt's outcome is written down: health breaker,
+//! token state, degradation state, counters) and `degrade` (the one
+//! writer of degraded answers, from every phase, owning keep-alive). The
+//! rest: `request` (admission, routing, refusals, streams and upgrades),
+//! `refusal` (what a 401/403/429 says about the token, the retry, vendor
+//! signals, echoed tokens), `capture` (keeping a fresh answer), `failure`
+//! (how an errored request ends), `decide` (the pure decisions),
+//! `respond` (graceway's own answers), `access_log`.
 
 pub(crate) mod access_log;
 mod admission;
 mod capture;
+mod choose;
 mod decide;
 mod degrade;
 mod failure;
+mod record;
 mod refusal;
 mod request;
 mod respond;
 pub(crate) mod target;
 
 use capture::Capture;
-use failure::{client_fault, note_upstream_failure};
-use refusal::{note_reflection, read_vendor_signals, token_answered};
+use degrade::Phase;
+use failure::client_fault;
+use record::{record, Event};
+use refusal::{note_reflection, read_vendor_signals};
 use request::{asks_for_events, set_client_timeouts};
 
 use std::sync::Arc;
@@ -220,23 +228,17 @@ impl ProxyHttp for Proxy {
         // per backoff window goes through as the half-open trial.
         if let Some(reason) = up.status.health.reason() {
             if probed || !up.status.health.try_trial() {
-                self.short_circuit(session, ctx, &up, reason, None, None)
+                self.degrade(session, ctx, &up, reason, None, None, Phase::Request)
                     .await?;
                 return Ok(true);
             }
             // This request is the half-open trial: its outcome feeds the
             // breaker like any other (upstream_response_filter, fail_to_proxy).
         }
-        if up.inject.is_none() {
+        if up.inject.is_none() || choose::carry(ctx, &up, choose::Attempt::First) {
             return Ok(false);
         }
-        match up.tokens.pick(0, SystemTime::now()) {
-            Some(t) => {
-                ctx.token = Some(t.index);
-                Ok(false)
-            }
-            None => self.without_usable_token(session, ctx, &up, probed).await,
-        }
+        self.without_usable_token(session, ctx, &up, probed).await
     }
 
     /// The peer was resolved and configured at load; clone it.
@@ -309,7 +311,7 @@ impl ProxyHttp for Proxy {
             }
             note_reflection(up, s.first.token, "header");
         }
-        record_upstream_answer(ctx, up, status);
+        record(ctx, up, Event::Answered { status });
         if status == 101 {
             if !ctx.upgrade {
                 // It switched protocols unasked: nothing may pass
@@ -321,7 +323,7 @@ impl ProxyHttp for Proxy {
                 );
             }
             up.status.metrics.upgrades_tunnelled.inc();
-            ctx.outcome = Outcome::Fresh;
+            record(ctx, up, Event::Fresh { status });
             return Ok(());
         }
         let token = ctx.token.and_then(|i| up.tokens.tokens.get(i));
@@ -332,7 +334,7 @@ impl ProxyHttp for Proxy {
             401 | 403 | 429 => self.weigh_refusal(session, ctx, up, resp)?,
             _ => {
                 if let Some(t) = token {
-                    token_answered(ctx, up, t, status);
+                    record::token_answered(ctx, up, t, status);
                 }
                 (Reason::from_status(status), None)
             }
@@ -344,14 +346,13 @@ impl ProxyHttp for Proxy {
             // Retry-After when the refusal gave none.
             let retry_after =
                 retry_after.or_else(|| resp.headers.get(http::header::RETRY_AFTER).cloned());
-            return self
-                .replace_with_degraded(session, ctx, up, resp, reason, retry_after.as_ref())
-                .await;
+            let phase = Phase::Response(resp);
+            let fwd = Some(status);
+            self.degrade(session, ctx, up, reason, fwd, retry_after.as_ref(), phase)
+                .await?;
+            return Ok(());
         }
-        ctx.outcome = Outcome::Fresh;
-        if status < 400 {
-            up.status.mark_healthy();
-        }
+        record(ctx, up, Event::Fresh { status });
         if stored::is_event_stream(&resp.headers) {
             ctx.stream = true;
         }
@@ -456,17 +457,27 @@ impl ProxyHttp for Proxy {
         let reason = decide::failure_reason(e.etype(), e.esource(), ctx.failover_pending);
         if let (Some(reason), Some(gen)) = (reason, ctx.gen.clone()) {
             let up = &gen.upstreams[ctx.upstream];
-            note_upstream_failure(up, e, reason);
+            record(ctx, up, Event::Failed { reason, error: e });
             let fwd = match e.etype() {
                 ErrorType::HTTPStatus(s) => Some(*s),
                 _ => None,
             };
-            if let Some(done) = self.answer_failure(session, ctx, up, reason, fwd).await {
-                return done;
+            match self
+                .degrade(session, ctx, up, reason, fwd, None, Phase::Failed)
+                .await
+            {
+                Ok(Some(code)) => {
+                    return FailToProxy {
+                        error_code: code,
+                        can_reuse_downstream: false,
+                    }
+                }
+                Ok(None) => {}
+                // No copy could be read and no 503 built: Pingora's default.
+                Err(err) => log::debug!("no degraded answer for a failed request: {err}"),
             }
             if *e.esource() == ErrorSource::Upstream {
-                up.status.mark_degraded(reason);
-                ctx.outcome = Outcome::Error(Some(reason));
+                record::unanswered_failure(ctx, up, reason);
             }
         }
         // Not ours to answer: Pingora's default (502/504/400...).
@@ -538,36 +549,11 @@ impl ProxyHttp for Proxy {
         if let Some(t0) = ctx.started_at {
             self.access_log(session, e, ctx, t0);
         }
-        let Some(up) = ctx.upstream() else {
+        // The context is dropped after this hook: the generation can go.
+        let Some(gen) = ctx.gen.take() else {
             return;
         };
-        let m = &up.status.metrics;
-        match ctx.outcome {
-            Outcome::Fresh if e.is_none() || ctx.stream => {
-                m.ok.inc();
-                if ctx.upstream_status < 400 {
-                    up.status.record_success(unix_now());
-                }
-            }
-            Outcome::Stale(_) => m.stale.inc(),
-            Outcome::Client(_) => m.client.inc(),
-            _ => m.error.inc(),
-        }
-    }
-}
-
-/// Counts the upstream's answer: status, time to the header, and the
-/// health breaker's input (5xx is a failure, anything else a success).
-fn record_upstream_answer(ctx: &mut RequestCtx, up: &Upstream, status: u16) {
-    up.status.metrics.upstream_response(status);
-    if let Some(t0) = ctx.sent_at {
-        let took = t0.elapsed();
-        ctx.upstream_time = Some(took);
-        up.status.metrics.duration.observe(took.as_secs_f64());
-    }
-    if status >= 500 {
-        up.status.health_failure(Reason::Upstream5xx);
-    } else {
-        up.status.health_success();
+        let failed = e.is_some();
+        record(ctx, &gen.upstreams[ctx.upstream], Event::Done { failed });
     }
 }

@@ -5,36 +5,6 @@
 
 use super::*;
 
-/// An answer other than 401/403/429 to token `t`: a suspicion ends with
-/// any answer below 400, and an auth-breaker trial that was not refused
-/// clears the rejection (the vendor took the token back).
-pub(super) fn token_answered(
-    ctx: &RequestCtx,
-    up: &Upstream,
-    t: &crate::tokens::Token,
-    status: u16,
-) {
-    if status < 400 && t.evidence.clear_suspect() {
-        log::info!(
-            "upstream {}: token {} ({}) answered {status}: no longer suspect",
-            up.config.name,
-            t.index,
-            t.fingerprint
-        );
-    }
-    if ctx.auth_trial {
-        if t.clear_rejected() {
-            log::info!(
-                "upstream {}: token {} ({}) accepted again (answered {status}); auth breaker closed",
-                up.config.name,
-                t.index,
-                t.fingerprint
-            );
-        }
-        up.auth.success();
-    }
-}
-
 /// The upstream's `credentials.failover_on` (the default when it has none).
 pub(super) fn failover_on(up: &Upstream) -> crate::config::FailoverOn {
     up.config
@@ -43,24 +13,21 @@ pub(super) fn failover_on(up: &Upstream) -> crate::config::FailoverOn {
         .map_or(crate::config::FailoverOn::default(), |c| c.failover_on)
 }
 
-/// Retries the request once with the next usable token when
-/// [`decide::retry_with_next_token`] says so. The upstream refused the
-/// request, so nothing happened there: replaying it is safe when its body
-/// is still at hand (see `error_while_proxy`). The error returned asks
-/// Pingora for that retry; `None`: answer degraded.
+/// Retries the request once with `next` (the token [`choose`] chose for
+/// the retry) when [`decide::retry_with_next_token`] says so. The upstream
+/// refused the request, so nothing happened there: replaying it is safe
+/// when its body is still at hand (see `error_while_proxy`). The error
+/// returned asks Pingora for that retry; `None`: answer degraded.
 pub(super) fn retry_with_next(
     ctx: &mut RequestCtx,
-    up: &Upstream,
+    next: Option<&crate::tokens::Token>,
     status: u16,
     listed: bool,
 ) -> Option<Box<Error>> {
-    let next = up.tokens.pick(ctx.tried, SystemTime::now());
     if !decide::retry_with_next_token(listed, ctx.failover_pending, next.is_some()) {
         return None;
     }
-    let n = next?;
-    ctx.token = Some(n.index);
-    ctx.failover_pending = true;
+    choose::set(ctx, next?, choose::Attempt::Retry);
     let mut e = Error::explain(
         ErrorType::HTTPStatus(status),
         "token refused; retrying with the next token",
@@ -86,7 +53,7 @@ pub(super) fn read_vendor_signals(
         if let (Some(0), Some(reset_in), true) =
             (q.remaining, q.reset_in, failover_on(up).covers(429))
         {
-            t.evidence.cool_down(now + reset_in.max(1));
+            record::token_cooled(up, t, now, reset_in.max(1), None);
         }
     }
     if let Some((deprecation, sunset)) = evidence::notice_headers(headers) {
@@ -148,7 +115,7 @@ impl Proxy {
             .map(|d| evidence::redact(d, t.secret().map_or("", |s| s.expose())));
         let suspicion = match judged.verdict {
             Verdict::Rejected => None,
-            _ => Some(t.evidence.suspect(path_hash(path), unix_now())),
+            _ => Some(record::token_suspected(t, path)),
         };
         let suspect_after = up
             .config
@@ -163,19 +130,12 @@ impl Proxy {
             up.probe().is_some(),
         );
         let said = detail.as_deref().unwrap_or("no error code");
-        let next = up.tokens.pick(ctx.tried, SystemTime::now());
+        let next = choose::token(ctx, up, choose::Attempt::Retry, SystemTime::now());
         let failover = next
             .map(|n| format!("failing over to token {} ({})", n.index, n.fingerprint))
             .unwrap_or_else(|| "no other usable token".into());
         if confirmed {
-            if t.mark_rejected(status) {
-                log::warn!(
-                    "upstream {}: token {} ({}) rejected with {status}: {said}; {failover}",
-                    up.config.name,
-                    t.index,
-                    t.fingerprint
-                );
-            }
+            record::token_rejected(up, t, status, said, &failover);
         } else if suspicion == Some(Suspicion::First) {
             log::info!(
                 "upstream {}: token {} ({}) is suspect: {status} ({said}) on one path; {} decides. This request: {failover}",
@@ -186,7 +146,7 @@ impl Proxy {
             );
         }
         t.evidence.set_detail(detail);
-        retry_with_next(ctx, up, status, failover_on(up).covers(status))
+        retry_with_next(ctx, next, status, failover_on(up).covers(status))
     }
 
     /// A 401, 403 or 429: what the vendor said about the token (see
@@ -223,16 +183,10 @@ impl Proxy {
                     evidence::quota(&resp.headers).and_then(|q| q.reset_in),
                 );
                 if let (Some(t), true) = (token, failover_on(up).covers(429)) {
-                    if t.evidence.cool_down(unix_now() + cool_secs) {
-                        log::warn!(
-                            "upstream {}: token {} ({}) is out of quota ({status}); skipped for {cool_secs} s",
-                            up.config.name,
-                            t.index,
-                            t.fingerprint,
-                        );
-                    }
+                    record::token_cooled(up, t, unix_now(), cool_secs, Some(status));
                     // `failover_on` lists 429: a quota refusal (429 or 403) fails over.
-                    if let Some(retry) = retry_with_next(ctx, up, status, true) {
+                    let next = choose::token(ctx, up, choose::Attempt::Retry, SystemTime::now());
+                    if let Some(retry) = retry_with_next(ctx, next, status, true) {
                         return Err(retry);
                     }
                 }

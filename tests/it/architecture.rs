@@ -287,3 +287,64 @@ fn the_layer_check_finds_an_inversion() {
     );
     assert_eq!(layer_inversions(&layers, &g), ["metrics -> net"]);
 }
+
+/// The proxy's three seams, each one file (see `src/proxy/mod.rs`): the
+/// calls that choose a token, change a token's or an upstream's state, or
+/// build a degraded answer, with the one file each may appear in.
+const SEAMS: [(&str, &str); 14] = [
+    (".pick(", "choose.rs"),
+    (".trial_token(", "choose.rs"),
+    ("health_failure(", "record.rs"),
+    ("health_success(", "record.rs"),
+    ("mark_healthy(", "record.rs"),
+    ("mark_degraded(", "record.rs"),
+    ("record_success(", "record.rs"),
+    ("mark_rejected(", "record.rs"),
+    ("clear_rejected(", "record.rs"),
+    ("clear_suspect(", "record.rs"),
+    ("evidence.cool_down(", "record.rs"),
+    ("evidence.suspect(", "record.rs"),
+    ("respond::degraded(", "degrade.rs"),
+    ("respond::unavailable(", "degrade.rs"),
+];
+
+/// Each `(call, file)` of `seams` found in a file of `files` other than
+/// its own, as `file: call`.
+fn seams_crossed(files: &[(String, String)], seams: &[(&str, &str)]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (name, text) in files {
+        for (call, home) in seams {
+            if name != home && code(text).contains(call) {
+                bad.push(format!("{name}: {call}"));
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn the_proxy_chooses_tokens_records_outcomes_and_degrades_in_one_file_each() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/proxy");
+    let files: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .expect("src/proxy")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).expect("read"))
+        })
+        .collect();
+    assert!(files.iter().any(|(n, _)| n == "choose.rs"));
+    let bad = seams_crossed(&files, &SEAMS);
+    assert!(
+        bad.is_empty(),
+        "a seam's call outside its file:\n{}",
+        bad.join("\n")
+    );
+    // The check finds one.
+    let planted = vec![(
+        "mod.rs".to_string(),
+        "fn f() { up.tokens.pick(0, now); }".to_string(),
+    )];
+    assert_eq!(seams_crossed(&planted, &SEAMS), ["mod.rs: .pick("]);
+}
