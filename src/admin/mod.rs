@@ -92,7 +92,7 @@ impl ServeHttp for AdminApp {
             ("/metrics", true, _) => {
                 let enc = prometheus::TextEncoder::new();
                 crate::app::refresh_token_state_metrics(&self.app.live.load());
-                crate::net::listener::refresh_metrics();
+                crate::net::listener::refresh_metrics(&self.app.listeners);
                 let mut buf = Vec::new();
                 match enc.encode(&prometheus::gather(), &mut buf) {
                     Ok(()) => text(StatusCode::OK, enc.format_type(), buf),

@@ -323,8 +323,8 @@ fn connections(app: &App) -> ConnectionsView {
     };
     let limits = app.limits.get();
     ConnectionsView {
-        proxy: view(&crate::net::listener::PROXY),
-        admin: view(&crate::net::listener::ADMIN),
+        proxy: view(&app.listeners.proxy),
+        admin: view(&app.listeners.admin),
         nofile_soft: limits.map(|l| l.nofile_soft),
         nofile_hard: limits.map(|l| l.nofile_hard),
     }
@@ -359,7 +359,7 @@ pub fn readiness(app: &App) -> (bool, Value) {
     let gen = app.live.load_full();
     let now = SystemTime::now();
     let listening = proxy_listening(app, gen.loaded.config.listen);
-    let draining = crate::app::lifecycle::draining();
+    let draining = app.drain.draining();
     let mut all = listening && !draining;
     let ups: Vec<Value> = gen
         .upstreams

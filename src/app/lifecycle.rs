@@ -29,7 +29,7 @@
 //! Without `NOTIFY_SOCKET` every call is a no-op ([`super::systemd`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -37,15 +37,6 @@ use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::app::App;
-
-/// Requests between their parsed header and their last byte.
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-/// Set from the first SIGTERM or SIGQUIT on.
-static DRAINING: AtomicBool = AtomicBool::new(false);
-/// Set when `graceful_shutdown_timeout` has passed with requests still in
-/// flight: their upstream connections are being closed, and each is
-/// answered 503 with `Connection: close` (see `proxy::fail_to_proxy`).
-static CUT: AtomicBool = AtomicBool::new(false);
 
 /// How long the requests cut at the drain deadline get to write their 503.
 const CUT_ANSWER_LIMIT: Duration = Duration::from_millis(500);
@@ -57,37 +48,90 @@ const UPGRADE_HANDOVER: Duration = Duration::from_secs(5);
 /// How long the persist writer may take to flush at exit.
 const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
-/// One request in flight; counted until dropped (it lives in the request's
-/// context, which Pingora drops when the request is done, however it ends).
-#[derive(Debug)]
-pub struct InFlight(());
+/// The drain's state, owned by [`App`]: requests in flight, whether the
+/// process is draining, whether the deadline has cut what is left. The
+/// request path reads and bumps relaxed atomics only; the drain watch
+/// sleeps on a condition variable that the last request to finish wakes
+/// (no polling), and only while draining is the lock ever taken.
+#[derive(Debug, Default)]
+pub struct Drain {
+    /// Requests between their parsed header and their last byte.
+    in_flight: AtomicUsize,
+    /// Set from the first SIGTERM or SIGQUIT on.
+    draining: AtomicBool,
+    /// Set when `graceful_shutdown_timeout` has passed with requests still
+    /// in flight: their upstream connections are being closed, and each is
+    /// answered 503 with `Connection: close` (see `proxy::fail_to_proxy`).
+    cut: AtomicBool,
+    /// The drain watch waits here for the count to reach zero.
+    idle_lock: Mutex<()>,
+    idle: Condvar,
+}
 
-impl InFlight {
-    pub fn start() -> InFlight {
-        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
-        InFlight(())
+impl Drain {
+    /// Counts one request in flight until the guard is dropped (it lives
+    /// in the request's context, which Pingora drops when the request is
+    /// done, however it ends).
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether the process is shutting down or handing over: answers say
+    /// `Connection: close`, readiness is 503.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether the drain deadline has passed (requests are being cut).
+    pub fn cutting(&self) -> bool {
+        self.cut.load(Ordering::Relaxed)
+    }
+
+    fn begin(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until no request is in flight or `deadline`; `true`: idle.
+    fn wait_idle(&self, deadline: Instant) -> bool {
+        let mut guard = self.idle_lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            guard = match self.idle.wait_timeout(guard, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// The last request of a drain is done: wake the watch. Taking the
+    /// lock orders this wake after the watch's check of the count.
+    fn finished_one(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.draining() {
+            let _guard = self.idle_lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.idle.notify_all();
+        }
     }
 }
+
+/// One request in flight (see [`Drain::start`]).
+#[derive(Debug)]
+pub struct InFlight(Arc<Drain>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        self.0.finished_one();
     }
-}
-
-pub fn in_flight() -> usize {
-    IN_FLIGHT.load(Ordering::Relaxed)
-}
-
-/// Whether the process is shutting down or handing over: answers say
-/// `Connection: close`, readiness is 503.
-pub fn draining() -> bool {
-    DRAINING.load(Ordering::Relaxed)
-}
-
-/// Whether the drain deadline has passed (requests are being cut).
-pub fn cutting() -> bool {
-    CUT.load(Ordering::Relaxed)
 }
 
 /// graceway's answer to Pingora's question "which shutdown, and when?".
@@ -117,7 +161,7 @@ impl ShutdownSignalWatch for Signals {
             }
             _ = term.recv() => {
                 stopping();
-                DRAINING.store(true, Ordering::Relaxed);
+                self.app.drain.begin();
                 if !server.grace_period.is_zero() {
                     log::info!(
                         "SIGTERM: draining; still accepting connections for {:?} (server.grace_period)",
@@ -130,14 +174,14 @@ impl ShutdownSignalWatch for Signals {
                 }
                 log::info!(
                     "SIGTERM: no longer accepting; {} request(s) in flight, waiting at most {timeout:?}",
-                    in_flight()
+                    self.app.drain.in_flight()
                 );
                 exit_when_idle(self.app.clone(), Duration::from_millis(100), timeout);
                 ShutdownSignal::GracefulTerminate
             }
             _ = quit.recv() => {
                 stopping();
-                DRAINING.store(true, Ordering::Relaxed);
+                self.app.drain.begin();
                 log::info!(
                     "SIGQUIT: handing the listening sockets to the new process, then draining (at most {timeout:?})"
                 );
@@ -156,22 +200,15 @@ fn exit_when_idle(app: Arc<App>, delay: Duration, timeout: Duration) {
         .name("graceway-drain".into())
         .spawn(move || {
             std::thread::sleep(delay);
-            let deadline = Instant::now() + timeout;
-            while in_flight() > 0 {
-                if Instant::now() >= deadline {
-                    CUT.store(true, Ordering::Relaxed);
-                    let closed = close_upstream_connections(&app);
-                    log::warn!(
-                        "{} request(s) still in flight after server.graceful_shutdown_timeout ({timeout:?}): cut now ({closed} upstream connection(s) closed; each is answered 503 with Connection: close)",
-                        in_flight()
-                    );
-                    let answered_by = Instant::now() + CUT_ANSWER_LIMIT;
-                    while in_flight() > 0 && Instant::now() < answered_by {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            let drain = &app.drain;
+            if !drain.wait_idle(Instant::now() + timeout) {
+                drain.cut.store(true, Ordering::Relaxed);
+                let closed = close_upstream_connections(&app);
+                log::warn!(
+                    "{} request(s) still in flight after server.graceful_shutdown_timeout ({timeout:?}): cut now ({closed} upstream connection(s) closed; each is answered 503 with Connection: close)",
+                    drain.in_flight()
+                );
+                drain.wait_idle(Instant::now() + CUT_ANSWER_LIMIT);
             }
             finish(&app);
             std::process::exit(0);

@@ -100,6 +100,14 @@ pub struct App {
     pub cache: Cache,
     /// Resident memory and shedding figures, written by the memory watch.
     pub memory: MemoryFigures,
+    /// Requests in flight and the drain's state (see [`lifecycle`]); an
+    /// `Arc` because each request's in-flight guard holds it.
+    pub drain: Arc<lifecycle::Drain>,
+    /// Tokens minted by OAuth2 sources, kept across reloads (see
+    /// [`crate::tokens::oauth2`]).
+    pub oauth2: Arc<crate::tokens::oauth2::OAuth2Tokens>,
+    /// The proxy and admin listeners' connection figures.
+    pub listeners: crate::net::listener::Listeners,
     /// Set once the proxy listener was seen accepting (see `/readyz`).
     pub proxy_listening: std::sync::atomic::AtomicBool,
     /// The pid file this process wrote (a reload does not move it).
@@ -131,6 +139,7 @@ impl App {
     /// token `unavailable` (see [`SourcePolicy::Tolerate`]).
     pub async fn start(loaded: config::LoadedConfig) -> Result<Arc<App>, generation::BuildErrors> {
         let statuses = Mutex::new(HashMap::new());
+        let oauth2 = Arc::new(crate::tokens::oauth2::OAuth2Tokens::default());
         let gen = {
             let lookup = |name: &str| status_for(&statuses, name);
             generation::build(
@@ -140,6 +149,7 @@ impl App {
                 &lookup,
                 SourcePolicy::Tolerate,
                 false,
+                &oauth2,
             )
             .await?
         };
@@ -191,6 +201,9 @@ impl App {
             started_at: SystemTime::now(),
             cache,
             memory: Default::default(),
+            drain: Default::default(),
+            oauth2,
+            listeners: Default::default(),
             proxy_listening: Default::default(),
             pid_file: Default::default(),
             limits: Default::default(),
@@ -267,6 +280,7 @@ impl App {
                     &lookup,
                     SourcePolicy::Require,
                     false,
+                    &self.oauth2,
                 )
                 .await
                 {
@@ -295,6 +309,7 @@ impl App {
             &lookup,
             SourcePolicy::KeepPrevious,
             true,
+            &self.oauth2,
         )
         .await;
         let gen = match built {

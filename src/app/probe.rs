@@ -133,6 +133,20 @@ fn jitter(d: Duration) -> Duration {
     d - Duration::from_millis(span / 2) + Duration::from_millis(offset)
 }
 
+/// The earlier of a timer's `instant` and the wall-clock time `t` (a
+/// breaker's next trial), as a timer instant.
+fn earlier(instant: tokio::time::Instant, t: SystemTime) -> tokio::time::Instant {
+    let left = t
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    instant.min(tokio::time::Instant::now() + left)
+}
+
+/// A timer instant no wait reaches (a day from now).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
+}
+
 /// The probe loop of one upstream of one generation; the control service
 /// aborts it when a new generation is swapped in and starts the next.
 pub async fn run(
@@ -155,9 +169,10 @@ pub async fn run(
             return;
         };
         drop(gen);
-        // Sleep until the next probe, in short steps: while the health
-        // breaker is open the probe is its half-open test and follows the
-        // breaker's schedule (`retry_after`, doubling to `max_retry_after`).
+        // Sleep until the next probe: while the health breaker is open the
+        // probe is its half-open test and follows the breaker's schedule
+        // (`retry_after`, doubling to `max_retry_after`). A request wakes
+        // the loop when the breaker opens or a token becomes suspect.
         let wait = crate::clock::backoff(interval, failures + 1, interval * 8);
         let due = tokio::time::Instant::now() + jitter(wait);
         let mut trial = false;
@@ -180,8 +195,14 @@ pub async fn run(
                 probed_suspicion = suspicion;
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100).min(due - tokio::time::Instant::now()))
-                .await;
+            let until = [up.status.health.next_trial()]
+                .into_iter()
+                .flatten()
+                .fold(due, earlier);
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = up.status.wake.notified() => {}
+            }
         }
         if probe_upstream(&up).await {
             failures = 0;
@@ -204,8 +225,8 @@ pub async fn trials(
     generation: u64,
     name: String,
 ) {
+    let mut first = true;
     loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
         let gen = live();
         if gen.number != generation {
             return;
@@ -214,6 +235,26 @@ pub async fn trials(
             return;
         };
         drop(gen);
+        // Sleep until a breaker grants its next trial, or a request wakes
+        // this task (a breaker opened); a closed breaker needs no trial.
+        // The first pass looks before sleeping (a breaker open already).
+        if !first {
+            let next = [up.status.health.next_trial(), up.auth.next_trial()]
+                .into_iter()
+                .flatten()
+                .fold(None, |a: Option<tokio::time::Instant>, t| {
+                    let t = earlier(far_future(), t);
+                    Some(a.map_or(t, |a| a.min(t)))
+                });
+            match next {
+                Some(until) => tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = up.status.wake.notified() => {}
+                },
+                None => up.status.wake.notified().await,
+            }
+        }
+        first = false;
         let Some(path) = up.status.last_good_path() else {
             continue;
         };

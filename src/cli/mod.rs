@@ -58,7 +58,17 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
     }
     let built = block_on(async {
         let lookup = |name: &str| std::sync::Arc::new(UpstreamStatus::new(name));
-        generation::build(loaded, 1, None, &lookup, SourcePolicy::Require, false).await
+        let minter = Default::default();
+        generation::build(
+            loaded,
+            1,
+            None,
+            &lookup,
+            SourcePolicy::Require,
+            false,
+            &minter,
+        )
+        .await
     });
     match built {
         Err(errors) => check_failed(path, &errors.0),

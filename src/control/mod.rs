@@ -299,7 +299,7 @@ impl RefreshClock {
                     Duration::from_secs(300),
                 );
                 let is_due = match &t.spec.source {
-                    SourceSpec::OAuth2(o) => crate::tokens::oauth2::due(o),
+                    SourceSpec::OAuth2(o) => app.oauth2.due(o),
                     SourceSpec::Command { refresh, .. } => {
                         (failed && now.duration_since(last) >= retry)
                             || refresh.is_some_and(|every| now.duration_since(last) >= every)

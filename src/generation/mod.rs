@@ -72,7 +72,8 @@ pub enum SourcePolicy {
 /// Builds a generation from a loaded config: resolves addresses, loads CA
 /// files and reads every token source. `previous` lends each upstream its
 /// long-lived status (matched by name) and, when `keep_token_states`, the
-/// rejection state of tokens whose value did not change.
+/// rejection state of tokens whose value did not change. OAuth2 sources
+/// read their tokens through `minter` (cached there across generations).
 pub async fn build(
     loaded: LoadedConfig,
     number: u64,
@@ -80,6 +81,7 @@ pub async fn build(
     statuses: &(dyn Fn(&str) -> Arc<UpstreamStatus> + Sync),
     policy: SourcePolicy,
     keep_token_states: bool,
+    minter: &Arc<crate::tokens::oauth2::OAuth2Tokens>,
 ) -> Result<Generation, BuildErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
@@ -92,7 +94,7 @@ pub async fn build(
         let (tokens, inject) = match &u.credentials {
             None => (TokenSet::default(), None),
             Some(cr) => {
-                let (mut set, errs) = tokens::load_set(&u.name, cr).await;
+                let (mut set, errs) = tokens::load_set(&u.name, cr, minter).await;
                 for (j, e) in errs {
                     let field = format!("{at}.credentials.tokens[{j}]");
                     match policy {

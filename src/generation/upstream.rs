@@ -156,6 +156,11 @@ pub struct UpstreamStatus {
     /// the background trial replays while a breaker is open and no probe
     /// is configured (memory only, never persisted).
     last_good_path: arc_swap::ArcSwapOption<String>,
+    /// Wakes this upstream's background task (the probe loop, or the
+    /// background trials) when a request learns something it must act on:
+    /// a breaker opened, a token became suspect. The task sleeps on it
+    /// instead of polling.
+    pub wake: tokio::sync::Notify,
 }
 
 /// Health-breaker changes are logged at most this often.
@@ -194,6 +199,7 @@ impl UpstreamStatus {
             breaker_logged_at: AtomicU64::new(0),
             breaker_unlogged: AtomicU64::new(0),
             last_good_path: arc_swap::ArcSwapOption::empty(),
+            wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -231,6 +237,7 @@ impl UpstreamStatus {
     pub fn health_failure(&self, reason: Reason) {
         if self.health.failure(reason) {
             self.metrics.breaker_open.set(1);
+            self.wake.notify_one();
             if let Some(unlogged) = self.breaker_log_due() {
                 log::warn!(
                     "upstream {}: health breaker open after consecutive failures ({}); answering from the last-good cache at once{}",

@@ -78,6 +78,12 @@ pub struct ListenerFigures {
     registry: Mutex<Slab<Arc<ConnState>>>,
 }
 
+impl Default for ListenerFigures {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ListenerFigures {
     const fn new() -> ListenerFigures {
         ListenerFigures {
@@ -123,11 +129,13 @@ impl ListenerFigures {
     }
 }
 
-/// The proxy listener's figures.
-pub static PROXY: ListenerFigures = ListenerFigures::new();
-
-/// The admin listener's figures.
-pub static ADMIN: ListenerFigures = ListenerFigures::new();
+/// Both listeners' figures, owned by the `App` (read by `/status` and
+/// the metrics scrape), each shared with its listener's connections.
+#[derive(Default)]
+pub struct Listeners {
+    pub proxy: Arc<ListenerFigures>,
+    pub admin: Arc<ListenerFigures>,
+}
 
 /// Milliseconds since the first call (a monotonic clock for `since`).
 fn now_ms() -> u64 {
@@ -141,7 +149,7 @@ fn now_ms() -> u64 {
 /// A listening service's app with the connection cap and header deadline.
 pub struct Guarded<A> {
     inner: Arc<A>,
-    figures: &'static ListenerFigures,
+    figures: Arc<ListenerFigures>,
     cap: usize,
     header_timeout: Duration,
 }
@@ -149,7 +157,7 @@ pub struct Guarded<A> {
 impl<A> Guarded<A> {
     pub fn new(
         inner: A,
-        figures: &'static ListenerFigures,
+        figures: Arc<ListenerFigures>,
         cap: usize,
         header_timeout: Duration,
     ) -> Self {
@@ -200,7 +208,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             timer: None,
             timer_armed: false,
             header_timeout: self.header_timeout,
-            figures: self.figures,
+            figures: self.figures.clone(),
         });
         self.inner.process_new(stream, shutdown).await
     }
@@ -241,7 +249,7 @@ pub struct GuardedStream {
     timer: Option<Pin<Box<Sleep>>>,
     timer_armed: bool,
     header_timeout: Duration,
-    figures: &'static ListenerFigures,
+    figures: Arc<ListenerFigures>,
 }
 
 fn guarded(stream: Option<&Stream>) -> Option<&GuardedStream> {
@@ -446,10 +454,10 @@ impl Peek for GuardedStream {
 
 /// Copies the listener figures into their series (called at scrape
 /// time). Here rather than in `metrics`, which sits below `net`.
-pub fn refresh_metrics() {
+pub fn refresh_metrics(listeners: &Listeners) {
     use std::sync::atomic::Ordering::Relaxed;
     let m = crate::metrics::metrics();
-    for (name, f) in [("proxy", &PROXY), ("admin", &ADMIN)] {
+    for (name, f) in [("proxy", &listeners.proxy), ("admin", &listeners.admin)] {
         m.client_connections
             .with_label_values(&[name])
             .set(f.open.load(Relaxed) as i64);

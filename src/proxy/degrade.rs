@@ -62,7 +62,7 @@ impl Proxy {
                 stale: answer.stale,
             },
         );
-        if matches!(phase, Phase::Failed) || crate::app::lifecycle::draining() {
+        if matches!(phase, Phase::Failed) || self.app.drain.draining() {
             session.set_keepalive(None);
         }
         let code = answer.header.status.as_u16();
@@ -173,13 +173,8 @@ impl Proxy {
                 .await?;
             return Ok(true);
         }
-        if reason.is_some_and(|r| up.auth.trip(r)) {
-            log::warn!(
-                "upstream {}: auth breaker open: no usable token ({}); answering from the last-good cache until {}",
-                up.config.name,
-                up.no_token_cause().as_str(),
-                if probed { "a probe succeeds or the tokens change" } else { "a trial request succeeds or the tokens change" }
-            );
+        if let Some(r) = reason {
+            record::auth_tripped(up, r, probed);
         }
         if !probed && up.auth.try_trial() && choose::carry(ctx, up, choose::Attempt::Trial) {
             return Ok(false);

@@ -156,7 +156,7 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            _in_flight: Some(crate::app::lifecycle::InFlight::start()),
+            _in_flight: Some(self.app.drain.start()),
             ..RequestCtx::default()
         }
     }
@@ -209,7 +209,11 @@ impl ProxyHttp for Proxy {
         if gen.loaded.config.log.access {
             ctx.started_at = Some(Instant::now());
         }
-        set_client_timeouts(session, &gen.loaded.config.server);
+        set_client_timeouts(
+            session,
+            &gen.loaded.config.server,
+            self.app.drain.draining(),
+        );
         let Some(index) = self.admit_and_route(session, ctx, &gen).await? else {
             return Ok(true);
         };
@@ -375,7 +379,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         // A drain that began while this request was upstream: the answer
         // says `Connection: close`, so the client does not reuse it.
-        if crate::app::lifecycle::draining() {
+        if self.app.drain.draining() {
             session.set_keepalive(None);
         }
         if ctx.outcome == Outcome::Fresh {
@@ -444,7 +448,7 @@ impl ProxyHttp for Proxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if crate::app::lifecycle::cutting() {
+        if self.app.drain.cutting() {
             return self.cut_at_shutdown(session, ctx).await;
         }
         // Either side's pause or cut ends a stream whose header arrived.

@@ -127,8 +127,25 @@ pub(super) fn token_answered(ctx: &RequestCtx, up: &Upstream, t: &Token, status:
 }
 
 /// A 401/403 that may be about token `t` on `path`: one more suspicion.
-pub(super) fn token_suspected(t: &Token, path: &str) -> Suspicion {
-    t.evidence.suspect(refusal::path_hash(path), unix_now())
+/// The probe is woken to decide it at once (`app::probe::run`).
+pub(super) fn token_suspected(up: &Upstream, t: &Token, path: &str) -> Suspicion {
+    let s = t.evidence.suspect(refusal::path_hash(path), unix_now());
+    up.status.wake.notify_one();
+    s
+}
+
+/// No token is usable (`reason`): the auth breaker opens, logged once per
+/// opening, and the background trials are woken.
+pub(super) fn auth_tripped(up: &Upstream, reason: Reason, probed: bool) {
+    if up.auth.trip(reason) {
+        log::warn!(
+            "upstream {}: auth breaker open: no usable token ({}); answering from the last-good cache until {}",
+            up.config.name,
+            up.no_token_cause().as_str(),
+            if probed { "a probe succeeds or the tokens change" } else { "a trial request succeeds or the tokens change" }
+        );
+        up.status.wake.notify_one();
+    }
 }
 
 /// Token `t` is rejected (confirmed), logged once per rejection; `said` is

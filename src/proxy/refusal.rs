@@ -115,7 +115,7 @@ impl Proxy {
             .map(|d| evidence::redact(d, t.secret().map_or("", |s| s.expose())));
         let suspicion = match judged.verdict {
             Verdict::Rejected => None,
-            _ => Some(record::token_suspected(t, path)),
+            _ => Some(record::token_suspected(up, t, path)),
         };
         let suspect_after = up
             .config

@@ -10,8 +10,12 @@ use super::*;
 /// §6.1); off while draining. Each read of the request body may wait
 /// `client_body_timeout` (Pingora's default is 60 s); a stall is the
 /// client's, see `fail_to_proxy`.
-pub(super) fn set_client_timeouts(session: &mut Session, server: &crate::config::ServerSettings) {
-    if crate::app::lifecycle::draining() {
+pub(super) fn set_client_timeouts(
+    session: &mut Session,
+    server: &crate::config::ServerSettings,
+    draining: bool,
+) {
+    if draining {
         session.set_keepalive(None);
     } else if session.get_keepalive().is_some() {
         session.set_keepalive(Some(server.client_keepalive_timeout.as_secs()));

@@ -115,7 +115,7 @@ pub fn build_server(app: &Arc<App>, opts: &RunOptions) -> anyhow::Result<(Server
 
     let proxy_app = crate::net::listener::Guarded::new(
         pingora::proxy::http_proxy(&server.configuration, Proxy { app: app.clone() }),
-        &crate::net::listener::PROXY,
+        app.listeners.proxy.clone(),
         max_connections,
         header_timeout,
     );
@@ -126,7 +126,7 @@ pub fn build_server(app: &Arc<App>, opts: &RunOptions) -> anyhow::Result<(Server
 
     let admin_app = crate::net::listener::Guarded::new(
         HttpServer::new_app(AdminApp { app: app.clone() }),
-        &crate::net::listener::ADMIN,
+        app.listeners.admin.clone(),
         cfg.admin.max_connections,
         header_timeout,
     );

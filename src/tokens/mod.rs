@@ -28,9 +28,10 @@ pub async fn read(
     spec: &crate::config::SourceSpec,
     upstream: &str,
     index: usize,
+    minter: &oauth2::OAuth2Tokens,
 ) -> Result<(Secret, Option<std::time::SystemTime>), SourceError> {
     match spec {
-        crate::config::SourceSpec::OAuth2(o) => oauth2::read(o, upstream, index).await,
+        crate::config::SourceSpec::OAuth2(o) => minter.read(o, upstream, index).await,
         other => source::read_value(other).await.map(|s| (s, None)),
     }
 }
@@ -41,11 +42,12 @@ pub async fn read(
 pub async fn load_set(
     upstream: &str,
     creds: &Credentials,
+    minter: &std::sync::Arc<oauth2::OAuth2Tokens>,
 ) -> (TokenSet, Vec<(usize, SourceError)>) {
     let mut tokens = Vec::with_capacity(creds.tokens.len());
     let mut errors = Vec::new();
     for (index, spec) in creds.tokens.iter().enumerate() {
-        let got = match read(&spec.source, upstream, index).await {
+        let got = match read(&spec.source, upstream, index, minter).await {
             Ok((secret, expires)) => match Injected::build(&secret, &creds.inject) {
                 Ok(inj) => Ok((secret, inj, expires)),
                 Err(error) => Err(SourceError::Value {
@@ -60,7 +62,7 @@ pub async fn load_set(
             errors.push((index, e));
             msg
         });
-        tokens.push(Token::new(index, spec.clone(), got, creds.expires_warning));
+        tokens.push(Token::new(index, spec.clone(), got, creds.expires_warning).minted_by(minter));
     }
     (TokenSet { tokens }, errors)
 }

@@ -14,7 +14,7 @@
 //! (requests are waiting on it, so a returning identity provider is used
 //! within that), up to 5 min while the previous token still serves.
 //!
-//! A refusal by the upstream ([`refused`]) re-fetches once at once; when
+//! A refusal by the upstream ([`OAuth2Tokens::refused`]) re-fetches once at once; when
 //! the replacement is refused too, the next fetch backs off (10 s doubling
 //! to 5 min), so an upstream that refuses every token of this provider
 //! costs a handful of fetches, not one per request (identity providers
@@ -22,7 +22,7 @@
 //! `graceway_token_fetches_total{upstream,token,result}`.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
@@ -83,9 +83,22 @@ fn count(labels: &(String, String), result: &str) {
         .inc();
 }
 
-fn cache() -> &'static Mutex<HashMap<String, Cached>> {
-    static C: OnceLock<Mutex<HashMap<String, Cached>>> = OnceLock::new();
-    C.get_or_init(|| Mutex::new(HashMap::new()))
+/// The tokens minted by every OAuth2 source of the process, by provider
+/// and client (two upstreams with the same client share one token), with
+/// each one's refresh and retry schedule. Owned by the `App`, so that it
+/// outlives reloads (a reload reads the cached token instead of minting
+/// one) and a test or `graceway check` has its own; each OAuth2 token holds
+/// a handle to report a refusal. The lock is taken when a source is read
+/// or refused and by the control loop's refresh check, never per request.
+#[derive(Default)]
+pub struct OAuth2Tokens {
+    map: Mutex<HashMap<String, Cached>>,
+}
+
+impl std::fmt::Debug for OAuth2Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OAuth2Tokens")
+    }
 }
 
 fn key(spec: &OAuth2Spec) -> String {
@@ -95,172 +108,176 @@ fn key(spec: &OAuth2Spec) -> String {
     )
 }
 
-/// Whether a fetch is due (refresh point reached or a retry is due).
-pub fn due(spec: &OAuth2Spec) -> bool {
-    let c = cache().lock().unwrap_or_else(|p| p.into_inner());
-    c.get(&key(spec))
-        .is_none_or(|e| SystemTime::now() >= e.next_attempt)
-}
+impl OAuth2Tokens {
+    /// Whether a fetch is due (refresh point reached or a retry is due).
+    pub fn due(&self, spec: &OAuth2Spec) -> bool {
+        let c = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        c.get(&key(spec))
+            .is_none_or(|e| SystemTime::now() >= e.next_attempt)
+    }
 
-/// Whether the source's last fetch failed (its previous token, if any,
-/// still serves): a self-refreshing token is `expiring` only then.
-pub fn refresh_failing(spec: &OAuth2Spec) -> bool {
-    let c = cache().lock().unwrap_or_else(|p| p.into_inner());
-    c.get(&key(spec)).is_some_and(|e| e.failures > 0)
-}
+    /// Whether the source's last fetch failed (its previous token, if any,
+    /// still serves): a self-refreshing token is `expiring` only then.
+    pub fn refresh_failing(&self, spec: &OAuth2Spec) -> bool {
+        let c = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        c.get(&key(spec)).is_some_and(|e| e.failures > 0)
+    }
 
-/// The upstream refused `rejected`, this source's current token. The first
-/// refusal in a chain fetches a new token at once (the control loop's
-/// refresh runs within a quarter second) instead of keeping the refused
-/// one until its scheduled refresh; when that replacement is refused too,
-/// the next fetch waits 10 s, then 20 s ... up to 5 min. A token is counted
-/// once however many requests it refused. A fetch that is backing off
-/// after failures keeps its backoff.
-pub fn refused(spec: &OAuth2Spec, rejected: &Secret) {
-    let mut map = cache().lock().unwrap_or_else(|p| p.into_inner());
-    let Some(c) = map.get_mut(&key(spec)) else {
-        return;
-    };
-    if c.secret.as_ref() != Some(rejected) || c.refused {
-        return;
-    }
-    let now = SystemTime::now();
-    c.refused = true;
-    if now.duration_since(c.fetched_at).unwrap_or_default() > REFUSAL_CHAIN {
-        c.refusals = 0;
-    }
-    c.refusals += 1;
-    count(&c.labels, "refused");
-    if c.failures > 0 {
-        return;
-    }
-    if c.refusals == 1 {
-        c.next_attempt = now;
-        log::info!(
-            "oauth2 {}: token {} was refused; fetching a new one now",
-            spec.token_url,
-            rejected.fingerprint()
-        );
-    } else {
-        let wait = crate::clock::backoff(
-            Duration::from_secs(10),
-            c.refusals - 1,
-            Duration::from_secs(300),
-        );
-        c.next_attempt = now + wait;
-        log::warn!(
+    /// The upstream refused `rejected`, this source's current token. The first
+    /// refusal in a chain fetches a new token at once (the control loop's
+    /// refresh runs within a quarter second) instead of keeping the refused
+    /// one until its scheduled refresh; when that replacement is refused too,
+    /// the next fetch waits 10 s, then 20 s ... up to 5 min. A token is counted
+    /// once however many requests it refused. A fetch that is backing off
+    /// after failures keeps its backoff.
+    pub fn refused(&self, spec: &OAuth2Spec, rejected: &Secret) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(c) = map.get_mut(&key(spec)) else {
+            return;
+        };
+        if c.secret.as_ref() != Some(rejected) || c.refused {
+            return;
+        }
+        let now = SystemTime::now();
+        c.refused = true;
+        if now.duration_since(c.fetched_at).unwrap_or_default() > REFUSAL_CHAIN {
+            c.refusals = 0;
+        }
+        c.refusals += 1;
+        count(&c.labels, "refused");
+        if c.failures > 0 {
+            return;
+        }
+        if c.refusals == 1 {
+            c.next_attempt = now;
+            log::info!(
+                "oauth2 {}: token {} was refused; fetching a new one now",
+                spec.token_url,
+                rejected.fingerprint()
+            );
+        } else {
+            let wait = crate::clock::backoff(
+                Duration::from_secs(10),
+                c.refusals - 1,
+                Duration::from_secs(300),
+            );
+            c.next_attempt = now + wait;
+            log::warn!(
             "oauth2 {}: token {} was refused too ({} refused in a row): the upstream does not take this provider's tokens; next fetch in {}s",
             spec.token_url,
             rejected.fingerprint(),
             c.refusals,
             wait.as_secs()
         );
+        }
     }
-}
 
-/// The current token: cached while fresh, fetched when due. `upstream`
-/// and `token` (its index) label the fetch in the metrics.
-pub async fn read(
-    spec: &OAuth2Spec,
-    upstream: &str,
-    token: usize,
-) -> Result<(Secret, Option<SystemTime>), SourceError> {
-    let k = key(spec);
-    let now = SystemTime::now();
-    let cached = cache()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&k)
-        .cloned();
-    if let Some(c) = &cached {
-        if let Some(s) = &c.secret {
-            let unexpired = c.expires_at.is_none_or(|e| e > now);
-            if now < c.next_attempt && unexpired {
-                return Ok((s.clone(), c.expires_at));
+    /// The current token: cached while fresh, fetched when due. `upstream`
+    /// and `token` (its index) label the fetch in the metrics.
+    pub async fn read(
+        &self,
+        spec: &OAuth2Spec,
+        upstream: &str,
+        token: usize,
+    ) -> Result<(Secret, Option<SystemTime>), SourceError> {
+        let k = key(spec);
+        let now = SystemTime::now();
+        let cached = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&k)
+            .cloned();
+        if let Some(c) = &cached {
+            if let Some(s) = &c.secret {
+                let unexpired = c.expires_at.is_none_or(|e| e > now);
+                if now < c.next_attempt && unexpired {
+                    return Ok((s.clone(), c.expires_at));
+                }
             }
         }
-    }
-    let labels = (upstream.to_string(), token.to_string());
-    let result = fetch(spec).await;
-    let mut map = cache().lock().unwrap_or_else(|p| p.into_inner());
-    match result {
-        Ok(f) => {
-            let expires_at = expiry(
-                now,
-                super::value::jwt_expiry(f.secret.expose()),
-                f.expires_at,
-                f.expires_in,
-            );
-            let lifetime = expires_at.map(|e| e.duration_since(now).unwrap_or_default());
-            let refresh_after = lifetime
-                .map(|d| d.mul_f64(spec.refresh_fraction))
-                .unwrap_or(Duration::from_secs(3600));
-            // A replacement for a refused token carries the chain on.
-            let refusals = cached
-                .as_ref()
-                .filter(|c| c.refused)
-                .map_or(0, |c| c.refusals);
-            count(&labels, "ok");
-            let secret = f.secret;
-            map.insert(
-                k,
-                Cached {
-                    secret: Some(secret.clone()),
-                    expires_at,
-                    next_attempt: now + refresh_after.max(Duration::from_secs(1)),
-                    failures: 0,
-                    fetched_at: now,
-                    refused: false,
-                    refusals,
-                    labels,
-                },
-            );
-            log::info!(
-                "oauth2 {}: fetched token {} (expires in {})",
-                spec.token_url,
-                secret.fingerprint(),
-                lifetime.map_or("unknown".into(), |d| format!("{}s", d.as_secs()))
-            );
-            Ok((secret, expires_at))
-        }
-        Err(e) => {
-            count(&labels, "failed");
-            let failures = cached.as_ref().map_or(0, |c| c.failures) + 1;
-            let keep = cached
-                .as_ref()
-                .filter(|c| c.secret.is_some() && c.expires_at.is_none_or(|x| x > now));
-            // Requests wait on a source without a usable token: retry
-            // soon, so a returning provider is used within max_retry.
-            let cap = if keep.is_some() {
-                Duration::from_secs(300)
-            } else {
-                spec.max_retry
-            };
-            let backoff = crate::clock::backoff(Duration::from_secs(2).min(cap), failures, cap);
-            map.insert(
-                k,
-                Cached {
-                    secret: keep.and_then(|c| c.secret.clone()),
-                    expires_at: keep.and_then(|c| c.expires_at),
-                    next_attempt: now + backoff,
-                    failures,
-                    fetched_at: keep.map_or(now, |c| c.fetched_at),
-                    refused: keep.is_some_and(|c| c.refused),
-                    refusals: cached.as_ref().map_or(0, |c| c.refusals),
-                    labels,
-                },
-            );
-            let keep = keep.cloned();
-            match keep {
-                Some(c) => {
-                    log::warn!(
+        let labels = (upstream.to_string(), token.to_string());
+        let result = fetch(spec).await;
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(f) => {
+                let expires_at = expiry(
+                    now,
+                    super::value::jwt_expiry(f.secret.expose()),
+                    f.expires_at,
+                    f.expires_in,
+                );
+                let lifetime = expires_at.map(|e| e.duration_since(now).unwrap_or_default());
+                let refresh_after = lifetime
+                    .map(|d| d.mul_f64(spec.refresh_fraction))
+                    .unwrap_or(Duration::from_secs(3600));
+                // A replacement for a refused token carries the chain on.
+                let refusals = cached
+                    .as_ref()
+                    .filter(|c| c.refused)
+                    .map_or(0, |c| c.refusals);
+                count(&labels, "ok");
+                let secret = f.secret;
+                map.insert(
+                    k,
+                    Cached {
+                        secret: Some(secret.clone()),
+                        expires_at,
+                        next_attempt: now + refresh_after.max(Duration::from_secs(1)),
+                        failures: 0,
+                        fetched_at: now,
+                        refused: false,
+                        refusals,
+                        labels,
+                    },
+                );
+                log::info!(
+                    "oauth2 {}: fetched token {} (expires in {})",
+                    spec.token_url,
+                    secret.fingerprint(),
+                    lifetime.map_or("unknown".into(), |d| format!("{}s", d.as_secs()))
+                );
+                Ok((secret, expires_at))
+            }
+            Err(e) => {
+                count(&labels, "failed");
+                let failures = cached.as_ref().map_or(0, |c| c.failures) + 1;
+                let keep = cached
+                    .as_ref()
+                    .filter(|c| c.secret.is_some() && c.expires_at.is_none_or(|x| x > now));
+                // Requests wait on a source without a usable token: retry
+                // soon, so a returning provider is used within max_retry.
+                let cap = if keep.is_some() {
+                    Duration::from_secs(300)
+                } else {
+                    spec.max_retry
+                };
+                let backoff = crate::clock::backoff(Duration::from_secs(2).min(cap), failures, cap);
+                map.insert(
+                    k,
+                    Cached {
+                        secret: keep.and_then(|c| c.secret.clone()),
+                        expires_at: keep.and_then(|c| c.expires_at),
+                        next_attempt: now + backoff,
+                        failures,
+                        fetched_at: keep.map_or(now, |c| c.fetched_at),
+                        refused: keep.is_some_and(|c| c.refused),
+                        refusals: cached.as_ref().map_or(0, |c| c.refusals),
+                        labels,
+                    },
+                );
+                let keep = keep.cloned();
+                match keep {
+                    Some(c) => {
+                        log::warn!(
                         "oauth2 {}: refresh failed ({e}); the current token serves until it expires; retry in {}s",
                         spec.token_url,
                         backoff.as_secs()
                     );
-                    Ok((c.secret.expect("kept only with a secret"), c.expires_at))
+                        Ok((c.secret.expect("kept only with a secret"), c.expires_at))
+                    }
+                    None => Err(e),
                 }
-                None => Err(e),
             }
         }
     }

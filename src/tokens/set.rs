@@ -95,6 +95,9 @@ pub struct Token {
     pub renews_itself: bool,
     /// What the vendor last said about this token; see [`Evidence`].
     pub evidence: Evidence,
+    /// The process's OAuth2 tokens, for a token an OAuth2 source minted
+    /// (see [`Token::minted_by`]): its refusal is reported there.
+    oauth2: Option<Arc<super::oauth2::OAuth2Tokens>>,
 }
 
 /// What the vendor's answers said about one token beyond the status:
@@ -294,6 +297,19 @@ impl Evidence {
 }
 
 impl Token {
+    /// Ties a token of an OAuth2 source to the process's OAuth2 tokens: a
+    /// refusal is reported there, and it renews itself while the source's
+    /// fetches work. Other tokens are returned as they are.
+    pub fn minted_by(mut self, minter: &Arc<super::oauth2::OAuth2Tokens>) -> Token {
+        if let crate::config::SourceSpec::OAuth2(o) = &self.spec.source {
+            if self.secret.is_some() {
+                self.renews_itself = !minter.refresh_failing(o);
+            }
+            self.oauth2 = Some(minter.clone());
+        }
+        self
+    }
+
     pub fn new(
         index: usize,
         spec: TokenSpec,
@@ -306,8 +322,10 @@ impl Token {
                     .expires_at
                     .or(source_expiry)
                     .or_else(|| super::value::jwt_expiry(secret.expose()));
+                // An OAuth2 token's renewals are known once it is tied to
+                // its minter (`minted_by`).
                 let renews_itself = match &spec.source {
-                    crate::config::SourceSpec::OAuth2(o) => !super::oauth2::refresh_failing(o),
+                    crate::config::SourceSpec::OAuth2(_) => true,
                     crate::config::SourceSpec::Command { refresh, .. } => refresh.is_some(),
                     _ => false,
                 };
@@ -325,6 +343,7 @@ impl Token {
                     last_used: AtomicU64::new(0),
                     expires_warning,
                     evidence: Evidence::default(),
+                    oauth2: None,
                 }
             }
             Err(reason) => Token {
@@ -341,6 +360,7 @@ impl Token {
                 last_used: AtomicU64::new(0),
                 expires_warning,
                 evidence: Evidence::default(),
+                oauth2: None,
             },
         }
     }
@@ -371,10 +391,10 @@ impl Token {
     /// the caller logs the transition once, not once per request). An
     /// OAuth2 token the upstream refused is fetched again at once.
     pub fn mark_rejected(&self, status: u16) -> bool {
-        if let (crate::config::SourceSpec::OAuth2(spec), Some(secret)) =
-            (&self.spec.source, self.secret())
+        if let (crate::config::SourceSpec::OAuth2(spec), Some(secret), Some(minter)) =
+            (&self.spec.source, self.secret(), self.oauth2.as_ref())
         {
-            super::oauth2::refused(spec, secret);
+            minter.refused(spec, secret);
         }
         self.rejected_status.store(status, Ordering::Relaxed);
         self.evidence.clear_suspect();
@@ -422,6 +442,10 @@ impl Token {
             Ok((secret, injected, self.expires_at)),
             self.expires_warning,
         );
+        let t = match &self.oauth2 {
+            Some(minter) => t.minted_by(minter),
+            None => t,
+        };
         t.inherit_state(self);
         Some(t)
     }

@@ -291,7 +291,7 @@ fn the_layer_check_finds_an_inversion() {
 /// The proxy's three seams, each one file (see `src/proxy/mod.rs`): the
 /// calls that choose a token, change a token's or an upstream's state, or
 /// build a degraded answer, with the one file each may appear in.
-const SEAMS: [(&str, &str); 14] = [
+const SEAMS: [(&str, &str); 16] = [
     (".pick(", "choose.rs"),
     (".trial_token(", "choose.rs"),
     ("health_failure(", "record.rs"),
@@ -304,6 +304,8 @@ const SEAMS: [(&str, &str); 14] = [
     ("clear_suspect(", "record.rs"),
     ("evidence.cool_down(", "record.rs"),
     ("evidence.suspect(", "record.rs"),
+    ("auth.trip(", "record.rs"),
+    ("auth.success(", "record.rs"),
     ("respond::degraded(", "degrade.rs"),
     ("respond::unavailable(", "degrade.rs"),
 ];
