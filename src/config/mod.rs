@@ -14,6 +14,8 @@
 //! Nothing outside this module sees the file schema.
 
 pub mod defaults;
+#[cfg(test)]
+mod doc_defaults;
 pub mod files;
 pub mod model;
 pub mod schema;
