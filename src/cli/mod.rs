@@ -35,13 +35,14 @@ fn check_failed(path: &Path, errors: &[impl std::fmt::Display]) -> i32 {
     1
 }
 
-/// `graceway check -c FILE`: like `nginx -t`. Validates the file, then reads
-/// every token source, resolves every upstream and loads every CA file.
-/// Prints every problem with its field path; exit 0 only when none.
-/// `skip_sources` validates the file alone (no token sources, DNS or CA
-/// files), for checking a config away from the machine it will run on.
+/// `graceway check -c FILE`: like `nginx -t`. Validates the file (stage 1,
+/// no I/O besides reading it), then checks the files it names, reads every
+/// token source, resolves every upstream and loads every CA file (stage 2,
+/// what `run` and reload do too). Prints every problem with its field
+/// path; exit 0 only when none. `skip_sources` stops after stage 1, for
+/// checking a config away from the machine it will run on.
 pub fn check(path: &Path, skip_sources: bool) -> i32 {
-    let loaded = match config::load(path) {
+    let loaded = match config::read(path) {
         Ok(l) => l,
         Err(errors) => return check_failed(path, &errors.0),
     };
@@ -55,6 +56,9 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
             loaded.config.upstreams.len()
         );
         return 0;
+    }
+    if let Err(errors) = config::files::check(&loaded.config) {
+        return check_failed(path, &errors.0);
     }
     let built = block_on(async {
         let lookup = |name: &str| std::sync::Arc::new(UpstreamStatus::new(name));
@@ -106,7 +110,9 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
 }
 
 fn admin_url_from_config(path: &Path) -> Option<String> {
-    config::load(path)
+    // Only `admin.listen` is wanted: the files the config names need not be
+    // readable by whoever asks for the status.
+    config::read(path)
         .ok()
         .map(|l| format!("http://{}", l.config.admin.listen))
 }
@@ -209,7 +215,7 @@ fn send_sighup(pid: i32) -> std::io::Result<()> {
 pub fn status(admin: Option<String>, config_path: Option<&Path>) -> i32 {
     let admin = admin
         .or_else(|| config_path.and_then(admin_url_from_config))
-        .unwrap_or_else(|| "http://127.0.0.1:9180".into());
+        .unwrap_or_else(|| format!("http://{}", config::AdminConfig::default().listen));
     match block_on(get_status(&admin)) {
         Ok(s) => {
             print!("{}", render_status(&s));

@@ -1,10 +1,22 @@
-//! Config: the YAML file ([`schema`]) and the validated model ([`model`]).
+//! Config: the YAML file ([`schema`]), the validated model ([`model`]) and
+//! what a key left out means ([`defaults`]).
 //!
-//! Data flows one way: file text -> [`schema::FileConfig`] (serde, unknown
-//! keys refused) -> [`Config`] (every value parsed and checked, all problems
-//! reported together with their field paths). Nothing outside this module
-//! sees the file schema.
+//! Data flows one way, in two stages (as in ripgrep):
+//! 1. [`read`] / [`parse`]: file text -> [`schema::FileConfig`] (serde,
+//!    unknown keys refused) -> [`Config`] (every value parsed and checked,
+//!    all problems reported together with their field paths). No I/O but
+//!    reading the config file itself, so `check --skip-sources` judges a
+//!    file on any machine.
+//! 2. [`load`]: stage 1, then the files the config names ([`files`]). The
+//!    token sources, DNS and upstream CA bundles follow in
+//!    `generation::build`.
+//!
+//! Nothing outside this module sees the file schema.
 
+pub mod defaults;
+#[cfg(test)]
+mod doc_defaults;
+pub mod files;
 pub mod model;
 pub mod schema;
 pub mod units;
@@ -15,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+pub use defaults::SENSITIVE_QUERY;
 pub use model::*;
 pub use validate::parse_url;
 
@@ -64,8 +77,16 @@ pub struct LoadedConfig {
     pub file_hash: String,
 }
 
-/// Reads and validates a config file.
+/// Both stages: reads and validates a config file, then checks the files
+/// it names. What `run`, reload and a full `check` use.
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    let loaded = read(path)?;
+    files::check(&loaded.config)?;
+    Ok(loaded)
+}
+
+/// Stage 1: reads and validates a config file; touches no other file.
+pub fn read(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     // Absolute from here on: a daemon changes its working directory to `/`,
     // and a reload must find the same file (and relative paths inside it
     // must keep meaning the same files).
@@ -89,7 +110,8 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     })
 }
 
-/// Parses config text; relative paths are taken relative to `base_dir`.
+/// Stage 1 of config text: parses and validates it, without I/O; relative
+/// paths are taken relative to `base_dir`.
 pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     let file: schema::FileConfig = serde_yaml::from_str(text).map_err(|e| {
         // serde_yaml puts the field path first ("upstreams[0].timeouts: unknown

@@ -1,6 +1,7 @@
 //! The validated config: what the rest of graceway is built from. Every
 //! value here has been parsed and checked (see [`super::validate`]); the
-//! file schema stays behind in [`super::schema`].
+//! file schema stays behind in [`super::schema`]. What a key left out of
+//! the file means is in [`super::defaults`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +36,9 @@ pub struct AdminConfig {
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
-    pub threads: usize,
+    /// Pingora worker threads; `None`: one per CPU, counted at start
+    /// ([`ServerSettings::worker_threads`]), not while the file is checked.
+    pub threads: Option<usize>,
     /// SIGTERM: keep accepting new connections this long (the accept
     /// window), answering with `Connection: close`.
     pub grace_period: Duration,
@@ -82,8 +85,9 @@ pub struct UpstreamConfig {
 }
 
 /// `url` taken apart: graceway forwards the request path unchanged, so the
-/// URL names only scheme, host and port.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// URL names only scheme, host and port. `Default` is the empty stand-in
+/// validation keeps while it reports a missing or bad `url`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UpstreamUrl {
     pub tls: bool,
     /// Host as written, without brackets for IPv6; used for SNI and `Host`.
@@ -140,17 +144,6 @@ pub struct FailoverOn {
     pub s401: bool,
     pub s403: bool,
     pub s429: bool,
-}
-
-impl Default for FailoverOn {
-    /// `[401, 403]`.
-    fn default() -> Self {
-        FailoverOn {
-            s401: true,
-            s403: true,
-            s429: false,
-        }
-    }
 }
 
 impl FailoverOn {
@@ -265,8 +258,9 @@ pub struct HealthPolicy {
     pub max_retry_after: Duration,
 }
 
-/// The outcomes that may be answered from the last-good cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The outcomes that may be answered from the last-good cache. `Default`
+/// is the config's default (all of them); [`StaleTriggers::NONE`] is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StaleTriggers {
     pub s401: bool,
     pub s403: bool,
@@ -299,19 +293,6 @@ pub struct CacheConfig {
     /// (a client's credential must not be kept, even under a hashed key).
     pub sensitive_query: Vec<String>,
 }
-
-/// `cache.sensitive_query` when not set.
-pub const SENSITIVE_QUERY: [&str; 9] = [
-    "api_key",
-    "apikey",
-    "key",
-    "token",
-    "access_token",
-    "auth",
-    "signature",
-    "sig",
-    "password",
-];
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -381,6 +362,15 @@ pub struct LogConfig {
 /// The largest token graceway accepts; bigger values are refused at load.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
+impl ServerSettings {
+    /// `threads`, or one per CPU (what the process may use: affinity and
+    /// cgroup quota, read now).
+    pub fn worker_threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
 impl Config {
     /// The oldest any copy may be served (the largest `stale.max_stale`):
     /// older copies in the persist file are dropped on load.
@@ -433,9 +423,6 @@ impl Config {
         out
     }
 }
-
-/// The methods an upstream gets when its config names none.
-pub const DEFAULT_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 /// RFC 9110 §7.6.1: fields that describe one connection, not the message
 /// (the one list: injection refuses them, the cache never keeps them).

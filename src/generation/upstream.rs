@@ -5,14 +5,14 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use http::HeaderValue;
 use pingora::upstreams::peer::HttpPeer;
 
 use super::breaker::Breaker;
 use super::inject::InjectTarget;
-use crate::config::UpstreamConfig;
+use crate::config::{HealthPolicy, UpstreamConfig};
 use crate::metrics::UpstreamMetrics;
 use crate::outcome::{Reason, UpstreamState};
 use crate::tokens::{TokenSet, TokenState};
@@ -195,7 +195,12 @@ impl UpstreamStatus {
             stored_bytes: AtomicI64::new(0),
             degraded_reason: AtomicU8::new(0),
             degraded_since: AtomicU64::new(0),
-            health: Breaker::new(5, Duration::from_secs(1), Duration::from_secs(30)),
+            // The config's defaults until the first build configures it
+            // (`generation::build` sets this upstream's `health`).
+            health: {
+                let h = HealthPolicy::default();
+                Breaker::new(h.open_after, h.retry_after, h.max_retry_after)
+            },
             breaker_logged_at: AtomicU64::new(0),
             breaker_unlogged: AtomicU64::new(0),
             last_good_path: arc_swap::ArcSwapOption::empty(),

@@ -63,7 +63,7 @@ pub fn start_app(loaded: config::LoadedConfig) -> anyhow::Result<Arc<App>> {
 pub fn server_conf(cfg: &Config, daemon: bool) -> ServerConf {
     ServerConf {
         daemon,
-        threads: cfg.server.threads,
+        threads: cfg.server.worker_threads(),
         work_stealing: false,
         pid_file: cfg.pid_file.display().to_string(),
         upgrade_sock: cfg.server.upgrade_sock.display().to_string(),

@@ -294,3 +294,47 @@ fn check_file_only(dir: &TestDir, yaml: &str) -> (i32, String, String) {
     std::fs::write(&p, yaml).unwrap();
     run_cli(&["check", "--skip-sources", "-c", p.to_str().unwrap()])
 }
+
+/// The two stages: `--skip-sources` opens no file the config names (a
+/// config checked away from its host), a full check reads each of them and
+/// names the field of every one it cannot read.
+#[test]
+fn skip_sources_opens_no_file_the_config_names_and_a_full_check_reads_them() {
+    let dir = TestDir::new();
+    let yaml = format!(
+        "{GOOD_HEAD}upstreams:
+  - name: a
+    url: \"https://127.0.0.1:9\"
+    tls: {{ ca_file: upstream-ca.pem }}
+    credentials:
+      tokens: [ {{ file: token }} ]
+cache: {{ redis: {{ url: \"rediss://127.0.0.1:9\", ca_file: redis-ca.pem }} }}
+alerts: {{ webhook: \"https://127.0.0.1:9/hook\", webhook_ca_file: hook-ca.pem }}
+"
+    );
+    let (code, out, err) = check_file_only(&dir, &yaml);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("token sources not read"), "{out}");
+
+    let (code, _, err) = check(&dir, &yaml);
+    assert_ne!(code, 0);
+    for (field, file) in [
+        ("alerts.webhook_ca_file", "hook-ca.pem"),
+        ("cache.redis.ca_file", "redis-ca.pem"),
+    ] {
+        let want = format!("{field}: cannot read {}", dir.file(file).display());
+        assert!(err.contains(&want), "missing `{want}` in:\n{err}");
+    }
+
+    // With those readable, the sources come next.
+    dir.write("hook-ca.pem", "x");
+    dir.write("redis-ca.pem", "x");
+    let (code, _, err) = check(&dir, &yaml);
+    assert_ne!(code, 0);
+    let want = format!(
+        "upstreams[0].tls.ca_file: cannot read {}",
+        dir.file("upstream-ca.pem").display()
+    );
+    assert!(err.contains(&want), "missing `{want}` in:\n{err}");
+    assert!(!err.contains("webhook_ca_file"), "{err}");
+}

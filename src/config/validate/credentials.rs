@@ -35,7 +35,7 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
         other => {
             let name = other
                 .and_then(|i| i.header.clone())
-                .unwrap_or_else(|| "Authorization".into());
+                .unwrap_or_else(|| defaults::INJECT_HEADER.into());
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 c.err(
                     format!("{at}.inject.header"),
@@ -47,13 +47,9 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
                     format!("`{name}` is a hop-by-hop or framing header and cannot carry a token"),
                 );
             }
-            let prefix = other.and_then(|i| i.prefix.clone()).unwrap_or_else(|| {
-                if name.eq_ignore_ascii_case("authorization") {
-                    "Bearer ".into()
-                } else {
-                    String::new()
-                }
-            });
+            let prefix = other
+                .and_then(|i| i.prefix.clone())
+                .unwrap_or_else(|| Injection::default_prefix(&name).into());
             if prefix.bytes().any(|b| b.is_ascii_control()) {
                 c.err(
                     format!("{at}.inject.prefix"),
@@ -118,13 +114,7 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
                     "must name a program: [\"program\", \"arg\", ...]",
                 );
             }
-            let refresh = t.refresh.as_ref().map(|_| {
-                c.positive_duration(
-                    &format!("{tat}.refresh"),
-                    &t.refresh,
-                    Duration::from_secs(900),
-                )
-            });
+            let refresh = c.optional_positive_duration(&format!("{tat}.refresh"), &t.refresh);
             if let Some(r) = refresh {
                 if r < Duration::from_secs(1) {
                     c.err(format!("{tat}.refresh"), "must be at least 1s");
@@ -140,7 +130,7 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
                 timeout: c.positive_duration(
                     &format!("{tat}.timeout"),
                     &t.timeout,
-                    Duration::from_secs(10),
+                    defaults::COMMAND_TIMEOUT,
                 ),
             }
         };
@@ -173,11 +163,11 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
             interval: c.positive_duration(
                 &format!("{at}.probe.interval"),
                 &p.interval,
-                Duration::from_secs(60),
+                defaults::PROBE_INTERVAL,
             ),
         }
     });
-    let preflight = cr.preflight.unwrap_or(false);
+    let preflight = cr.preflight.unwrap_or(defaults::PREFLIGHT);
     if preflight && probe.is_none() {
         c.err(
             format!("{at}.preflight"),
@@ -188,11 +178,7 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
     let failover_on = match &cr.failover_on {
         None => FailoverOn::default(),
         Some(list) => {
-            let mut on = FailoverOn {
-                s401: false,
-                s403: false,
-                s429: false,
-            };
+            let mut on = FailoverOn::NONE;
             for (j, v) in list.iter().enumerate() {
                 match v.0.trim() {
                     "401" => on.s401 = true,
@@ -214,14 +200,11 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
         );
     }
 
-    let suspect_after = match cr.suspect_after {
-        None => 3,
-        Some(0) => {
-            c.err(format!("{at}.suspect_after"), "must be at least 1");
-            3
-        }
-        Some(n) => n,
-    };
+    let suspect_after = c.at_least_one(
+        &format!("{at}.suspect_after"),
+        cr.suspect_after,
+        defaults::SUSPECT_AFTER,
+    );
     Credentials {
         failover_on,
         suspect_after,
@@ -230,7 +213,7 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
         expires_warning: c.duration(
             &format!("{at}.expires_warning"),
             &cr.expires_warning,
-            Duration::from_secs(72 * 3600),
+            defaults::EXPIRES_WARNING,
         ),
         probe,
         preflight,
@@ -310,17 +293,20 @@ pub(super) fn oauth2(c: &mut Check, at: &str, o: &FileOAuth2) -> Option<OAuth2Sp
         o.client_secret_file.as_ref(),
     );
     let client_auth = match o.client_auth.as_deref() {
-        None | Some("basic") => ClientAuth::Basic,
+        None => ClientAuth::default(),
+        Some("basic") => ClientAuth::Basic,
         Some("body") => ClientAuth::Body,
         Some(other) => {
             c.err(
                 format!("{at}.client_auth"),
                 format!("`{other}`: must be `basic` or `body`"),
             );
-            ClientAuth::Basic
+            ClientAuth::default()
         }
     };
-    let refresh_fraction = o.refresh_fraction.unwrap_or(0.8);
+    let refresh_fraction = o
+        .refresh_fraction
+        .unwrap_or(defaults::OAUTH2_REFRESH_FRACTION);
     if !(0.1..=0.95).contains(&refresh_fraction) {
         c.err(
             format!("{at}.refresh_fraction"),
@@ -330,14 +316,14 @@ pub(super) fn oauth2(c: &mut Check, at: &str, o: &FileOAuth2) -> Option<OAuth2Sp
     let timeout = c.positive_duration(
         &format!("{at}.timeout"),
         &o.timeout,
-        Duration::from_secs(10),
+        defaults::OAUTH2_TIMEOUT,
     );
     let max_retry = c.positive_duration(
         &format!("{at}.max_retry"),
         &o.max_retry,
-        Duration::from_secs(4),
+        defaults::OAUTH2_MAX_RETRY,
     );
-    let tls = o.tls.as_ref();
+    let tls = tls_settings(c, o.tls.as_ref());
     if c.errors.len() > errors_before {
         return None;
     }
@@ -353,8 +339,8 @@ pub(super) fn oauth2(c: &mut Check, at: &str, o: &FileOAuth2) -> Option<OAuth2Sp
         refresh_fraction,
         timeout,
         max_retry,
-        ca_file: tls.and_then(|t| t.ca_file.as_deref()).map(|p| c.path(p)),
-        verify: tls.and_then(|t| t.verify).unwrap_or(true),
+        ca_file: tls.ca_file,
+        verify: tls.verify,
     })
 }
 

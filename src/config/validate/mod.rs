@@ -1,12 +1,19 @@
 //! Validation: [`Config::from_file`] turns a [`FileConfig`] into the model
 //! and collects every problem it finds, each with the field path it belongs
 //! to, so that `graceway check` shows them all at once like `nginx -t` does.
+//!
+//! Pure: no file, socket or clock is touched here, so the same file gives
+//! the same answer on any machine (the files it names are checked by
+//! [`super::files`]). A key left out takes its value from
+//! [`super::defaults`]; the default passed to each helper below is also
+//! what a bad value is replaced with while the other keys are checked.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::defaults::{self, upgrade_sock_beside};
 use super::model::*;
 use super::schema::*;
 use super::units::{parse_duration, parse_size};
@@ -14,6 +21,9 @@ use super::{ConfigError, ConfigErrors};
 
 mod credentials;
 mod upstream;
+
+#[cfg(test)]
+mod tests;
 
 use credentials::credentials;
 use upstream::upstream;
@@ -51,24 +61,52 @@ impl Check {
         d
     }
 
+    /// A duration > 0 that has no default (`None` when not set).
+    fn optional_positive_duration(&mut self, path: &str, v: &Option<Human>) -> Option<Duration> {
+        let h = v.as_ref()?;
+        match parse_duration(&h.0) {
+            Err(e) => self.err(path, e),
+            Ok(d) if d.is_zero() => self.err(path, "must be greater than zero"),
+            Ok(d) => return Some(d),
+        }
+        None
+    }
+
     fn size(&mut self, path: &str, v: &Option<Human>, default: u64) -> u64 {
+        self.optional_size(path, v).unwrap_or(default)
+    }
+
+    /// A size that has no default (`None` when not set or bad).
+    fn optional_size(&mut self, path: &str, v: &Option<Human>) -> Option<u64> {
+        let h = v.as_ref()?;
+        parse_size(&h.0).map_err(|e| self.err(path, e)).ok()
+    }
+
+    /// An integer ≥ 1.
+    fn at_least_one<T: Copy + PartialEq + From<u8>>(
+        &mut self,
+        path: &str,
+        v: Option<T>,
+        default: T,
+    ) -> T {
         match v {
             None => default,
-            Some(h) => parse_size(&h.0).unwrap_or_else(|e| {
-                self.err(path, e);
+            Some(n) if n == T::from(0) => {
+                self.err(path, "must be at least 1");
                 default
-            }),
+            }
+            Some(n) => n,
         }
     }
 
-    fn addr(&mut self, path: &str, v: &Option<String>, default: &str) -> SocketAddr {
-        let text = v.as_deref().unwrap_or(default);
+    fn addr(&mut self, path: &str, v: &Option<String>, default: SocketAddr) -> SocketAddr {
+        let Some(text) = v else { return default };
         text.parse().unwrap_or_else(|_| {
             self.err(
                 path,
                 format!("`{text}` is not an address; write ip:port, e.g. `127.0.0.1:8080`"),
             );
-            default.parse().expect("default address parses")
+            default
         })
     }
 
@@ -92,98 +130,13 @@ impl Config {
             base_dir: base_dir.to_path_buf(),
         };
 
-        let listen = c.addr("listen", &file.listen, "0.0.0.0:8080");
-        let admin_file = file.admin.unwrap_or_default();
-        let admin = AdminConfig {
-            listen: c.addr("admin.listen", &admin_file.listen, "127.0.0.1:9180"),
-            token_file: admin_file.token_file.as_deref().map(|p| c.path(p)),
-            allowed_hosts: admin_file
-                .allowed_hosts
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|h| {
-                    let h = h.trim().to_ascii_lowercase();
-                    if h.is_empty() || h.contains(['/', ' ', '@']) {
-                        c.err(
-                            "admin.allowed_hosts",
-                            format!(
-                                "`{h}` is not a host name (write it without scheme, path or port)"
-                            ),
-                        );
-                        None
-                    } else {
-                        Some(h)
-                    }
-                })
-                .collect(),
-            max_connections: match admin_file.max_connections {
-                Some(0) => {
-                    c.err("admin.max_connections", "must be at least 1");
-                    64
-                }
-                Some(n) => n,
-                None => 64,
-            },
-        };
+        let listen = c.addr("listen", &file.listen, defaults::LISTEN);
+        let admin = admin(&mut c, file.admin.unwrap_or_default());
         if admin.listen == listen {
             c.err("admin.listen", "must differ from `listen`");
         }
-        let pid_file = c.path(file.pid_file.as_deref().unwrap_or("/run/graceway.pid"));
-
-        let s = file.server.unwrap_or_default();
-        let threads = match s.threads {
-            Some(0) => {
-                c.err("server.threads", "must be at least 1");
-                1
-            }
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        let server = ServerSettings {
-            threads,
-            grace_period: c.duration("server.grace_period", &s.grace_period, Duration::ZERO),
-            graceful_shutdown_timeout: c.duration(
-                "server.graceful_shutdown_timeout",
-                &s.graceful_shutdown_timeout,
-                Duration::from_secs(25),
-            ),
-            client_keepalive_timeout: c.positive_duration(
-                "server.client_keepalive_timeout",
-                &s.client_keepalive_timeout,
-                Duration::from_secs(60),
-            ),
-            max_request_header_bytes: c.size(
-                "server.max_request_header_bytes",
-                &s.max_request_header_bytes,
-                64 << 10,
-            ) as usize,
-            max_request_body_bytes: c.size(
-                "server.max_request_body_bytes",
-                &s.max_request_body_bytes,
-                10 << 20,
-            ),
-            request_header_timeout: c.positive_duration(
-                "server.request_header_timeout",
-                &s.request_header_timeout,
-                Duration::from_secs(10),
-            ),
-            client_body_timeout: c.positive_duration(
-                "server.client_body_timeout",
-                &s.client_body_timeout,
-                Duration::from_secs(10),
-            ),
-            max_connections: match s.max_connections {
-                Some(0) => {
-                    c.err("server.max_connections", "must be at least 1");
-                    None
-                }
-                n => n,
-            },
-            upgrade_sock: match &s.upgrade_sock {
-                Some(p) => c.path(p),
-                None => pid_file.with_extension("upgrade.sock"),
-            },
-        };
+        let pid_file = c.path(file.pid_file.as_deref().unwrap_or(defaults::PID_FILE));
+        let server = server(&mut c, file.server.unwrap_or_default(), &pid_file);
 
         if file.upstreams.is_empty() {
             c.err("upstreams", "at least one upstream is required");
@@ -208,111 +161,15 @@ impl Config {
             upstreams.push(up);
         }
 
-        let cf = file.cache.unwrap_or_default();
-        let cache = CacheConfig {
-            memory_bytes: c.size("cache.memory_bytes", &cf.memory_bytes, 64 << 20),
-            max_object_bytes: c.size("cache.max_object_bytes", &cf.max_object_bytes, 1 << 20),
-            persist_path: match cf.persist {
-                None => None,
-                Some(FilePersist { path: Some(p) }) => Some(c.path(&p)),
-                Some(FilePersist { path: None }) => {
-                    c.err("cache.persist.path", "is required when `persist` is set");
-                    None
-                }
-            },
-            redis: cf.redis.map(|r| redis_config(&mut c, r)),
-            sensitive_query: match cf.sensitive_query {
-                None => SENSITIVE_QUERY.iter().map(|s| s.to_string()).collect(),
-                Some(list) => list
-                    .into_iter()
-                    .enumerate()
-                    .filter_map(|(i, n)| {
-                        let n = n.trim().to_ascii_lowercase();
-                        if n.is_empty() || n.contains(['&', '=', '?', '#']) {
-                            c.err(
-                                format!("cache.sensitive_query[{i}]"),
-                                "must be a query parameter name",
-                            );
-                            None
-                        } else {
-                            Some(n)
-                        }
-                    })
-                    .collect(),
-            },
-        };
-        if cache.max_object_bytes > cache.memory_bytes {
-            c.err(
-                "cache.max_object_bytes",
-                "must not exceed cache.memory_bytes",
-            );
-        }
-        if cache.max_object_bytes > u32::MAX as u64 / 2 {
-            c.err("cache.max_object_bytes", "must be below 2GiB");
-        }
-
+        let cache = cache(&mut c, file.cache.unwrap_or_default());
         let mf = file.memory.unwrap_or_default();
         let memory = MemoryConfig {
-            soft_limit: mf
-                .soft_limit
-                .as_ref()
-                .map(|_| c.size("memory.soft_limit", &mf.soft_limit, 0)),
+            soft_limit: c
+                .optional_size("memory.soft_limit", &mf.soft_limit)
+                .or(MemoryConfig::default().soft_limit),
         };
-        let af = file.alerts.unwrap_or_default();
-        let alerts = AlertsConfig {
-            webhook: af.webhook,
-            webhook_ca_file: af.webhook_ca_file.as_deref().map(|p| c.path(p)),
-        };
-        if let Some(w) = &alerts.webhook {
-            let base = w
-                .parse::<http::Uri>()
-                .ok()
-                .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.authority()?)));
-            if let Err(e) = base
-                .ok_or_else(|| format!("`{w}` is not a URL"))
-                .and_then(|b| parse_url(&b))
-            {
-                c.err("alerts.webhook", e);
-            }
-        }
-        if let Some(ca) = &alerts.webhook_ca_file {
-            if alerts.webhook.is_none() {
-                c.err(
-                    "alerts.webhook_ca_file",
-                    "is set but `alerts.webhook` is not",
-                );
-            } else if let Err(e) = std::fs::metadata(ca) {
-                c.err(
-                    "alerts.webhook_ca_file",
-                    format!("cannot read {}: {e}", ca.display()),
-                );
-            }
-        }
-        let lf = file.log.unwrap_or_default();
-        let log = LogConfig {
-            level: match lf.level.as_deref().unwrap_or("info").parse() {
-                Ok(l) => l,
-                Err(_) => {
-                    c.err(
-                        "log.level",
-                        "must be one of off, error, warn, info, debug, trace",
-                    );
-                    log::LevelFilter::Info
-                }
-            },
-            access: lf.access.unwrap_or(false),
-            format: match lf.format.as_deref().unwrap_or("plain") {
-                "plain" => LogFormat::Plain,
-                "json" => LogFormat::Json,
-                other => {
-                    c.err(
-                        "log.format",
-                        format!("`{other}`: must be `plain` or `json`"),
-                    );
-                    LogFormat::Plain
-                }
-            },
-        };
+        let alerts = alerts(&mut c, file.alerts.unwrap_or_default());
+        let log = log_config(&mut c, file.log.unwrap_or_default());
 
         if c.errors.is_empty() {
             Ok(Config {
@@ -332,14 +189,227 @@ impl Config {
     }
 }
 
+/// `admin`: the admin listener.
+fn admin(c: &mut Check, f: FileAdmin) -> AdminConfig {
+    let d = AdminConfig::default();
+    AdminConfig {
+        listen: c.addr("admin.listen", &f.listen, d.listen),
+        token_file: f.token_file.as_deref().map(|p| c.path(p)).or(d.token_file),
+        allowed_hosts: match f.allowed_hosts {
+            None => d.allowed_hosts,
+            Some(list) => list
+                .into_iter()
+                .filter_map(|h| {
+                    let h = h.trim().to_ascii_lowercase();
+                    if h.is_empty() || h.contains(['/', ' ', '@']) {
+                        c.err(
+                            "admin.allowed_hosts",
+                            format!(
+                                "`{h}` is not a host name (write it without scheme, path or port)"
+                            ),
+                        );
+                        None
+                    } else {
+                        Some(h)
+                    }
+                })
+                .collect(),
+        },
+        max_connections: c.at_least_one(
+            "admin.max_connections",
+            f.max_connections,
+            d.max_connections,
+        ),
+    }
+}
+
+/// `server`: listener limits, timeouts and shutdown.
+fn server(c: &mut Check, s: FileServer, pid_file: &Path) -> ServerSettings {
+    let d = ServerSettings::default();
+    ServerSettings {
+        threads: match s.threads {
+            Some(0) => {
+                c.err("server.threads", "must be at least 1");
+                d.threads
+            }
+            n => n.or(d.threads),
+        },
+        grace_period: c.duration("server.grace_period", &s.grace_period, d.grace_period),
+        graceful_shutdown_timeout: c.duration(
+            "server.graceful_shutdown_timeout",
+            &s.graceful_shutdown_timeout,
+            d.graceful_shutdown_timeout,
+        ),
+        client_keepalive_timeout: c.positive_duration(
+            "server.client_keepalive_timeout",
+            &s.client_keepalive_timeout,
+            d.client_keepalive_timeout,
+        ),
+        max_request_header_bytes: c.size(
+            "server.max_request_header_bytes",
+            &s.max_request_header_bytes,
+            d.max_request_header_bytes as u64,
+        ) as usize,
+        max_request_body_bytes: c.size(
+            "server.max_request_body_bytes",
+            &s.max_request_body_bytes,
+            d.max_request_body_bytes,
+        ),
+        request_header_timeout: c.positive_duration(
+            "server.request_header_timeout",
+            &s.request_header_timeout,
+            d.request_header_timeout,
+        ),
+        client_body_timeout: c.positive_duration(
+            "server.client_body_timeout",
+            &s.client_body_timeout,
+            d.client_body_timeout,
+        ),
+        max_connections: match s.max_connections {
+            Some(0) => {
+                c.err("server.max_connections", "must be at least 1");
+                d.max_connections
+            }
+            n => n.or(d.max_connections),
+        },
+        upgrade_sock: match &s.upgrade_sock {
+            Some(p) => c.path(p),
+            None => upgrade_sock_beside(pid_file),
+        },
+    }
+}
+
+/// `cache`: the last-good cache and its tiers.
+fn cache(c: &mut Check, cf: FileCache) -> CacheConfig {
+    let d = CacheConfig::default();
+    let cache = CacheConfig {
+        memory_bytes: c.size("cache.memory_bytes", &cf.memory_bytes, d.memory_bytes),
+        max_object_bytes: c.size(
+            "cache.max_object_bytes",
+            &cf.max_object_bytes,
+            d.max_object_bytes,
+        ),
+        persist_path: match cf.persist {
+            None => d.persist_path,
+            Some(FilePersist { path: Some(p) }) => Some(c.path(&p)),
+            Some(FilePersist { path: None }) => {
+                c.err("cache.persist.path", "is required when `persist` is set");
+                None
+            }
+        },
+        redis: cf.redis.map(|r| redis_config(c, r)).or(d.redis),
+        sensitive_query: match cf.sensitive_query {
+            None => d.sensitive_query,
+            Some(list) => list
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, n)| {
+                    let n = n.trim().to_ascii_lowercase();
+                    if n.is_empty() || n.contains(['&', '=', '?', '#']) {
+                        c.err(
+                            format!("cache.sensitive_query[{i}]"),
+                            "must be a query parameter name",
+                        );
+                        None
+                    } else {
+                        Some(n)
+                    }
+                })
+                .collect(),
+        },
+    };
+    if cache.max_object_bytes > cache.memory_bytes {
+        c.err(
+            "cache.max_object_bytes",
+            "must not exceed cache.memory_bytes",
+        );
+    }
+    if cache.max_object_bytes > u32::MAX as u64 / 2 {
+        c.err("cache.max_object_bytes", "must be below 2GiB");
+    }
+    cache
+}
+
+/// `alerts`: the webhook. Its CA file is read in [`super::files`].
+fn alerts(c: &mut Check, af: FileAlerts) -> AlertsConfig {
+    let d = AlertsConfig::default();
+    let alerts = AlertsConfig {
+        webhook: af.webhook.or(d.webhook),
+        webhook_ca_file: af
+            .webhook_ca_file
+            .as_deref()
+            .map(|p| c.path(p))
+            .or(d.webhook_ca_file),
+    };
+    if let Some(w) = &alerts.webhook {
+        let base = w
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.authority()?)));
+        if let Err(e) = base
+            .ok_or_else(|| format!("`{w}` is not a URL"))
+            .and_then(|b| parse_url(&b))
+        {
+            c.err("alerts.webhook", e);
+        }
+    }
+    if alerts.webhook_ca_file.is_some() && alerts.webhook.is_none() {
+        c.err(
+            "alerts.webhook_ca_file",
+            "is set but `alerts.webhook` is not",
+        );
+    }
+    alerts
+}
+
+/// `log`: level, access log and its format.
+fn log_config(c: &mut Check, lf: FileLog) -> LogConfig {
+    let d = LogConfig::default();
+    LogConfig {
+        level: match lf.level.as_deref().map(str::parse) {
+            None => d.level,
+            Some(Ok(l)) => l,
+            Some(Err(_)) => {
+                c.err(
+                    "log.level",
+                    "must be one of off, error, warn, info, debug, trace",
+                );
+                d.level
+            }
+        },
+        access: lf.access.unwrap_or(d.access),
+        format: match lf.format.as_deref() {
+            None => d.format,
+            Some("plain") => LogFormat::Plain,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                c.err(
+                    "log.format",
+                    format!("`{other}`: must be `plain` or `json`"),
+                );
+                d.format
+            }
+        },
+    }
+}
+
+/// `tls` of an upstream or of an OAuth2 token endpoint.
+fn tls_settings(c: &Check, t: Option<&FileTls>) -> TlsSettings {
+    let d = TlsSettings::default();
+    TlsSettings {
+        ca_file: t
+            .and_then(|t| t.ca_file.as_deref())
+            .map(|p| c.path(p))
+            .or(d.ca_file),
+        verify: t.and_then(|t| t.verify).unwrap_or(d.verify),
+    }
+}
+
 /// `methods:`: HTTP method tokens; TRACE (it echoes the injected token
 /// back) and CONNECT (a tunnel, not a request) are never forwarded.
 fn methods(c: &mut Check, at: &str, list: Option<&[String]>) -> Vec<http::Method> {
     let Some(list) = list else {
-        return DEFAULT_METHODS
-            .iter()
-            .map(|m| http::Method::from_bytes(m.as_bytes()).expect("standard method"))
-            .collect();
+        return defaults::METHODS.to_vec();
     };
     if list.is_empty() {
         c.err(at, "must name at least one method");
@@ -417,7 +487,9 @@ fn redis_config(c: &mut Check, r: FileRedis) -> RedisConfig {
             RedisTarget::Single(String::new())
         }
     };
-    let key_prefix = r.key_prefix.unwrap_or_else(|| "graceway:".into());
+    let key_prefix = r
+        .key_prefix
+        .unwrap_or_else(|| defaults::REDIS_KEY_PREFIX.into());
     if key_prefix.len() > 64
         || key_prefix
             .bytes()
@@ -428,28 +500,13 @@ fn redis_config(c: &mut Check, r: FileRedis) -> RedisConfig {
             "at most 64 characters, no spaces or control characters",
         );
     }
-    let ca_file = r.ca_file.as_deref().map(|p| c.path(p));
-    if let Some(ca) = &ca_file {
-        if let Err(e) = std::fs::read(ca) {
-            c.err(
-                "cache.redis.ca_file",
-                format!("cannot read {}: {e}", ca.display()),
-            );
-        }
-    }
     RedisConfig {
         target,
-        timeout: c.positive_duration("cache.redis.timeout", &r.timeout, Duration::from_millis(50)),
+        timeout: c.positive_duration("cache.redis.timeout", &r.timeout, defaults::REDIS_TIMEOUT),
         key_prefix,
-        ca_file,
-        queue: match r.queue {
-            Some(0) => {
-                c.err("cache.redis.queue", "must be at least 1");
-                1024
-            }
-            Some(n) => n,
-            None => 1024,
-        },
+        // Read in `super::files`, not here.
+        ca_file: r.ca_file.as_deref().map(|p| c.path(p)),
+        queue: c.at_least_one("cache.redis.queue", r.queue, defaults::REDIS_QUEUE),
     }
 }
 
@@ -498,26 +555,4 @@ pub fn parse_url(s: &str) -> Result<UpstreamUrl, String> {
         host_header,
         original: s.to_string(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        let u = parse_url("https://api.emoji.example").unwrap();
-        assert!(u.tls);
-        assert_eq!((u.host.as_str(), u.port), ("api.emoji.example", 443));
-        assert_eq!(u.host_header, "api.emoji.example");
-        let u = parse_url("http://127.0.0.1:8081/").unwrap();
-        assert_eq!(u.host_header, "127.0.0.1:8081");
-        let u = parse_url("http://[::1]:9000").unwrap();
-        assert_eq!(u.host, "::1");
-        assert_eq!(u.host_header, "[::1]:9000");
-        assert!(parse_url("ftp://x").is_err());
-        assert!(parse_url("http://x/v1").is_err());
-        assert!(parse_url("http://user:pw@x").is_err());
-        assert!(parse_url("api.example").is_err());
-    }
 }

@@ -38,18 +38,13 @@ pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamCon
             }
         },
     }
-    .unwrap_or(UpstreamUrl {
-        tls: false,
-        host: String::new(),
-        port: 0,
-        host_header: String::new(),
-        original: String::new(),
-    });
+    .unwrap_or_default();
 
     let m = u.route.as_ref();
+    let default_route = RouteMatch::default();
     let path_prefix = m
         .and_then(|m| m.path_prefix.clone())
-        .unwrap_or_else(|| "/".into());
+        .unwrap_or(default_route.path_prefix);
     if !path_prefix.starts_with('/') {
         c.err(
             format!("{at}.match.path_prefix"),
@@ -58,7 +53,8 @@ pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamCon
     }
     let host = m
         .and_then(|m| m.host.as_ref())
-        .map(|h| h.to_ascii_lowercase());
+        .map(|h| h.to_ascii_lowercase())
+        .or(default_route.host);
     if let Some(h) = &host {
         if h.is_empty() || h.contains(['/', ' ', ':']) {
             c.err(
@@ -70,50 +66,38 @@ pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamCon
     let route = RouteMatch { host, path_prefix };
 
     let t = u.timeouts.as_ref();
+    let d = Timeouts::default();
     let timeouts = Timeouts {
         connect: c.positive_duration(
             &format!("{at}.timeouts.connect"),
             &t.and_then(|t| t.connect.clone()),
-            Duration::from_secs(2),
+            d.connect,
         ),
         read: c.positive_duration(
             &format!("{at}.timeouts.read"),
             &t.and_then(|t| t.read.clone()),
-            Duration::from_secs(10),
+            d.read,
         ),
         write: c.positive_duration(
             &format!("{at}.timeouts.write"),
             &t.and_then(|t| t.write.clone()),
-            Duration::from_secs(10),
+            d.write,
         ),
         stream_idle: c.positive_duration(
             &format!("{at}.timeouts.stream_idle"),
             &t.and_then(|t| t.stream_idle.clone()),
-            Duration::from_secs(300),
+            d.stream_idle,
         ),
     };
 
-    let tls_file = u.tls.as_ref();
-    let tls = TlsSettings {
-        ca_file: tls_file
-            .and_then(|t| t.ca_file.as_deref())
-            .map(|p| c.path(p)),
-        verify: tls_file.and_then(|t| t.verify).unwrap_or(true),
-    };
+    let tls = tls_settings(c, u.tls.as_ref());
     if (tls.ca_file.is_some() || !tls.verify) && !url.tls && !url.original.is_empty() {
         c.err(
             format!("{at}.tls"),
             "is set but the url is http://; use https:// or remove `tls`",
         );
     }
-    if let Some(ca) = &tls.ca_file {
-        if let Err(e) = std::fs::metadata(ca) {
-            c.err(
-                format!("{at}.tls.ca_file"),
-                format!("cannot read {}: {e}", ca.display()),
-            );
-        }
-    }
+    // The CA file is read (every certificate parsed) by `generation::build`.
 
     let credentials = match &u.credentials {
         None => {
@@ -130,24 +114,22 @@ pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamCon
     };
 
     let h = u.health.as_ref();
+    let d = HealthPolicy::default();
     let health = HealthPolicy {
-        open_after: match h.and_then(|h| h.open_after) {
-            Some(0) => {
-                c.err(format!("{at}.health.open_after"), "must be at least 1");
-                5
-            }
-            Some(n) => n,
-            None => 5,
-        },
+        open_after: c.at_least_one(
+            &format!("{at}.health.open_after"),
+            h.and_then(|h| h.open_after),
+            d.open_after,
+        ),
         retry_after: c.positive_duration(
             &format!("{at}.health.retry_after"),
             &h.and_then(|h| h.retry_after.clone()),
-            Duration::from_secs(1),
+            d.retry_after,
         ),
         max_retry_after: c.positive_duration(
             &format!("{at}.health.max_retry_after"),
             &h.and_then(|h| h.max_retry_after.clone()),
-            Duration::from_secs(30),
+            d.max_retry_after,
         ),
     };
     if health.max_retry_after < health.retry_after {
@@ -158,18 +140,11 @@ pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamCon
     }
 
     let st = u.stale.as_ref();
+    let d = StalePolicy::default();
     let on = match st.and_then(|s| s.on.as_ref()) {
-        None => StaleTriggers {
-            s401: true,
-            s403: true,
-            s429: true,
-            s5xx: true,
-            timeout: true,
-            connect_error: true,
-            token_unavailable: true,
-        },
+        None => d.on,
         Some(list) => {
-            let mut on = StaleTriggers::default();
+            let mut on = StaleTriggers::NONE;
             for (j, item) in list.iter().enumerate() {
                 match item.as_str() {
                     "401" => on.s401 = true,
@@ -195,21 +170,24 @@ pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamCon
         max_stale: c.positive_duration(
             &format!("{at}.stale.max_stale"),
             &st.and_then(|s| s.max_stale.clone()),
-            Duration::from_secs(24 * 3600),
+            d.max_stale,
         ),
-        warning_header: st.and_then(|s| s.warning_header).unwrap_or(false),
+        warning_header: st
+            .and_then(|s| s.warning_header)
+            .unwrap_or(d.warning_header),
         honor_origin_directives: match st.and_then(|s| s.origin_directives.as_deref()) {
-            None | Some("honor") => true,
+            None => d.honor_origin_directives,
+            Some("honor") => true,
             Some("ignore") => false,
             Some(other) => {
                 c.err(
                     format!("{at}.stale.origin_directives"),
                     format!("`{other}`: must be `honor` or `ignore`"),
                 );
-                true
+                d.honor_origin_directives
             }
         },
-        scrub_bodies: st.and_then(|s| s.scrub_bodies).unwrap_or(false),
+        scrub_bodies: st.and_then(|s| s.scrub_bodies).unwrap_or(d.scrub_bodies),
     };
 
     let methods = methods(c, &format!("{at}.methods"), u.methods.as_deref());
@@ -217,7 +195,7 @@ pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamCon
     let dns_refresh = c.duration(
         &format!("{at}.dns_refresh"),
         &u.dns_refresh,
-        Duration::from_secs(30),
+        defaults::DNS_REFRESH,
     );
 
     let upgrade = u
@@ -246,7 +224,7 @@ pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamCon
         dns_refresh,
         methods,
         upgrade,
-        stream: u.stream.unwrap_or(false),
+        stream: u.stream.unwrap_or(defaults::STREAM),
         name,
         url,
         route,

@@ -1,0 +1,207 @@
+//! `upstreams[].credentials` errors, OAuth2 sources included.
+
+use super::*;
+
+#[test]
+fn credentials_injection() {
+    let t = "tokens: [{ file: t }]";
+    expect(&[
+        (
+            cred(&format!("inject: {{ query: 'a b' }}, {t}")),
+            &[(
+                "upstreams[0].credentials.inject.query",
+                "`a b` is not a plain query parameter name",
+            )],
+        ),
+        (
+            cred(&format!("inject: {{ query: k, header: X-Key }}, {t}")),
+            &[(
+                "upstreams[0].credentials.inject",
+                "set either `header` (with optional `prefix`) or `query`, not both",
+            )],
+        ),
+        (
+            cred(&format!("inject: {{ header: 'Bad Header' }}, {t}")),
+            &[(
+                "upstreams[0].credentials.inject.header",
+                "`Bad Header` is not a valid header name",
+            )],
+        ),
+        (
+            cred(&format!("inject: {{ header: Connection }}, {t}")),
+            &[(
+                "upstreams[0].credentials.inject.header",
+                "`Connection` is a hop-by-hop or framing header and cannot carry a token",
+            )],
+        ),
+        (
+            cred(&format!("inject: {{ prefix: \"a\\tb\" }}, {t}")),
+            &[(
+                "upstreams[0].credentials.inject.prefix",
+                "must not contain control characters",
+            )],
+        ),
+    ]);
+}
+
+#[test]
+fn credentials_tokens() {
+    let at = "upstreams[0].credentials.tokens[0]";
+    let many = vec!["{ file: t }"; 33].join(", ");
+    expect(&[
+        (
+            cred("tokens: []"),
+            &[(
+                "upstreams[0].credentials.tokens",
+                "at least one token source is required",
+            )],
+        ),
+        (
+            cred(&format!("tokens: [{many}]")),
+            &[(
+                "upstreams[0].credentials.tokens",
+                "33 tokens: at most 32 per upstream",
+            )],
+        ),
+        (
+            cred("tokens: [{ file: t, env: T }]"),
+            &[(
+                at,
+                "set exactly one of `file`, `env`, `command` or `oauth2`",
+            )],
+        ),
+        (
+            cred("tokens: [{ file: t, refresh: 1m }]"),
+            &[(
+                at,
+                "`refresh` and `timeout` apply to `command` sources only",
+            )],
+        ),
+        (
+            cred("tokens: [{ file: '' }]"),
+            &[(
+                "upstreams[0].credentials.tokens[0].file",
+                "must not be empty",
+            )],
+        ),
+        (
+            cred("tokens: [{ env: 'A=B' }]"),
+            &[(
+                "upstreams[0].credentials.tokens[0].env",
+                "is not a valid variable name",
+            )],
+        ),
+        (
+            cred("tokens: [{ command: [] }]"),
+            &[(
+                "upstreams[0].credentials.tokens[0].command",
+                "must name a program: [\"program\", \"arg\", ...]",
+            )],
+        ),
+        (
+            cred("tokens: [{ command: [x], refresh: 500ms }]"),
+            &[(
+                "upstreams[0].credentials.tokens[0].refresh",
+                "must be at least 1s",
+            )],
+        ),
+        (
+            cred("tokens: [{ command: [x], refresh: 0s }]"),
+            &[("upstreams[0].credentials.tokens[0].refresh", ZERO)],
+        ),
+        (
+            cred("tokens: [{ command: [x], refresh: soon }]"),
+            &[("upstreams[0].credentials.tokens[0].refresh", NOT_A_DURATION)],
+        ),
+        (
+            cred("tokens: [{ command: [x], timeout: 0s }]"),
+            &[("upstreams[0].credentials.tokens[0].timeout", ZERO)],
+        ),
+        (
+            cred("tokens: [{ file: t, expires_at: tomorrow }]"),
+            &[(
+                "upstreams[0].credentials.tokens[0].expires_at",
+                "`tomorrow` is not a timestamp; write e.g. `2026-12-31T23:59:59Z`",
+            )],
+        ),
+    ]);
+}
+
+#[test]
+fn credentials_probe_failover_and_suspicion() {
+    let t = "tokens: [{ file: t }]";
+    expect(&[
+        (
+            cred(&format!("{t}, probe: {{ interval: 1m }}")),
+            &[(
+                "upstreams[0].credentials.probe.path",
+                "is required and must start with `/`",
+            )],
+        ),
+        (
+            cred(&format!("{t}, probe: {{ path: /me, interval: 0s }}")),
+            &[("upstreams[0].credentials.probe.interval", ZERO)],
+        ),
+        (
+            cred(&format!("{t}, preflight: true")),
+            &[(
+                "upstreams[0].credentials.preflight",
+                "needs `probe`: the new token is tried with the probe request before it is swapped in",
+            )],
+        ),
+        (
+            cred(&format!("{t}, failover_on: [401, 418]")),
+            &[(
+                "upstreams[0].credentials.failover_on[1]",
+                "`418`: must be one of 401, 403, 429",
+            )],
+        ),
+        (
+            cred(&format!("{t}, suspect_after: 0")),
+            &[("upstreams[0].credentials.suspect_after", ONE)],
+        ),
+        (
+            cred(&format!("{t}, expires_warning: soon")),
+            &[("upstreams[0].credentials.expires_warning", NOT_A_DURATION)],
+        ),
+    ]);
+}
+
+#[test]
+fn credentials_oauth2() {
+    let p = |k: &str| format!("upstreams[0].credentials.tokens[0].oauth2.{k}");
+    let (url, id, secret) = (p("token_url"), p("client_id"), p("client_secret"));
+    let (auth, fraction) = (p("client_auth"), p("refresh_fraction"));
+    let (timeout, retry) = (p("timeout"), p("max_retry"));
+    expect(&[
+        (
+            oauth2("client_id: c, client_secret_env: S"),
+            &[(&*url, "is required: the https:// URL of the token endpoint")],
+        ),
+        (
+            oauth2("token_url: 'https://u:p@idp.example/token', client_id: c, client_secret_env: S"),
+            &[(
+                &*url,
+                "`https://u:p@idp.example` must not carry user info; put credentials in `credentials.tokens`",
+            )],
+        ),
+        (
+            oauth2("token_url: 'https://idp.example/token', client_secret_env: S"),
+            &[(&*id, "set exactly one of `client_id`, `client_id_env` or `client_id_file`")],
+        ),
+        (
+            oauth2("token_url: 'https://idp.example/token', client_id: c"),
+            &[(&*secret, "set exactly one of `client_secret_env` or `client_secret_file`")],
+        ),
+        (
+            oauth2(&format!("{IDP}, client_auth: jwt")),
+            &[(&*auth, "`jwt`: must be `basic` or `body`")],
+        ),
+        (
+            oauth2(&format!("{IDP}, refresh_fraction: 0.99")),
+            &[(&*fraction, "must be between 0.1 and 0.95")],
+        ),
+        (oauth2(&format!("{IDP}, timeout: 0s")), &[(&*timeout, ZERO)]),
+        (oauth2(&format!("{IDP}, max_retry: 0s")), &[(&*retry, ZERO)]),
+    ]);
+}
