@@ -4,17 +4,44 @@
 //! for its edge cases here; the hooks are tested end to end in `tests/it/`.
 //!
 //! The other decisions live beside their data: which token a request uses
-//! (`tokens::TokenSet::pick`), which rejected token an auth-breaker trial
-//! uses (`tokens::TokenSet::trial_token`), what the vendor's refusal means
-//! (`tokens::evidence::judge`), and whether a copy may be served
-//! (`cache::CachedResponse::servable`).
+//! (`proxy::choose`, over `tokens::TokenSet::pick` and `trial_token`),
+//! what the vendor's refusal means (`tokens::evidence::judge`), whether a
+//! request may be stored (`cache::stored::storable_request`) and whether a
+//! copy may be served (`cache::CachedResponse::servable`).
 
 use http::HeaderValue;
 use pingora::{ErrorSource, ErrorType};
 
+use crate::config::StaleTriggers;
 use crate::outcome::Reason;
 use crate::tokens::evidence::Verdict;
 use crate::tokens::set::Suspicion;
+
+/// Whether the upstream's `stale.on` lists `reason` (with the upstream's
+/// status when it sent one): the answer is then degraded, from the copy or
+/// the 503, instead of passed through (response phase, error path) or
+/// answered 503 without a copy (request phase).
+pub(crate) fn degrades(on: &StaleTriggers, reason: Reason, status: Option<u16>) -> bool {
+    match reason {
+        Reason::TokenRejected => match status {
+            Some(403) => on.s403,
+            _ => on.s401,
+        },
+        Reason::TokenExpired => on.s401,
+        Reason::RateLimited => on.s429,
+        Reason::Upstream5xx => on.s5xx,
+        Reason::UpstreamTimeout => on.timeout,
+        Reason::UpstreamUnreachable => on.connect_error,
+        Reason::TokenUnavailable => on.token_unavailable,
+    }
+}
+
+/// Whether a fresh answer is captured for the last-good cache: a 200 to a
+/// storable request (a GET without the client's own credentials), never a
+/// stream (an event stream has no end to keep).
+pub(crate) fn keeps(storable_request: bool, status: u16, stream: bool) -> bool {
+    storable_request && status == 200 && !stream
+}
 
 /// After the upstream refused the token (401, 403 or 429): whether this
 /// request is retried with the next usable token. Only a refusal listed in
@@ -119,6 +146,84 @@ pub(crate) fn fallback_status(etype: &ErrorType, source: &ErrorSource) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_reason_degrades_only_when_its_trigger_is_listed() {
+        let all = StaleTriggers::default();
+        let none = StaleTriggers::NONE;
+        for r in Reason::ALL {
+            assert!(degrades(&all, r, None), "{r:?}");
+            assert!(!degrades(&none, r, None), "{r:?}");
+        }
+        // A refusal is a 401 unless the upstream said 403: each has its own
+        // trigger; an expired token reads as a 401.
+        let only_401 = StaleTriggers {
+            s401: true,
+            ..StaleTriggers::NONE
+        };
+        assert!(degrades(&only_401, Reason::TokenRejected, Some(401)));
+        assert!(degrades(&only_401, Reason::TokenRejected, None));
+        assert!(!degrades(&only_401, Reason::TokenRejected, Some(403)));
+        assert!(degrades(&only_401, Reason::TokenExpired, None));
+        let only_403 = StaleTriggers {
+            s403: true,
+            ..StaleTriggers::NONE
+        };
+        assert!(degrades(&only_403, Reason::TokenRejected, Some(403)));
+        assert!(!degrades(&only_403, Reason::TokenRejected, Some(401)));
+        let pairs = [
+            (
+                Reason::RateLimited,
+                StaleTriggers {
+                    s429: true,
+                    ..StaleTriggers::NONE
+                },
+            ),
+            (
+                Reason::Upstream5xx,
+                StaleTriggers {
+                    s5xx: true,
+                    ..StaleTriggers::NONE
+                },
+            ),
+            (
+                Reason::UpstreamTimeout,
+                StaleTriggers {
+                    timeout: true,
+                    ..StaleTriggers::NONE
+                },
+            ),
+            (
+                Reason::UpstreamUnreachable,
+                StaleTriggers {
+                    connect_error: true,
+                    ..StaleTriggers::NONE
+                },
+            ),
+            (
+                Reason::TokenUnavailable,
+                StaleTriggers {
+                    token_unavailable: true,
+                    ..StaleTriggers::NONE
+                },
+            ),
+        ];
+        for (reason, on) in pairs {
+            for r in Reason::ALL {
+                assert_eq!(degrades(&on, r, Some(500)), r == reason, "{on:?} {r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_200_to_a_storable_request_that_is_no_stream_is_kept() {
+        assert!(keeps(true, 200, false));
+        assert!(!keeps(false, 200, false));
+        assert!(!keeps(true, 200, true));
+        for status in [201, 203, 204, 206, 301, 304, 404, 500] {
+            assert!(!keeps(true, status, false), "{status}");
+        }
+    }
 
     #[test]
     fn a_refusal_retries_once_and_only_when_listed_and_another_token_exists() {

@@ -44,7 +44,7 @@ impl Proxy {
         retry_after: Option<&HeaderValue>,
         phase: Phase<'_>,
     ) -> Result<Option<u16>> {
-        let listed = respond::triggered(&up.config.stale.on, reason, fwd);
+        let listed = decide::degrades(&up.config.stale.on, reason, fwd);
         if matches!(phase, Phase::Failed) && (!listed || session.response_written().is_some()) {
             return Ok(None);
         }

@@ -344,7 +344,7 @@ impl ProxyHttp for Proxy {
             }
         };
         if let Some(reason) =
-            reason.filter(|r| respond::triggered(&up.config.stale.on, *r, Some(status)))
+            reason.filter(|r| decide::degrades(&up.config.stale.on, *r, Some(status)))
         {
             // Only a degraded answer needs it: the upstream's own
             // Retry-After when the refusal gave none.
@@ -363,7 +363,7 @@ impl ProxyHttp for Proxy {
         if up.config.stale.scrub_bodies && !up.reflections.is_empty() {
             ctx.scrub = Some(Box::new(up.reflections.body_scrubber()));
         }
-        if ctx.storable_request && status == 200 && !ctx.stream {
+        if decide::keeps(ctx.storable_request, status, ctx.stream) {
             self.start_capture(session.req_header(), ctx, up, resp);
         }
         Ok(())

@@ -81,22 +81,6 @@ pub async fn write(session: &mut Session, r: Replacement) -> Result<()> {
     Ok(())
 }
 
-/// Whether the operator allows a stale answer for this reason and status.
-pub fn triggered(on: &StaleTriggers, reason: Reason, status: Option<u16>) -> bool {
-    match reason {
-        Reason::TokenRejected => match status {
-            Some(403) => on.s403,
-            _ => on.s401,
-        },
-        Reason::TokenExpired => on.s401,
-        Reason::RateLimited => on.s429,
-        Reason::Upstream5xx => on.s5xx,
-        Reason::UpstreamTimeout => on.timeout,
-        Reason::UpstreamUnreachable => on.connect_error,
-        Reason::TokenUnavailable => on.token_unavailable,
-    }
-}
-
 /// A servable copy for this request, if the cache has one.
 pub fn servable_copy(
     cache: &crate::cache::Cache,
