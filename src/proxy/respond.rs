@@ -12,7 +12,7 @@ use pingora::protocols::http::conditional_filter;
 use pingora::proxy::Session;
 
 use crate::cache::CachedResponse;
-use crate::config::{StalePolicy, StaleTriggers};
+use crate::config::StalePolicy;
 use crate::generation::Upstream;
 use crate::outcome::Reason;
 
