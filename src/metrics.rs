@@ -12,9 +12,9 @@ use std::sync::OnceLock;
 use crate::outcome::Reason;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec,
 };
 
 pub struct Metrics {
@@ -394,6 +394,13 @@ pub struct FleetMetrics {
     pub fleet_up: IntGauge,
     pub fleet_operations_total: IntCounterVec,
     pub fleet_queue_dropped_total: IntCounter,
+    /// The fleet ledger's findings by direction: `published` (written to
+    /// Redis), `applied` (another replica's, changing a token here),
+    /// `ignored` (not a record, or naming another token than its key),
+    /// `dropped` (queue full or Redis down).
+    pub ledger_findings_total: IntCounterVec,
+    /// From a replica learning a finding to this one applying it.
+    pub ledger_lag_seconds: Histogram,
 }
 
 pub fn fleet_metrics() -> &'static FleetMetrics {
@@ -408,6 +415,8 @@ pub fn fleet_metrics() -> &'static FleetMetrics {
         for (op, results) in [
             ("get", &["hit", "miss", "error", "timeout", "corrupt", "skipped"][..]),
             ("set", &["ok", "error", "timeout", "skipped"][..]),
+            ("ledger-set", &["ok", "error", "timeout", "skipped"][..]),
+            ("ledger-get", &["ok", "error", "timeout", "skipped"][..]),
         ] {
             for r in results {
                 ops.with_label_values(&[op, r]);
@@ -423,6 +432,24 @@ pub fn fleet_metrics() -> &'static FleetMetrics {
             fleet_queue_dropped_total: register_int_counter!(
                 "graceway_fleet_queue_dropped_total",
                 "Copies not written to Redis because the write-behind queue was full."
+            )
+            .expect("metric registers"),
+            ledger_findings_total: {
+                let c = register_int_counter_vec!(
+                    "graceway_ledger_findings_total",
+                    "Fleet ledger findings about tokens, by direction (published, applied, ignored, dropped).",
+                    &["direction"]
+                )
+                .expect("metric registers");
+                for d in ["published", "applied", "ignored", "dropped"] {
+                    c.with_label_values(&[d]);
+                }
+                c
+            },
+            ledger_lag_seconds: register_histogram!(
+                "graceway_ledger_lag_seconds",
+                "Seconds from a replica learning a token finding to this replica applying it.",
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0]
             )
             .expect("metric registers"),
         }

@@ -154,6 +154,32 @@ pub struct TokenView {
     pub notice: Option<NoticeView>,
     /// The end of a quota cool-down (state `rate-limited`), else null.
     pub cool_until: Option<String>,
+    /// With the fleet ledger on: where the token's last finding came
+    /// from (this replica or another, which, when).
+    #[serde(default)]
+    pub learned: Option<LearnedView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedView {
+    /// `here` (this replica learned it) or `fleet` (another replica did).
+    pub from: String,
+    pub replica: String,
+    /// `rejected`, `recovered` or `cool-down`.
+    pub finding: String,
+    pub at: Option<String>,
+}
+
+fn learned_view(t: &crate::tokens::Token) -> Option<LearnedView> {
+    let l = t.learned()?;
+    Some(LearnedView {
+        from: if l.local { "here" } else { "fleet" }.into(),
+        replica: l.origin.clone(),
+        finding: l.finding.as_str().into(),
+        at: ts(Some(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(l.at_ms),
+        )),
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -234,6 +260,7 @@ fn upstream_view(u: &crate::generation::Upstream, now: SystemTime) -> UpstreamVi
             quota: quota_view(t),
             notice: notice_view(t),
             cool_until: ts(t.evidence.cool_until(now)),
+            learned: learned_view(t),
         })
         .collect();
     let (state, reason) = u.state(now);
@@ -472,6 +499,12 @@ mod tests {
                     }),
                     notice: None,
                     cool_until: None,
+                    learned: Some(LearnedView {
+                        from: "fleet".into(),
+                        replica: "emoji-7d9f/12".into(),
+                        finding: "rejected".into(),
+                        at: Some("2026-12-01T10:00:02Z".into()),
+                    }),
                 }],
                 stored: StoredView {
                     entries: 2,

@@ -9,6 +9,7 @@
 //! | [`lifecycle`] | SIGTERM drain, SIGQUIT hand-over, SIGINT; requests in flight |
 //! | [`systemd`] | `Type=notify`: READY, RELOADING, STOPPING, the watchdog |
 
+pub(crate) mod ledger;
 pub(crate) mod lifecycle;
 pub(crate) mod probe;
 mod reload;
@@ -105,9 +106,13 @@ pub struct App {
     /// Requests in flight and the drain's state (see [`lifecycle`]); an
     /// `Arc` because each request's in-flight guard holds it.
     pub drain: Arc<lifecycle::Drain>,
-    /// Tokens minted by OAuth2 sources, kept across reloads (see
-    /// [`crate::tokens::oauth2`]).
-    pub oauth2: Arc<crate::tokens::oauth2::OAuth2Tokens>,
+    /// What every generation's tokens share: the tokens minted by OAuth2
+    /// sources (kept across reloads, see [`crate::tokens::oauth2`]) and the
+    /// fleet ledger's queue.
+    pub shared: crate::tokens::Shared,
+    /// The fleet ledger's Redis side, when the ledger is on (see
+    /// [`ledger`]).
+    pub ledger: Option<Arc<crate::cache::ledger::LedgerTier>>,
     /// The proxy and admin listeners' connection figures.
     pub listeners: crate::net::listener::Listeners,
     /// Set once the proxy listener was seen accepting (see `/readyz`).
@@ -141,7 +146,20 @@ impl App {
     /// token `unavailable` (see [`SourcePolicy::Tolerate`]).
     pub async fn start(loaded: config::LoadedConfig) -> Result<Arc<App>, generation::BuildErrors> {
         let statuses = Mutex::new(HashMap::new());
-        let oauth2 = Arc::new(crate::tokens::oauth2::OAuth2Tokens::default());
+        // The fleet ledger's queue exists before the first generation, so
+        // that its tokens report to it; its Redis side follows the fleet
+        // tier below.
+        let ledger_on = loaded.config.cache.redis.as_ref().is_some_and(|r| r.ledger);
+        let (outbox, ledger_rx) = if ledger_on {
+            let (o, rx) = crate::tokens::ledger::Outbox::new(&ledger::replica_name(), 256);
+            (Some(o), Some(rx))
+        } else {
+            (None, None)
+        };
+        let shared = crate::tokens::Shared {
+            oauth2: Arc::default(),
+            ledger: outbox,
+        };
         let gen = {
             let lookup = |name: &str| status_for(&statuses, name);
             generation::build(
@@ -151,7 +169,7 @@ impl App {
                 &lookup,
                 SourcePolicy::Tolerate,
                 false,
-                &oauth2,
+                &shared,
             )
             .await?
         };
@@ -186,6 +204,10 @@ impl App {
                 }
             },
         };
+        let ledger = match (&fleet, ledger_rx) {
+            (Some(f), Some(rx)) => Some(crate::cache::ledger::LedgerTier::new(f.clone(), rx)),
+            _ => None,
+        };
         let cache = cache.with_fleet(fleet);
         let app = App {
             last_reload: ArcSwap::from_pointee(ReloadRecord {
@@ -204,7 +226,8 @@ impl App {
             cache,
             memory: Default::default(),
             drain: Default::default(),
-            oauth2,
+            shared,
+            ledger,
             listeners: Default::default(),
             proxy_listening: Default::default(),
             pid_file: Default::default(),

@@ -77,7 +77,7 @@ pub fn apply(up: &Upstream, token: &Token, result: ProbeResult) {
     let name = &up.config.name;
     match result {
         ProbeResult::Accepted(status) => {
-            if token.clear_rejected() {
+            if token.recovered(crate::tokens::ledger::Evidence::Probe) {
                 log::info!(
                     "upstream {name}: probe: token {} ({}) accepted again ({status})",
                     token.index,
@@ -87,7 +87,7 @@ pub fn apply(up: &Upstream, token: &Token, result: ProbeResult) {
             up.status.health_success();
         }
         ProbeResult::Rejected(status) => {
-            if token.mark_rejected(status) {
+            if token.mark_rejected(status, crate::tokens::ledger::Evidence::Probe) {
                 log::warn!(
                     "upstream {name}: probe: token {} ({}) rejected with {status}",
                     token.index,
@@ -281,7 +281,7 @@ pub async fn trials(
             };
             match probe_path(&up, Some(t), &path).await {
                 ProbeResult::Accepted(status) => {
-                    if t.clear_rejected() {
+                    if t.recovered(crate::tokens::ledger::Evidence::Trial) {
                         log::info!(
                             "upstream {}: background trial: token {} ({}) accepted again ({status}); auth breaker closed",
                             up.config.name,

@@ -69,7 +69,7 @@ impl App {
                     &lookup,
                     SourcePolicy::Require,
                     false,
-                    &self.oauth2,
+                    &self.shared,
                 )
                 .await
                 {
@@ -98,7 +98,7 @@ impl App {
             &lookup,
             SourcePolicy::KeepPrevious,
             true,
-            &self.oauth2,
+            &self.shared,
         )
         .await;
         let gen = match built {

@@ -277,6 +277,67 @@ impl FleetTier {
         }
     }
 
+    /// Runs one command for another user of this connection (the fleet
+    /// ledger), within `cache.redis.timeout` and under the same breaker:
+    /// `None` while Redis is down, on a timeout or on an error, each
+    /// counted under `op` in `graceway_fleet_operations_total`.
+    pub(super) async fn query<T: redis::FromRedisValue>(
+        &self,
+        op: &str,
+        cmd: &redis::Cmd,
+    ) -> Option<T> {
+        let Some(conn) = self.usable() else {
+            count(op, "skipped");
+            return None;
+        };
+        let mut conn = (*conn).clone();
+        match tokio::time::timeout(self.config.timeout, conn.run(cmd)).await {
+            Err(_) => {
+                self.failed(&format!("{op} timed out"), Reason::UpstreamTimeout);
+                count(op, "timeout");
+                None
+            }
+            Ok(Err(e)) => {
+                if answered(&e) {
+                    self.counts.errors.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.failed(&e.to_string(), Reason::UpstreamUnreachable);
+                }
+                count(op, "error");
+                None
+            }
+            Ok(Ok(v)) => {
+                self.succeeded();
+                count(op, "ok");
+                Some(v)
+            }
+        }
+    }
+
+    /// Waits at most `limit` for the first connection (a replica reads the
+    /// ledger before its first request); true when connected.
+    pub(super) async fn connected_within(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.usable().is_some() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            // Start-up only, bounded: the connection task sets `conn`.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub(super) fn key_prefix(&self) -> &str {
+        &self.config.key_prefix
+    }
+
+    pub(super) fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
     /// The connection when Redis is believed up.
     fn usable(&self) -> Option<Arc<Conn>> {
         if self.breaker.is_open() {

@@ -35,6 +35,7 @@
 
 pub mod fleet;
 mod key;
+pub mod ledger;
 pub mod persist;
 pub mod stored;
 

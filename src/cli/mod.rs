@@ -62,7 +62,7 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
     }
     let built = block_on(async {
         let lookup = |name: &str| std::sync::Arc::new(UpstreamStatus::new(name));
-        let minter = Default::default();
+        let shared = Default::default();
         generation::build(
             loaded,
             1,
@@ -70,7 +70,7 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
             &lookup,
             SourcePolicy::Require,
             false,
-            &minter,
+            &shared,
         )
         .await
     });
@@ -332,6 +332,14 @@ pub fn render_status(st: &Status) -> String {
             let who = format!("{} token {} ({})", u.name, t.index, t.fingerprint);
             if let Some(d) = &t.detail {
                 notes.push(format!("{who} {}: {d}", t.state.as_str()));
+            }
+            if let Some(l) = t.learned.as_ref().filter(|l| l.from == "fleet") {
+                notes.push(format!(
+                    "{who} {} by replica {} at {} (fleet ledger)",
+                    l.finding,
+                    l.replica,
+                    s(&l.at)
+                ));
             }
             if let Some(n) = &t.notice {
                 let mut what = Vec::new();

@@ -250,6 +250,8 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 pub const REDIS_KEY_PREFIX: &str = "graceway:";
 /// `cache.redis.queue`.
 pub const REDIS_QUEUE: usize = 1024;
+/// `cache.redis.ledger`: on wherever the fleet tier is.
+pub const REDIS_LEDGER: bool = true;
 
 impl Default for MemoryConfig {
     /// No shedding.

@@ -307,6 +307,9 @@ pub struct RedisConfig {
     pub ca_file: Option<PathBuf>,
     /// Copies waiting to be written; more are dropped and counted.
     pub queue: usize,
+    /// Share what each replica learns about its tokens (the fleet ledger,
+    /// `cache::ledger`).
+    pub ledger: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -292,6 +292,7 @@ pub struct FileRedis {
     pub key_prefix: Option<String>,
     pub ca_file: Option<String>,
     pub queue: Option<usize>,
+    pub ledger: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -64,6 +64,9 @@ impl BackgroundService for Control {
         let (events_tx, mut events) = mpsc::channel::<()>(16);
         let mut watcher = TokenWatcher::new(events_tx);
         watcher.watch(&self.app.live.load().loaded.config.token_files());
+        // Before the proxy takes its first request: what the fleet knows
+        // about this replica's tokens (bounded; see `app::ledger`).
+        crate::app::ledger::start(&self.app).await;
         let mut probes = ProbeSupervisor::default();
         probes.sync(&self.app);
         ready.notify_ready();
@@ -299,7 +302,7 @@ impl RefreshClock {
                     Duration::from_secs(300),
                 );
                 let is_due = match &t.spec.source {
-                    SourceSpec::OAuth2(o) => app.oauth2.due(o),
+                    SourceSpec::OAuth2(o) => app.shared.oauth2.due(o),
                     SourceSpec::Command { refresh, .. } => {
                         (failed && now.duration_since(last) >= retry)
                             || refresh.is_some_and(|every| now.duration_since(last) >= every)

@@ -69,11 +69,20 @@ pub enum SourcePolicy {
     KeepPrevious,
 }
 
+/// How long the fleet keeps a token's rejection unless a replica renews
+/// it: the auth breaker's longest window (each replica's trials renew a
+/// rejection that still holds), at least 5 s.
+fn ledger_ttl(h: &crate::config::HealthPolicy) -> std::time::Duration {
+    h.max_retry_after.max(std::time::Duration::from_secs(5))
+}
+
 /// Builds a generation from a loaded config: resolves addresses, loads CA
 /// files and reads every token source. `previous` lends each upstream its
 /// long-lived status (matched by name) and, when `keep_token_states`, the
 /// rejection state of tokens whose value did not change. OAuth2 sources
-/// read their tokens through `minter` (cached there across generations).
+/// read their tokens through `shared.oauth2` (cached there across
+/// generations); with the fleet ledger on, every token reports to
+/// `shared.ledger`.
 pub async fn build(
     loaded: LoadedConfig,
     number: u64,
@@ -81,7 +90,7 @@ pub async fn build(
     statuses: &(dyn Fn(&str) -> Arc<UpstreamStatus> + Sync),
     policy: SourcePolicy,
     keep_token_states: bool,
-    minter: &Arc<crate::tokens::oauth2::OAuth2Tokens>,
+    shared: &tokens::Shared,
 ) -> Result<Generation, BuildErrors> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
@@ -94,7 +103,8 @@ pub async fn build(
         let (tokens, inject) = match &u.credentials {
             None => (TokenSet::default(), None),
             Some(cr) => {
-                let (mut set, errs) = tokens::load_set(&u.name, cr, minter).await;
+                let (mut set, errs) =
+                    tokens::load_set(&u.name, cr, shared, ledger_ttl(&u.health)).await;
                 for (j, e) in errs {
                     let field = format!("{at}.credentials.tokens[{j}]");
                     match policy {

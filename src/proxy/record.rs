@@ -114,7 +114,7 @@ pub(super) fn token_answered(ctx: &RequestCtx, up: &Upstream, t: &Token, status:
         );
     }
     if ctx.auth_trial {
-        if t.clear_rejected() {
+        if t.recovered(crate::tokens::ledger::Evidence::Trial) {
             log::info!(
                 "upstream {}: token {} ({}) accepted again (answered {status}); auth breaker closed",
                 up.config.name,
@@ -148,10 +148,18 @@ pub(super) fn auth_tripped(up: &Upstream, reason: Reason, probed: bool) {
     }
 }
 
-/// Token `t` is rejected (confirmed), logged once per rejection; `said` is
-/// the vendor's redacted detail, `next` what this request does instead.
-pub(super) fn token_rejected(up: &Upstream, t: &Token, status: u16, said: &str, next: &str) {
-    if t.mark_rejected(status) {
+/// Token `t` is rejected (confirmed by `evidence`), logged once per
+/// rejection; `said` is the vendor's redacted detail, `next` what this
+/// request does instead.
+pub(super) fn token_rejected(
+    up: &Upstream,
+    t: &Token,
+    status: u16,
+    evidence: crate::tokens::ledger::Evidence,
+    said: &str,
+    next: &str,
+) {
+    if t.mark_rejected(status, evidence) {
         log::warn!(
             "upstream {}: token {} ({}) rejected with {status}: {said}; {next}",
             up.config.name,
@@ -165,7 +173,7 @@ pub(super) fn token_rejected(up: &Upstream, t: &Token, status: u16, said: &str, 
 /// once per cool-down when a refusal with `status` said so (a quota header
 /// alone is not logged).
 pub(super) fn token_cooled(up: &Upstream, t: &Token, now: u64, secs: u64, status: Option<u16>) {
-    if t.evidence.cool_down(now + secs) {
+    if t.cool_down(now + secs) {
         if let Some(status) = status {
             log::warn!(
                 "upstream {}: token {} ({}) is out of quota ({status}); skipped for {secs} s",

@@ -122,6 +122,7 @@ impl Proxy {
             .credentials
             .as_ref()
             .map_or(3, |c| c.suspect_after);
+        let vendor_said = matches!(judged.verdict, Verdict::Rejected);
         let confirmed = decide::rejection_confirmed(
             judged.verdict,
             suspicion,
@@ -135,7 +136,13 @@ impl Proxy {
             .map(|n| format!("failing over to token {} ({})", n.index, n.fingerprint))
             .unwrap_or_else(|| "no other usable token".into());
         if confirmed {
-            record::token_rejected(up, t, status, said, &failover);
+            use crate::tokens::ledger::Evidence;
+            let evidence = match (vendor_said, suspicion) {
+                (true, _) => Evidence::VendorSaid,
+                (false, Some(Suspicion::OtherPath)) => Evidence::SecondPath,
+                (false, _) => Evidence::Streak,
+            };
+            record::token_rejected(up, t, status, evidence, said, &failover);
         } else if suspicion == Some(Suspicion::First) {
             log::info!(
                 "upstream {}: token {} ({}) is suspect: {status} ({said}) on one path; {} decides. This request: {failover}",

@@ -7,6 +7,7 @@
 //! `sha256:` fingerprint.
 
 pub mod evidence;
+pub mod ledger;
 pub mod oauth2;
 pub mod reflect;
 pub mod set;
@@ -36,14 +37,25 @@ pub async fn read(
     }
 }
 
+/// What the tokens of every generation share with the process: the OAuth2
+/// tokens minted so far (a reload reads them instead of minting), and the
+/// fleet ledger's queue when the ledger is on.
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub oauth2: std::sync::Arc<oauth2::OAuth2Tokens>,
+    pub ledger: Option<ledger::Outbox>,
+}
+
 /// Reads every source of one upstream. A failed source yields an
 /// `unavailable` token and its error (with the token's index); the caller decides whether that fails
 /// the whole load (a reload does; the first start does not).
 pub async fn load_set(
     upstream: &str,
     creds: &Credentials,
-    minter: &std::sync::Arc<oauth2::OAuth2Tokens>,
+    shared: &Shared,
+    rejected_ttl: std::time::Duration,
 ) -> (TokenSet, Vec<(usize, SourceError)>) {
+    let minter = &shared.oauth2;
     let mut tokens = Vec::with_capacity(creds.tokens.len());
     let mut errors = Vec::new();
     for (index, spec) in creds.tokens.iter().enumerate() {
@@ -62,7 +74,11 @@ pub async fn load_set(
             errors.push((index, e));
             msg
         });
-        tokens.push(Token::new(index, spec.clone(), got, creds.expires_warning).minted_by(minter));
+        let t = Token::new(index, spec.clone(), got, creds.expires_warning).minted_by(minter);
+        tokens.push(match &shared.ledger {
+            Some(outbox) => t.in_fleet(outbox, rejected_ttl),
+            None => t,
+        });
     }
     (TokenSet { tokens }, errors)
 }

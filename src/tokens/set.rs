@@ -83,9 +83,9 @@ pub struct Token {
     pub unavailable_reason: Option<String>,
     /// Set by a 401/403, cleared by a reload (new `Token`) or a good probe.
     /// An atomic so that the request path can flip it without a lock.
-    rejected: AtomicBool,
+    pub(super) rejected: AtomicBool,
     /// The status (401 or 403) of the last rejection.
-    rejected_status: AtomicU16,
+    pub(super) rejected_status: AtomicU16,
     /// Unix seconds of the last request that carried this token (0 = never).
     last_used: AtomicU64,
     expires_warning: Duration,
@@ -98,6 +98,10 @@ pub struct Token {
     /// The process's OAuth2 tokens, for a token an OAuth2 source minted
     /// (see [`Token::minted_by`]): its refusal is reported there.
     oauth2: Option<Arc<super::oauth2::OAuth2Tokens>>,
+    /// The fleet ledger this token reports to (see [`Token::in_fleet`]).
+    pub(super) fleet: Option<super::ledger::InFleet>,
+    /// Where its current state came from, when the ledger is on.
+    pub(super) learned: arc_swap::ArcSwapOption<super::ledger::Learned>,
 }
 
 /// What the vendor's answers said about one token beyond the status:
@@ -344,6 +348,8 @@ impl Token {
                     expires_warning,
                     evidence: Evidence::default(),
                     oauth2: None,
+                    fleet: None,
+                    learned: Default::default(),
                 }
             }
             Err(reason) => Token {
@@ -361,6 +367,8 @@ impl Token {
                 expires_warning,
                 evidence: Evidence::default(),
                 oauth2: None,
+                fleet: None,
+                learned: Default::default(),
             },
         }
     }
@@ -390,7 +398,8 @@ impl Token {
     /// Marks the token rejected; true when this call changed the state (so
     /// the caller logs the transition once, not once per request). An
     /// OAuth2 token the upstream refused is fetched again at once.
-    pub fn mark_rejected(&self, status: u16) -> bool {
+    /// The fleet ledger hears of it (`evidence` says how it was known).
+    pub fn mark_rejected(&self, status: u16, evidence: super::ledger::Evidence) -> bool {
         if let (crate::config::SourceSpec::OAuth2(spec), Some(secret), Some(minter)) =
             (&self.spec.source, self.secret(), self.oauth2.as_ref())
         {
@@ -398,7 +407,32 @@ impl Token {
         }
         self.rejected_status.store(status, Ordering::Relaxed);
         self.evidence.clear_suspect();
-        !self.rejected.swap(true, Ordering::Relaxed)
+        let changed = !self.rejected.swap(true, Ordering::Relaxed);
+        self.publish(
+            super::ledger::Finding::Rejected { status, evidence },
+            changed,
+        );
+        changed
+    }
+
+    /// The vendor accepts the token again: cleared, and the fleet ledger
+    /// hears of it. True when it was rejected.
+    pub fn recovered(&self, evidence: super::ledger::Evidence) -> bool {
+        let was = self.clear_rejected();
+        if was {
+            self.publish(super::ledger::Finding::Recovered { evidence }, true);
+        }
+        was
+    }
+
+    /// The token's quota is spent until `until` (Unix seconds); true when
+    /// no cool-down was running. The fleet ledger hears of a new one.
+    pub fn cool_down(&self, until: u64) -> bool {
+        let new = self.evidence.cool_down(until);
+        if new {
+            self.publish(super::ledger::Finding::CoolDown { until }, true);
+        }
+        new
     }
 
     /// The status of the last rejection (401 or 403), 0 when none.
@@ -471,6 +505,7 @@ impl Token {
         );
         if self.same_value(previous) {
             self.evidence.inherit(&previous.evidence);
+            self.learned.store(previous.learned.load_full());
         }
     }
 }
@@ -537,8 +572,8 @@ mod tests {
         };
         let now = SystemTime::now();
         assert!(set.trial_token(0, now).is_none(), "nothing rejected");
-        set.tokens[1].mark_rejected(401);
-        set.tokens[3].mark_rejected(403);
+        set.tokens[1].mark_rejected(401, super::super::ledger::Evidence::VendorSaid);
+        set.tokens[3].mark_rejected(403, super::super::ledger::Evidence::VendorSaid);
         let picks: Vec<usize> = (0..5)
             .map(|n| set.trial_token(n, now).unwrap().index)
             .collect();

@@ -16,6 +16,7 @@ mod fleet;
 mod hostile;
 mod idp;
 mod inject;
+mod ledger;
 mod lifecycle;
 mod nginx;
 mod observability;

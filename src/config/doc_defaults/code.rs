@@ -258,6 +258,7 @@ pub(super) fn code_defaults() -> Vec<(&'static str, Code)> {
             val(format!("{:?}", defaults::REDIS_KEY_PREFIX)),
         ),
         ("cache.redis.queue", val(defaults::REDIS_QUEUE)),
+        ("cache.redis.ledger", val(defaults::REDIS_LEDGER)),
     ]);
     let MemoryConfig { soft_limit } = MemoryConfig::default();
     let AlertsConfig {

@@ -507,6 +507,7 @@ fn redis_config(c: &mut Check, r: FileRedis) -> RedisConfig {
         // Read in `super::files`, not here.
         ca_file: r.ca_file.as_deref().map(|p| c.path(p)),
         queue: c.at_least_one("cache.redis.queue", r.queue, defaults::REDIS_QUEUE),
+        ledger: r.ledger.unwrap_or(defaults::REDIS_LEDGER),
     }
 }
 

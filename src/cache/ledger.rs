@@ -1,0 +1,143 @@
+//! The fleet ledger's Redis side: each replica's findings about its tokens
+//! (`tokens::ledger`) written where every replica sharing the fleet tier
+//! reads them, over the fleet tier's connection and under its breaker and
+//! timeout, never on the request path.
+//!
+//! - **Keys**: `<key_prefix>ledger:v1:{<sha256 of the token's value>}:<slot>`
+//!   with one slot for the token's acceptance (rejected or accepted
+//!   again, the newest finding wins) and one for its quota (a cool-down
+//!   until the vendor's reset). The braces are a Redis Cluster hash tag:
+//!   both slots of a token live on one node, so one `MGET` reads them.
+//! - **Writes**: a finding is queued when a replica reaches it (never a
+//!   wait: a full queue drops it, counted) and written with `SET .. PX` for
+//!   as long as it holds (a rejection for the auth breaker's longest
+//!   window unless a replica renews it, so a wrong verdict heals).
+//! - **Reads**: the replica reads the slots of the tokens it holds, at
+//!   start before its first request and then every
+//!   [`POLL`] (a finding reaches every replica within about that plus one
+//!   round trip). It cannot read a token it does not hold: a record names
+//!   the token it is about, and one whose name is not its key's is
+//!   ignored and counted.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::fleet::FleetTier;
+use crate::metrics::fleet_metrics as metrics;
+use crate::tokens::ledger::{self, Entry, Slot, TokenId};
+
+/// How often a replica reads the ledger.
+pub const POLL: Duration = Duration::from_millis(250);
+
+pub struct LedgerTier {
+    fleet: Arc<FleetTier>,
+    rx: Mutex<Option<mpsc::Receiver<Entry>>>,
+}
+
+/// `<prefix>ledger:v1:{<hex>}:<slot>`.
+pub fn key(prefix: &str, token: &TokenId, slot: Slot) -> String {
+    format!("{prefix}ledger:v1:{{{}}}:{}", token.hex(), slot.as_str())
+}
+
+impl LedgerTier {
+    /// The ledger over `fleet`'s connection, writing what arrives on `rx`
+    /// (the other end is the replica's `tokens::ledger::Outbox`).
+    pub fn new(fleet: Arc<FleetTier>, rx: mpsc::Receiver<Entry>) -> Arc<LedgerTier> {
+        Arc::new(LedgerTier {
+            fleet,
+            rx: Mutex::new(Some(rx)),
+        })
+    }
+
+    /// Starts the writer on the current runtime (the control service's).
+    pub fn start(self: &Arc<Self>) {
+        let Some(rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move { me.write_loop(rx).await });
+    }
+
+    async fn write_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Entry>) {
+        let m = metrics();
+        while let Some(e) = rx.recv().await {
+            let cmd = redis::cmd("SET")
+                .arg(key(self.fleet.key_prefix(), &e.token, e.finding.slot()))
+                .arg(ledger::encode(&e))
+                .arg("PX")
+                .arg(e.ttl_ms.max(1))
+                .to_owned();
+            let direction = match self.fleet.query::<()>("ledger-set", &cmd).await {
+                Some(()) => "published",
+                None => "dropped",
+            };
+            m.ledger_findings_total
+                .with_label_values(&[direction])
+                .inc();
+        }
+    }
+
+    /// Waits at most `limit` for Redis (at start: a replica reads the
+    /// ledger before its first request, but never waits longer).
+    pub async fn ready_within(&self, limit: Duration) -> bool {
+        self.fleet.connected_within(limit).await
+    }
+
+    /// The entries the fleet holds about `tokens`, within the fleet tier's
+    /// timeout per token; `None` when Redis did not answer (the replica
+    /// learns alone meanwhile). Records that do not decode, or that name
+    /// another token than their key, are left out and counted.
+    pub async fn read(&self, tokens: &[TokenId]) -> Option<Vec<Entry>> {
+        let mut out = Vec::new();
+        let m = metrics();
+        for id in tokens {
+            let mut cmd = redis::cmd("MGET");
+            for slot in Slot::ALL {
+                cmd.arg(key(self.fleet.key_prefix(), id, slot));
+            }
+            let got: Vec<Option<Vec<u8>>> = self.fleet.query("ledger-get", &cmd).await?;
+            for (slot, bytes) in Slot::ALL.into_iter().zip(got) {
+                let Some(bytes) = bytes else {
+                    continue;
+                };
+                match ledger::decode(&bytes) {
+                    Some(e) if e.token == *id && e.finding.slot() == slot => out.push(e),
+                    _ => m
+                        .ledger_findings_total
+                        .with_label_values(&["ignored"])
+                        .inc(),
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// The fleet tier's timeout (what one ledger call may take).
+    pub fn timeout(&self) -> Duration {
+        self.fleet.timeout()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_slots_of_a_token_share_a_cluster_hash_tag() {
+        let id = TokenId([0xab; 32]);
+        let state = key("graceway:", &id, Slot::State);
+        let quota = key("graceway:", &id, Slot::Quota);
+        assert_eq!(
+            state,
+            format!("graceway:ledger:v1:{{{}}}:state", "ab".repeat(32))
+        );
+        let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_string();
+        assert_eq!(tag(&state), tag(&quota));
+        assert_eq!(
+            redis::cluster_routing::Slot::for_key(&state),
+            redis::cluster_routing::Slot::for_key(&quota)
+        );
+    }
+}

@@ -1,0 +1,423 @@
+//! The fleet ledger's words: what one replica learned about a token, in the
+//! form every replica sharing the fleet tier reads. `cache::ledger` moves
+//! them through Redis; `app::ledger` applies what the others learned.
+//!
+//! A token is named by the full SHA-256 of its value ([`TokenId`]): every
+//! replica configured with that value computes the same name, and one
+//! without it cannot name the token, so the ledger can take a configured
+//! token out of rotation (or put it back once the vendor takes it again)
+//! but never bring a value into use. The 8-hex fingerprint people see is
+//! too short to be a name here.
+//!
+//! Records are serde (postcard) behind a version: [`Record::V1`] is
+//! written; a future version adds a variant and keeps reading this one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::set::Token;
+use super::value::Secret;
+
+/// A token's name in the ledger: SHA-256 of its value.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TokenId(pub [u8; 32]);
+
+impl TokenId {
+    pub fn of(secret: &Secret) -> TokenId {
+        TokenId(Sha256::digest(secret.expose().as_bytes()).into())
+    }
+
+    /// Lower-case hex, as it appears in Redis keys.
+    pub fn hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        crate::config::push_hex(&mut s, &self.0);
+        s
+    }
+}
+
+impl std::fmt::Debug for TokenId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The first bytes suffice to tell two apart in a test failure.
+        write!(
+            f,
+            "TokenId({:02x}{:02x}{:02x}{:02x}..)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
+    }
+}
+
+/// How a replica knew.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Evidence {
+    /// The vendor said the token is bad (`invalid_token`, an explicit code).
+    VendorSaid,
+    /// A 401/403 without a code on a second path within the window.
+    SecondPath,
+    /// `credentials.suspect_after` such refusals in a row.
+    Streak,
+    /// The probe (a path the token is known to reach) was refused, or
+    /// accepted it again.
+    Probe,
+    /// An auth-breaker trial (a request or the background trial) was
+    /// accepted.
+    Trial,
+}
+
+impl Evidence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Evidence::VendorSaid => "vendor-said",
+            Evidence::SecondPath => "second-path",
+            Evidence::Streak => "streak",
+            Evidence::Probe => "probe",
+            Evidence::Trial => "trial",
+        }
+    }
+}
+
+/// What was learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Finding {
+    /// The vendor refuses the token (401 or 403).
+    Rejected { status: u16, evidence: Evidence },
+    /// The vendor accepts a token it had refused.
+    Recovered { evidence: Evidence },
+    /// The token's quota is spent until `until` (Unix seconds).
+    CoolDown { until: u64 },
+}
+
+/// Findings that replace each other: a token's acceptance, and its quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Slot {
+    State,
+    Quota,
+}
+
+impl Slot {
+    pub const ALL: [Slot; 2] = [Slot::State, Slot::Quota];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Slot::State => "state",
+            Slot::Quota => "quota",
+        }
+    }
+}
+
+impl Finding {
+    pub fn slot(&self) -> Slot {
+        match self {
+            Finding::Rejected { .. } | Finding::Recovered { .. } => Slot::State,
+            Finding::CoolDown { .. } => Slot::Quota,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Finding::Rejected { .. } => "rejected",
+            Finding::Recovered { .. } => "recovered",
+            Finding::CoolDown { .. } => "cool-down",
+        }
+    }
+}
+
+/// One finding with who learned it and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub token: TokenId,
+    /// Unix milliseconds when the replica learned it.
+    pub at_ms: u64,
+    /// The replica (`cache.redis.replica`).
+    pub origin: String,
+    pub finding: Finding,
+    /// How long the fleet keeps it (milliseconds): a rejection lives for
+    /// the auth breaker's longest window unless renewed, so a wrong
+    /// verdict heals; a cool-down until its end.
+    pub ttl_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Record {
+    V1(Entry),
+}
+
+/// The record for Redis.
+pub fn encode(e: &Entry) -> Vec<u8> {
+    postcard::to_allocvec(&RecordRef::V1(e)).unwrap_or_default()
+}
+
+/// Serializes like [`Record`] without cloning the entry.
+#[derive(Serialize)]
+enum RecordRef<'a> {
+    V1(&'a Entry),
+}
+
+/// An entry read back; `None` for anything that is not a record of a known
+/// version (never panics).
+pub fn decode(b: &[u8]) -> Option<Entry> {
+    match postcard::from_bytes::<Record>(b).ok()? {
+        Record::V1(e) if e.origin.len() <= 256 => Some(e),
+        Record::V1(_) => None,
+    }
+}
+
+/// Where a replica's findings go: the fleet tier's ledger queue. Sending
+/// never waits (a full queue drops the finding and counts it). Each token
+/// sends a change at once and a renewal of the same finding at most once
+/// a second (see `Token::publish`), so a refusal storm is one record.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Entry>,
+    origin: Arc<str>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Outbox {
+    pub fn new(origin: &str, capacity: usize) -> (Outbox, mpsc::Receiver<Entry>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let out = Outbox {
+            tx,
+            origin: origin.into(),
+            dropped: Arc::default(),
+        };
+        (out, rx)
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Findings the queue had no room for.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Queues `finding` about `token`, learned at `at_ms`.
+    pub fn send(&self, token: TokenId, finding: Finding, at_ms: u64, ttl_ms: u64) {
+        let e = Entry {
+            token,
+            at_ms,
+            origin: self.origin.to_string(),
+            finding,
+            ttl_ms,
+        };
+        if self.tx.try_send(e).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Where a token's current state came from, for `/status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Learned {
+    /// The replica that learned it (this one's own name when local).
+    pub origin: String,
+    pub at_ms: u64,
+    /// Learned here rather than read from the fleet.
+    pub local: bool,
+    pub finding: Finding,
+}
+
+/// A token's tie to the ledger: its name, the queue, how long its
+/// rejection lives, and when each slot was last sent (renewals are sent at
+/// most once a second).
+#[derive(Debug)]
+pub struct InFleet {
+    id: TokenId,
+    outbox: Outbox,
+    rejected_ttl_ms: u64,
+    sent_ms: [AtomicU64; 2],
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Outbox({})", self.origin)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Token {
+    /// Ties a token with a value to the fleet ledger: what this replica
+    /// learns about it is sent to `outbox`, a rejection living
+    /// `rejected_ttl` unless renewed.
+    pub fn in_fleet(mut self, outbox: &Outbox, rejected_ttl: std::time::Duration) -> Token {
+        if let Some(secret) = self.secret() {
+            self.fleet = Some(InFleet {
+                id: TokenId::of(secret),
+                outbox: outbox.clone(),
+                rejected_ttl_ms: rejected_ttl.as_millis() as u64,
+                sent_ms: Default::default(),
+            });
+        }
+        self
+    }
+
+    /// The token's name in the ledger, when it takes part.
+    pub fn ledger_id(&self) -> Option<TokenId> {
+        self.fleet.as_ref().map(|f| f.id)
+    }
+
+    /// Where the token's state came from last, when the ledger is on.
+    pub fn learned(&self) -> Option<Arc<Learned>> {
+        self.learned.load_full()
+    }
+
+    /// Sends a finding this replica reached: a `change` at once, the same
+    /// finding again (a renewal) at most once a second.
+    pub(super) fn publish(&self, finding: Finding, change: bool) {
+        let Some(f) = &self.fleet else {
+            return;
+        };
+        let now = now_ms();
+        let slot = &f.sent_ms[finding.slot() as usize];
+        if !change && now.saturating_sub(slot.load(Ordering::Relaxed)) < 1000 {
+            return;
+        }
+        slot.store(now, Ordering::Relaxed);
+        let ttl_ms = match finding {
+            Finding::Rejected { .. } | Finding::Recovered { .. } => f.rejected_ttl_ms,
+            Finding::CoolDown { until } => (until * 1000).saturating_sub(now).max(1000),
+        };
+        f.outbox.send(f.id, finding, now, ttl_ms);
+        self.learned.store(Some(Arc::new(Learned {
+            origin: f.outbox.origin().to_string(),
+            at_ms: now,
+            local: true,
+            finding,
+        })));
+    }
+
+    /// Applies another replica's entry about this token, without sending
+    /// it on. Returns whether it changed the token's state (a rejection,
+    /// a recovery, a later cool-down).
+    pub fn apply(&self, e: &Entry) -> bool {
+        let changed = match e.finding {
+            Finding::Rejected { status, .. } => {
+                self.rejected_status.store(status, Ordering::Relaxed);
+                self.evidence.clear_suspect();
+                !self.rejected.swap(true, Ordering::Relaxed)
+            }
+            Finding::Recovered { .. } => self.clear_rejected(),
+            Finding::CoolDown { until } => {
+                let now = now_ms() / 1000;
+                until > now
+                    && self
+                        .evidence
+                        .cool_until(std::time::SystemTime::now())
+                        .is_none_or(|t| crate::clock::unix(t) < until)
+                    && self.evidence.cool_down(until)
+            }
+        };
+        self.learned.store(Some(Arc::new(Learned {
+            origin: e.origin.clone(),
+            at_ms: e.at_ms,
+            local: false,
+            finding: e.finding,
+        })));
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(finding: Finding) -> Entry {
+        Entry {
+            token: TokenId::of(&Secret::parse("tok-primary-value").unwrap()),
+            at_ms: 1_790_000_000_123,
+            origin: "replica-a/42".into(),
+            finding,
+            ttl_ms: 30_000,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_anything_else_is_refused() {
+        for f in [
+            Finding::Rejected {
+                status: 401,
+                evidence: Evidence::VendorSaid,
+            },
+            Finding::Recovered {
+                evidence: Evidence::Trial,
+            },
+            Finding::CoolDown {
+                until: 1_790_000_060,
+            },
+        ] {
+            let e = entry(f);
+            let b = encode(&e);
+            assert_eq!(b[0], 0, "version 1 is the first variant");
+            assert_eq!(decode(&b), Some(e.clone()));
+            // Every truncation and a trailing byte's absence or presence
+            // never panic; a cut record never decodes.
+            for n in 0..b.len() {
+                assert_eq!(decode(&b[..n]), None, "{n} of {} bytes", b.len());
+            }
+            let mut unknown = b.clone();
+            unknown[0] = 7;
+            assert_eq!(decode(&unknown), None, "an unknown version");
+        }
+    }
+
+    #[test]
+    fn a_token_is_named_by_its_whole_digest_never_its_value() {
+        let s = Secret::parse("tok-primary-value").unwrap();
+        let id = TokenId::of(&s);
+        assert_eq!(id.hex().len(), 64);
+        assert_ne!(
+            id,
+            TokenId::of(&Secret::parse("tok-standby-value").unwrap())
+        );
+        let b = encode(&entry(Finding::Recovered {
+            evidence: Evidence::Probe,
+        }));
+        assert!(!b.windows(8).any(|w| w == b"tok-prim"));
+        // The displayed fingerprint is a prefix of the same digest: the
+        // ledger's name holds all of it.
+        let fp = s.fingerprint();
+        assert!(
+            id.hex().starts_with(fp.trim_start_matches("sha256:")),
+            "{fp}"
+        );
+        assert_eq!(format!("{id:?}").len(), "TokenId(01234567..)".len());
+    }
+
+    #[test]
+    fn findings_fill_their_slot() {
+        let r = Finding::Rejected {
+            status: 403,
+            evidence: Evidence::Streak,
+        };
+        assert_eq!(r.slot(), Slot::State);
+        assert_eq!(
+            Finding::Recovered {
+                evidence: Evidence::Probe
+            }
+            .slot(),
+            Slot::State
+        );
+        assert_eq!(Finding::CoolDown { until: 1 }.slot(), Slot::Quota);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (out, mut rx) = Outbox::new("r1", 1);
+        let id = TokenId([7; 32]);
+        out.send(id, Finding::CoolDown { until: 5 }, 1, 1000);
+        out.send(id, Finding::CoolDown { until: 6 }, 2, 1000);
+        assert_eq!(out.dropped(), 1);
+        let got = rx.try_recv().unwrap();
+        assert_eq!((got.origin.as_str(), got.at_ms), ("r1", 1));
+    }
+}
