@@ -282,3 +282,74 @@ async fn a_record_that_names_another_token_than_its_key_is_ignored() {
     assert_eq!(g.get("/v1/items").await.status(), 200);
     assert!(encode(&forged).len() > 32);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_quota_one_replica_meets_makes_every_replica_skip_the_token() {
+    let redis = Redis::start(&[]);
+    let spent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = |spent: Arc<std::sync::atomic::AtomicBool>| {
+        MockUpstream::start(move |req| {
+            if req.bearer() == Some("tok-metered")
+                && spent.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                MockReply::status(429, r#"{"error":"quota"}"#).header("Retry-After", "60")
+            } else {
+                MockReply::ok(r#"{"ok":true}"#)
+            }
+        })
+    };
+    let ports = [port(spent.clone()), port(spent.clone())];
+    let tokens = ["tok-metered", "tok-spare"];
+    let extra = "      failover_on: [401, 403, 429]";
+    let a = replica(&ports[0], &redis, &tokens, extra);
+    let b = replica(&ports[1], &redis, &tokens, extra);
+    for g in [&a, &b] {
+        assert_eq!(g.get("/v1/items").await.status(), 200);
+    }
+    spent.store(true, std::sync::atomic::Ordering::Relaxed);
+    let r = a.get("/v1/items").await;
+    assert_eq!(r.status(), 200, "A failed over to the spare");
+    wait_token(&b, 0, "the cool-down from the fleet", |t| {
+        t["state"] == "rate-limited" && t["learned"]["from"] == "fleet"
+    })
+    .await;
+    let before = carried(&ports[1], "tok-metered");
+    for _ in 0..5 {
+        assert_eq!(b.get("/v1/items").await.status(), 200);
+    }
+    assert_eq!(
+        carried(&ports[1], "tok-metered"),
+        before,
+        "B skipped the spent token"
+    );
+    let t = token_state(&b, 0).await;
+    assert!(t["cool_until"].is_string(), "{t:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_gone_each_replica_learns_alone_and_keeps_serving() {
+    let mut redis = Redis::start(&[]);
+    let accepted = accepting(&["tok-primary", "tok-standby"]);
+    let ports: Vec<MockUpstream> = (0..2).map(|_| vendor_port(&accepted)).collect();
+    let tokens = ["tok-primary", "tok-standby"];
+    let a = replica(&ports[0], &redis, &tokens, "");
+    let b = replica(&ports[1], &redis, &tokens, "");
+    for g in [&a, &b] {
+        assert_eq!(g.get("/v1/warm").await.status(), 200);
+    }
+    redis.kill();
+    accepted.lock().unwrap().remove("tok-primary");
+    for g in [&a, &b] {
+        for _ in 0..3 {
+            let r = g.get("/v1/items").await;
+            assert_eq!(r.status(), 200);
+            assert!(r.headers().get("x-graceway-degraded").is_none());
+        }
+        let t = token_state(g, 0).await;
+        assert_eq!(t["state"], "rejected", "{t:#}");
+        assert_eq!(t["learned"]["from"], "here", "{t:#}");
+    }
+    // Each met the dead token itself, once.
+    assert_eq!(carried(&ports[0], "tok-primary"), 2);
+    assert_eq!(carried(&ports[1], "tok-primary"), 2);
+}
