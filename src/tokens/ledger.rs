@@ -410,6 +410,27 @@ mod tests {
         assert_eq!(Finding::CoolDown { until: 1 }.slot(), Slot::Quota);
     }
 
+    proptest::proptest! {
+        /// The decoder reads what another process (or an intruder with
+        /// write access to Redis) wrote: random bytes and mutated records
+        /// never panic, and whatever decodes is a whole entry again.
+        #[test]
+        fn fuzz_ledger_records_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            flips in proptest::collection::vec((0usize..128, proptest::prelude::any::<u8>()), 0..6),
+        ) {
+            let _ = decode(&bytes);
+            let mut b = encode(&entry(Finding::Rejected { status: 403, evidence: Evidence::SecondPath }));
+            for (at, v) in flips {
+                let i = at % b.len();
+                b[i] = v;
+            }
+            if let Some(e) = decode(&b) {
+                proptest::prop_assert_eq!(decode(&encode(&e)), Some(e));
+            }
+        }
+    }
+
     #[test]
     fn a_full_queue_drops_and_counts() {
         let (out, mut rx) = Outbox::new("r1", 1);

@@ -47,6 +47,12 @@ fn carried(up: &MockUpstream, token: &str) -> usize {
 }
 
 fn replica(up: &MockUpstream, redis: &Redis, tokens: &[&str], extra: &str) -> Graceway {
+    let spec = format!("{{ url: \"{}\", timeout: 500ms }}", redis.url());
+    replica_on(up, &spec, tokens, extra)
+}
+
+/// A replica whose `cache.redis` is `spec`.
+fn replica_on(up: &MockUpstream, spec: &str, tokens: &[&str], extra: &str) -> Graceway {
     let dir = TestDir::new();
     let mut lines = String::new();
     for (i, t) in tokens.iter().enumerate() {
@@ -57,10 +63,7 @@ fn replica(up: &MockUpstream, redis: &Redis, tokens: &[&str], extra: &str) -> Gr
         .tokens(lines.trim_end())
         .health("{ retry_after: 30s, max_retry_after: 60s }")
         .upstream(extra)
-        .top(&format!(
-            "cache: {{ redis: {{ url: \"{}\", timeout: 500ms }} }}",
-            redis.url()
-        ))
+        .top(&format!("cache: {{ redis: {spec} }}"))
         .build();
     Graceway::start_in(dir, &cfg)
 }
@@ -352,4 +355,51 @@ async fn with_redis_gone_each_replica_learns_alone_and_keeps_serving() {
     // Each met the dead token itself, once.
     assert_eq!(carried(&ports[0], "tok-primary"), 2);
     assert_eq!(carried(&ports[1], "tok-primary"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_three_master_cluster_a_revocation_reaches_every_replica() {
+    let (_nodes, addrs) = crate::support::redis::cluster(3);
+    let urls: Vec<String> = addrs.iter().map(|a| format!("\"redis://{a}\"")).collect();
+    let spec = format!("{{ cluster: [{}], timeout: 2s }}", urls.join(", "));
+    let accepted = accepting(&["tok-c1", "tok-c2", "tok-c3", "tok-c4"]);
+    let ports: Vec<MockUpstream> = (0..2).map(|_| vendor_port(&accepted)).collect();
+    // Several tokens, so that their keys fall on different masters.
+    let tokens = ["tok-c1", "tok-c2", "tok-c3", "tok-c4"];
+    let a = replica_on(&ports[0], &spec, &tokens, "");
+    let b = replica_on(&ports[1], &spec, &tokens, "");
+    for g in [&a, &b] {
+        assert_eq!(g.get("/v1/warm").await.status(), 200);
+    }
+    // The first three die one after another; A meets each.
+    for dead in ["tok-c1", "tok-c2", "tok-c3"] {
+        accepted.lock().unwrap().remove(dead);
+    }
+    let before =
+        carried(&ports[1], "tok-c1") + carried(&ports[1], "tok-c2") + carried(&ports[1], "tok-c3");
+    // A request fails over once: A meets the dead ones over a few.
+    let mut fresh = false;
+    for _ in 0..4 {
+        let r = a.get("/v1/items").await;
+        if r.status() == 200 && r.headers().get("x-graceway-degraded").is_none() {
+            fresh = true;
+            break;
+        }
+    }
+    assert!(fresh, "A reached the live token");
+    for i in 0..3 {
+        wait_token(&b, i, "a rejection from the cluster", |t| {
+            t["state"] == "rejected" && t["learned"]["from"] == "fleet"
+        })
+        .await;
+    }
+    assert_eq!(b.get("/v1/items").await.status(), 200);
+    let after =
+        carried(&ports[1], "tok-c1") + carried(&ports[1], "tok-c2") + carried(&ports[1], "tok-c3");
+    assert_eq!(after, before, "B sent none of the dead tokens");
+    assert_eq!(
+        carried(&ports[1], "tok-c4"),
+        1,
+        "B went straight to the live one"
+    );
 }

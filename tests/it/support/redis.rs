@@ -157,6 +157,50 @@ impl Redis {
     }
 }
 
+/// A Redis Cluster of `n` masters, slots assigned and `cluster_state:ok`;
+/// the nodes and their addresses (`127.0.0.1:port`).
+pub fn cluster(n: usize) -> (Vec<Redis>, Vec<String>) {
+    let nodes: Vec<Redis> = (0..n)
+        .map(|_| {
+            // The bus port too (default: port + 10000, which another test
+            // may hold).
+            let bus = free_port().to_string();
+            Redis::start(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-port",
+                &bus,
+            ])
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_for("the cluster to be ok", Duration::from_secs(20), || {
+        nodes
+            .iter()
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            .then_some(())
+    });
+    (nodes, addrs)
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {
