@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::support::mock::TlsFixture;
 use crate::support::redis::Redis;
 use crate::support::{
-    client, metric_value, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir,
+    client, metric_value, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir,
 };
 
 const TOKEN: &str = "tok-fleet-1";
@@ -322,45 +322,7 @@ async fn tls_verified_against_a_ca_the_test_made() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_master_cluster_spreads_copies_across_slots() {
-    let nodes: Vec<Redis> = (0..3)
-        .map(|_| {
-            // The bus port too (default: port + 10000, which another test
-            // may hold).
-            let bus = crate::support::free_port().to_string();
-            Redis::start(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "2000",
-                "--cluster-port",
-                &bus,
-            ])
-        })
-        .collect();
-    let addrs: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    let out = std::process::Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    wait_for_async("the cluster to be ok", Duration::from_secs(20), || async {
-        nodes
-            .iter()
-            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-            .then_some(())
-    })
-    .await;
+    let (nodes, addrs) = crate::support::redis::cluster(3);
     let urls: Vec<String> = addrs.iter().map(|a| format!("\"redis://{a}\"")).collect();
     let spec = format!("{{ cluster: [{}], timeout: 2s }}", urls.join(", "));
     let (up, revoked) = vendor();
