@@ -401,6 +401,10 @@ pub struct FleetMetrics {
     pub ledger_findings_total: IntCounterVec,
     /// From a replica learning a finding to this one applying it.
     pub ledger_lag_seconds: Histogram,
+    /// Trials and probes of a token, by who ran them: `won` (this replica
+    /// took the fleet's lock), `lost` (another replica runs it), `alone`
+    /// (Redis could not be asked).
+    pub ledger_trials_total: IntCounterVec,
 }
 
 pub fn fleet_metrics() -> &'static FleetMetrics {
@@ -417,6 +421,7 @@ pub fn fleet_metrics() -> &'static FleetMetrics {
             ("set", &["ok", "error", "timeout", "skipped"][..]),
             ("ledger-set", &["ok", "error", "timeout", "skipped"][..]),
             ("ledger-get", &["ok", "error", "timeout", "skipped"][..]),
+            ("ledger-trial", &["ok", "error", "timeout", "skipped"][..]),
         ] {
             for r in results {
                 ops.with_label_values(&[op, r]);
@@ -443,6 +448,18 @@ pub fn fleet_metrics() -> &'static FleetMetrics {
                 .expect("metric registers");
                 for d in ["published", "applied", "ignored", "dropped"] {
                     c.with_label_values(&[d]);
+                }
+                c
+            },
+            ledger_trials_total: {
+                let c = register_int_counter_vec!(
+                    "graceway_ledger_trials_total",
+                    "Token trials and probes by who ran them: won (this replica took the fleet's lock), lost (another replica runs it), alone (Redis could not be asked).",
+                    &["result"]
+                )
+                .expect("metric registers");
+                for r in ["won", "lost", "alone"] {
+                    c.with_label_values(&[r]);
                 }
                 c
             },

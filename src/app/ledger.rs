@@ -159,3 +159,30 @@ pub async fn start(app: &Arc<App>) {
         }
     });
 }
+
+/// One trial per fleet: the probe and the background trials ask here
+/// before they send a token (see `cache::ledger::LedgerTier::take_trial`).
+#[derive(Clone)]
+pub struct FleetTrials {
+    tier: Arc<crate::cache::ledger::LedgerTier>,
+    origin: String,
+}
+
+impl FleetTrials {
+    /// With the ledger on.
+    pub fn of(app: &App) -> Option<FleetTrials> {
+        Some(FleetTrials {
+            tier: app.ledger.clone()?,
+            origin: app.shared.ledger.as_ref()?.origin().to_string(),
+        })
+    }
+
+    /// Whether this replica tries `t` now (for `window`): a token outside
+    /// the ledger always is.
+    pub async fn take(&self, t: &crate::tokens::Token, window: Duration) -> bool {
+        match t.ledger_id() {
+            Some(id) => self.tier.take_trial(id, &self.origin, window).await,
+            None => true,
+        }
+    }
+}

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pingora::http::RequestHeader;
 
+use crate::app::ledger::FleetTrials;
 use crate::generation::Generation;
 use crate::generation::Upstream;
 use crate::net::outbound::{self, Failure};
@@ -104,12 +105,19 @@ pub fn apply(up: &Upstream, token: &Token, result: ProbeResult) {
 }
 
 /// Probes every token of one upstream once; true when the upstream
-/// answered (whatever it said about the tokens).
-pub async fn probe_upstream(up: &Upstream) -> bool {
+/// answered (whatever it said about the tokens). With the fleet ledger on,
+/// a token another replica probes this `window` is left to it (its
+/// result reaches this replica through the ledger).
+pub async fn probe_upstream(up: &Upstream, fleet: Option<&FleetTrials>, window: Duration) -> bool {
     let mut answered = true;
     for t in &up.tokens.tokens {
         if t.injected.is_none() {
             continue;
+        }
+        if let Some(f) = fleet {
+            if !f.take(t, window).await {
+                continue;
+            }
         }
         let r = probe_token(up, t).await;
         if matches!(r, ProbeResult::Failed(_)) {
@@ -153,6 +161,7 @@ pub async fn run(
     live: Arc<dyn Fn() -> Arc<Generation> + Send + Sync>,
     generation: u64,
     name: String,
+    fleet: Option<FleetTrials>,
 ) {
     let mut failures: u32 = 0;
     // The newest suspicion already probed (see `Evidence::suspect`).
@@ -204,7 +213,7 @@ pub async fn run(
                 _ = up.status.wake.notified() => {}
             }
         }
-        if probe_upstream(&up).await {
+        if probe_upstream(&up, fleet.as_ref(), wait).await {
             failures = 0;
         } else if !trial {
             failures += 1;
@@ -224,6 +233,7 @@ pub async fn trials(
     live: Arc<dyn Fn() -> Arc<Generation> + Send + Sync>,
     generation: u64,
     name: String,
+    fleet: Option<FleetTrials>,
 ) {
     let mut first = true;
     loop {
@@ -279,6 +289,12 @@ pub async fn trials(
             let Some(t) = up.tokens.trial_token(n, now) else {
                 continue;
             };
+            // One trial of a token per window for the fleet.
+            if let Some(f) = &fleet {
+                if !f.take(t, up.config.health.retry_after).await {
+                    continue;
+                }
+            }
             match probe_path(&up, Some(t), &path).await {
                 ProbeResult::Accepted(status) => {
                     if t.recovered(crate::tokens::ledger::Evidence::Trial) {

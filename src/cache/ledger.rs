@@ -41,6 +41,12 @@ pub fn key(prefix: &str, token: &TokenId, slot: Slot) -> String {
     format!("{prefix}ledger:v1:{{{}}}:{}", token.hex(), slot.as_str())
 }
 
+/// `<prefix>ledger:v1:{<hex>}:trial`: who runs the token's trial or probe
+/// this window.
+pub fn key_trial(prefix: &str, token: &TokenId) -> String {
+    format!("{prefix}ledger:v1:{{{}}}:trial", token.hex())
+}
+
 impl LedgerTier {
     /// The ledger over `fleet`'s connection, writing what arrives on `rx`
     /// (the other end is the replica's `tokens::ledger::Outbox`).
@@ -112,6 +118,35 @@ impl LedgerTier {
             }
         }
         Some(out)
+    }
+
+    /// Takes the fleet's trial of `token` for `window`: true when this
+    /// replica runs it (it won the lock, or Redis cannot be asked and the
+    /// replica decides alone), false when another replica holds it (and
+    /// will publish what it finds). `SET .. NX PX`, so a replica that dies
+    /// mid-trial frees it after the window.
+    pub async fn take_trial(&self, token: TokenId, origin: &str, window: Duration) -> bool {
+        let cmd = redis::cmd("SET")
+            .arg(key_trial(self.fleet.key_prefix(), &token))
+            .arg(origin)
+            .arg("NX")
+            .arg("PX")
+            .arg((window.as_millis() as u64).max(100))
+            .to_owned();
+        let (won, result) = match self
+            .fleet
+            .query::<Option<String>>("ledger-trial", &cmd)
+            .await
+        {
+            Some(Some(_)) => (true, "won"),
+            Some(None) => (false, "lost"),
+            None => (true, "alone"),
+        };
+        metrics()
+            .ledger_trials_total
+            .with_label_values(&[result])
+            .inc();
+        won
     }
 
     /// The fleet tier's timeout (what one ledger call may take).

@@ -347,13 +347,14 @@ impl ProbeSupervisor {
         self.stop();
         self.generation = gen.number;
         for u in &gen.upstreams {
+            let fleet = crate::app::ledger::FleetTrials::of(app);
             let app = app.clone();
             let live = Arc::new(move || app.live.load_full());
             let name = u.config.name.clone();
             self.tasks.push(tokio::spawn(if u.probe().is_some() {
-                futures_boxed(crate::app::probe::run(live, gen.number, name))
+                futures_boxed(crate::app::probe::run(live, gen.number, name, fleet))
             } else {
-                futures_boxed(crate::app::probe::trials(live, gen.number, name))
+                futures_boxed(crate::app::probe::trials(live, gen.number, name, fleet))
             }));
         }
         true

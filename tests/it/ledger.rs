@@ -403,3 +403,42 @@ async fn on_a_three_master_cluster_a_revocation_reaches_every_replica() {
         "B went straight to the live one"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_probing_one_token_send_one_probe_per_interval() {
+    let redis = Redis::start(&[]);
+    let accepted = accepting(&["tok-probed"]);
+    let ports: Vec<MockUpstream> = (0..3).map(|_| vendor_port(&accepted)).collect();
+    let probe = "      probe: { path: /v1/ping, interval: 400ms }";
+    let replicas: Vec<Graceway> = ports
+        .iter()
+        .map(|p| replica(p, &redis, &["tok-probed"], probe))
+        .collect();
+    let pings = || -> usize {
+        ports
+            .iter()
+            .map(|p| {
+                p.requests()
+                    .iter()
+                    .filter(|r| r.path() == "/v1/ping")
+                    .count()
+            })
+            .sum()
+    };
+    let start = pings();
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let sent = pings() - start;
+    let windows = (t0.elapsed().as_millis() / 400) as usize;
+    // Alone, each replica would probe once per window: three per window.
+    assert!(
+        sent <= windows + 3,
+        "{sent} probes in {windows} windows of 400 ms for the fleet"
+    );
+    let mut lost = 0.0;
+    for g in &replicas {
+        let m = g.metrics().await;
+        lost += metric_value(&m, "graceway_ledger_trials_total{result=\"lost\"}").unwrap_or(0.0);
+    }
+    assert!(lost >= 1.0, "some replica left a probe to another");
+}
