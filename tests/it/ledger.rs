@@ -442,3 +442,56 @@ async fn three_replicas_probing_one_token_send_one_probe_per_interval() {
     }
     assert!(lost >= 1.0, "some replica left a probe to another");
 }
+
+/// The ACL `docs/how-it-works.md` shows: graceway limited to its prefix
+/// and the commands it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_redis_acl_is_enough_for_the_fleet_tier_and_the_ledger() {
+    let redis = Redis::start(&[
+        "--user",
+        "graceway",
+        "on",
+        ">acl-pass",
+        "resetkeys",
+        "~graceway:*",
+        "resetchannels",
+        "-@all",
+        "+get",
+        "+set",
+        "+mget",
+        "+ping",
+        "+hello",
+        "+cluster|slots",
+        "+cluster|shards",
+    ]);
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/how-it-works.md"))
+        .unwrap();
+    assert!(
+        doc.contains("resetkeys ~graceway:* resetchannels -@all +get +set +mget +ping +hello +cluster|slots +cluster|shards"),
+        "the ACL in the doc is the one tested here"
+    );
+    let accepted = accepting(&["tok-primary", "tok-standby"]);
+    let ports: Vec<MockUpstream> = (0..2).map(|_| vendor_port(&accepted)).collect();
+    let spec = format!(
+        "{{ url: \"redis://graceway:acl-pass@127.0.0.1:{}\", timeout: 500ms }}",
+        redis.port
+    );
+    let tokens = ["tok-primary", "tok-standby"];
+    let a = replica_on(&ports[0], &spec, &tokens, "");
+    let b = replica_on(&ports[1], &spec, &tokens, "");
+    for g in [&a, &b] {
+        assert_eq!(g.get("/v1/warm").await.status(), 200);
+    }
+    accepted.lock().unwrap().remove("tok-primary");
+    assert_eq!(a.get("/v1/items").await.status(), 200);
+    wait_token(&b, 0, "the rejection under the ACL", |t| {
+        t["learned"]["from"] == "fleet"
+    })
+    .await;
+    let s = b.status().await;
+    assert_eq!(
+        s["cache"]["fleet"]["errors"], 0,
+        "{:#}",
+        s["cache"]["fleet"]
+    );
+}
