@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Each top-level module of `src/` (a file or a folder) with its files.
+/// Each top-level module of `src/` (a file, a folder, or both) with its files.
 fn modules(src: &Path) -> BTreeMap<String, Vec<PathBuf>> {
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for entry in std::fs::read_dir(src).expect("src/") {
         let path = entry.expect("entry").path();
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
@@ -26,9 +26,10 @@ fn modules(src: &Path) -> BTreeMap<String, Vec<PathBuf>> {
                     }
                 }
             }
-            out.insert(name, files);
+            out.entry(name).or_default().extend(files);
         } else if path.extension().is_some_and(|x| x == "rs") && name != "lib" && name != "main" {
-            out.insert(name, vec![path]);
+            // `x.rs` and its folder `x/` (its submodules) are one module.
+            out.entry(name).or_default().push(path);
         }
     }
     out
