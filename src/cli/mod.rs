@@ -300,7 +300,9 @@ pub fn render_status(st: &Status) -> String {
         "LAST USED".into(),
         "QUOTA".into(),
     ]];
-    // The vendor's words: refusals and deprecation notices, one line each.
+    // One line each: the vendor's words (refusals, deprecation notices),
+    // what another replica learned, a token source's failure, a quota
+    // cool-down.
     let mut notes = Vec::new();
     for u in &st.upstreams {
         rows.push(vec![
@@ -340,6 +342,14 @@ pub fn render_status(st: &Status) -> String {
                     l.replica,
                     s(&l.at)
                 ));
+            }
+            // Why a token has no value, and when a spent quota is back: the
+            // table's state says only that it cannot be sent.
+            if let Some(e) = &t.error {
+                notes.push(format!("{who} source failed: {e}"));
+            }
+            if let Some(until) = &t.cool_until {
+                notes.push(format!("{who} quota spent: skipped until {until}"));
             }
             if let Some(n) = &t.notice {
                 let mut what = Vec::new();

@@ -17,6 +17,8 @@ pub mod defaults;
 #[cfg(test)]
 mod doc_defaults;
 pub mod files;
+#[cfg(test)]
+pub(crate) mod fuzz;
 pub mod model;
 pub mod schema;
 pub mod units;

@@ -7,7 +7,8 @@
 //!
 //! States are compared once a second, so a flap inside a second is not
 //! reported (the debounce), and the changes of one second go out in one
-//! POST. Delivery runs in its own task with retries (1 s, doubling, 5
+//! POST. The comparison is a pure function ([`Seen::changes`], over what
+//! [`observe`] read of each upstream), unit-tested in `webhook/tests.rs`. Delivery runs in its own task with retries (1 s, doubling, 5
 //! tries); at most 64 batches wait, a batch beyond that is dropped and
 //! counted (`graceway_webhook_deliveries_total{result="dropped"}`).
 //! Requests never wait for it. A payload names tokens by index and
@@ -22,15 +23,19 @@
 //! ```
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::generation::Generation;
+use crate::generation::{Breaker, Generation, Upstream};
 use crate::metrics::metrics;
+use crate::outcome::{Reason, UpstreamState};
+use crate::tokens::evidence::Notice;
+use crate::tokens::TokenState;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
     pub kind: &'static str,
     pub upstream: String,
@@ -48,17 +53,162 @@ pub struct Event {
 /// Watches states and hands changes to the delivery task.
 #[derive(Default)]
 pub struct StateWatch {
-    /// (upstream) -> state, (upstream, token index, fingerprint) -> state.
-    upstreams: HashMap<String, (String, Option<String>)>,
-    tokens: HashMap<(String, usize, String), String>,
-    /// (upstream, "health" | "auth") -> "open" | "closed".
-    breakers: HashMap<(String, &'static str), String>,
-    /// (upstream, token fingerprint) -> hash of the last notice reported.
-    notices: HashMap<(String, String), u64>,
+    seen: Seen,
     last: Option<Instant>,
     tx: Option<mpsc::Sender<Vec<Event>>>,
     /// The webhook (and its CA) the delivery task was started for.
     target: Option<crate::config::AlertsConfig>,
+}
+
+/// One upstream's states at one tick, as the watch compares them: read
+/// from the live generation by [`observe`], compared with the last tick's
+/// by [`Seen::changes`].
+#[derive(Debug, Clone)]
+struct Observed {
+    name: String,
+    state: UpstreamState,
+    reason: Option<Reason>,
+    health: BreakerSeen,
+    auth: BreakerSeen,
+    tokens: Vec<TokenSeen>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BreakerSeen {
+    open: bool,
+    /// Why it is open (`None` while closed).
+    reason: Option<Reason>,
+}
+
+#[derive(Debug, Clone)]
+struct TokenSeen {
+    index: usize,
+    fingerprint: String,
+    state: TokenState,
+    /// The vendor's words on the last refusal.
+    detail: Option<Arc<String>>,
+    /// The last deprecation or sunset notice, with the hash of its headers.
+    notice: Option<Arc<(u64, Notice)>>,
+}
+
+/// What the watch reads of an upstream at `now`.
+fn observe(u: &Upstream, now: SystemTime) -> Observed {
+    let (state, reason) = u.state(now);
+    let breaker = |b: &Breaker| BreakerSeen {
+        open: b.is_open(),
+        reason: b.reason(),
+    };
+    Observed {
+        name: u.config.name.clone(),
+        state,
+        reason,
+        health: breaker(&u.status.health),
+        auth: breaker(&u.auth),
+        tokens: u
+            .tokens
+            .tokens
+            .iter()
+            .map(|t| TokenSeen {
+                index: t.index,
+                fingerprint: t.fingerprint.clone(),
+                state: t.state(now),
+                detail: t.evidence.detail(),
+                notice: t.evidence.notice(),
+            })
+            .collect(),
+    }
+}
+
+/// The states last seen. Entries are never dropped: an upstream or token
+/// that leaves the config and comes back is compared with its state when
+/// it left.
+#[derive(Debug, Default)]
+struct Seen {
+    upstreams: HashMap<String, (UpstreamState, Option<Reason>)>,
+    /// (upstream, token index, fingerprint) -> state.
+    tokens: HashMap<(String, usize, String), TokenState>,
+    /// (upstream, "health" | "auth") -> open.
+    breakers: HashMap<(String, &'static str), bool>,
+    /// (upstream, token fingerprint) -> hash of the last notice reported.
+    notices: HashMap<(String, String), u64>,
+}
+
+impl Seen {
+    /// The changes from the states last seen to `now`'s, stamped `at`, in
+    /// order: per upstream its state, its health and auth breakers, then
+    /// each token's state and new notice. Remembers `now`. An upstream or
+    /// breaker seen for the first time is no change; a token is, when it
+    /// first shows in a state other than active (a start or a rotation).
+    fn changes(&mut self, now: &[Observed], at: &str) -> Vec<Event> {
+        let mut events = Vec::new();
+        for u in now {
+            let name = &u.name;
+            let cur = (u.state, u.reason);
+            match self.upstreams.insert(name.clone(), cur) {
+                Some(prev) if prev != cur => events.push(Event {
+                    kind: "upstream",
+                    upstream: name.clone(),
+                    token: None,
+                    fingerprint: None,
+                    from: prev.0.as_str().to_string(),
+                    to: cur.0.as_str().to_string(),
+                    reason: cur.1.map(|r| r.as_str().to_string()),
+                    at: at.to_string(),
+                }),
+                _ => {}
+            }
+            for (which, b) in [("health", &u.health), ("auth", &u.auth)] {
+                let open_or_closed = |open| if open { "open" } else { "closed" }.to_string();
+                match self.breakers.insert((name.clone(), which), b.open) {
+                    Some(prev) if prev != b.open => events.push(Event {
+                        kind: if which == "health" {
+                            "health-breaker"
+                        } else {
+                            "auth-breaker"
+                        },
+                        upstream: name.clone(),
+                        token: None,
+                        fingerprint: None,
+                        from: open_or_closed(prev),
+                        to: open_or_closed(b.open),
+                        reason: b.reason.map(|r| r.as_str().to_string()),
+                        at: at.to_string(),
+                    }),
+                    _ => {}
+                }
+            }
+            for t in &u.tokens {
+                let key = (name.clone(), t.index, t.fingerprint.clone());
+                let from = match self.tokens.insert(key, t.state) {
+                    Some(prev) if prev != t.state => Some(prev.as_str()),
+                    None if t.state != TokenState::Active => Some("new"),
+                    _ => None,
+                };
+                if let Some(from) = from {
+                    let reason = matches!(t.state, TokenState::Rejected | TokenState::Suspect)
+                        .then(|| t.detail.as_ref().map(|d| d.to_string()))
+                        .flatten();
+                    events.push(Event {
+                        kind: "token",
+                        upstream: name.clone(),
+                        token: Some(t.index),
+                        fingerprint: Some(t.fingerprint.clone()),
+                        from: from.to_string(),
+                        to: t.state.as_str().to_string(),
+                        reason,
+                        at: at.to_string(),
+                    });
+                }
+                if let Some(n) = &t.notice {
+                    let key = (name.clone(), t.fingerprint.clone());
+                    if self.notices.insert(key, n.0) != Some(n.0) {
+                        events.push(notice_event(name, t.index, &t.fingerprint, &n.1, at));
+                    }
+                }
+            }
+        }
+        events
+    }
 }
 
 impl StateWatch {
@@ -80,133 +230,16 @@ impl StateWatch {
             });
         }
         let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        let mut events = Vec::new();
         let sys_now = SystemTime::now();
-        for u in &gen.upstreams {
-            let (state, reason) = u.state(sys_now);
-            let cur = (
-                state.as_str().to_string(),
-                reason.map(|r| r.as_str().to_string()),
-            );
-            let name = u.config.name.clone();
-            match self.upstreams.insert(name.clone(), cur.clone()) {
-                Some(prev) if prev != cur => events.push(Event {
-                    kind: "upstream",
-                    upstream: name.clone(),
-                    token: None,
-                    fingerprint: None,
-                    from: prev.0,
-                    to: cur.0,
-                    reason: cur.1,
-                    at: at.clone(),
-                }),
-                _ => {}
-            }
-            for (which, b) in [("health", &u.status.health), ("auth", &u.auth)] {
-                let cur = if b.is_open() { "open" } else { "closed" }.to_string();
-                let key = (name.clone(), which);
-                match self.breakers.insert(key, cur.clone()) {
-                    Some(prev) if prev != cur => events.push(Event {
-                        kind: if which == "health" {
-                            "health-breaker"
-                        } else {
-                            "auth-breaker"
-                        },
-                        upstream: name.clone(),
-                        token: None,
-                        fingerprint: None,
-                        from: prev,
-                        to: cur,
-                        reason: b.reason().map(|r| r.as_str().to_string()),
-                        at: at.clone(),
-                    }),
-                    _ => {}
-                }
-            }
-            for t in &u.tokens.tokens {
-                let key = (name.clone(), t.index, t.fingerprint.clone());
-                let st = t.state(sys_now).as_str().to_string();
-                // A token seen for the first time (a start or a rotation) is
-                // reported when it shows in a state other than active.
-                let from = match self.tokens.insert(key, st.clone()) {
-                    Some(prev) if prev != st => Some(prev),
-                    None if st != "active" => Some("new".to_string()),
-                    _ => None,
-                };
-                if let Some(from) = from {
-                    let reason = matches!(st.as_str(), "rejected" | "suspect")
-                        .then(|| t.evidence.detail().map(|d| d.to_string()))
-                        .flatten();
-                    events.push(Event {
-                        kind: "token",
-                        upstream: name.clone(),
-                        token: Some(t.index),
-                        fingerprint: Some(t.fingerprint.clone()),
-                        from,
-                        to: st,
-                        reason,
-                        at: at.clone(),
-                    });
-                }
-                if let Some(n) = t.evidence.notice() {
-                    let key = (name.clone(), t.fingerprint.clone());
-                    if self.notices.insert(key, n.0) != Some(n.0) {
-                        events.push(notice_event(&name, t, &n.1, &at));
-                    }
-                }
-            }
-        }
+        let observed: Vec<Observed> = gen.upstreams.iter().map(|u| observe(u, sys_now)).collect();
+        let events = self.seen.changes(&observed, &at);
         if events.is_empty() {
             return;
         }
         // Every state change is logged once, webhook or not.
-        let why = |e: &Event, open: &str, close: &str| {
-            e.reason
-                .as_deref()
-                .map(|r| format!("{open}{r}{close}"))
-                .unwrap_or_default()
-        };
         for e in &events {
-            match e.token {
-                None if e.kind.ends_with("-breaker") => log::info!(
-                    "upstream {}: {} {} -> {}{}",
-                    e.upstream,
-                    e.kind,
-                    e.from,
-                    e.to,
-                    why(e, " (", ")")
-                ),
-                Some(i) if e.kind == "notice" => log::warn!(
-                    "upstream {}: token {i} ({}): the vendor announced {}{}",
-                    e.upstream,
-                    e.fingerprint.as_deref().unwrap_or("-"),
-                    e.to,
-                    why(e, "; ", "")
-                ),
-                Some(i) => log::info!(
-                    "upstream {}: token {i} ({}) is now {} (was {}){}",
-                    e.upstream,
-                    e.fingerprint.as_deref().unwrap_or("-"),
-                    e.to,
-                    e.from,
-                    why(e, ": ", "")
-                ),
-                // The same state with another reason (degraded by a 5xx,
-                // then by a rejected token) is one change, said as such.
-                None if e.from == e.to => log::warn!(
-                    "upstream {}: still {}, now {}",
-                    e.upstream,
-                    e.to,
-                    e.reason.as_deref().unwrap_or("-")
-                ),
-                None => log::warn!(
-                    "upstream {}: state {} -> {}{}",
-                    e.upstream,
-                    e.from,
-                    e.to,
-                    why(e, " (", ")")
-                ),
-            }
+            let (level, line) = log_line(e);
+            log::log!(level, "{line}");
         }
         if let Some(tx) = &self.tx {
             if tx.try_send(events).is_err() {
@@ -219,15 +252,76 @@ impl StateWatch {
     }
 }
 
+/// The log line of a change, and its level: a warning for an upstream's
+/// state and a vendor's notice, information for the rest.
+fn log_line(e: &Event) -> (log::Level, String) {
+    let why = |open: &str, close: &str| {
+        e.reason
+            .as_deref()
+            .map(|r| format!("{open}{r}{close}"))
+            .unwrap_or_default()
+    };
+    match e.token {
+        None if e.kind.ends_with("-breaker") => (
+            log::Level::Info,
+            format!(
+                "upstream {}: {} {} -> {}{}",
+                e.upstream,
+                e.kind,
+                e.from,
+                e.to,
+                why(" (", ")")
+            ),
+        ),
+        Some(i) if e.kind == "notice" => (
+            log::Level::Warn,
+            format!(
+                "upstream {}: token {i} ({}): the vendor announced {}{}",
+                e.upstream,
+                e.fingerprint.as_deref().unwrap_or("-"),
+                e.to,
+                why("; ", "")
+            ),
+        ),
+        Some(i) => (
+            log::Level::Info,
+            format!(
+                "upstream {}: token {i} ({}) is now {} (was {}){}",
+                e.upstream,
+                e.fingerprint.as_deref().unwrap_or("-"),
+                e.to,
+                e.from,
+                why(": ", "")
+            ),
+        ),
+        // The same state with another reason (degraded by a 5xx,
+        // then by a rejected token) is one change, said as such.
+        None if e.from == e.to => (
+            log::Level::Warn,
+            format!(
+                "upstream {}: still {}, now {}",
+                e.upstream,
+                e.to,
+                e.reason.as_deref().unwrap_or("-")
+            ),
+        ),
+        None => (
+            log::Level::Warn,
+            format!(
+                "upstream {}: state {} -> {}{}",
+                e.upstream,
+                e.from,
+                e.to,
+                why(" (", ")")
+            ),
+        ),
+    }
+}
+
 /// A new deprecation or sunset notice, as one event: `to` says what was
 /// announced (`deprecated since <time>; sunset at <time>`), `reason` names
 /// the links the vendor gave.
-fn notice_event(
-    upstream: &str,
-    t: &crate::tokens::Token,
-    n: &crate::tokens::evidence::Notice,
-    at: &str,
-) -> Event {
+fn notice_event(upstream: &str, index: usize, fingerprint: &str, n: &Notice, at: &str) -> Event {
     let time = |s: u64| humantime::format_rfc3339_seconds(crate::clock::from_unix(s)).to_string();
     let mut parts = Vec::new();
     if n.deprecated {
@@ -247,8 +341,8 @@ fn notice_event(
     Event {
         kind: "notice",
         upstream: upstream.to_string(),
-        token: Some(t.index),
-        fingerprint: Some(t.fingerprint.clone()),
+        token: Some(index),
+        fingerprint: Some(fingerprint.to_string()),
         from: "none".to_string(),
         to: if parts.is_empty() {
             "no deprecation".to_string()
@@ -322,3 +416,6 @@ async fn deliver(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -49,7 +49,11 @@ pub struct Upstream {
 impl Upstream {
     /// Why an upstream has no usable token (for `/status` and logs).
     pub fn no_token_cause(&self) -> Reason {
-        match self.no_token().0 {
+        self.no_token_cause_at(SystemTime::now())
+    }
+
+    fn no_token_cause_at(&self, now: SystemTime) -> Reason {
+        match self.no_token_at(now).0 {
             Some(r @ (Reason::TokenExpired | Reason::RateLimited)) => r,
             Some(_) => Reason::TokenRejected,
             None => Reason::TokenUnavailable,
@@ -60,7 +64,10 @@ impl Upstream {
     /// refused it (for `fwd-status`): `None` when every token is unavailable.
     /// A rejection wins over an expiry, and both over a quota cool-down.
     pub fn no_token(&self) -> (Option<Reason>, Option<u16>) {
-        let now = SystemTime::now();
+        self.no_token_at(SystemTime::now())
+    }
+
+    fn no_token_at(&self, now: SystemTime) -> (Option<Reason>, Option<u16>) {
         let mut expired = false;
         let mut cooling = false;
         for t in &self.tokens.tokens {
@@ -87,7 +94,10 @@ impl Upstream {
 
     /// Seconds until the first token's quota cool-down ends, as `Retry-After`.
     pub fn cooldown_retry_after(&self) -> Option<HeaderValue> {
-        let now = SystemTime::now();
+        self.cooldown_retry_after_at(SystemTime::now())
+    }
+
+    fn cooldown_retry_after_at(&self, now: SystemTime) -> Option<HeaderValue> {
         self.tokens
             .tokens
             .iter()
@@ -110,7 +120,7 @@ impl Upstream {
             }
         };
         if self.inject.is_some() && !self.tokens.any_usable(now) {
-            let why = self.no_token_cause();
+            let why = self.no_token_cause_at(now);
             // Copies are served for a rejected or expired token, not when every
             // source failed (there is nothing to say the upstream would refuse).
             let servable = copies
@@ -221,9 +231,15 @@ impl UpstreamStatus {
     /// Whether a breaker change may be logged now; `Some(n)`: yes, and `n`
     /// changes since the last logged one were not.
     fn breaker_log_due(&self) -> Option<u64> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        self.breaker_log_due_at(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        )
+    }
+
+    /// [`Self::breaker_log_due`] at `now` (Unix milliseconds).
+    fn breaker_log_due_at(&self, now: u64) -> Option<u64> {
         let last = self.breaker_logged_at.load(Ordering::Relaxed);
         if now.saturating_sub(last) < BREAKER_LOG_EVERY_MS
             || self
@@ -339,3 +355,9 @@ impl Upstream {
             .and_then(|c| c.probe.as_ref())
     }
 }
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -103,23 +103,7 @@ impl ListenerFigures {
         let Ok(reg) = self.registry.lock() else {
             return false;
         };
-        let mut idle: Option<(u64, &Arc<ConnState>)> = None;
-        let mut slow: Option<(u64, &Arc<ConnState>)> = None;
-        for (_, c) in reg.iter() {
-            if c.evict.load(Ordering::Relaxed) {
-                continue;
-            }
-            let since = c.since.load(Ordering::Relaxed);
-            let pick = match c.phase.load(Ordering::Relaxed) {
-                AWAITING => &mut idle,
-                HEADER if now.saturating_sub(since) >= EVICT_AFTER.as_millis() as u64 => &mut slow,
-                _ => continue,
-            };
-            if pick.is_none_or(|(s, _)| since < s) {
-                *pick = Some((since, c));
-            }
-        }
-        let Some((_, victim)) = idle.or(slow) else {
+        let Some(victim) = victim(now, reg.iter().map(|(_, c)| c)) else {
             return false;
         };
         victim.evict.store(true, Ordering::Relaxed);
@@ -127,6 +111,34 @@ impl ListenerFigures {
         self.evicted.fetch_add(1, Ordering::Relaxed);
         true
     }
+}
+
+/// The connection to close to make room under the cap, at `now`
+/// ([`now_ms`]): the one idle longest between two requests, else the one
+/// that has been sending its request header for longest if that is
+/// [`EVICT_AFTER`] or more, else none. One already asked to close is
+/// passed over, and so is one inside a request.
+fn victim<'a>(
+    now: u64,
+    conns: impl IntoIterator<Item = &'a Arc<ConnState>>,
+) -> Option<&'a Arc<ConnState>> {
+    let mut idle: Option<(u64, &Arc<ConnState>)> = None;
+    let mut slow: Option<(u64, &Arc<ConnState>)> = None;
+    for c in conns {
+        if c.evict.load(Ordering::Relaxed) {
+            continue;
+        }
+        let since = c.since.load(Ordering::Relaxed);
+        let pick = match c.phase.load(Ordering::Relaxed) {
+            AWAITING => &mut idle,
+            HEADER if now.saturating_sub(since) >= EVICT_AFTER.as_millis() as u64 => &mut slow,
+            _ => continue,
+        };
+        if pick.is_none_or(|(s, _)| since < s) {
+            *pick = Some((since, c));
+        }
+    }
+    idle.or(slow).map(|(_, c)| c)
 }
 
 /// Both listeners' figures, owned by the `App` (read by `/status` and
@@ -519,30 +531,4 @@ pub struct Limits {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Each fixed answer parses as a client would read it, and its
-    /// `Content-Length` is the body's length, so nothing stray follows.
-    #[test]
-    fn fixed_answers_are_framed_exactly() {
-        for (bytes, status) in [(OVER_CAP, 503), (HEADER_TIMEOUT, 408)] {
-            let mut headers = [httparse::EMPTY_HEADER; 16];
-            let mut resp = httparse::Response::new(&mut headers);
-            let head = match resp.parse(bytes) {
-                Ok(httparse::Status::Complete(n)) => n,
-                other => panic!("not a complete response head: {other:?}"),
-            };
-            assert_eq!(resp.code, Some(status));
-            let length: usize = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
-                .expect("a Content-Length");
-            assert_eq!(length, bytes.len() - head, "status {status}");
-            let body: serde_json::Value = serde_json::from_slice(&bytes[head..]).unwrap();
-            assert!(body["error"].is_string());
-        }
-    }
-}
+mod tests;

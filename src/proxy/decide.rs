@@ -263,6 +263,30 @@ mod tests {
     }
 
     #[test]
+    fn a_suspicion_streak_confirms_at_suspect_after_whatever_the_path() {
+        // No suspicion recorded for the refusal: only the streak counts.
+        assert!(!rejection_confirmed(Verdict::Suspect, None, 2, 3, false));
+        assert!(rejection_confirmed(Verdict::Suspect, None, 3, 3, false));
+        assert!(rejection_confirmed(Verdict::Suspect, None, 4, 3, true));
+        // `suspect_after: 1`: the first bare refusal confirms.
+        assert!(rejection_confirmed(
+            Verdict::Suspect,
+            Some(Suspicion::First),
+            1,
+            1,
+            true
+        ));
+        // Another path confirms on the second refusal already, without a probe.
+        assert!(rejection_confirmed(
+            Verdict::Suspect,
+            Some(Suspicion::OtherPath),
+            1,
+            5,
+            false
+        ));
+    }
+
+    #[test]
     fn quota_cool_down_prefers_the_vendors_retry_after_and_never_repeats_it() {
         let h = |s: &'static str| HeaderValue::from_static(s);
         assert_eq!(quota_cool_down(Some(&h("30")), Some(90)), (30, None));
@@ -277,6 +301,13 @@ mod tests {
         assert_eq!(quota_cool_down(Some(&h("soon")), None), (60, None));
         // Zero means "now": still at least a second.
         assert_eq!(quota_cool_down(Some(&h("0")), None), (1, None));
+        // A value that is not text, or not whole seconds (an HTTP date, a
+        // fraction, a negative): the reset decides, the header is passed on.
+        let binary = HeaderValue::from_bytes(b"\xff30").unwrap();
+        assert_eq!(quota_cool_down(Some(&binary), Some(12)), (12, None));
+        for v in ["Wed, 21 Oct 2026 07:28:00 GMT", "1.5", "-5"] {
+            assert_eq!(quota_cool_down(Some(&h(v)), Some(12)), (12, None), "{v}");
+        }
     }
 
     #[test]
@@ -317,18 +348,61 @@ mod tests {
             failure_reason(&ErrorType::HTTPStatus(401), &ErrorSource::Internal, false),
             None
         );
+        assert_eq!(
+            failure_reason(&ErrorType::HTTPStatus(429), &ErrorSource::Internal, false),
+            None
+        );
+        // A connect that timed out never reached the upstream: unreachable,
+        // not a timeout (that is a read or write the upstream left waiting).
+        assert_eq!(
+            failure_reason(&ErrorType::ConnectTimedout, &up, false),
+            Some(Reason::UpstreamUnreachable)
+        );
+        assert_eq!(
+            failure_reason(&ErrorType::ConnectionClosed, &up, false),
+            Some(Reason::UpstreamUnreachable)
+        );
+        // A pending failover changes only what a refusal means: the
+        // client's own timeout stays the client's.
+        assert_eq!(failure_reason(&ErrorType::ReadTimedout, &down, true), None);
     }
 
     #[test]
     fn connect_failures_and_fallback_statuses() {
-        assert!(is_connect_failure(&ErrorType::ConnectRefused));
-        assert!(is_connect_failure(&ErrorType::ConnectTimedout));
-        assert!(!is_connect_failure(&ErrorType::ReadTimedout));
+        for e in [
+            ErrorType::ConnectRefused,
+            ErrorType::ConnectTimedout,
+            ErrorType::ConnectNoRoute,
+            ErrorType::ConnectError,
+        ] {
+            assert!(is_connect_failure(&e), "{e:?}");
+        }
+        for e in [
+            ErrorType::ReadTimedout,
+            ErrorType::WriteTimedout,
+            ErrorType::ConnectionClosed,
+            ErrorType::HTTPStatus(502),
+        ] {
+            assert!(!is_connect_failure(&e), "{e:?}");
+        }
         let (up, down) = (ErrorSource::Upstream, ErrorSource::Downstream);
         assert_eq!(fallback_status(&ErrorType::HTTPStatus(413), &down), 413);
         assert_eq!(fallback_status(&ErrorType::ConnectRefused, &up), 502);
         assert_eq!(fallback_status(&ErrorType::ReadError, &down), 0);
         assert_eq!(fallback_status(&ErrorType::ConnectionClosed, &down), 0);
+        assert_eq!(fallback_status(&ErrorType::WriteError, &down), 0);
+        // A refused status is kept whoever raised it.
+        assert_eq!(fallback_status(&ErrorType::HTTPStatus(401), &up), 401);
+        assert_eq!(
+            fallback_status(&ErrorType::HTTPStatus(503), &ErrorSource::Internal),
+            503
+        );
+        // The upstream's connection failing is a 502, never "nothing to write".
+        assert_eq!(fallback_status(&ErrorType::ConnectionClosed, &up), 502);
+        assert_eq!(
+            fallback_status(&ErrorType::ReadError, &ErrorSource::Internal),
+            500
+        );
         assert_eq!(fallback_status(&ErrorType::InvalidHTTPHeader, &down), 400);
         assert_eq!(
             fallback_status(&ErrorType::InternalError, &ErrorSource::Internal),

@@ -412,3 +412,61 @@ mod tests {
         assert_eq!(strip_port("[::1]:80"), "[::1]");
     }
 }
+
+/// The normalizer's fuzz campaign over `tests/corpus/target.txt` (see
+/// `config::fuzz` for the corpus and the mutator).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::normalize;
+    use crate::config::fuzz::{campaign, lines, mutated};
+
+    /// The normalizer's contract on any input: a clear error, or an
+    /// origin-form target with no dot segment, encoded slash or backslash
+    /// that is its own normal form.
+    fn check_target(raw: &[u8]) {
+        match normalize(raw) {
+            Err(e) => assert!(!e.message().is_empty()),
+            Ok(t) => {
+                let out = t.rewritten.as_deref().map(str::as_bytes).unwrap_or(raw);
+                let (path, _) = match out.iter().position(|&b| b == b'?') {
+                    Some(i) => out.split_at(i),
+                    None => (out, &b""[..]),
+                };
+                assert!(path.starts_with(b"/"), "{:?}", String::from_utf8_lossy(out));
+                let text = String::from_utf8_lossy(path).to_ascii_lowercase();
+                for bad in ["/../", "/./", "%2f", "%5c", "\\"] {
+                    assert!(!text.contains(bad), "{bad} in {text}");
+                }
+                assert!(!text.ends_with("/..") && !text.ends_with("/."), "{text}");
+                // Normal form is a fixed point.
+                let again = normalize(out).expect("normal form is accepted");
+                assert_eq!(again.rewritten, None, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn target_seed_corpus_replays_cleanly() {
+        let targets = lines("target.txt");
+        assert!(targets.len() > 20, "tests/corpus/target.txt not read");
+        for t in &targets {
+            check_target(t);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(campaign())]
+
+        #[test]
+        fn target_normalizer_never_panics(raw in mutated(lines("target.txt"))) {
+            check_target(&raw);
+        }
+
+        #[test]
+        fn target_normalizer_on_any_bytes(raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            check_target(&raw);
+        }
+    }
+}

@@ -181,3 +181,49 @@ mod tests {
         assert_eq!(percent_encode("a b/c+d"), "a%20b%2Fc%2Bd");
     }
 }
+
+/// The token validator's fuzz campaign over `tests/corpus/token.txt` (see
+/// `config::fuzz` for the corpus and the mutator).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::Secret;
+    use crate::config::fuzz::{campaign, lines, mutated};
+
+    /// The validator's contract on any input: a clear error, or a value
+    /// with no control character that its `Debug` does not show.
+    fn check_token(raw: &[u8]) {
+        let raw = String::from_utf8_lossy(raw);
+        match Secret::parse(&raw) {
+            Ok(s) => {
+                assert!(!s.expose().is_empty());
+                assert!(!s.expose().bytes().any(|b| b.is_ascii_control()));
+                // Debug shows a fingerprint, never the value (a value short
+                // enough to occur inside any fingerprint proves nothing).
+                if s.expose().len() >= 12 {
+                    assert!(!format!("{s:?}").contains(s.expose()));
+                }
+            }
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+
+    #[test]
+    fn token_seed_corpus_replays_cleanly() {
+        let tokens = lines("token.txt");
+        assert!(!tokens.is_empty(), "tests/corpus/token.txt not read");
+        for t in &tokens {
+            check_token(t);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(campaign())]
+
+        #[test]
+        fn token_validator_never_panics(raw in mutated(lines("token.txt"))) {
+            check_token(&raw);
+        }
+    }
+}

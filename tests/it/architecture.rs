@@ -2,23 +2,36 @@
 //! imports (through `crate::...`) a module that imports it, directly or
 //! through others; and inside each folder, no file imports a sibling that
 //! imports it (`mod.rs`, the folder's own root, is left out). Unit-test
-//! modules are left out: a test may reach anywhere.
+//! modules are left out, inline (`#[cfg(test)] mod tests { .. }`) or in
+//! their own `tests.rs` or `tests/`: a test may reach anywhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Each top-level module of `src/` (a file or a folder) with its files.
+/// A unit-test module in a file or folder of its own (`tests.rs`, `tests/`).
+fn is_unit_tests(path: &Path) -> bool {
+    path.file_stem().is_some_and(|s| s == "tests")
+}
+
+/// Each top-level module of `src/` (a file, a folder, or both) with its
+/// files, unit tests left out.
 fn modules(src: &Path) -> BTreeMap<String, Vec<PathBuf>> {
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for entry in std::fs::read_dir(src).expect("src/") {
         let path = entry.expect("entry").path();
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if is_unit_tests(&path) {
+            continue;
+        }
         if path.is_dir() {
             let mut files = Vec::new();
             let mut todo = vec![path];
             while let Some(dir) = todo.pop() {
                 for e in std::fs::read_dir(&dir).expect("dir") {
                     let p = e.expect("entry").path();
+                    if is_unit_tests(&p) {
+                        continue;
+                    }
                     if p.is_dir() {
                         todo.push(p);
                     } else if p.extension().is_some_and(|x| x == "rs") {
@@ -26,9 +39,10 @@ fn modules(src: &Path) -> BTreeMap<String, Vec<PathBuf>> {
                     }
                 }
             }
-            out.insert(name, files);
+            out.entry(name).or_default().extend(files);
         } else if path.extension().is_some_and(|x| x == "rs") && name != "lib" && name != "main" {
-            out.insert(name, vec![path]);
+            // `x.rs` and its folder `x/` (its submodules) are one module.
+            out.entry(name).or_default().push(path);
         }
     }
     out
