@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::set::Token;
 use super::value::Secret;
 
 /// A token's name in the ledger: SHA-256 of its value.
@@ -227,103 +226,15 @@ pub struct Learned {
 /// most once a second).
 #[derive(Debug)]
 pub struct InFleet {
-    id: TokenId,
-    outbox: Outbox,
-    rejected_ttl_ms: u64,
-    sent_ms: [AtomicU64; 2],
+    pub(super) id: TokenId,
+    pub(super) outbox: Outbox,
+    pub(super) rejected_ttl_ms: u64,
+    pub(super) sent_ms: [AtomicU64; 2],
 }
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Outbox({})", self.origin)
-    }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-impl Token {
-    /// Ties a token with a value to the fleet ledger: what this replica
-    /// learns about it is sent to `outbox`, a rejection living
-    /// `rejected_ttl` unless renewed.
-    pub fn in_fleet(mut self, outbox: &Outbox, rejected_ttl: std::time::Duration) -> Token {
-        if let Some(secret) = self.secret() {
-            self.fleet = Some(InFleet {
-                id: TokenId::of(secret),
-                outbox: outbox.clone(),
-                rejected_ttl_ms: rejected_ttl.as_millis() as u64,
-                sent_ms: Default::default(),
-            });
-        }
-        self
-    }
-
-    /// The token's name in the ledger, when it takes part.
-    pub fn ledger_id(&self) -> Option<TokenId> {
-        self.fleet.as_ref().map(|f| f.id)
-    }
-
-    /// Where the token's state came from last, when the ledger is on.
-    pub fn learned(&self) -> Option<Arc<Learned>> {
-        self.learned.load_full()
-    }
-
-    /// Sends a finding this replica reached: a `change` at once, the same
-    /// finding again (a renewal) at most once a second.
-    pub(super) fn publish(&self, finding: Finding, change: bool) {
-        let Some(f) = &self.fleet else {
-            return;
-        };
-        let now = now_ms();
-        let slot = &f.sent_ms[finding.slot() as usize];
-        if !change && now.saturating_sub(slot.load(Ordering::Relaxed)) < 1000 {
-            return;
-        }
-        slot.store(now, Ordering::Relaxed);
-        let ttl_ms = match finding {
-            Finding::Rejected { .. } | Finding::Recovered { .. } => f.rejected_ttl_ms,
-            Finding::CoolDown { until } => (until * 1000).saturating_sub(now).max(1000),
-        };
-        f.outbox.send(f.id, finding, now, ttl_ms);
-        self.learned.store(Some(Arc::new(Learned {
-            origin: f.outbox.origin().to_string(),
-            at_ms: now,
-            local: true,
-            finding,
-        })));
-    }
-
-    /// Applies another replica's entry about this token, without sending
-    /// it on. Returns whether it changed the token's state (a rejection,
-    /// a recovery, a later cool-down).
-    pub fn apply(&self, e: &Entry) -> bool {
-        let changed = match e.finding {
-            Finding::Rejected { status, .. } => {
-                self.rejected_status.store(status, Ordering::Relaxed);
-                self.evidence.clear_suspect();
-                !self.rejected.swap(true, Ordering::Relaxed)
-            }
-            Finding::Recovered { .. } => self.clear_rejected(),
-            Finding::CoolDown { until } => {
-                let now = now_ms() / 1000;
-                until > now
-                    && self
-                        .evidence
-                        .cool_until(std::time::SystemTime::now())
-                        .is_none_or(|t| crate::clock::unix(t) < until)
-                    && self.evidence.cool_down(until)
-            }
-        };
-        self.learned.store(Some(Arc::new(Learned {
-            origin: e.origin.clone(),
-            at_ms: e.at_ms,
-            local: false,
-            finding: e.finding,
-        })));
-        changed
     }
 }
 

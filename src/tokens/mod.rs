@@ -7,6 +7,7 @@
 //! `sha256:` fingerprint.
 
 pub mod evidence;
+mod fleet;
 pub mod ledger;
 pub mod oauth2;
 pub mod reflect;

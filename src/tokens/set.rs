@@ -415,26 +415,6 @@ impl Token {
         changed
     }
 
-    /// The vendor accepts the token again: cleared, and the fleet ledger
-    /// hears of it. True when it was rejected.
-    pub fn recovered(&self, evidence: super::ledger::Evidence) -> bool {
-        let was = self.clear_rejected();
-        if was {
-            self.publish(super::ledger::Finding::Recovered { evidence }, true);
-        }
-        was
-    }
-
-    /// The token's quota is spent until `until` (Unix seconds); true when
-    /// no cool-down was running. The fleet ledger hears of a new one.
-    pub fn cool_down(&self, until: u64) -> bool {
-        let new = self.evidence.cool_down(until);
-        if new {
-            self.publish(super::ledger::Finding::CoolDown { until }, true);
-        }
-        new
-    }
-
     /// The status of the last rejection (401 or 403), 0 when none.
     pub fn rejected_status(&self) -> u16 {
         self.rejected_status.load(Ordering::Relaxed)
