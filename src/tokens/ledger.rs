@@ -156,10 +156,15 @@ enum RecordRef<'a> {
 }
 
 /// An entry read back; `None` for anything that is not a record of a known
-/// version (never panics).
+/// version (never panics). Whoever can write Redis chooses the replica
+/// name it carries, and that name reaches log lines and `graceway status`:
+/// one longer than 256 bytes or holding a control character (a newline, a
+/// terminal escape) is refused.
 pub fn decode(b: &[u8]) -> Option<Entry> {
     match postcard::from_bytes::<Record>(b).ok()? {
-        Record::V1(e) if e.origin.len() <= 256 => Some(e),
+        Record::V1(e) if e.origin.len() <= 256 && !e.origin.chars().any(char::is_control) => {
+            Some(e)
+        }
         Record::V1(_) => None,
     }
 }
@@ -278,6 +283,15 @@ mod tests {
             let mut unknown = b.clone();
             unknown[0] = 7;
             assert_eq!(decode(&unknown), None, "an unknown version");
+        }
+        // A replica name that would forge a log line or move a terminal's
+        // cursor is refused.
+        for origin in ["a\nFAKE LOG LINE", "\u{1b}[2J", &"r".repeat(257)] {
+            let mut e = entry(Finding::Recovered {
+                evidence: Evidence::Probe,
+            });
+            e.origin = origin.to_string();
+            assert_eq!(decode(&encode(&e)), None, "{origin:?}");
         }
     }
 
