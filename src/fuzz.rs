@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 
-use crate::cache::stored;
+use crate::cache::record;
 use crate::proxy::target;
 use crate::tokens::value::Secret;
 
@@ -77,7 +77,7 @@ fn config_seeds() -> Vec<Vec<u8>> {
 }
 
 fn record_seeds() -> Vec<Vec<u8>> {
-    let copy = stored::Recorded {
+    let copy = crate::cache::Recorded {
         headers: vec![
             (
                 http::header::CONTENT_TYPE,
@@ -94,7 +94,7 @@ fn record_seeds() -> Vec<Vec<u8>> {
         must_revalidate: false,
         stale_if_error: None,
     };
-    let good = stored::encode(&copy);
+    let good = record::encode(&copy);
     let mut unknown_version = good.clone();
     unknown_version[0] = 99;
     vec![
@@ -187,7 +187,7 @@ fn check_token(raw: &[u8]) {
 }
 
 fn check_record(bytes: &[u8]) {
-    if let Some(d) = stored::decode(bytes) {
+    if let Some(d) = record::decode(bytes) {
         // Whatever decodes re-encodes to something that decodes the same.
         assert!(d.body.len() <= bytes.len());
     }
@@ -208,11 +208,11 @@ fn seed_corpus_replays_cleanly() {
     }
     let records = record_seeds();
     assert!(
-        stored::decode(&records[0]).is_some(),
+        record::decode(&records[0]).is_some(),
         "the good seed decodes"
     );
     assert!(
-        stored::decode(&records[2]).is_none(),
+        record::decode(&records[2]).is_none(),
         "unknown version refused"
     );
     for r in &records {

@@ -1,12 +1,16 @@
-//! One last-good copy, what may become one, and its on-disk form.
+//! One last-good copy and what may become one: which answers are kept,
+//! how long they are fresh, and how a kept copy is answered again (its
+//! record in the persist file and Redis is `record`).
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 
+use super::key::{MemKey, StoreKey};
 use crate::generation::UpstreamStatus;
 
 /// A 200 response as the upstream sent it and graceway recorded it: what
@@ -26,27 +30,36 @@ pub struct Recorded {
     pub stale_if_error: Option<Duration>,
 }
 
-/// A recorded response kept in the memory tier. Immutable once built;
-/// shared by `Arc` between the memory tier, the persist writer and
-/// requests being answered.
+/// A recorded response kept in the memory tier. Immutable once built
+/// (but for `asked`); shared by `Arc` between the memory tier, the persist
+/// writer and requests being answered.
 #[derive(Debug)]
 pub struct CachedResponse {
     pub recorded: Recorded,
-    /// Bytes this copy costs in memory (key + headers + body + overhead).
+    /// Bytes this copy costs in memory (keys + headers + body + overhead).
     pub weight: u32,
     /// Per-upstream counters (`stored_entries`, `stored_bytes`).
     pub owner: Arc<UpstreamStatus>,
+    /// Its key in the persist file and Redis: what its eviction deletes.
+    pub store: StoreKey,
+    /// Set when a copy read from the persist file moves to a request's
+    /// memory key, so that leaving its first place deletes nothing.
+    pub(super) asked: AtomicBool,
 }
 
 impl CachedResponse {
-    /// A copy for the memory tier, weighed. `key_len`: the length of the
-    /// key it is kept under.
-    pub fn new(recorded: Recorded, key_len: usize, owner: Arc<UpstreamStatus>) -> CachedResponse {
-        let weight = crate::cache::Cache::weigh(key_len, &recorded.headers, recorded.body.len());
+    /// A copy for the memory tier, weighed, kept under `store` in the
+    /// tiers outside the process.
+    pub fn new(recorded: Recorded, owner: Arc<UpstreamStatus>, store: StoreKey) -> CachedResponse {
+        let keys =
+            std::mem::size_of::<MemKey>() + std::mem::size_of::<StoreKey>() + store.upstream.len();
+        let weight = crate::cache::Cache::weigh(keys, &recorded.headers, recorded.body.len());
         CachedResponse {
             recorded,
             weight,
             owner,
+            store,
+            asked: AtomicBool::new(false),
         }
     }
 }
@@ -183,7 +196,6 @@ fn hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_AUTHENTICATE
 }
 
-/// Decides, from the upstream's response header, whether it may become a
 /// No heuristic freshness: a copy is fresh only as long as the origin
 /// says (`s-maxage`, `max-age`, `Expires`).
 static NO_HEURISTIC: pingora_cache::CacheMetaDefaults =
@@ -209,6 +221,7 @@ pub fn is_event_stream(h: &http::HeaderMap) -> bool {
     })
 }
 
+/// Decides, from the upstream's response header, whether it may become a
 /// last-good copy. Returns the metadata to keep when it may.
 pub fn storable_meta(
     resp: &ResponseHeader,
@@ -299,84 +312,6 @@ pub fn vary_names(headers: &[(HeaderName, HeaderValue)]) -> Vec<HeaderName> {
     names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     names.dedup();
     names
-}
-
-// On-disk form, version 1:
-// u8 version | u64 stored_at (unix ms) | u64 fresh_for (ms) | u8 flags
-// (bit0 must_revalidate, bit1 has stale_if_error) | u64 stale_if_error (ms)
-// | u32 header count | (u32 len, name, u32 len, value)* | u32 len, body
-const FORMAT_VERSION: u8 = 1;
-
-pub fn encode(s: &Recorded) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.body.len() + 256);
-    out.push(FORMAT_VERSION);
-    let ms = |d: Duration| d.as_millis() as u64;
-    out.extend_from_slice(
-        &ms(s.stored_at.duration_since(UNIX_EPOCH).unwrap_or_default()).to_le_bytes(),
-    );
-    out.extend_from_slice(&ms(s.fresh_for).to_le_bytes());
-    out.push(u8::from(s.must_revalidate) | (u8::from(s.stale_if_error.is_some()) << 1));
-    out.extend_from_slice(&ms(s.stale_if_error.unwrap_or_default()).to_le_bytes());
-    out.extend_from_slice(&(s.headers.len() as u32).to_le_bytes());
-    for (k, v) in &s.headers {
-        out.extend_from_slice(&(k.as_str().len() as u32).to_le_bytes());
-        out.extend_from_slice(k.as_str().as_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        out.extend_from_slice(v.as_bytes());
-    }
-    out.extend_from_slice(&(s.body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&s.body);
-    out
-}
-
-/// Decodes the on-disk form; `None` for anything malformed (never panics).
-pub fn decode(mut b: &[u8]) -> Option<Recorded> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if b.len() < n {
-            return None;
-        }
-        let (h, t) = b.split_at(n);
-        *b = t;
-        Some(h)
-    }
-    fn u64le(b: &mut &[u8]) -> Option<u64> {
-        Some(u64::from_le_bytes(take(b, 8)?.try_into().ok()?))
-    }
-    fn u32le(b: &mut &[u8]) -> Option<usize> {
-        Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize)
-    }
-    if take(&mut b, 1)?[0] != FORMAT_VERSION {
-        return None;
-    }
-    let stored_at = UNIX_EPOCH + Duration::from_millis(u64le(&mut b)?);
-    let fresh_for = Duration::from_millis(u64le(&mut b)?);
-    let flags = take(&mut b, 1)?[0];
-    let sie = Duration::from_millis(u64le(&mut b)?);
-    let n = u32le(&mut b)?;
-    if n > 1000 {
-        return None;
-    }
-    let mut headers = Vec::with_capacity(n);
-    for _ in 0..n {
-        let kl = u32le(&mut b)?;
-        let k = HeaderName::from_bytes(take(&mut b, kl)?).ok()?;
-        let vl = u32le(&mut b)?;
-        let v = HeaderValue::from_bytes(take(&mut b, vl)?).ok()?;
-        headers.push((k, v));
-    }
-    let bl = u32le(&mut b)?;
-    let body = Bytes::copy_from_slice(take(&mut b, bl)?);
-    if !b.is_empty() {
-        return None;
-    }
-    Some(Recorded {
-        headers,
-        body,
-        stored_at,
-        fresh_for,
-        must_revalidate: flags & 1 != 0,
-        stale_if_error: (flags & 2 != 0).then_some(sie),
-    })
 }
 
 #[cfg(test)]
@@ -521,28 +456,6 @@ mod tests {
         assert!(cc(&[r#"private="set-cookie", max-age=5"#]).private);
         assert!(cc(&["private"]).private);
         assert_eq!(cc(&[]), CacheControl::default());
-    }
-
-    #[test]
-    fn round_trip_and_garbage() {
-        let s = Recorded {
-            headers: vec![(http::header::CONTENT_TYPE, hv("application/json"))],
-            body: Bytes::from_static(b"{\"a\":1}"),
-            stored_at: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-            fresh_for: Duration::from_secs(60),
-            must_revalidate: false,
-            stale_if_error: Some(Duration::from_secs(5)),
-        };
-        let d = decode(&encode(&s)).unwrap();
-        assert_eq!(d.body, s.body);
-        assert_eq!(d.headers, s.headers);
-        assert_eq!(d.stored_at, s.stored_at);
-        assert_eq!(d.stale_if_error, s.stale_if_error);
-        let enc = encode(&s);
-        for cut in 0..enc.len() {
-            assert!(decode(&enc[..cut]).is_none());
-        }
-        assert!(decode(b"\xff garbage").is_none());
     }
 
     #[test]
