@@ -7,19 +7,21 @@
 use redb::{ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
 use super::key::StoreKey;
-use super::persist::{OpenError, TABLE};
 use super::record;
 
 /// The table of files written before keys were typed (read once, see the
 /// module doc).
 pub(super) const OLD_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("last_good_v1");
 
-/// Moves the rows of [`OLD_TABLE`] into [`TABLE`]: each key read in
+/// Moves the rows of [`OLD_TABLE`] into `into` (the persist file's table): each key read in
 /// either of its string forms ([`StoreKey::from_legacy`]), each record
 /// re-encoded in the current version, anything undecodable dropped; then
 /// drops the old table. `None` when there was none. A row already in the
 /// new table under the same key is newer and stays.
-pub(super) fn old_table(txn: &WriteTransaction) -> Result<Option<usize>, OpenError> {
+pub(super) fn old_table(
+    txn: &WriteTransaction,
+    into: TableDefinition<&[u8], &[u8]>,
+) -> Result<Option<usize>, redb::Error> {
     let found = txn
         .list_tables()
         .map_err(redb::Error::from)?
@@ -30,7 +32,7 @@ pub(super) fn old_table(txn: &WriteTransaction) -> Result<Option<usize>, OpenErr
     let mut moved = 0;
     {
         let old = txn.open_table(OLD_TABLE).map_err(redb::Error::from)?;
-        let mut new = txn.open_table(TABLE).map_err(redb::Error::from)?;
+        let mut new = txn.open_table(into).map_err(redb::Error::from)?;
         for row in old.iter().map_err(redb::Error::from)? {
             let (k, v) = row.map_err(redb::Error::from)?;
             let (Some(key), Some(rec)) =
@@ -96,7 +98,9 @@ mod tests {
             .map(|t| t.name().to_string())
             .collect();
         assert_eq!(names, ["last_good_v2"]);
-        let t = txn.open_table(TABLE).unwrap();
+        let t = txn
+            .open_table(TableDefinition::<&[u8], &[u8]>::new("last_good_v2"))
+            .unwrap();
         for row in t.iter().unwrap() {
             let (_, v) = row.unwrap();
             assert_eq!(v.value()[0], record::FORMAT_VERSION, "rewritten");

@@ -31,7 +31,7 @@ use super::key::StoreKey;
 use super::record;
 use super::stored::{CachedResponse, Recorded};
 
-pub(super) const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("last_good_v2");
+const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("last_good_v2");
 const QUEUE: usize = 4096;
 
 enum Op {
@@ -392,7 +392,7 @@ fn open_checked(path: &Path) -> Result<Database, OpenError> {
         };
         {
             let txn = db.begin_write().map_err(redb::Error::from)?;
-            let migrated = super::migrate::old_table(&txn)?;
+            let migrated = super::migrate::old_table(&txn, TABLE)?;
             {
                 let table = txn.open_table(TABLE).map_err(redb::Error::from)?;
                 for row in table.iter().map_err(redb::Error::from)? {
