@@ -76,16 +76,20 @@ impl Keyer {
         }
     }
 
-    fn hasher(&self, domain: u8) -> SipHasher24 {
+    /// A hasher that has read the domain and the length of the first
+    /// field as one 8-byte word (one SipHash block: the fields after it
+    /// cannot shift into it, `a` + `bc` is not `ab` + `c`).
+    fn hasher(&self, domain: u8, first_len: usize) -> SipHasher24 {
         let mut h = SipHasher24::new_with_keys(self.k0, self.k1);
-        h.write_u8(domain);
+        h.write(&(u64::from(domain) | (first_len as u64) << 8).to_le_bytes());
         h
     }
 
-    /// The key of a request's copy without `Vary`.
+    /// The key of a request's copy without `Vary`: three writes, one
+    /// finish, no allocation (a few hundred instructions).
     pub(super) fn primary(&self, upstream: &str, path_and_query: &str) -> MemKey {
-        let mut h = self.hasher(PRIMARY);
-        write_field(&mut h, upstream.as_bytes());
+        let mut h = self.hasher(PRIMARY, upstream.len());
+        h.write(upstream.as_bytes());
         h.write(path_and_query.as_bytes());
         MemKey(h.finish128().as_u128())
     }
@@ -99,7 +103,7 @@ impl Keyer {
         names: &[HeaderName],
         req: &RequestHeader,
     ) -> MemKey {
-        let mut h = self.hasher(VARIANT);
+        let mut h = self.hasher(VARIANT, 16);
         h.write(&primary.0.to_le_bytes());
         feed_variant(names, req, &mut |b| h.write(b));
         MemKey(h.finish128().as_u128())
@@ -108,21 +112,14 @@ impl Keyer {
     /// Where the memory tier holds a copy read from the persist file until
     /// a request asks for it.
     pub(super) fn stored(&self, key: &StoreKey) -> MemKey {
-        let mut h = self.hasher(STORED);
-        write_field(&mut h, key.upstream.as_bytes());
+        let mut h = self.hasher(STORED, key.upstream.len());
+        h.write(key.upstream.as_bytes());
         h.write(&key.primary);
         if let Some(v) = &key.variant {
             h.write(v);
         }
         MemKey(h.finish128().as_u128())
     }
-}
-
-/// A length-prefixed field, so that the fields after it cannot shift into
-/// it (`a` + `bc` is not `ab` + `c`).
-fn write_field(h: &mut SipHasher24, b: &[u8]) {
-    h.write(&(b.len() as u64).to_le_bytes());
-    h.write(b);
 }
 
 /// A SHA-256 digest.
