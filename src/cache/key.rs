@@ -50,6 +50,11 @@ impl MemKey {
     pub(super) fn low64(&self) -> u64 {
         self.0 as u64
     }
+
+    /// The other 64.
+    pub(super) fn high64(&self) -> u64 {
+        (self.0 >> 64) as u64
+    }
 }
 
 /// The secret key of [`MemKey`]s, one per cache.

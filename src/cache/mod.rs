@@ -5,7 +5,7 @@
 //! Three tiers, all behind this module:
 //! - memory ([`Cache`]): a moka cache weighted by the memory a copy holds
 //!   (key, headers, the body's allocation size class and a measured
-//!   per-entry overhead, see [`Cache::weigh`]). graceway keeps its own
+//!   per-entry overhead, see [`stored::weigh`]). graceway keeps its own
 //!   byte counter and runs moka's pending evictions as soon as it passes the
 //!   budget, so the memory held never exceeds `cache.memory_bytes` by more
 //!   than the one copy being inserted.
@@ -105,6 +105,13 @@ pub struct Key {
 /// Slots of the admission doorkeeper (128 KiB of key hashes).
 const DOORKEEPER_SLOTS: usize = 1 << 14;
 
+/// Slots of the table of copies kept lately (128 KiB, see
+/// [`Cache::kept_within`]); each holds a 24-bit tag of the key and the
+/// keeping time in milliseconds (40 bits, 34 years from the cache's start).
+const RECENT_SLOTS: usize = 1 << 14;
+const MS_BITS: u32 = 40;
+const MS_MASK: u64 = (1 << MS_BITS) - 1;
+
 pub struct Cache {
     cache: moka::sync::Cache<MemKey, Slot, ahash::RandomState>,
     /// The secret key of this cache's [`MemKey`]s (see [`key`]).
@@ -112,6 +119,11 @@ pub struct Cache {
     /// Keys asked for once while the tier was half full (see
     /// [`Cache::admit`]); direct-mapped, an old one is overwritten.
     doorkeeper: Box<[AtomicU64]>,
+    /// When a copy without `Vary` was last kept under a primary key
+    /// (direct-mapped; see [`Cache::kept_within`]), and the time it counts
+    /// from.
+    recent: Box<[AtomicU64]>,
+    epoch: std::time::Instant,
     budget: u64,
     pub max_object: u64,
     /// Bytes held, by graceway's own count (see the module doc).
@@ -172,6 +184,8 @@ impl Cache {
             cache,
             keyer: key::Keyer::new(),
             doorkeeper: (0..DOORKEEPER_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            recent: (0..RECENT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            epoch: std::time::Instant::now(),
             budget,
             max_object,
             bytes,
@@ -234,6 +248,10 @@ impl Cache {
     /// Requests never wait: the persist and fleet writes are queued.
     pub fn keep(&self, key: Key, recorded: Recorded, owner: Arc<UpstreamStatus>, ttl: Duration) {
         let copy = Arc::new(CachedResponse::new(recorded, owner, key.store));
+        if key.variant.is_none() {
+            let slot = &self.recent[(key.primary.low64() >> 32) as usize & (RECENT_SLOTS - 1)];
+            slot.store(recent_tag(&key.primary) | self.now_ms(), Ordering::Relaxed);
+        }
         if let Some(fleet) = &self.fleet {
             if key.variant.is_some() {
                 fleet.put(&copy.store.primary_only(), &copy, ttl);
@@ -241,6 +259,24 @@ impl Cache {
             fleet.put(&copy.store, &copy, ttl);
         }
         self.insert(key.primary, key.variant, copy, true);
+    }
+
+    /// Whether a copy without `Vary` was kept under `primary` less than
+    /// `window` ago: a hot path's answer need not be captured again (the
+    /// proxy's store refresh). One atomic load and a clock read, against a
+    /// lookup's ~650 instructions. A false "no" (the slot was taken by
+    /// another key since) only means a lookup; a false "yes" needs another
+    /// key with the same slot and 24-bit tag kept within `window`, and only
+    /// delays that refresh.
+    pub fn kept_within(&self, primary: &MemKey, window: Duration) -> bool {
+        let slot = &self.recent[(primary.low64() >> 32) as usize & (RECENT_SLOTS - 1)];
+        let v = slot.load(Ordering::Relaxed);
+        let since = self.now_ms().wrapping_sub(v & MS_MASK) & MS_MASK;
+        v & !MS_MASK == recent_tag(primary) && (since as u128) < window.as_millis()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 & MS_MASK
     }
 
     /// Whether a new key's copy may be kept now. Below half the budget,
@@ -365,23 +401,6 @@ impl Cache {
         self.publish();
     }
 
-    /// Weight a copy will have under `key_len` bytes of keys: the memory it
-    /// holds (measured with `benches/compare.sh`'s full-cache row and
-    /// 28,317 small copies: within a few percent of the resident growth,
-    /// on the safe side).
-    pub fn weigh(
-        key_len: usize,
-        headers: &[(HeaderName, http::HeaderValue)],
-        body_len: usize,
-    ) -> u32 {
-        let h: usize = headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + stored::HEADER_OVERHEAD)
-            .sum();
-        let body = stored::allocation_size(body_len);
-        (key_len + h + body + stored::ENTRY_OVERHEAD).min(u32::MAX as usize) as u32
-    }
-
     /// Removes the oldest copies until at least `bytes` are freed (or the
     /// cache is empty). Returns (entries, bytes) removed.
     pub fn shed_oldest(&self, bytes: u64) -> (u64, u64) {
@@ -418,6 +437,11 @@ impl Cache {
             p.close(limit);
         }
     }
+}
+
+/// The high 24 bits of a key, as [`Cache::kept_within`] stores them.
+fn recent_tag(key: &MemKey) -> u64 {
+    (key.high64() >> MS_BITS) << MS_BITS
 }
 
 #[cfg(test)]
@@ -467,23 +491,6 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn weights_count_key_headers_size_class_and_entry_overhead() {
-        let h = [(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        )];
-        let w = |body| Cache::weigh(70, &h, body) as usize;
-        let fixed =
-            70 + "content-type".len() + 16 + stored::HEADER_OVERHEAD + stored::ENTRY_OVERHEAD;
-        assert_eq!(w(100), fixed + stored::allocation_size(100));
-        assert!(
-            w(40_000) >= fixed + 40_000,
-            "a body is never weighed below its size"
-        );
-        assert!(w(1) < w(1000) && w(1000) < w(40_000));
-    }
-
-    #[test]
     fn the_byte_budget_holds_at_every_insert() {
         let budget = 64 * 1024;
         let cache = Cache::new(budget, 16 * 1024, None);
@@ -511,6 +518,23 @@ pub(super) mod tests {
         let never = cache.primary_key("u", &req("/never-seen", &[]));
         assert!(!cache.admit(&never));
         assert!(cache.admit(&never));
+    }
+
+    #[test]
+    fn a_copy_kept_lately_is_known_without_a_lookup() {
+        let cache = Cache::new(1 << 20, 1 << 16, None);
+        let (p, q) = (req("/p", &[]), req("/q", &[]));
+        let (kp, kq) = (cache.primary_key("u", &p), cache.primary_key("u", &q));
+        assert!(!cache.kept_within(&kp, Duration::from_secs(1)));
+        keep(&cache, &p, "p", &[]);
+        assert!(cache.kept_within(&kp, Duration::from_secs(1)));
+        assert!(!cache.kept_within(&kp, Duration::ZERO));
+        assert!(!cache.kept_within(&kq, Duration::from_secs(1)));
+        // A varied copy is one of several under its primary key: not noted.
+        let v = req("/v", &[("accept-language", "de")]);
+        keep(&cache, &v, "de", &[("vary", "accept-language")]);
+        let kv = cache.primary_key("u", &v);
+        assert!(!cache.kept_within(&kv, Duration::from_secs(1)));
     }
 
     #[test]

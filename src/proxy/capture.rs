@@ -38,6 +38,9 @@ impl Proxy {
         resp: &ResponseHeader,
     ) {
         let primary = self.cache().primary_key(&up.config.name, req);
+        if self.cache().kept_within(&primary, STORE_REFRESH) {
+            return;
+        }
         let held = self.cache().lookup_primary(&up.config.name, &primary, req);
         if held.is_none() && !self.cache().admit(&primary) {
             return;
