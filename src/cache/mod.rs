@@ -136,7 +136,8 @@ pub struct Cache {
     loaded: Arc<AtomicI64>,
     /// Unix seconds after which no loaded copy is servable any more (the
     /// newest one's `stored_at` plus the longest `max_stale`): then they
-    /// are dropped (see [`Cache::maintain`]).
+    /// are dropped (see [`Cache::maintain`]). `u64::MAX` while none is
+    /// pending.
     loaded_until: AtomicU64,
     persist: Option<persist::Writer>,
     /// The fleet tier (`cache.redis`), set once at start.
@@ -157,6 +158,9 @@ impl Cache {
                 let w = i64::from(v.weight());
                 b.fetch_sub(w, Ordering::Relaxed);
                 e.fetch_sub(1, Ordering::Relaxed);
+                if cause == RemovalCause::Size {
+                    metrics().cache_evictions_total.inc();
+                }
                 let Some(c) = v.copy() else { return };
                 c.owner.stored_entries.fetch_sub(1, Ordering::Relaxed);
                 c.owner.stored_bytes.fetch_sub(w, Ordering::Relaxed);
@@ -167,9 +171,6 @@ impl Cache {
                     }
                     _ => false,
                 };
-                if cause == RemovalCause::Size {
-                    metrics().cache_evictions_total.inc();
-                }
                 // A replaced copy's row is the new copy's (same key); a
                 // loaded copy that moved to a request's key lives on there.
                 if cause != RemovalCause::Replaced && !moved {

@@ -66,8 +66,18 @@ impl Cache {
             loaded += 1;
         }
         if let Some(t) = newest {
+            // The later of this load's deadline and an earlier load's
+            // (u64::MAX: none pending).
             let until = crate::clock::unix(t).saturating_add(max_age.as_secs());
-            self.loaded_until.store(until, Ordering::Relaxed);
+            let _ = self
+                .loaded_until
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                    Some(if cur == u64::MAX {
+                        until
+                    } else {
+                        cur.max(until)
+                    })
+                });
         }
         p.remove_now(&expired);
         self.maintain();
