@@ -13,11 +13,11 @@
 
 use proptest::prelude::*;
 
-use crate::cache::stored;
+use crate::cache::record;
 use crate::config::fuzz::{campaign, mutated};
 
 fn record_seeds() -> Vec<Vec<u8>> {
-    let copy = stored::Recorded {
+    let copy = crate::cache::Recorded {
         headers: vec![
             (
                 http::header::CONTENT_TYPE,
@@ -34,7 +34,7 @@ fn record_seeds() -> Vec<Vec<u8>> {
         must_revalidate: false,
         stale_if_error: None,
     };
-    let good = stored::encode(&copy);
+    let good = record::encode(&copy);
     let mut unknown_version = good.clone();
     unknown_version[0] = 99;
     vec![
@@ -46,7 +46,7 @@ fn record_seeds() -> Vec<Vec<u8>> {
 }
 
 fn check_record(bytes: &[u8]) {
-    if let Some(d) = stored::decode(bytes) {
+    if let Some(d) = record::decode(bytes) {
         // Whatever decodes re-encodes to something that decodes the same.
         assert!(d.body.len() <= bytes.len());
     }
@@ -56,11 +56,11 @@ fn check_record(bytes: &[u8]) {
 fn record_seed_corpus_replays_cleanly() {
     let records = record_seeds();
     assert!(
-        stored::decode(&records[0]).is_some(),
+        record::decode(&records[0]).is_some(),
         "the good seed decodes"
     );
     assert!(
-        stored::decode(&records[2]).is_none(),
+        record::decode(&records[2]).is_none(),
         "unknown version refused"
     );
     for r in &records {

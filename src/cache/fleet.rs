@@ -7,7 +7,8 @@
 //!   a wait) and written by one task in pipelined batches (on a cluster,
 //!   one pipeline per hash slot: it refuses one that crosses slots), with a TTL equal
 //!   to the upstream's `stale.max_stale`, in the persist tier's versioned
-//!   record format (`stored::encode`).
+//!   record format ([`record`]: version 2 written; version 1, from an older
+//!   graceway, still read).
 //! - **Read-through.** Only when a degraded answer is needed and the memory
 //!   tier has no servable copy, graceway asks Redis, within
 //!   `cache.redis.timeout`; a hit is served (marked `graceway-fleet; hit` in
@@ -19,9 +20,12 @@
 //!   (`ConnectionManager`, the cluster client). A record of an unknown
 //!   version or that does not decode is ignored and counted, never served.
 //!
-//! Keys are `<key_prefix>v1:<upstream>:<sha256 of the cache key>`: bounded
-//! in length whatever the path and query, and never a token (copies of
-//! requests that carried the client's own credentials are never stored).
+//! Keys are `<key_prefix>v1:<upstream>:<sha256 of the cache key>` (the
+//! cache key in its string form, [`StoreKey::legacy`]; `v1` is the key's
+//! version, the record carries its own): bounded in length whatever the
+//! path and query, and never a token (copies of requests that carried the
+//! client's own credentials are never stored). Only here, on a write or a
+//! read of Redis, is a key hashed with SHA-256 for Redis.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,13 +33,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use http::HeaderName;
+use pingora::http::RequestHeader;
 use redis::cluster_routing::Slot;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::key::StoreKey;
+use super::record;
 use super::stored::{self, CachedResponse, Recorded};
+use super::{Cache, MemKey};
 use crate::config::{RedisConfig, RedisTarget};
 use crate::generation::breaker::Breaker;
+use crate::generation::UpstreamStatus;
 use crate::metrics::fleet_metrics as metrics;
 use crate::outcome::Reason;
 
@@ -205,15 +215,16 @@ impl FleetTier {
         tokio::spawn(async move { me.write_loop(rx).await });
     }
 
-    fn key(&self, upstream: &str, store_key: &str) -> String {
-        redis_key(&self.config.key_prefix, upstream, store_key)
+    fn key(&self, key: &StoreKey) -> String {
+        redis_key(&self.config.key_prefix, &key.upstream, &key.legacy())
     }
 
-    /// Queues a copy for Redis; never waits (a full queue drops it).
-    pub fn put(&self, upstream: &str, store_key: &str, copy: &CachedResponse, ttl: Duration) {
+    /// Queues a copy for Redis under `key`; never waits (a full queue
+    /// drops it).
+    pub fn put(&self, key: &StoreKey, copy: &CachedResponse, ttl: Duration) {
         let w = Write {
-            key: self.key(upstream, store_key),
-            value: stored::encode(&copy.recorded),
+            key: self.key(key),
+            value: record::encode(&copy.recorded),
             ttl,
         };
         if self.tx.try_send(w).is_err() {
@@ -224,15 +235,13 @@ impl FleetTier {
 
     /// Reads the copy of a cache key, within the timeout; `None` for a
     /// miss, a timeout, an error, a corrupt record, or while Redis is down.
-    pub async fn get(&self, upstream: &str, store_key: &str) -> Option<Recorded> {
+    pub async fn get(&self, key: &StoreKey) -> Option<Recorded> {
         let Some(conn) = self.usable() else {
             count("get", "skipped");
             return None;
         };
         let mut conn = (*conn).clone();
-        let cmd = redis::cmd("GET")
-            .arg(self.key(upstream, store_key))
-            .to_owned();
+        let cmd = redis::cmd("GET").arg(self.key(key)).to_owned();
         let got: Option<Vec<u8>> =
             match tokio::time::timeout(self.config.timeout, conn.run(&cmd)).await {
                 Err(_) => {
@@ -257,7 +266,7 @@ impl FleetTier {
             count("get", "miss");
             return None;
         };
-        match stored::decode(&bytes) {
+        match record::decode(&bytes) {
             Some(d) => {
                 self.counts.hits.fetch_add(1, Ordering::Relaxed);
                 count("get", "hit");
@@ -542,6 +551,65 @@ impl FleetTier {
     }
 }
 
+/// The fleet tier's read-through, on the cache that owns it.
+impl Cache {
+    /// A local miss's second chance, for a degraded answer only: the fleet
+    /// tier's copy of this request (the primary key, then the variant its
+    /// `Vary` names select), kept in the memory tier. True when one came.
+    /// The only place a request waits on Redis, bounded by
+    /// `cache.redis.timeout`.
+    pub async fn fill_from_fleet(
+        &self,
+        upstream: &str,
+        req: &RequestHeader,
+        owner: Arc<UpstreamStatus>,
+    ) -> bool {
+        let Some(fleet) = &self.fleet else {
+            return false;
+        };
+        if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
+            return false;
+        }
+        let primary = self.primary_key(upstream, req);
+        let store = StoreKey::of_request(upstream, req);
+        let Some(found) = fleet.get(&store).await else {
+            return false;
+        };
+        let names = stored::vary_names(&found.headers);
+        if names.is_empty() {
+            self.adopt(primary, None, found, owner, store);
+            return true;
+        }
+        let store = store.with_variant(&names, req);
+        let Some(found) = fleet.get(&store).await else {
+            return false;
+        };
+        let variant = self.keyer.variant(&primary, &names, req);
+        self.adopt(
+            primary,
+            Some((Arc::from(names), variant)),
+            found,
+            owner,
+            store,
+        );
+        true
+    }
+
+    /// Keeps a copy read from the fleet tier in the memory tier (not
+    /// written back to either tier outside the process).
+    fn adopt(
+        &self,
+        primary: MemKey,
+        variant: Option<(Arc<[HeaderName]>, MemKey)>,
+        d: Recorded,
+        owner: Arc<UpstreamStatus>,
+        store: StoreKey,
+    ) {
+        let copy = Arc::new(CachedResponse::new(d, owner, store));
+        self.insert(primary, variant, copy, false);
+    }
+}
+
 /// The fleet tier in `/status` (`cache.fleet`); the password of the
 /// target is shown as `***`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -562,8 +630,8 @@ pub struct FleetView {
     pub timeout_ms: u64,
 }
 
-/// The Redis key of a cache key (`upstream` + `\n` + path and query, plus
-/// the varied headers): bounded whatever the path, and never a token.
+/// The Redis key of a cache key in its string form (`store_key`, see
+/// [`StoreKey::legacy`]): bounded whatever the path, and never a token.
 pub fn redis_key(prefix: &str, upstream: &str, store_key: &str) -> String {
     let digest = Sha256::digest(store_key.as_bytes());
     format!("{prefix}v1:{upstream}:{}", crate::config::hex(&digest))

@@ -5,7 +5,7 @@
 //! Three tiers, all behind this module:
 //! - memory ([`Cache`]): a moka cache weighted by the memory a copy holds
 //!   (key, headers, the body's allocation size class and a measured
-//!   per-entry overhead, see [`Cache::weigh`]). graceway keeps its own
+//!   per-entry overhead, see [`stored::weigh`]). graceway keeps its own
 //!   byte counter and runs moka's pending evictions as soon as it passes the
 //!   budget, so the memory held never exceeds `cache.memory_bytes` by more
 //!   than the one copy being inserted.
@@ -32,60 +32,114 @@
 //! it never talks to a tier itself. How long a copy is fresh comes from
 //! pingora-cache's filters (`s-maxage`, `max-age`, `Expires`; see
 //! [`stored::fresh_for`]).
+//!
+//! Keys ([`key`]): the memory tier finds a request's copy by a keyed
+//! 128-bit SipHash ([`MemKey`], per request); the persist file and Redis
+//! keep it under SHA-256 digests ([`StoreKey`], computed only when a copy
+//! is kept or a tier outside the process is read). Records ([`record`])
+//! are versioned and go through serde.
 
 pub mod fleet;
 mod key;
 pub mod ledger;
+mod migrate;
 pub mod persist;
+pub mod record;
+mod restore;
 pub mod stored;
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use moka::notification::RemovalCause;
 use pingora::http::RequestHeader;
 
+use crate::generation::UpstreamStatus;
 use crate::metrics::metrics;
-use key::read_key;
-pub use key::{key_of, primary_key, variant_key};
+pub use key::{key_of, MemKey, StoreKey};
 pub use stored::{CachedResponse, Recorded};
 
-/// What a key holds: a copy, or (for a response with `Vary`) the list of
-/// request headers that pick the copy.
+/// What a memory key holds.
 #[derive(Clone)]
 enum Slot {
+    /// A copy, under a request's key.
     Copy(Arc<CachedResponse>),
+    /// For a response with `Vary`: the request headers that pick the copy.
     Vary(Arc<[HeaderName]>),
+    /// A copy read from the persist file that no request has asked for
+    /// yet, under `Keyer::stored` of its [`StoreKey`] (the request's key
+    /// cannot be known without its path; see [`Cache::find_loaded`]).
+    Loaded(Arc<CachedResponse>),
 }
 
 impl Slot {
-    fn weight(&self, key: &str) -> u32 {
+    fn weight(&self) -> u32 {
         let w = match self {
-            Slot::Copy(c) => c.weight as usize,
+            Slot::Copy(c) | Slot::Loaded(c) => c.weight as usize,
             Slot::Vary(names) => {
-                stored::ENTRY_OVERHEAD + names.iter().map(|n| n.as_str().len() + 24).sum::<usize>()
+                stored::ENTRY_OVERHEAD
+                    + std::mem::size_of::<MemKey>()
+                    + names.iter().map(|n| n.as_str().len() + 24).sum::<usize>()
             }
         };
-        (w + key.len()).min(u32::MAX as usize) as u32
+        w.min(u32::MAX as usize) as u32
     }
+
+    fn copy(&self) -> Option<&Arc<CachedResponse>> {
+        match self {
+            Slot::Copy(c) | Slot::Loaded(c) => Some(c),
+            Slot::Vary(_) => None,
+        }
+    }
+}
+
+/// Where a copy being kept goes in every tier: its memory keys and its
+/// [`StoreKey`] (from [`Cache::capture_key`]).
+pub struct Key {
+    primary: MemKey,
+    variant: Option<(Arc<[HeaderName]>, MemKey)>,
+    store: StoreKey,
 }
 
 /// Slots of the admission doorkeeper (128 KiB of key hashes).
 const DOORKEEPER_SLOTS: usize = 1 << 14;
 
+/// Slots of the table of copies kept lately (128 KiB, see
+/// [`Cache::kept_within`]); each holds a 24-bit tag of the key and the
+/// keeping time in milliseconds (40 bits, 34 years from the cache's start).
+const RECENT_SLOTS: usize = 1 << 14;
+const MS_BITS: u32 = 40;
+const MS_MASK: u64 = (1 << MS_BITS) - 1;
+
 pub struct Cache {
-    cache: moka::sync::Cache<Arc<str>, Slot, ahash::RandomState>,
-    /// Hashes of keys asked for once while the tier was half full (see
-    /// [`Cache::admit`]); direct-mapped, an old hash is overwritten.
-    doorkeeper: Box<[std::sync::atomic::AtomicU64]>,
-    door_hasher: ahash::RandomState,
+    cache: moka::sync::Cache<MemKey, Slot, ahash::RandomState>,
+    /// The secret key of this cache's [`MemKey`]s (see [`key`]).
+    keyer: key::Keyer,
+    /// Keys asked for once while the tier was half full (see
+    /// [`Cache::admit`]); direct-mapped, an old one is overwritten.
+    doorkeeper: Box<[AtomicU64]>,
+    /// When a copy without `Vary` was last kept under a primary key
+    /// (direct-mapped; see [`Cache::kept_within`]), and the time it counts
+    /// from.
+    recent: Box<[AtomicU64]>,
+    epoch: std::time::Instant,
     budget: u64,
     pub max_object: u64,
     /// Bytes held, by graceway's own count (see the module doc).
     bytes: Arc<AtomicI64>,
     entries: Arc<AtomicI64>,
+    /// [`Slot::Loaded`] copies held. While there are any, a request that
+    /// misses looks for one (a SHA-256 of its key); once every copy read
+    /// from the persist file has been asked for, evicted, or outlived
+    /// `loaded_until`, a request's key costs one SipHash and nothing more.
+    loaded: Arc<AtomicI64>,
+    /// Unix seconds after which no loaded copy is servable any more (the
+    /// newest one's `stored_at` plus the longest `max_stale`): then they
+    /// are dropped (see [`Cache::maintain`]). `u64::MAX` while none is
+    /// pending.
+    loaded_until: AtomicU64,
     persist: Option<persist::Writer>,
     /// The fleet tier (`cache.redis`), set once at start.
     fleet: Option<Arc<fleet::FleetTier>>,
@@ -95,25 +149,34 @@ impl Cache {
     pub fn new(budget: u64, max_object: u64, persist: Option<persist::Writer>) -> Cache {
         let bytes = Arc::new(AtomicI64::new(0));
         let entries = Arc::new(AtomicI64::new(0));
-        let (b, e) = (bytes.clone(), entries.clone());
+        let loaded = Arc::new(AtomicI64::new(0));
+        let (b, e, l) = (bytes.clone(), entries.clone(), loaded.clone());
         let persist_for_listener = persist.clone();
         let cache = moka::sync::Cache::builder()
             .max_capacity(budget)
-            .weigher(|k: &Arc<str>, v: &Slot| v.weight(k))
-            .eviction_listener(move |k: Arc<Arc<str>>, v: Slot, cause: RemovalCause| {
-                let w = i64::from(v.weight(&k));
+            .weigher(|_: &MemKey, v: &Slot| v.weight())
+            .eviction_listener(move |_: Arc<MemKey>, v: Slot, cause: RemovalCause| {
+                let w = i64::from(v.weight());
                 b.fetch_sub(w, Ordering::Relaxed);
                 e.fetch_sub(1, Ordering::Relaxed);
-                if let Slot::Copy(c) = &v {
-                    c.owner.stored_entries.fetch_sub(1, Ordering::Relaxed);
-                    c.owner.stored_bytes.fetch_sub(w, Ordering::Relaxed);
-                }
                 if cause == RemovalCause::Size {
                     metrics().cache_evictions_total.inc();
                 }
-                if cause != RemovalCause::Replaced {
+                let Some(c) = v.copy() else { return };
+                c.owner.stored_entries.fetch_sub(1, Ordering::Relaxed);
+                c.owner.stored_bytes.fetch_sub(w, Ordering::Relaxed);
+                let moved = match &v {
+                    Slot::Loaded(c) => {
+                        l.fetch_sub(1, Ordering::Relaxed);
+                        c.asked.load(Ordering::Relaxed)
+                    }
+                    _ => false,
+                };
+                // A replaced copy's row is the new copy's (same key); a
+                // loaded copy that moved to a request's key lives on there.
+                if cause != RemovalCause::Replaced && !moved {
                     if let Some(p) = &persist_for_listener {
-                        p.delete(&k);
+                        p.delete(c);
                     }
                 }
             })
@@ -121,14 +184,16 @@ impl Cache {
             .build_with_hasher(ahash::RandomState::new());
         Cache {
             cache,
-            doorkeeper: (0..DOORKEEPER_SLOTS)
-                .map(|_| std::sync::atomic::AtomicU64::new(0))
-                .collect(),
-            door_hasher: ahash::RandomState::new(),
+            keyer: key::Keyer::new(),
+            doorkeeper: (0..DOORKEEPER_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            recent: (0..RECENT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            epoch: std::time::Instant::now(),
             budget,
             max_object,
             bytes,
             entries,
+            loaded,
+            loaded_until: AtomicU64::new(u64::MAX),
             persist,
             fleet: None,
         }
@@ -145,59 +210,75 @@ impl Cache {
         self.fleet.as_ref()
     }
 
+    /// The memory key of a request's copy without `Vary`: one keyed
+    /// SipHash of the upstream, path and query, no allocation.
+    pub fn primary_key(&self, upstream: &str, req: &RequestHeader) -> MemKey {
+        self.keyer.primary(upstream, key::path_and_query(req))
+    }
+
+    /// Where a copy of this request's answer (`headers`: the headers it
+    /// will be kept with) goes in every tier. Computed once per copy kept,
+    /// not per request: it hashes the key with SHA-256.
+    pub fn capture_key(
+        &self,
+        upstream: &str,
+        primary: &MemKey,
+        headers: &[(HeaderName, HeaderValue)],
+        req: &RequestHeader,
+    ) -> Key {
+        let names = stored::vary_names(headers);
+        let store = StoreKey::of_request(upstream, req);
+        if names.is_empty() {
+            return Key {
+                primary: *primary,
+                variant: None,
+                store,
+            };
+        }
+        Key {
+            primary: *primary,
+            store: store.with_variant(&names, req),
+            variant: Some((
+                Arc::from(names.as_slice()),
+                self.keyer.variant(primary, &names, req),
+            )),
+        }
+    }
+
     /// Keeps a fresh copy in every tier: memory (which mirrors it to the
     /// persist file) and, when configured, the fleet tier, under `ttl`.
     /// Requests never wait: the persist and fleet writes are queued.
-    pub fn keep(
-        &self,
-        upstream: &str,
-        primary: &str,
-        variant: Option<(Arc<[HeaderName]>, String)>,
-        copy: Arc<CachedResponse>,
-        ttl: std::time::Duration,
-    ) {
-        if let Some(fleet) = &self.fleet {
-            fleet.put(upstream, primary, &copy, ttl);
-            if let Some((_, vkey)) = &variant {
-                fleet.put(upstream, vkey, &copy, ttl);
-            }
+    pub fn keep(&self, key: Key, recorded: Recorded, owner: Arc<UpstreamStatus>, ttl: Duration) {
+        let copy = Arc::new(CachedResponse::new(recorded, owner, key.store));
+        if key.variant.is_none() {
+            let slot = &self.recent[(key.primary.low64() >> 32) as usize & (RECENT_SLOTS - 1)];
+            slot.store(recent_tag(&key.primary) | self.now_ms(), Ordering::Relaxed);
         }
-        self.insert(primary, variant, copy, true);
+        if let Some(fleet) = &self.fleet {
+            if key.variant.is_some() {
+                fleet.put(&copy.store.primary_only(), &copy, ttl);
+            }
+            fleet.put(&copy.store, &copy, ttl);
+        }
+        self.insert(key.primary, key.variant, copy, true);
     }
 
-    /// A local miss's second chance, for a degraded answer only: the fleet
-    /// tier's copy of this request (the primary key, then the variant its
-    /// `Vary` names select), kept in the memory tier. True when one came.
-    /// The only place a request waits on Redis, bounded by
-    /// `cache.redis.timeout`.
-    pub async fn fill_from_fleet(
-        &self,
-        upstream: &str,
-        req: &RequestHeader,
-        owner: Arc<crate::generation::UpstreamStatus>,
-    ) -> bool {
-        let Some(fleet) = &self.fleet else {
-            return false;
-        };
-        if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
-            return false;
-        }
-        let primary = primary_key(upstream, req);
-        let Some(found) = fleet.get(upstream, &primary).await else {
-            return false;
-        };
-        let names = stored::vary_names(&found.headers);
-        let (found, variant) = if names.is_empty() {
-            (found, None)
-        } else {
-            let vkey = variant_key(&primary, &names, req);
-            match fleet.get(upstream, &vkey).await {
-                Some(v) => (v, Some((Arc::from(names), vkey))),
-                None => return false,
-            }
-        };
-        self.adopt(&primary, variant, found, owner);
-        true
+    /// Whether a copy without `Vary` was kept under `primary` less than
+    /// `window` ago: a hot path's answer need not be captured again (the
+    /// proxy's store refresh). One atomic load and a clock read, against a
+    /// lookup's ~650 instructions. A false "no" (the slot was taken by
+    /// another key since) only means a lookup; a false "yes" needs another
+    /// key with the same slot and 24-bit tag kept within `window`, and only
+    /// delays that refresh.
+    pub fn kept_within(&self, primary: &MemKey, window: Duration) -> bool {
+        let slot = &self.recent[(primary.low64() >> 32) as usize & (RECENT_SLOTS - 1)];
+        let v = slot.load(Ordering::Relaxed);
+        let since = self.now_ms().wrapping_sub(v & MS_MASK) & MS_MASK;
+        v & !MS_MASK == recent_tag(primary) && (since as u128) < window.as_millis()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 & MS_MASK
     }
 
     /// Whether a new key's copy may be kept now. Below half the budget,
@@ -205,13 +286,14 @@ impl Cache {
     /// doorkeeper's memory (the first is remembered, and counted in
     /// `graceway_cache_admissions_deferred_total`). So a client sending
     /// one-off paths, however fast, never pushes out the copies other
-    /// clients keep asking for. Lock-free: one hash and one atomic swap.
-    pub fn admit(&self, key: &str) -> bool {
+    /// clients keep asking for. Lock-free: one atomic swap (the key is a
+    /// keyed hash already, so it is its own doorkeeper hash).
+    pub fn admit(&self, key: &MemKey) -> bool {
         if (self.bytes() as u64) < self.budget / 2 {
             return true;
         }
-        let h = self.door_hasher.hash_one(key) | 1;
-        let slot = &self.doorkeeper[(h as usize) & (DOORKEEPER_SLOTS - 1)];
+        let h = key.low64() | 1;
+        let slot = &self.doorkeeper[(h >> 1) as usize & (DOORKEEPER_SLOTS - 1)];
         if slot.swap(h, Ordering::Relaxed) == h {
             slot.store(0, Ordering::Relaxed);
             return true;
@@ -222,53 +304,56 @@ impl Cache {
 
     /// The copy for this request, if any (servability is the caller's call).
     pub fn lookup(&self, upstream: &str, req: &RequestHeader) -> Option<Arc<CachedResponse>> {
-        self.lookup_primary(&primary_key(upstream, req), req)
+        self.lookup_primary(upstream, &self.primary_key(upstream, req), req)
     }
 
-    /// [`Self::lookup`] for a caller that already built the primary key.
+    /// [`Self::lookup`] for a caller that already has the primary key.
     pub fn lookup_primary(
         &self,
-        primary: &str,
+        upstream: &str,
+        primary: &MemKey,
         req: &RequestHeader,
     ) -> Option<Arc<CachedResponse>> {
-        match self.cache.get(primary)? {
-            Slot::Copy(c) => Some(c),
-            Slot::Vary(names) => {
-                match self.cache.get(variant_key(primary, &names, req).as_str())? {
-                    Slot::Copy(c) => Some(c),
-                    Slot::Vary(_) => None,
+        match self.cache.get(primary) {
+            Some(Slot::Copy(c)) => Some(c),
+            Some(Slot::Vary(names)) => {
+                match self.cache.get(&self.keyer.variant(primary, &names, req)) {
+                    Some(Slot::Copy(c)) => Some(c),
+                    _ => self.find_loaded(upstream, req, primary, Some(names)),
                 }
             }
+            _ => self.find_loaded(upstream, req, primary, None),
         }
     }
 
     /// Stores a copy under `primary` (and its variant key when the response
-    /// varies). `persist` is false when the copy came from the persist file.
+    /// varies). `persist` is false when the copy came from the persist file
+    /// or the fleet tier.
     pub fn insert(
         &self,
-        primary: &str,
-        variant: Option<(Arc<[HeaderName]>, String)>,
+        primary: MemKey,
+        variant: Option<(Arc<[HeaderName]>, MemKey)>,
         copy: Arc<CachedResponse>,
         persist: bool,
     ) {
-        let key: Arc<str> = match variant {
-            None => Arc::from(primary),
-            Some((names, vkey)) => {
-                self.put(Arc::from(primary), Slot::Vary(names));
-                Arc::from(vkey.as_str())
+        let key = match variant {
+            None => primary,
+            Some((names, v)) => {
+                self.put(primary, Slot::Vary(names));
+                v
             }
         };
         if persist {
             if let Some(p) = &self.persist {
-                p.put(&key, &copy);
+                p.put(&copy);
             }
         }
         self.put(key, Slot::Copy(copy));
     }
 
-    fn put(&self, key: Arc<str>, slot: Slot) {
-        let w = i64::from(slot.weight(&key));
-        if let Slot::Copy(c) = &slot {
+    fn put(&self, key: MemKey, slot: Slot) {
+        let w = i64::from(slot.weight());
+        if let Some(c) = slot.copy() {
             c.owner.stored_entries.fetch_add(1, Ordering::Relaxed);
             c.owner.stored_bytes.fetch_add(w, Ordering::Relaxed);
         }
@@ -313,83 +398,18 @@ impl Cache {
     /// Runs moka's housekeeping and refreshes the gauges (called from the
     /// control loop every second).
     pub fn maintain(&self) {
+        self.retire_loaded(SystemTime::now());
         self.cache.run_pending_tasks();
         self.publish();
-    }
-
-    /// Weight a copy will have under `key`: the memory it holds (measured
-    /// with `benches/compare.sh`'s full-cache row and 28,317 small copies:
-    /// within a few percent of the resident growth, on the safe side).
-    pub fn weigh(
-        key_len: usize,
-        headers: &[(HeaderName, http::HeaderValue)],
-        body_len: usize,
-    ) -> u32 {
-        let h: usize = headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + stored::HEADER_OVERHEAD)
-            .sum();
-        let body = stored::allocation_size(body_len);
-        (key_len + h + body + stored::ENTRY_OVERHEAD).min(u32::MAX as usize) as u32
-    }
-
-    /// Refills the memory tier from the persist file at start.
-    pub fn load_persisted(
-        &self,
-        status_for: &dyn Fn(&str) -> Arc<crate::generation::UpstreamStatus>,
-        max_age: std::time::Duration,
-    ) -> usize {
-        let Some(p) = &self.persist else { return 0 };
-        let now = SystemTime::now();
-        let mut loaded = 0;
-        let mut expired = Vec::new();
-        for (key, d) in p.load_all() {
-            let Some(k) = read_key(&key) else {
-                expired.push(key.to_string());
-                continue;
-            };
-            if now.duration_since(d.stored_at).unwrap_or_default() > max_age {
-                expired.push(key.to_string());
-                continue;
-            }
-            let mem_key = k.variant.as_deref().unwrap_or(&k.primary);
-            // Loaded late (after a graceful upgrade), the memory tier may
-            // already hold a newer copy.
-            if self.holds_newer(mem_key, d.stored_at) {
-                continue;
-            }
-            let names = stored::vary_names(&d.headers);
-            let variant = match (names.is_empty(), &k.variant) {
-                (false, Some(v)) => Some((Arc::from(names), v.clone())),
-                _ => None,
-            };
-            let owner = status_for(&k.upstream);
-            if k.migrated {
-                // Written again under its hash, the raw key deleted.
-                expired.push(key.to_string());
-                let key_len = variant.as_ref().map_or(k.primary.len(), |(_, v)| v.len());
-                let copy = Arc::new(CachedResponse::new(d, key_len, owner));
-                self.insert(&k.primary, variant, copy, true);
-            } else {
-                self.adopt(&k.primary, variant, d, owner);
-            }
-            loaded += 1;
-        }
-        p.remove_now(&expired);
-        self.maintain();
-        loaded
     }
 
     /// Removes the oldest copies until at least `bytes` are freed (or the
     /// cache is empty). Returns (entries, bytes) removed.
     pub fn shed_oldest(&self, bytes: u64) -> (u64, u64) {
-        let mut copies: Vec<(SystemTime, u32, Arc<str>)> = self
+        let mut copies: Vec<(SystemTime, u32, MemKey)> = self
             .cache
             .iter()
-            .filter_map(|(k, v)| match &v {
-                Slot::Copy(c) => Some((c.recorded.stored_at, v.weight(&k), Arc::clone(&*k))),
-                Slot::Vary(_) => None,
-            })
+            .filter_map(|(k, v)| Some((v.copy()?.recorded.stored_at, v.weight(), *k)))
             .collect();
         copies.sort_by_key(|(t, _, _)| *t);
         let (mut n, mut freed) = (0u64, 0u64);
@@ -405,26 +425,6 @@ impl Cache {
         (n, freed)
     }
 
-    /// Keeps a copy read from the persist file or the fleet tier in the
-    /// memory tier (not written back to either).
-    pub fn adopt(
-        &self,
-        primary: &str,
-        variant: Option<(Arc<[HeaderName]>, String)>,
-        d: stored::Recorded,
-        owner: Arc<crate::generation::UpstreamStatus>,
-    ) {
-        let key_len = variant.as_ref().map_or(primary.len(), |(_, k)| k.len());
-        let copy = Arc::new(CachedResponse::new(d, key_len, owner));
-        self.insert(primary, variant, copy, false);
-    }
-
-    /// Whether the memory tier holds a copy under `key` stored at or
-    /// after `at`.
-    fn holds_newer(&self, key: &str, at: SystemTime) -> bool {
-        matches!(self.cache.get(key), Some(Slot::Copy(c)) if c.recorded.stored_at >= at)
-    }
-
     /// Starts the persist writer (see [`persist::Writer::start`]); `on_open`
     /// runs if the file was held by another process and has been opened.
     pub fn start_persist(&self, on_open: impl FnOnce() + Send + 'static) {
@@ -434,57 +434,81 @@ impl Cache {
     }
 
     /// Flushes the persist writer and releases its file (at exit).
-    pub fn close_persist(&self, limit: std::time::Duration) {
+    pub fn close_persist(&self, limit: Duration) {
         if let Some(p) = &self.persist {
             p.close(limit);
         }
     }
 }
 
+/// The high 24 bits of a key, as [`Cache::kept_within`] stores them.
+fn recent_tag(key: &MemKey) -> u64 {
+    (key.high64() >> MS_BITS) << MS_BITS
+}
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn copy(body: usize, key_len: usize) -> Arc<CachedResponse> {
-        let recorded = Recorded {
-            headers: vec![(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            )],
-            body: bytes::Bytes::from(vec![b'x'; body]),
-            stored_at: SystemTime::now(),
-            fresh_for: std::time::Duration::ZERO,
-            must_revalidate: false,
-            stale_if_error: None,
-        };
-        let owner = Arc::new(crate::generation::UpstreamStatus::new("u"));
-        Arc::new(CachedResponse::new(recorded, key_len, owner))
+    pub(super) fn req(target: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
     }
 
-    #[test]
-    fn weights_count_key_headers_size_class_and_entry_overhead() {
-        let h = [(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        )];
-        let w = |body| Cache::weigh(70, &h, body) as usize;
-        let fixed =
-            70 + "content-type".len() + 16 + stored::HEADER_OVERHEAD + stored::ENTRY_OVERHEAD;
-        assert_eq!(w(100), fixed + stored::allocation_size(100));
-        assert!(
-            w(40_000) >= fixed + 40_000,
-            "a body is never weighed below its size"
-        );
-        assert!(w(1) < w(1000) && w(1000) < w(40_000));
+    pub(super) fn recorded(body: &str, headers: &[(&str, &str)]) -> Recorded {
+        Recorded {
+            headers: headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                        HeaderValue::from_str(v).unwrap(),
+                    )
+                })
+                .collect(),
+            body: bytes::Bytes::from(body.to_string()),
+            stored_at: SystemTime::now(),
+            fresh_for: Duration::ZERO,
+            must_revalidate: false,
+            stale_if_error: None,
+        }
+    }
+
+    pub(super) fn owner() -> Arc<UpstreamStatus> {
+        Arc::new(UpstreamStatus::new("u"))
+    }
+
+    /// Keeps `body` as the answer to `r`, as the proxy does.
+    pub(super) fn keep(cache: &Cache, r: &RequestHeader, body: &str, headers: &[(&str, &str)]) {
+        let rec = recorded(body, headers);
+        let key = cache.capture_key("u", &cache.primary_key("u", r), &rec.headers, r);
+        cache.keep(key, rec, owner(), Duration::from_secs(60));
+    }
+
+    pub(super) fn body_of(c: Option<Arc<CachedResponse>>) -> Option<String> {
+        c.map(|c| String::from_utf8_lossy(&c.recorded.body).into_owned())
     }
 
     #[test]
     fn the_byte_budget_holds_at_every_insert() {
         let budget = 64 * 1024;
         let cache = Cache::new(budget, 16 * 1024, None);
+        let body = "x".repeat(1500);
         for i in 0..200 {
-            let key = key_of("u", &format!("/v1/{i}"));
-            cache.insert(&key, None, copy(1500, key.len()), false);
+            let r = req(&format!("/v1/{i}"), &[]);
+            cache.insert(
+                cache.primary_key("u", &r),
+                None,
+                Arc::new(CachedResponse::new(
+                    recorded(&body, &[("content-type", "application/json")]),
+                    owner(),
+                    StoreKey::of_request("u", &r),
+                )),
+                false,
+            );
             assert!(
                 cache.bytes() as u64 <= budget + 4096,
                 "{} after {i}",
@@ -493,7 +517,56 @@ mod tests {
         }
         assert!(cache.entries() > 10);
         // Past half the budget a new key waits for its second ask.
-        assert!(!cache.admit("u\nnever-seen"));
-        assert!(cache.admit("u\nnever-seen"));
+        let never = cache.primary_key("u", &req("/never-seen", &[]));
+        assert!(!cache.admit(&never));
+        assert!(cache.admit(&never));
+    }
+
+    #[test]
+    fn a_copy_kept_lately_is_known_without_a_lookup() {
+        let cache = Cache::new(1 << 20, 1 << 16, None);
+        let (p, q) = (req("/p", &[]), req("/q", &[]));
+        let (kp, kq) = (cache.primary_key("u", &p), cache.primary_key("u", &q));
+        assert!(!cache.kept_within(&kp, Duration::from_secs(1)));
+        keep(&cache, &p, "p", &[]);
+        assert!(cache.kept_within(&kp, Duration::from_secs(1)));
+        assert!(!cache.kept_within(&kp, Duration::ZERO));
+        assert!(!cache.kept_within(&kq, Duration::from_secs(1)));
+        // A varied copy is one of several under its primary key: not noted.
+        let v = req("/v", &[("accept-language", "de")]);
+        keep(&cache, &v, "de", &[("vary", "accept-language")]);
+        let kv = cache.primary_key("u", &v);
+        assert!(!cache.kept_within(&kv, Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn kept_copies_are_found_by_path_and_varied_headers() {
+        let cache = Cache::new(1 << 20, 1 << 16, None);
+        keep(&cache, &req("/plain?a=1", &[]), "plain", &[]);
+        let vary = [("vary", "Accept-Language")];
+        let de = req("/v", &[("accept-language", "de")]);
+        let fr = req("/v", &[("accept-language", "fr")]);
+        keep(&cache, &de, "de", &vary);
+        keep(&cache, &fr, "fr", &vary);
+        let get = |r: &RequestHeader| body_of(cache.lookup("u", r));
+        assert_eq!(get(&req("/plain?a=1", &[])).as_deref(), Some("plain"));
+        assert_eq!(get(&req("/plain?a=2", &[])), None);
+        assert_eq!(
+            cache.lookup("other", &req("/plain?a=1", &[])).map(|_| ()),
+            None
+        );
+        assert_eq!(get(&de).as_deref(), Some("de"));
+        assert_eq!(get(&fr).as_deref(), Some("fr"));
+        assert_eq!(get(&req("/v", &[("accept-language", "en")])), None);
+        // The copy knows its key outside the process.
+        let c = cache.lookup("u", &de).unwrap();
+        let names = [HeaderName::from_static("accept-language")];
+        assert_eq!(
+            c.store,
+            StoreKey::of_request("u", &de).with_variant(&names, &de)
+        );
+        // Another cache, another secret: its keys are not these.
+        let other = Cache::new(1 << 20, 1 << 16, None);
+        assert_ne!(other.primary_key("u", &de), cache.primary_key("u", &de));
     }
 }

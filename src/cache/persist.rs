@@ -13,6 +13,11 @@
 //! drained, flushed its queue and let go ([`Writer::close`]); it then loads
 //! the copies the old process kept and carries on writing. So an upgrade
 //! keeps the last-good cache, and persistence stays on afterwards.
+//!
+//! The table `last_good_v2` maps a [`StoreKey`] (serialized with postcard:
+//! the upstream and SHA-256 digests, never a path) to a record
+//! ([`record`], versioned). A file written before keys were typed is
+//! rewritten in this form when it is opened ([`super::migrate`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,14 +27,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::stored::{self, CachedResponse, Recorded};
+use super::key::StoreKey;
+use super::record;
+use super::stored::{CachedResponse, Recorded};
 
-const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("last_good_v1");
+const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("last_good_v2");
 const QUEUE: usize = 4096;
 
 enum Op {
-    Put(Arc<str>, Arc<CachedResponse>),
-    Delete(Arc<str>),
+    Put(Arc<CachedResponse>),
+    /// Removes the row of a copy that left the memory tier, unless it
+    /// holds a copy stored after `.1` (one kept since, under the same key).
+    Delete(StoreKey, SystemTime),
     /// Commit what is queued, release the file, then answer.
     Close(SyncSender<()>),
 }
@@ -183,12 +192,14 @@ impl Writer {
         }
     }
 
-    pub fn put(&self, key: &Arc<str>, copy: &Arc<CachedResponse>) {
-        self.send(Op::Put(key.clone(), copy.clone()));
+    /// Queues a copy's row (under its [`StoreKey`]).
+    pub fn put(&self, copy: &Arc<CachedResponse>) {
+        self.send(Op::Put(copy.clone()));
     }
 
-    pub fn delete(&self, key: &Arc<str>) {
-        self.send(Op::Delete(key.clone()));
+    /// Queues the removal of a copy's row (kept if a newer copy replaced it).
+    pub fn delete(&self, copy: &CachedResponse) {
+        self.send(Op::Delete(copy.store.clone(), copy.recorded.stored_at));
     }
 
     fn send(&self, op: Op) {
@@ -208,11 +219,11 @@ impl Writer {
     /// Every decodable entry; undecodable ones are deleted. A file that
     /// fails (or makes redb panic) while being read is moved aside and
     /// replaced by an empty one: graceway starts without its copies.
-    pub fn load_all(&self) -> Vec<(Arc<str>, Recorded)> {
+    pub fn load_all(&self) -> Vec<(StoreKey, Recorded)> {
         let Some(db) = lock(&self.db).clone() else {
             return Vec::new();
         };
-        type Read = (Vec<(Arc<str>, Recorded)>, Vec<String>);
+        type Read = (Vec<(StoreKey, Recorded)>, Vec<Vec<u8>>);
         let read = || -> Result<Read, OpenError> {
             let (mut out, mut bad) = (Vec::new(), Vec::new());
             let txn = db.begin_read().map_err(redb::Error::from)?;
@@ -223,9 +234,9 @@ impl Writer {
             };
             for row in table.iter().map_err(redb::Error::from)? {
                 let (k, v) = row.map_err(redb::Error::from)?;
-                match stored::decode(v.value()) {
-                    Some(d) => out.push((Arc::from(k.value()), d)),
-                    None => bad.push(k.value().to_string()),
+                match (StoreKey::from_bytes(k.value()), record::decode(v.value())) {
+                    (Some(key), Some(d)) => out.push((key, d)),
+                    _ => bad.push(k.value().to_vec()),
                 }
             }
             Ok((out, bad))
@@ -252,13 +263,18 @@ impl Writer {
                 self.path.display(),
                 bad.len()
             );
-            self.remove_now(&bad);
+            self.remove_rows(&bad);
         }
         out
     }
 
     /// Deletes keys in one transaction on the calling thread (start-up).
-    pub fn remove_now(&self, keys: &[String]) {
+    pub fn remove_now(&self, keys: &[StoreKey]) {
+        let rows: Vec<Vec<u8>> = keys.iter().map(StoreKey::to_bytes).collect();
+        self.remove_rows(&rows);
+    }
+
+    fn remove_rows(&self, keys: &[Vec<u8>]) {
         if keys.is_empty() {
             return;
         }
@@ -270,7 +286,7 @@ impl Writer {
             {
                 let mut table = txn.open_table(TABLE)?;
                 for k in keys {
-                    table.remove(k.as_str())?;
+                    table.remove(k.as_slice())?;
                 }
             }
             txn.commit()?;
@@ -376,6 +392,7 @@ fn open_checked(path: &Path) -> Result<Database, OpenError> {
         };
         {
             let txn = db.begin_write().map_err(redb::Error::from)?;
+            let migrated = super::migrate::old_table(&txn, TABLE)?;
             {
                 let table = txn.open_table(TABLE).map_err(redb::Error::from)?;
                 for row in table.iter().map_err(redb::Error::from)? {
@@ -385,6 +402,12 @@ fn open_checked(path: &Path) -> Result<Database, OpenError> {
                 }
             }
             txn.commit().map_err(redb::Error::from)?;
+            if let Some(n) = migrated {
+                log::info!(
+                    "persist file {}: {n} copies of the older format rewritten in the current one",
+                    path.display()
+                );
+            }
         }
         Ok(db)
     })
@@ -423,13 +446,21 @@ fn write_loop(slot: &Slot, path: &Path, rx: Receiver<Op>, dropped: &AtomicU64) {
                 let mut table = txn.open_table(TABLE).map_err(redb::Error::from)?;
                 for op in &batch {
                     match op {
-                        Op::Put(k, c) => {
+                        Op::Put(c) => {
+                            let k = c.store.to_bytes();
                             table
-                                .insert(&**k, stored::encode(&c.recorded).as_slice())
+                                .insert(k.as_slice(), record::encode(&c.recorded).as_slice())
                                 .map_err(redb::Error::from)?;
                         }
-                        Op::Delete(k) => {
-                            table.remove(&**k).map_err(redb::Error::from)?;
+                        Op::Delete(key, at) => {
+                            let k = key.to_bytes();
+                            let older = table
+                                .get(k.as_slice())
+                                .map_err(redb::Error::from)?
+                                .map(|v| record::stored_at(v.value()).is_none_or(|t| t <= *at));
+                            if older == Some(true) {
+                                table.remove(k.as_slice()).map_err(redb::Error::from)?;
+                            }
                         }
                         Op::Close(_) => {}
                     }
@@ -474,5 +505,40 @@ fn write_loop(slot: &Slot, path: &Path, rx: Receiver<Op>, dropped: &AtomicU64) {
             let _ = ack.send(());
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::record::tests::sample;
+    use super::*;
+
+    fn copy(at: SystemTime, key: &StoreKey) -> Arc<CachedResponse> {
+        let mut r = sample();
+        r.stored_at = at;
+        let owner = Arc::new(crate::generation::UpstreamStatus::new("u"));
+        Arc::new(CachedResponse::new(r, owner, key.clone()))
+    }
+
+    #[test]
+    fn a_delete_spares_a_newer_copy_under_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let key = StoreKey::primary_of("u", "/p");
+        let now = SystemTime::now();
+        let w = Writer::open(&path).unwrap();
+        w.start(|| {});
+        let (old, new) = (copy(now - Duration::from_secs(60), &key), copy(now, &key));
+        w.put(&new);
+        w.delete(&old);
+        w.close(Duration::from_secs(5));
+        drop(w);
+        let w = Writer::open(&path).unwrap();
+        assert_eq!(w.load_all().len(), 1, "the newer copy stays");
+        w.start(|| {});
+        w.delete(&new);
+        w.close(Duration::from_secs(5));
+        drop(w);
+        assert!(Writer::open(&path).unwrap().load_all().is_empty());
     }
 }

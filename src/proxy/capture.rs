@@ -11,10 +11,10 @@ pub(super) const STORE_REFRESH: std::time::Duration = std::time::Duration::from_
 
 /// A body being captured for the last-good cache.
 pub(super) struct Capture {
-    pub(super) primary: String,
+    /// Where the copy goes in every tier.
+    pub(super) key: cache::Key,
     /// Path and query, for the background trial (`last_good_path`).
     pub(super) path: String,
-    pub(super) variant: Option<(Arc<[HeaderName]>, String)>,
     pub(super) headers: Vec<(HeaderName, HeaderValue)>,
     pub(super) cc: CacheControl,
     /// How long the copy is fresh by the origin's word (see
@@ -37,8 +37,11 @@ impl Proxy {
         up: &Upstream,
         resp: &ResponseHeader,
     ) {
-        let primary = cache::primary_key(&up.config.name, req);
-        let held = self.cache().lookup_primary(&primary, req);
+        let primary = self.cache().primary_key(&up.config.name, req);
+        if self.cache().kept_within(&primary, STORE_REFRESH) {
+            return;
+        }
+        let held = self.cache().lookup_primary(&up.config.name, &primary, req);
         if held.is_none() && !self.cache().admit(&primary) {
             return;
         }
@@ -50,19 +53,16 @@ impl Proxy {
         let Some((cc, headers)) = meta else {
             return;
         };
-        let names = stored::vary_names(&headers);
-        let variant = (!names.is_empty()).then(|| {
-            let vkey = cache::variant_key(&primary, &names, req);
-            (Arc::from(names), vkey)
-        });
+        let key = self
+            .cache()
+            .capture_key(&up.config.name, &primary, &headers, req);
         let capture = Capture {
-            primary,
+            key,
             path: req
                 .uri
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .to_string(),
-            variant,
             headers,
             cc,
             fresh_for: stored::fresh_for(resp, SystemTime::now()),
@@ -124,10 +124,6 @@ impl Proxy {
             note_reflection(up, f.token, "body");
             return;
         }
-        let key_len = cap
-            .variant
-            .as_ref()
-            .map_or(cap.primary.len(), |(_, k)| k.len());
         let recorded = Recorded {
             headers: cap.headers,
             body: body.freeze(),
@@ -136,12 +132,10 @@ impl Proxy {
             must_revalidate: cap.cc.must_revalidate,
             stale_if_error: cap.cc.stale_if_error.map(std::time::Duration::from_secs),
         };
-        let copy = Arc::new(CachedResponse::new(recorded, key_len, up.status.clone()));
         self.cache().keep(
-            &up.config.name,
-            &cap.primary,
-            cap.variant,
-            copy,
+            cap.key,
+            recorded,
+            up.status.clone(),
             up.config.stale.max_stale,
         );
         up.status.set_last_good_path(cap.path);

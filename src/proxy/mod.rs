@@ -67,7 +67,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::app::App;
 use crate::cache::stored::{self, CacheControl};
-use crate::cache::{self, Cache, CachedResponse, Recorded};
+use crate::cache::{self, Cache, Recorded};
 use crate::clock::unix_now;
 use crate::generation::{Generation, Upstream};
 use crate::outcome::{ClientReason, Outcome, Reason};

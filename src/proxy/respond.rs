@@ -121,7 +121,7 @@ pub fn degraded(
         );
     };
     let now = SystemTime::now();
-    let mut h = copy.recorded.response_header(now)?;
+    let mut h = copy.response_header(now)?;
     // The client's validators against the copy (several ETags, weak
     // comparison, If-None-Match before If-Modified-Since: pingora-core's
     // conditional filter, RFC 9110 §13).
