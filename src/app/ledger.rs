@@ -54,7 +54,9 @@ pub struct Seen(HashMap<(TokenId, Slot), u64>);
 /// Applies `entries` to the tokens of `gen`; returns how many changed a
 /// token. `own` is this replica's name (its own entries are only noted).
 pub fn apply(gen: &Generation, entries: &[Entry], seen: &mut Seen, own: &str) -> usize {
-    let now_ms = crate::clock::unix_now() * 1000;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let mut changed = 0;
     for e in entries {
         let slot = e.finding.slot();
@@ -104,12 +106,12 @@ pub fn apply(gen: &Generation, entries: &[Entry], seen: &mut Seen, own: &str) ->
                     ),
                 };
                 log::info!(
-                    "upstream {}: token {} ({}) {how} by replica {} {}s ago: applied from the fleet ledger",
+                    "upstream {}: token {} ({}) {how} by replica {} {:.3}s ago: applied from the fleet ledger",
                     up.config.name,
                     t.index,
                     t.fingerprint,
                     e.origin,
-                    ago.as_secs()
+                    ago.as_secs_f64()
                 );
             }
         }
