@@ -76,7 +76,10 @@ impl LedgerTier {
                 .arg(e.ttl_ms.max(1))
                 .to_owned();
             let direction = match self.fleet.query::<()>("ledger-set", &cmd).await {
-                Some(()) => "published",
+                Some(()) => {
+                    super::fleet::count("ledger-set", "ok");
+                    "published"
+                }
                 None => "dropped",
             };
             m.ledger_findings_total
@@ -104,6 +107,7 @@ impl LedgerTier {
                 cmd.arg(key(self.fleet.key_prefix(), id, slot));
             }
             let got: Vec<Option<Vec<u8>>> = self.fleet.query("ledger-get", &cmd).await?;
+            super::fleet::count("ledger-get", "ok");
             for (slot, bytes) in Slot::ALL.into_iter().zip(got) {
                 let Some(bytes) = bytes else {
                     continue;

@@ -27,7 +27,6 @@
 //! client's own credentials are never stored). Only here, on a write or a
 //! read of Redis, is a key hashed with SHA-256 for Redis.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,9 +34,12 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use http::HeaderName;
 use pingora::http::RequestHeader;
-use redis::cluster_routing::Slot;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+
+mod conn;
+
+use conn::{answered, Client, Conn, Write};
 
 use super::key::StoreKey;
 use super::record;
@@ -48,83 +50,6 @@ use crate::generation::breaker::Breaker;
 use crate::generation::UpstreamStatus;
 use crate::metrics::fleet_metrics as metrics;
 use crate::outcome::Reason;
-
-/// A connection to one server or to the cluster; both reconnect by
-/// themselves and are cheap to clone (multiplexed).
-#[derive(Clone)]
-enum Conn {
-    Single(redis::aio::ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl Conn {
-    async fn run<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-        match self {
-            Conn::Single(c) => cmd.query_async(c).await,
-            Conn::Cluster(c) => cmd.query_async(c).await,
-        }
-    }
-
-    /// `SET key value PX ttl` for each write: one pipeline on a single
-    /// Redis; on a cluster one pipeline per hash slot (a cluster pipeline
-    /// must stay in one slot), sent side by side. The first error, if any.
-    async fn set_all(&mut self, batch: &[Write]) -> redis::RedisResult<()> {
-        match self {
-            Conn::Single(c) => set_pipeline(batch.iter()).query_async::<()>(c).await,
-            Conn::Cluster(c) => {
-                let mut by_slot: HashMap<Slot, Vec<&Write>> = HashMap::new();
-                for w in batch {
-                    by_slot.entry(Slot::for_key(&w.key)).or_default().push(w);
-                }
-                let mut runs = tokio::task::JoinSet::new();
-                for writes in by_slot.into_values() {
-                    let pipe = set_pipeline(writes.into_iter());
-                    let mut c = c.clone();
-                    runs.spawn(async move { pipe.query_async::<()>(&mut c).await });
-                }
-                let mut first_error = None;
-                while let Some(done) = runs.join_next().await {
-                    let result = done.unwrap_or_else(|e| {
-                        Err(redis::RedisError::from((
-                            redis::ErrorKind::Io,
-                            "SET task failed",
-                            e.to_string(),
-                        )))
-                    });
-                    if let Err(e) = result {
-                        first_error.get_or_insert(e);
-                    }
-                }
-                first_error.map_or(Ok(()), Err)
-            }
-        }
-    }
-}
-
-fn set_pipeline<'a>(writes: impl Iterator<Item = &'a Write>) -> redis::Pipeline {
-    let mut pipe = redis::pipe();
-    for w in writes {
-        let ms = w.ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
-        pipe.cmd("SET")
-            .arg(&w.key)
-            .arg(&w.value)
-            .arg("PX")
-            .arg(ms)
-            .ignore();
-    }
-    pipe
-}
-
-enum Client {
-    Single(Box<redis::Client>),
-    Cluster(Box<redis::cluster::ClusterClient>),
-}
-
-struct Write {
-    key: String,
-    value: Vec<u8>,
-    ttl: Duration,
-}
 
 /// Counts for `/status` (the metrics carry the same by result).
 #[derive(Debug, Default)]
@@ -156,36 +81,7 @@ pub struct FleetTier {
 impl FleetTier {
     /// Builds the client (nothing is connected yet: see [`FleetTier::start`]).
     pub fn new(config: &RedisConfig) -> Result<Arc<FleetTier>, String> {
-        let certs = || -> Result<Option<redis::TlsCertificates>, String> {
-            let Some(ca) = &config.ca_file else {
-                return Ok(None);
-            };
-            let pem =
-                std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
-            Ok(Some(redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem),
-            }))
-        };
-        let client = match &config.target {
-            RedisTarget::Single(url) => {
-                let client = match certs()? {
-                    Some(c) => redis::Client::build_with_tls(url.as_str(), c),
-                    None => redis::Client::open(url.as_str()),
-                };
-                Client::Single(Box::new(client.map_err(|e| e.to_string())?))
-            }
-            RedisTarget::Cluster(urls) => {
-                let mut b =
-                    redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
-                        .connection_timeout(config.timeout.max(Duration::from_millis(500)))
-                        .response_timeout(config.timeout.max(Duration::from_millis(500)));
-                if let Some(c) = certs()? {
-                    b = b.certs(c);
-                }
-                Client::Cluster(Box::new(b.build().map_err(|e| e.to_string())?))
-            }
-        };
+        let client = Client::new(config)?;
         let (tx, rx) = mpsc::channel(config.queue);
         let m = metrics();
         m.fleet_up.set(0);
@@ -236,31 +132,8 @@ impl FleetTier {
     /// Reads the copy of a cache key, within the timeout; `None` for a
     /// miss, a timeout, an error, a corrupt record, or while Redis is down.
     pub async fn get(&self, key: &StoreKey) -> Option<Recorded> {
-        let Some(conn) = self.usable() else {
-            count("get", "skipped");
-            return None;
-        };
-        let mut conn = (*conn).clone();
         let cmd = redis::cmd("GET").arg(self.key(key)).to_owned();
-        let got: Option<Vec<u8>> =
-            match tokio::time::timeout(self.config.timeout, conn.run(&cmd)).await {
-                Err(_) => {
-                    self.failed("GET timed out", Reason::UpstreamTimeout);
-                    count("get", "timeout");
-                    return None;
-                }
-                Ok(Err(e)) => {
-                    if answered(&e) {
-                        self.counts.errors.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        self.failed(&e.to_string(), Reason::UpstreamUnreachable);
-                    }
-                    count("get", "error");
-                    return None;
-                }
-                Ok(Ok(v)) => v,
-            };
-        self.succeeded();
+        let got: Option<Vec<u8>> = self.query("get", &cmd).await?;
         let Some(bytes) = got else {
             self.counts.misses.fetch_add(1, Ordering::Relaxed);
             count("get", "miss");
@@ -286,10 +159,11 @@ impl FleetTier {
         }
     }
 
-    /// Runs one command for another user of this connection (the fleet
-    /// ledger), within `cache.redis.timeout` and under the same breaker:
-    /// `None` while Redis is down, on a timeout or on an error, each
-    /// counted under `op` in `graceway_fleet_operations_total`.
+    /// Runs one command (a copy's `GET`, the fleet ledger's calls) within
+    /// `cache.redis.timeout` and under the breaker: `None` while Redis is
+    /// down, on a timeout or on an error, each counted under `op` in
+    /// `graceway_fleet_operations_total`; the caller counts what an
+    /// answer was (hit, miss, ok).
     pub(super) async fn query<T: redis::FromRedisValue>(
         &self,
         op: &str,
@@ -302,7 +176,10 @@ impl FleetTier {
         let mut conn = (*conn).clone();
         match tokio::time::timeout(self.config.timeout, conn.run(cmd)).await {
             Err(_) => {
-                self.failed(&format!("{op} timed out"), Reason::UpstreamTimeout);
+                self.failed(
+                    &format!("{} timed out", op.to_ascii_uppercase()),
+                    Reason::UpstreamTimeout,
+                );
                 count(op, "timeout");
                 None
             }
@@ -317,7 +194,6 @@ impl FleetTier {
             }
             Ok(Ok(v)) => {
                 self.succeeded();
-                count(op, "ok");
                 Some(v)
             }
         }
@@ -398,7 +274,7 @@ impl FleetTier {
         let mut failures = 0u32;
         loop {
             if self.conn.load().is_none() {
-                match self.connect().await {
+                match self.client.connect(self.config.timeout).await {
                     Ok(c) => {
                         self.conn.store(Some(Arc::new(c)));
                         self.breaker.success();
@@ -439,29 +315,6 @@ impl FleetTier {
             self.report();
             let pause = if self.breaker.is_open() { 1 } else { 5 };
             tokio::time::sleep(Duration::from_secs(pause)).await;
-        }
-    }
-
-    async fn connect(&self) -> Result<Conn, String> {
-        let limit = self.config.timeout.max(Duration::from_secs(2));
-        let made = match &self.client {
-            Client::Single(c) => {
-                let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(limit))
-                    .set_response_timeout(Some(limit))
-                    .set_number_of_retries(1);
-                tokio::time::timeout(limit * 2, c.get_connection_manager_with_config(cfg))
-                    .await
-                    .map(|r| r.map(Conn::Single))
-            }
-            Client::Cluster(c) => tokio::time::timeout(limit * 2, c.get_async_connection())
-                .await
-                .map(|r| r.map(Conn::Cluster)),
-        };
-        match made {
-            Err(_) => Err("connecting timed out".into()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Ok(Ok(c)) => Ok(c),
         }
     }
 
@@ -637,13 +490,7 @@ pub fn redis_key(prefix: &str, upstream: &str, store_key: &str) -> String {
     format!("{prefix}v1:{upstream}:{}", crate::config::hex(&digest))
 }
 
-/// Whether Redis itself answered (with an error reply), as opposed to a
-/// connection that failed or timed out.
-fn answered(e: &redis::RedisError) -> bool {
-    !(e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout())
-}
-
-fn count(op: &str, result: &str) {
+pub(super) fn count(op: &str, result: &str) {
     metrics()
         .fleet_operations_total
         .with_label_values(&[op, result])
