@@ -59,7 +59,6 @@ PR_SET_PDEATHSIG); every wait has a deadline.
 """
 import argparse
 import atexit
-import ctypes
 import http.client
 import json
 import math
@@ -69,13 +68,10 @@ import re
 import shlex
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,106 +80,8 @@ PRIMARY = "tok-primary-bench"
 STANDBY = "tok-standby-bench"
 N_REPLICAS = 4
 
-CHILDREN = []  # Popen objects still to stop
-
-
-# ---------------------------------------------------------------- processes
-
-try:
-    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
-except OSError:
-    _LIBC = None
-
-
-def _pdeathsig():
-    # The child gets SIGKILL if this script dies without running its cleanup.
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def spawn(argv, log_path):
-    log = open(log_path, "ab")
-    p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, preexec_fn=_pdeathsig)
-    log.close()
-    CHILDREN.append(p)
-    return p
-
-
-def stop(p, sig=signal.SIGTERM, grace=3.0):
-    if p.poll() is None:
-        try:
-            p.send_signal(sig)
-            p.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
-        except ProcessLookupError:
-            pass
-    if p in CHILDREN:
-        CHILDREN.remove(p)
-
-
-def stop_all():
-    for p in list(CHILDREN):
-        try:
-            stop(p)
-        except Exception:  # noqa: BLE001 - cleanup must go on
-            pass
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(port, path, timeout=1.0):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
-        return r.status, r.read()
-
-
-def wait_until(what, check, deadline_s, interval=0.1):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            if check():
-                return True
-        except SystemExit:
-            raise
-        except Exception:  # noqa: BLE001 - not ready yet
-            pass
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {deadline_s}s waiting for {what}")
-
-
-def redis_cmd(port, *args, timeout=1.0):
-    """One RESP command; returns the decoded integer/simple reply (first line)."""
-    out = b"*%d\r\n" % len(args) + b"".join(
-        b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(out)
-        buf = b""
-        while b"\r\n" not in buf:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            buf += chunk
-    line = buf.split(b"\r\n", 1)[0]
-    if line[:1] == b":":
-        return int(line[1:])
-    return line[1:].decode(errors="replace")
-
-
-def tail(path, n=15, grep=None):
-    try:
-        with open(path, errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return ""
-    if grep:
-        lines = [line for line in lines if any(g in line for g in grep)]
-    return "\n".join(lines[-n:])
+# Child processes, ports, waits: shared with fleet_coverage.py.
+from procs import CHILDREN, Replica as Process, free_port, http_get, redis_cmd, spawn, stop, stop_all, tail, wait_until  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- mock vendor
@@ -297,24 +195,15 @@ class Vendor:
 
 # ---------------------------------------------------------------- graceway
 
-class Replica:
+class Replica(Process):
     def __init__(self, idx, d, vendor_port, redis_port, ledger, probe_s=None,
                  failover_429=False):
-        self.idx = idx
-        self.port = free_port()
-        self.admin = free_port()
-        self.cfg = os.path.join(d, f"r{idx}.yaml")
-        self.log = os.path.join(d, f"r{idx}.log")
         creds = [f'tokens: [ {{ file: "{d}/primary" }}, {{ file: "{d}/standby" }} ]']
         if probe_s:
             creds.append(f"probe: {{ path: /v1/ping, interval: {probe_s}s }}")
         if failover_429:
             creds.append("failover_on: [401, 403, 429]")
-        lines = [
-            f'listen: "127.0.0.1:{self.port}"',
-            f'admin: {{ listen: "127.0.0.1:{self.admin}" }}',
-            f'pid_file: "{d}/r{idx}.pid"',
-            "upstreams:",
+        super().__init__(GRACEWAY, idx, d, [
             "  - name: api",
             f'    url: "http://127.0.0.1:{vendor_port}"',
             f"    credentials: {{ {', '.join(creds)} }}",
@@ -322,29 +211,7 @@ class Replica:
             "log: { level: info }",
             f'cache: {{ redis: {{ url: "redis://127.0.0.1:{redis_port}", '
             f'ledger: {"true" if ledger else "false"} }} }}',
-        ]
-        with open(self.cfg, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        chk = subprocess.run([GRACEWAY, "check", "-c", self.cfg, "--skip-sources"],
-                             capture_output=True, text=True, timeout=30)
-        if chk.returncode != 0:
-            raise RuntimeError(f"graceway check failed for {self.cfg}:\n"
-                               f"{chk.stdout}{chk.stderr}")
-        self.proc = None
-
-    def start(self):
-        self.proc = spawn([GRACEWAY, "run", "-c", self.cfg], self.log)
-
-    def wait_ready(self, deadline_s=20):
-        def ok():
-            if self.proc.poll() is not None:
-                raise SystemExit(f"replica {self.idx} exited ({self.proc.returncode}); "
-                                 f"log {self.log}:\n{tail(self.log)}")
-            return http_get(self.admin, "/healthz")[0] == 200
-        wait_until(f"replica {self.idx} /healthz", ok, deadline_s, 0.05)
-
-    def status(self):
-        return json.loads(http_get(self.admin, "/status", timeout=2)[1])
+        ])
 
     def metrics(self):
         """The ledger's counters: {name{label}: value}."""
