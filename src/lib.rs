@@ -44,6 +44,3 @@ pub(crate) mod outcome;
 pub(crate) mod proxy;
 pub mod server;
 pub mod tokens;
-
-#[cfg(test)]
-mod fuzz;

@@ -188,6 +188,10 @@ fn decode_v1(mut b: &[u8]) -> Option<Recorded> {
     })
 }
 
+/// The decoder's fuzz campaign over seeds built in code.
+#[cfg(test)]
+mod fuzz;
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;

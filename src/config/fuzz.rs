@@ -1,7 +1,7 @@
 //! Unit-test only. The seed corpus (`tests/corpus/`) and its mutator,
 //! shared by every fuzz campaign (the target normalizer's in
 //! `proxy::target`, the token validator's in `tokens::value`, the record
-//! decoder's in `src/fuzz.rs`), and the config loader's own campaign. The
+//! decoder's in `cache/record/fuzz.rs`), and the config loader's own campaign. The
 //! reader lives here because `config` is the lowest layer of the code that
 //! parses hostile bytes, so every campaign may import it.
 //!

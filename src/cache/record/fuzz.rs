@@ -3,11 +3,9 @@
 //! version, nothing) and then mutated (proptest): the decoder must never
 //! panic, and must refuse what it cannot read.
 //!
-//! The other campaigns sit beside what they test (`config::fuzz`, which
-//! also holds the corpus reader and the mutator, `proxy::target`,
-//! `tokens::value`). This one stays here for now because the record
-//! format in `cache/stored.rs` is being rewritten; it moves beside it
-//! with the new format.
+//! Like the other campaigns it sits beside what it tests (the others:
+//! `config::fuzz`, which also holds the corpus reader and the mutator,
+//! `proxy::target`, `tokens::value`).
 //!
 //! `PROPTEST_CASES=100000 cargo test --lib fuzz` runs a longer campaign.
 
