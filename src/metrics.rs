@@ -395,9 +395,10 @@ pub struct FleetMetrics {
     pub fleet_operations_total: IntCounterVec,
     pub fleet_queue_dropped_total: IntCounter,
     /// The fleet ledger's findings by direction: `published` (written to
-    /// Redis), `applied` (another replica's, changing a token here),
-    /// `ignored` (not a record, or naming another token than its key),
-    /// `dropped` (queue full or Redis down).
+    /// Redis), `notified` (another replica's, arrived by notification),
+    /// `applied` (another replica's, changing a token here), `ignored`
+    /// (not a record, or naming another token than its key), `dropped`
+    /// (queue full or Redis down).
     pub ledger_findings_total: IntCounterVec,
     /// From a replica learning a finding to this one applying it.
     pub ledger_lag_seconds: Histogram,
@@ -405,6 +406,8 @@ pub struct FleetMetrics {
     /// took the fleet's lock), `lost` (another replica runs it), `alone`
     /// (Redis could not be asked).
     pub ledger_trials_total: IntCounterVec,
+    /// 1 while the ledger's notification connection is subscribed.
+    pub ledger_subscribed: IntGauge,
 }
 
 pub fn fleet_metrics() -> &'static FleetMetrics {
@@ -422,6 +425,8 @@ pub fn fleet_metrics() -> &'static FleetMetrics {
             ("ledger-set", &["ok", "error", "timeout", "skipped"][..]),
             ("ledger-get", &["ok", "error", "timeout", "skipped"][..]),
             ("ledger-trial", &["ok", "error", "timeout", "skipped"][..]),
+            ("ledger-publish", &["ok", "error", "timeout", "skipped"][..]),
+            ("ledger-subscribe", &["ok", "error"][..]),
         ] {
             for r in results {
                 ops.with_label_values(&[op, r]);
@@ -442,11 +447,11 @@ pub fn fleet_metrics() -> &'static FleetMetrics {
             ledger_findings_total: {
                 let c = register_int_counter_vec!(
                     "graceway_ledger_findings_total",
-                    "Fleet ledger findings about tokens, by direction (published, applied, ignored, dropped).",
+                    "Fleet ledger findings about tokens, by direction (published, notified, applied, ignored, dropped).",
                     &["direction"]
                 )
                 .expect("metric registers");
-                for d in ["published", "applied", "ignored", "dropped"] {
+                for d in ["published", "notified", "applied", "ignored", "dropped"] {
                     c.with_label_values(&[d]);
                 }
                 c
@@ -466,7 +471,12 @@ pub fn fleet_metrics() -> &'static FleetMetrics {
             ledger_lag_seconds: register_histogram!(
                 "graceway_ledger_lag_seconds",
                 "Seconds from a replica learning a token finding to this replica applying it.",
-                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0]
+                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0]
+            )
+            .expect("metric registers"),
+            ledger_subscribed: register_int_gauge!(
+                "graceway_ledger_subscribed",
+                "1 while the fleet ledger's notification connection to Redis is subscribed (findings arrive at once; without it they are read every 250 ms)."
             )
             .expect("metric registers"),
         }

@@ -1,7 +1,9 @@
 //! Applying the fleet ledger: what other replicas learned about the tokens
 //! this replica holds (`tokens::ledger` the words, `cache::ledger` the
 //! Redis side). At start the ledger is read before the proxy takes its
-//! first request; then every `cache::ledger::POLL`. An entry is applied
+//! first request; then findings are applied as their notifications arrive,
+//! and the ledger is read again every `cache::ledger::POLL` for what a
+//! lost notification did not bring. An entry is applied
 //! when it is newer than what this replica knows of that token (its own
 //! finding or one applied before): a rejection takes the token out of
 //! rotation here without this replica sending it again, a recovery puts a
@@ -91,21 +93,40 @@ pub fn apply(gen: &Generation, entries: &[Entry], seen: &mut Seen, own: &str) ->
                 m.ledger_lag_seconds
                     .observe(now_ms.saturating_sub(e.at_ms) as f64 / 1000.0);
                 let ago = Duration::from_millis(now_ms.saturating_sub(e.at_ms));
-                let how = match e.finding {
-                    Finding::Rejected { status, evidence } => {
-                        format!("rejected ({status}, {})", evidence.as_str())
-                    }
+                let (level, how) = match e.finding {
+                    Finding::Rejected { status, evidence } => (
+                        log::Level::Info,
+                        format!("rejected ({status}, {})", evidence.as_str()),
+                    ),
                     Finding::Recovered { evidence } => {
                         // The vendor takes it again: so does this replica.
                         up.auth.success();
-                        format!("accepted again ({})", evidence.as_str())
+                        let how = format!("accepted again ({})", evidence.as_str());
+                        (log::Level::Info, how)
                     }
-                    Finding::CoolDown { until } => format!(
-                        "out of quota for {} s",
-                        until.saturating_sub(crate::clock::unix_now())
+                    Finding::CoolDown { until } => (
+                        log::Level::Info,
+                        format!(
+                            "out of quota for {} s",
+                            until.saturating_sub(crate::clock::unix_now())
+                        ),
+                    ),
+                    // Figures arrive about once a second while requests
+                    // flow: not an event worth a line.
+                    Finding::Usage { remaining, .. } => (
+                        log::Level::Debug,
+                        format!("quota observed ({remaining:?} left)"),
+                    ),
+                    Finding::Notice { sunset_at, .. } => (
+                        log::Level::Info,
+                        match sunset_at {
+                            Some(at) => format!("deprecated by the vendor (sunset at {at})"),
+                            None => "deprecated by the vendor".to_string(),
+                        },
                     ),
                 };
-                log::info!(
+                log::log!(
+                    level,
                     "upstream {}: token {} ({}) {how} by replica {} {:.3}s ago: applied from the fleet ledger",
                     up.config.name,
                     t.index,
@@ -148,15 +169,29 @@ pub async fn start(app: &Arc<App>) {
             "fleet ledger: Redis not reachable within {limit:?} at start; this replica learns about its tokens alone until it is"
         );
     }
+    let mut notified = tier.notifications();
     let app = app.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::cache::ledger::POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            let gen = app.live.load_full();
-            if let Some(entries) = tier.read(&held(&gen)).await {
-                apply(&gen, &entries, &mut seen, &own);
+            tokio::select! {
+                Some(e) = notified.recv() => {
+                    if e.origin != own {
+                        metrics()
+                            .ledger_findings_total
+                            .with_label_values(&["notified"])
+                            .inc();
+                    }
+                    let gen = app.live.load_full();
+                    apply(&gen, std::slice::from_ref(&e), &mut seen, &own);
+                }
+                _ = tick.tick() => {
+                    let gen = app.live.load_full();
+                    if let Some(entries) = tier.read(&held(&gen)).await {
+                        apply(&gen, &entries, &mut seen, &own);
+                    }
+                }
             }
         }
     });

@@ -228,7 +228,11 @@ pub async fn run(
 /// recovery is found without waiting for a client. The auth breaker's
 /// trial carries the next rejected token (cycling, as request trials do);
 /// the health breaker's a usable one. Requests take the same trial slot,
-/// so there is still one trial per window.
+/// so there is still one trial per window. With the fleet ledger the auth
+/// breaker's trials are the fleet's: this task takes the trial lock of a
+/// token (or of the next rejected one, when another replica tries that
+/// one), and tries it on the last good path, or, with no path yet, leaves
+/// it to the next request (`Upstream::trial_grant`).
 pub async fn trials(
     live: Arc<dyn Fn() -> Arc<Generation> + Send + Sync>,
     generation: u64,
@@ -265,53 +269,79 @@ pub async fn trials(
             }
         }
         first = false;
-        let Some(path) = up.status.last_good_path() else {
-            continue;
-        };
+        let path = up.status.last_good_path();
         let now = SystemTime::now();
-        if up.status.health.is_open() && up.status.health.try_trial() {
-            let token = up.tokens.pick(0, now);
-            match probe_path(&up, token, &path).await {
-                ProbeResult::Failed(reason) => up.status.health_failure(reason),
-                ProbeResult::Accepted(status) | ProbeResult::Rejected(status) => {
-                    log::info!(
-                        "upstream {}: background trial GET {} answered {status}",
-                        up.config.name,
-                        crate::app::probe::shown_path(&path)
-                    );
-                    up.status.health_success();
-                }
-            }
-        } else if up.auth.is_open() && up.auth.try_trial() {
+        let fleet = fleet.as_ref().filter(|_| up.tokens.in_fleet());
+        let health_trial_now =
+            path.is_some() && up.status.health.is_open() && up.status.health.try_trial();
+        if let (Some(path), true) = (&path, health_trial_now) {
+            health_trial(&up, path, now).await;
+        } else if up.auth.is_open() && (path.is_some() || fleet.is_some()) && up.auth.try_trial() {
             let n = up
                 .auth_trials
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(t) = up.tokens.trial_token(n, now) else {
+            // One trial of a token per window for the fleet: a token
+            // another replica tries now is left to it, and the next
+            // rejected one tried instead, so the fleet tries each once.
+            let mut chosen = None;
+            for t in up.tokens.trial_tokens(n, now) {
+                match fleet {
+                    Some(f) if !f.take(t, up.config.health.retry_after).await => continue,
+                    _ => {
+                        chosen = Some(t);
+                        break;
+                    }
+                }
+            }
+            let Some(t) = chosen else {
                 continue;
             };
-            // One trial of a token per window for the fleet.
-            if let Some(f) = &fleet {
-                if !f.take(t, up.config.health.retry_after).await {
-                    continue;
-                }
-            }
-            match probe_path(&up, Some(t), &path).await {
-                ProbeResult::Accepted(status) => {
-                    if t.recovered(crate::tokens::ledger::Evidence::Trial) {
-                        log::info!(
-                            "upstream {}: background trial: token {} ({}) accepted again ({status}); auth breaker closed",
-                            up.config.name,
-                            t.index,
-                            t.fingerprint
-                        );
-                    }
-                    up.auth.success();
-                    up.status.health_success();
-                }
-                ProbeResult::Rejected(_) => up.status.health_success(),
-                ProbeResult::Failed(reason) => up.status.health_failure(reason),
+            match &path {
+                Some(path) => auth_trial(&up, t, path).await,
+                // No path to try it on: the next request carries it.
+                None => up
+                    .trial_grant
+                    .store(t.index + 1, std::sync::atomic::Ordering::Relaxed),
             }
         }
+    }
+}
+
+/// The health breaker's background trial: the last good path with a usable
+/// token.
+async fn health_trial(up: &Upstream, path: &str, now: SystemTime) {
+    let token = up.tokens.pick(0, now);
+    match probe_path(up, token, path).await {
+        ProbeResult::Failed(reason) => up.status.health_failure(reason),
+        ProbeResult::Accepted(status) | ProbeResult::Rejected(status) => {
+            log::info!(
+                "upstream {}: background trial GET {} answered {status}",
+                up.config.name,
+                crate::app::probe::shown_path(path)
+            );
+            up.status.health_success();
+        }
+    }
+}
+
+/// The auth breaker's background trial of rejected token `t` on the last
+/// good path.
+async fn auth_trial(up: &Upstream, t: &crate::tokens::Token, path: &str) {
+    match probe_path(up, Some(t), path).await {
+        ProbeResult::Accepted(status) => {
+            if t.recovered(crate::tokens::ledger::Evidence::Trial) {
+                log::info!(
+                    "upstream {}: background trial: token {} ({}) accepted again ({status}); auth breaker closed",
+                    up.config.name,
+                    t.index,
+                    t.fingerprint
+                );
+            }
+            up.auth.success();
+            up.status.health_success();
+        }
+        ProbeResult::Rejected(_) => up.status.health_success(),
+        ProbeResult::Failed(reason) => up.status.health_failure(reason),
     }
 }
 

@@ -12,12 +12,19 @@
 //!   wait: a full queue drops it, counted) and written with `SET .. PX` for
 //!   as long as it holds (a rejection for the auth breaker's longest
 //!   window unless a replica renews it, so a wrong verdict heals).
+//! - **Notifications**: the same record is published on
+//!   `<key_prefix>ledger:v1:findings` before it is written; every replica
+//!   keeps one subscribed connection ([`LedgerTier::notifications`]) and
+//!   applies what arrives at once, so a finding reaches a busy replica in
+//!   about one Redis round trip. A Cluster passes a `PUBLISH` to every
+//!   node, so the subscriber holds any one node and moves to the next when
+//!   it goes away.
 //! - **Reads**: the replica reads the slots of the tokens it holds, at
-//!   start before its first request and then every
-//!   [`POLL`] (a finding reaches every replica within about that plus one
-//!   round trip). It cannot read a token it does not hold: a record names
-//!   the token it is about, and one whose name is not its key's is
-//!   ignored and counted.
+//!   start before its first request and then every [`POLL`]: what a lost
+//!   notification (a reconnecting subscriber, Redis restarted) did not
+//!   bring arrives within that. It cannot read a token it does not hold:
+//!   a record names the token it is about, and one whose name is not its
+//!   key's is ignored and counted.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +47,15 @@ pub struct LedgerTier {
 pub fn key(prefix: &str, token: &TokenId, slot: Slot) -> String {
     format!("{prefix}ledger:v1:{{{}}}:{}", token.hex(), slot.as_str())
 }
+
+/// `<prefix>ledger:v1:findings`: the channel every finding is published on.
+pub fn channel(prefix: &str) -> String {
+    format!("{prefix}ledger:v1:findings")
+}
+
+/// How many notifications may wait for the applier; more are dropped (the
+/// next read brings them).
+const NOTIFIED_QUEUE: usize = 1024;
 
 /// `<prefix>ledger:v1:{<hex>}:trial`: who runs the token's trial or probe
 /// this window.
@@ -68,10 +84,23 @@ impl LedgerTier {
 
     async fn write_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Entry>) {
         let m = metrics();
+        let channel = channel(self.fleet.key_prefix());
         while let Some(e) = rx.recv().await {
+            let record = ledger::encode(&e);
+            // Notified first: the busy replicas are waiting for it; the
+            // key is for those that start later or missed the message.
+            let publish = redis::cmd("PUBLISH").arg(&channel).arg(&record).to_owned();
+            if self
+                .fleet
+                .query::<u64>("ledger-publish", &publish)
+                .await
+                .is_some()
+            {
+                super::fleet::count("ledger-publish", "ok");
+            }
             let cmd = redis::cmd("SET")
                 .arg(key(self.fleet.key_prefix(), &e.token, e.finding.slot()))
-                .arg(ledger::encode(&e))
+                .arg(record)
                 .arg("PX")
                 .arg(e.ttl_ms.max(1))
                 .to_owned();
@@ -85,6 +114,63 @@ impl LedgerTier {
             m.ledger_findings_total
                 .with_label_values(&[direction])
                 .inc();
+        }
+    }
+
+    /// The findings other replicas publish, as they arrive: a task keeps
+    /// one subscribed connection, reconnecting (1 s, doubling to 10 s)
+    /// when it drops. Records that do not decode are counted as ignored;
+    /// a full queue drops (the next read brings the finding).
+    pub fn notifications(self: &Arc<Self>) -> mpsc::Receiver<Entry> {
+        let (tx, rx) = mpsc::channel(NOTIFIED_QUEUE);
+        let me = self.clone();
+        tokio::spawn(async move { me.subscribe_loop(tx).await });
+        rx
+    }
+
+    async fn subscribe_loop(self: Arc<Self>, tx: mpsc::Sender<Entry>) {
+        use futures_util::StreamExt;
+        let channel = channel(self.fleet.key_prefix());
+        let m = metrics();
+        let mut pause = Duration::from_secs(1);
+        let mut node = 0;
+        loop {
+            match self.fleet.subscribe(&channel, node).await {
+                Ok(p) => {
+                    super::fleet::count("ledger-subscribe", "ok");
+                    m.ledger_subscribed.set(1);
+                    pause = Duration::from_secs(1);
+                    let mut messages = p.into_on_message();
+                    while let Some(msg) = messages.next().await {
+                        match ledger::decode(msg.get_payload_bytes()) {
+                            Some(e) => {
+                                if tx.is_closed() {
+                                    return;
+                                }
+                                let _ = tx.try_send(e);
+                            }
+                            None => m
+                                .ledger_findings_total
+                                .with_label_values(&["ignored"])
+                                .inc(),
+                        }
+                    }
+                    m.ledger_subscribed.set(0);
+                    log::warn!(
+                        "fleet ledger: the notification connection to Redis closed; reconnecting (findings are read every {POLL:?} meanwhile)"
+                    );
+                }
+                Err(e) => {
+                    super::fleet::count("ledger-subscribe", "error");
+                    log::debug!("fleet ledger: cannot subscribe: {e}");
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+            node += 1;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(10));
         }
     }
 

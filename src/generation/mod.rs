@@ -193,6 +193,7 @@ pub async fn build(
             tokens,
             auth: Breaker::new(1, h.retry_after, h.max_retry_after),
             auth_trials: Default::default(),
+            trial_grant: Default::default(),
             status,
         }));
     }

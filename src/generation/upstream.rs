@@ -41,6 +41,12 @@ pub struct Upstream {
     pub auth: Breaker,
     /// Counts auth-breaker trials, to cycle through the rejected tokens.
     pub auth_trials: std::sync::atomic::AtomicUsize,
+    /// With the fleet ledger, the token (index + 1; 0 = none) whose trial
+    /// this replica won the fleet's lock for and leaves to the next
+    /// request, having no path of its own to try it on (see
+    /// `app::probe::trials`). Without the ledger requests take the auth
+    /// breaker's trials themselves.
+    pub trial_grant: std::sync::atomic::AtomicUsize,
     /// Outlives generations: counters, last success/failure, the health
     /// breaker.
     pub status: Arc<UpstreamStatus>,

@@ -53,6 +53,30 @@ pub(super) fn carry(ctx: &mut RequestCtx, up: &Upstream, attempt: Attempt) -> bo
     }
 }
 
+/// Lets this request through as the auth breaker's trial when it may be:
+/// without the fleet ledger, when the breaker grants this window's trial;
+/// with it, when this replica won the fleet's trial lock for a token and
+/// left the trial to a request (`Upstream::trial_grant`), so the fleet
+/// sends one trial per token per window. True when the request carries it.
+pub(super) fn trial(ctx: &mut RequestCtx, up: &Upstream) -> bool {
+    if !up.tokens.in_fleet() {
+        return up.auth.try_trial() && carry(ctx, up, Attempt::Trial);
+    }
+    let granted = up.trial_grant.swap(0, std::sync::atomic::Ordering::Relaxed);
+    let now = SystemTime::now();
+    match granted
+        .checked_sub(1)
+        .and_then(|i| up.tokens.tokens.get(i))
+        .filter(|t| t.state(now) == crate::tokens::TokenState::Rejected)
+    {
+        Some(t) => {
+            set(ctx, t, Attempt::Trial);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Makes `t` (chosen by [`token`]) the token the next attempt carries.
 pub(super) fn set(ctx: &mut RequestCtx, t: &Token, attempt: Attempt) {
     ctx.token = Some(t.index);

@@ -176,7 +176,7 @@ impl Proxy {
         if let Some(r) = reason {
             record::auth_tripped(up, r, probed);
         }
-        if !probed && up.auth.try_trial() && choose::carry(ctx, up, choose::Attempt::Trial) {
+        if !probed && choose::trial(ctx, up) {
             return Ok(false);
         }
         // Every source failed: the copy (or the 503) says

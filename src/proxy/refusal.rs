@@ -47,7 +47,7 @@ pub(super) fn read_vendor_signals(
 ) {
     if let Some(q) = evidence::quota(headers) {
         let now = unix_now();
-        t.evidence.observe_quota(q, now);
+        t.observe_quota(q, now);
         // The last request of the window went through: with 429 failover,
         // later requests go to the next token until the reset.
         if let (Some(0), Some(reset_in), true) =
@@ -59,8 +59,7 @@ pub(super) fn read_vendor_signals(
     if let Some((deprecation, sunset)) = evidence::notice_headers(headers) {
         let mut h = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(&(deprecation, sunset), &mut h);
-        t.evidence
-            .observe_notice(std::hash::Hasher::finish(&h), || evidence::notice(headers));
+        t.observe_notice(std::hash::Hasher::finish(&h), || evidence::notice(headers));
     }
 }
 

@@ -14,7 +14,49 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// How long the fleet keeps quota figures at most (their window's reset
+/// ends them sooner).
+const USAGE_TTL_MS: u64 = 60_000;
+
+/// How long the fleet keeps a deprecation or sunset notice; every replica
+/// that meets it again renews it, and one that starts in the meantime
+/// shows it before its own requests carry it.
+const NOTICE_TTL_MS: u64 = 24 * 3600 * 1000;
+
 impl Token {
+    /// Keeps the quota the vendor stated (at `now`, Unix seconds); the
+    /// fleet hears of it at most once a second.
+    pub fn observe_quota(&self, q: super::evidence::Quota, now: u64) {
+        self.evidence.observe_quota(q, now);
+        if self.fleet.is_some() {
+            self.publish(
+                Finding::Usage {
+                    remaining: q.remaining,
+                    limit: q.limit,
+                    reset_at: q.reset_in.map(|r| now + r),
+                },
+                false,
+            );
+        }
+    }
+
+    /// Keeps a deprecation or sunset notice (parsed only when its raw
+    /// headers' `hash` changed); the fleet hears of a new one.
+    pub fn observe_notice(&self, hash: u64, parse: impl FnOnce() -> super::evidence::Notice) {
+        if self.evidence.observe_notice(hash, parse) && self.fleet.is_some() {
+            if let Some(n) = self.evidence.notice() {
+                self.publish(
+                    Finding::Notice {
+                        deprecated: n.1.deprecated,
+                        deprecation_at: n.1.deprecation_at,
+                        sunset_at: n.1.sunset_at,
+                    },
+                    true,
+                );
+            }
+        }
+    }
+
     /// The vendor accepts the token again: cleared, and the fleet ledger
     /// hears of it. True when it was rejected.
     pub fn recovered(&self, evidence: super::ledger::Evidence) -> bool {
@@ -75,8 +117,16 @@ impl Token {
         let ttl_ms = match finding {
             Finding::Rejected { .. } | Finding::Recovered { .. } => f.rejected_ttl_ms,
             Finding::CoolDown { until } => (until * 1000).saturating_sub(now).max(1000),
+            // Figures are worth something until their window resets.
+            Finding::Usage { reset_at, .. } => reset_at
+                .map_or(USAGE_TTL_MS, |r| (r * 1000).saturating_sub(now))
+                .clamp(1000, USAGE_TTL_MS),
+            Finding::Notice { .. } => NOTICE_TTL_MS,
         };
         f.outbox.send(f.id, finding, now, ttl_ms);
+        if !finding.slot().is_state() {
+            return;
+        }
         self.learned.store(Some(Arc::new(Learned {
             origin: f.outbox.origin().to_string(),
             at_ms: now,
@@ -104,6 +154,34 @@ impl Token {
                         .cool_until(std::time::SystemTime::now())
                         .is_none_or(|t| crate::clock::unix(t) < until)
                     && self.evidence.cool_down(until)
+            }
+            Finding::Usage {
+                remaining,
+                limit,
+                reset_at,
+            } => {
+                self.evidence.set_quota(remaining, limit, reset_at);
+                return true;
+            }
+            Finding::Notice {
+                deprecated,
+                deprecation_at,
+                sunset_at,
+            } => {
+                let known = self.evidence.notice();
+                let same = known.as_ref().is_some_and(|n| {
+                    (n.1.deprecated, n.1.deprecation_at, n.1.sunset_at)
+                        == (deprecated, deprecation_at, sunset_at)
+                });
+                if !same {
+                    self.evidence.set_notice(super::evidence::Notice {
+                        deprecated,
+                        deprecation_at,
+                        sunset_at,
+                        links: Vec::new(),
+                    });
+                }
+                return !same;
             }
         };
         self.learned.store(Some(Arc::new(Learned {

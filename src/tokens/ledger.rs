@@ -87,23 +87,53 @@ pub enum Finding {
     Recovered { evidence: Evidence },
     /// The token's quota is spent until `until` (Unix seconds).
     CoolDown { until: u64 },
+    /// The quota the vendor's rate-limit headers stated last (the newest
+    /// observation in the fleet wins): requests left, the limit, when the
+    /// window resets (Unix seconds); a figure the vendor left out is
+    /// `None`.
+    Usage {
+        remaining: Option<u64>,
+        limit: Option<u64>,
+        reset_at: Option<u64>,
+    },
+    /// The vendor's deprecation or sunset notice for the token's requests
+    /// (RFC 9745 `Deprecation`, RFC 8594 `Sunset`; times in Unix seconds).
+    /// The `Link` targets stay with the replica that saw them: the ledger
+    /// holds no text the vendor chose.
+    Notice {
+        deprecated: bool,
+        deprecation_at: Option<u64>,
+        sunset_at: Option<u64>,
+    },
 }
 
-/// Findings that replace each other: a token's acceptance, and its quota.
+/// Findings that replace each other: a token's acceptance, its quota
+/// cool-down, the quota figures, a notice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Slot {
     State,
     Quota,
+    Usage,
+    Notice,
 }
 
 impl Slot {
-    pub const ALL: [Slot; 2] = [Slot::State, Slot::Quota];
+    pub const ALL: [Slot; 4] = [Slot::State, Slot::Quota, Slot::Usage, Slot::Notice];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Slot::State => "state",
             Slot::Quota => "quota",
+            Slot::Usage => "usage",
+            Slot::Notice => "notice",
         }
+    }
+
+    /// Whether a finding in this slot is the token's state as `/status`
+    /// names its origin (acceptance or cool-down); figures and notices
+    /// travel without changing that.
+    pub fn is_state(self) -> bool {
+        matches!(self, Slot::State | Slot::Quota)
     }
 }
 
@@ -112,6 +142,8 @@ impl Finding {
         match self {
             Finding::Rejected { .. } | Finding::Recovered { .. } => Slot::State,
             Finding::CoolDown { .. } => Slot::Quota,
+            Finding::Usage { .. } => Slot::Usage,
+            Finding::Notice { .. } => Slot::Notice,
         }
     }
 
@@ -120,6 +152,8 @@ impl Finding {
             Finding::Rejected { .. } => "rejected",
             Finding::Recovered { .. } => "recovered",
             Finding::CoolDown { .. } => "cool-down",
+            Finding::Usage { .. } => "usage",
+            Finding::Notice { .. } => "notice",
         }
     }
 }
@@ -231,7 +265,7 @@ pub struct InFleet {
     pub(super) id: TokenId,
     pub(super) outbox: Outbox,
     pub(super) rejected_ttl_ms: u64,
-    pub(super) sent_ms: [AtomicU64; 2],
+    pub(super) sent_ms: [AtomicU64; 4],
 }
 
 impl std::fmt::Debug for Outbox {
@@ -266,6 +300,16 @@ mod tests {
             },
             Finding::CoolDown {
                 until: 1_790_000_060,
+            },
+            Finding::Usage {
+                remaining: Some(7),
+                limit: None,
+                reset_at: Some(1_790_000_010),
+            },
+            Finding::Notice {
+                deprecated: true,
+                deprecation_at: None,
+                sunset_at: Some(1_800_000_000),
             },
         ] {
             let e = entry(f);
@@ -330,6 +374,17 @@ mod tests {
             Slot::State
         );
         assert_eq!(Finding::CoolDown { until: 1 }.slot(), Slot::Quota);
+        let usage = Finding::Usage {
+            remaining: None,
+            limit: Some(100),
+            reset_at: None,
+        };
+        assert_eq!(usage.slot(), Slot::Usage);
+        // Every slot has its own key suffix, and only acceptance and
+        // cool-down are the token's state.
+        let names: std::collections::HashSet<_> = Slot::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names.len(), Slot::ALL.len());
+        assert!(!usage.slot().is_state() && Slot::Quota.is_state());
     }
 
     proptest::proptest! {

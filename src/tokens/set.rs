@@ -268,11 +268,33 @@ impl Evidence {
 
     /// Keeps a notice whose raw headers hash to `hash`, unless it is the
     /// one already kept; parses only then.
-    pub fn observe_notice(&self, hash: u64, parse: impl FnOnce() -> Notice) {
+    /// True when the notice changed (it was parsed and stored).
+    pub fn observe_notice(&self, hash: u64, parse: impl FnOnce() -> Notice) -> bool {
         if self.notice.load().as_ref().is_some_and(|n| n.0 == hash) {
-            return;
+            return false;
         }
         self.notice.store(Some(Arc::new((hash, parse()))));
+        true
+    }
+
+    /// Sets the quota figures another replica observed (`reset_at` in Unix
+    /// seconds).
+    pub fn set_quota(&self, remaining: Option<u64>, limit: Option<u64>, reset_at: Option<u64>) {
+        let as_i64 = |v: Option<u64>| v.map_or(-1, |v| v.min(i64::MAX as u64) as i64);
+        self.quota_remaining
+            .store(as_i64(remaining), Ordering::Relaxed);
+        if limit.is_some() {
+            self.quota_limit.store(as_i64(limit), Ordering::Relaxed);
+        }
+        if let Some(r) = reset_at {
+            self.quota_reset_at.store(r, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets a notice another replica saw (hash 0: the first notice this
+    /// replica's own answers carry replaces it, links and all).
+    pub fn set_notice(&self, notice: Notice) {
+        self.notice.store(Some(Arc::new((0, notice))));
     }
 
     pub fn notice(&self) -> Option<Arc<(u64, Notice)>> {
@@ -514,6 +536,25 @@ impl TokenSet {
         (count > 0)
             .then(|| self.tokens.iter().filter(rejected).nth(n % count))
             .flatten()
+    }
+
+    /// The rejected tokens in trial order from the `n`th (each once), for
+    /// a fleet trial that moves to the next token when another replica
+    /// tries one.
+    pub fn trial_tokens(&self, n: usize, now: SystemTime) -> impl Iterator<Item = &Token> {
+        let rejected: Vec<&Token> = self
+            .tokens
+            .iter()
+            .filter(|t| t.state(now) == TokenState::Rejected)
+            .collect();
+        let count = rejected.len();
+        (0..count).map(move |k| rejected[(n + k) % count])
+    }
+
+    /// Whether the tokens take part in the fleet ledger (their trials are
+    /// the fleet's).
+    pub fn in_fleet(&self) -> bool {
+        self.tokens.iter().any(|t| t.ledger_id().is_some())
     }
 
     /// True when at least one token can be sent.

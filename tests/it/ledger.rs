@@ -53,6 +53,18 @@ fn replica(up: &MockUpstream, redis: &Redis, tokens: &[&str], extra: &str) -> Gr
 
 /// A replica whose `cache.redis` is `spec`.
 fn replica_on(up: &MockUpstream, spec: &str, tokens: &[&str], extra: &str) -> Graceway {
+    let health = "{ retry_after: 30s, max_retry_after: 60s }";
+    replica_with(up, spec, tokens, health, extra)
+}
+
+/// A replica whose `cache.redis` is `spec` and `health` is `health`.
+pub(super) fn replica_with(
+    up: &MockUpstream,
+    spec: &str,
+    tokens: &[&str],
+    health: &str,
+    extra: &str,
+) -> Graceway {
     let dir = TestDir::new();
     let mut lines = String::new();
     for (i, t) in tokens.iter().enumerate() {
@@ -61,14 +73,29 @@ fn replica_on(up: &MockUpstream, spec: &str, tokens: &[&str], extra: &str) -> Gr
     }
     let cfg = EmojiConfig::new(up.port)
         .tokens(lines.trim_end())
-        .health("{ retry_after: 30s, max_retry_after: 60s }")
+        .health(health)
         .upstream(extra)
         .top(&format!("cache: {{ redis: {spec} }}"))
         .build();
     Graceway::start_in(dir, &cfg)
 }
 
-async fn token_state(g: &Graceway, index: usize) -> serde_json::Value {
+/// `g` is subscribed to the ledger's notifications and heard at least
+/// `n` findings of other replicas by them.
+async fn assert_notified(g: &Graceway, n: f64) {
+    let m = g.metrics().await;
+    assert_eq!(
+        metric_value(&m, "graceway_ledger_subscribed"),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        metric_value(&m, "graceway_ledger_findings_total{direction=\"notified\"}") >= Some(n),
+        "{m}"
+    );
+}
+
+pub(super) async fn token_state(g: &Graceway, index: usize) -> serde_json::Value {
     g.status().await["upstreams"][0]["tokens"][index].clone()
 }
 
@@ -170,6 +197,11 @@ async fn a_revocation_one_replica_meets_moves_every_replica_to_the_standby() {
     // make most of it zero).
     assert!(
         metric_value(&m, "graceway_ledger_lag_seconds_count") >= Some(1.0),
+        "{m}"
+    );
+    // It arrived as a notification (the 250 ms read is the safety net).
+    assert!(
+        metric_value(&m, "graceway_ledger_findings_total{direction=\"notified\"}") >= Some(1.0),
         "{m}"
     );
     assert!(
@@ -413,6 +445,9 @@ async fn on_a_three_master_cluster_a_revocation_reaches_every_replica() {
         1,
         "B went straight to the live one"
     );
+    // A Cluster passes a PUBLISH to every node: B's subscriber, on one of
+    // them, heard A's findings whichever node A's publish went to.
+    assert_notified(&b, 3.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,19 +501,22 @@ async fn the_documented_redis_acl_is_enough_for_the_fleet_tier_and_the_ledger() 
         "resetkeys",
         "~graceway:*",
         "resetchannels",
+        "&graceway:*",
         "-@all",
         "+get",
         "+set",
         "+mget",
         "+ping",
         "+hello",
+        "+publish",
+        "+subscribe",
         "+cluster|slots",
         "+cluster|shards",
     ]);
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/how-it-works.md"))
         .unwrap();
     assert!(
-        doc.contains("resetkeys ~graceway:* resetchannels -@all +get +set +mget +ping +hello +cluster|slots +cluster|shards"),
+        doc.contains("resetkeys ~graceway:* resetchannels &graceway:* -@all +get +set +mget +ping +hello +publish +subscribe +cluster|slots +cluster|shards"),
         "the ACL in the doc is the one tested here"
     );
     let accepted = accepting(&["tok-primary", "tok-standby"]);
@@ -504,5 +542,16 @@ async fn the_documented_redis_acl_is_enough_for_the_fleet_tier_and_the_ledger() 
         s["cache"]["fleet"]["errors"], 0,
         "{:#}",
         s["cache"]["fleet"]
+    );
+    // Notifications too: A's publish reached B's subscriber.
+    assert_notified(&b, 1.0).await;
+    let m = a.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "graceway_fleet_operations_total{op=\"ledger-publish\",result=\"error\"}"
+        ),
+        Some(0.0),
+        "{m}"
     );
 }

@@ -17,6 +17,7 @@ mod hostile;
 mod idp;
 mod inject;
 mod ledger;
+mod ledger_trials;
 mod lifecycle;
 mod nginx;
 mod observability;

@@ -80,7 +80,12 @@ fn set_pipeline<'a>(writes: impl Iterator<Item = &'a Write>) -> redis::Pipeline 
 
 pub(super) enum Client {
     Single(Box<redis::Client>),
-    Cluster(Box<redis::cluster::ClusterClient>),
+    Cluster {
+        client: Box<redis::cluster::ClusterClient>,
+        /// The configured nodes, for the ledger's subscriber (a Cluster
+        /// passes every `PUBLISH` to all its nodes, so any one will do).
+        nodes: Vec<redis::Client>,
+    },
 }
 
 pub(super) struct Write {
@@ -112,14 +117,26 @@ impl Client {
                 Client::Single(Box::new(client.map_err(|e| e.to_string())?))
             }
             RedisTarget::Cluster(urls) => {
+                let certs = certs()?;
+                let nodes = urls
+                    .iter()
+                    .map(|u| match &certs {
+                        Some(c) => redis::Client::build_with_tls(u.as_str(), c.clone()),
+                        None => redis::Client::open(u.as_str()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
                 let mut b =
                     redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
                         .connection_timeout(config.timeout.max(Duration::from_millis(500)))
                         .response_timeout(config.timeout.max(Duration::from_millis(500)));
-                if let Some(c) = certs()? {
+                if let Some(c) = certs {
                     b = b.certs(c);
                 }
-                Client::Cluster(Box::new(b.build().map_err(|e| e.to_string())?))
+                Client::Cluster {
+                    client: Box::new(b.build().map_err(|e| e.to_string())?),
+                    nodes,
+                }
             }
         })
     }
@@ -137,15 +154,53 @@ impl Client {
                     .await
                     .map(|r| r.map(Conn::Single))
             }
-            Client::Cluster(c) => tokio::time::timeout(limit * 2, c.get_async_connection())
-                .await
-                .map(|r| r.map(Conn::Cluster)),
+            Client::Cluster { client: c, .. } => {
+                tokio::time::timeout(limit * 2, c.get_async_connection())
+                    .await
+                    .map(|r| r.map(Conn::Cluster))
+            }
         };
         match made {
             Err(_) => Err("connecting timed out".into()),
             Ok(Err(e)) => Err(e.to_string()),
             Ok(Ok(c)) => Ok(c),
         }
+    }
+}
+
+impl Client {
+    /// A connection subscribed to `channel`, for the ledger's
+    /// notifications: the server, or the first cluster node that answers
+    /// (counting from `start`, so a reconnection tries the next one
+    /// first). Each attempt within `timeout` (at least 1 s).
+    pub(super) async fn subscribe(
+        &self,
+        channel: &str,
+        timeout: Duration,
+        start: usize,
+    ) -> Result<redis::aio::PubSub, String> {
+        let limit = timeout.max(Duration::from_secs(1));
+        let nodes: Vec<&redis::Client> = match self {
+            Client::Single(c) => vec![c],
+            Client::Cluster { nodes, .. } => {
+                let n = nodes.len().max(1);
+                (0..nodes.len()).map(|i| &nodes[(start + i) % n]).collect()
+            }
+        };
+        let mut last = "no node configured".to_string();
+        for c in nodes {
+            let attempt = async {
+                let mut p = c.get_async_pubsub().await?;
+                p.subscribe(channel).await?;
+                Ok::<_, redis::RedisError>(p)
+            };
+            match tokio::time::timeout(limit, attempt).await {
+                Ok(Ok(p)) => return Ok(p),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "subscribing timed out".into(),
+            }
+        }
+        Err(last)
     }
 }
 

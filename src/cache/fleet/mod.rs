@@ -215,6 +215,17 @@ impl FleetTier {
         }
     }
 
+    /// A connection subscribed to `channel` (see `conn::Client::subscribe`).
+    pub(super) async fn subscribe(
+        &self,
+        channel: &str,
+        start: usize,
+    ) -> Result<redis::aio::PubSub, String> {
+        self.client
+            .subscribe(channel, self.config.timeout, start)
+            .await
+    }
+
     pub(super) fn key_prefix(&self) -> &str {
         &self.config.key_prefix
     }

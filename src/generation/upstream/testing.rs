@@ -78,6 +78,7 @@ pub(crate) fn upstream(name: &str, tokens: Option<Vec<Token>>) -> Upstream {
         tokens,
         auth: Breaker::new(1, h.retry_after, h.max_retry_after),
         auth_trials: Default::default(),
+        trial_grant: Default::default(),
         status: Arc::new(UpstreamStatus::new(name)),
         config,
     }
