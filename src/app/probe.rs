@@ -283,10 +283,18 @@ pub async fn trials(
             // One trial of a token per window for the fleet: a token
             // another replica tries now is left to it, and the next
             // rejected one tried instead, so the fleet tries each once.
+            // The lock lives this window (the breaker's doubled backoff),
+            // so replicas whose windows do not line up still share one.
+            let window = up
+                .auth
+                .next_trial()
+                .and_then(|t| t.duration_since(now).ok())
+                .unwrap_or_default()
+                .max(up.config.health.retry_after);
             let mut chosen = None;
             for t in up.tokens.trial_tokens(n, now) {
                 match fleet {
-                    Some(f) if !f.take(t, up.config.health.retry_after).await => continue,
+                    Some(f) if !f.take(t, window).await => continue,
                     _ => {
                         chosen = Some(t);
                         break;
