@@ -400,7 +400,8 @@ pub struct FleetMetrics {
     /// (not a record, or naming another token than its key), `dropped`
     /// (queue full or Redis down).
     pub ledger_findings_total: IntCounterVec,
-    /// From a replica learning a finding to this one applying it.
+    /// From a replica learning a finding to this one applying it (while
+    /// running; the read at start applies older findings, not counted).
     pub ledger_lag_seconds: Histogram,
     /// Trials and probes of a token, by who ran them: `won` (this replica
     /// took the fleet's lock), `lost` (another replica runs it), `alone`

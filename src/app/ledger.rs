@@ -53,9 +53,18 @@ fn held(gen: &Generation) -> Vec<TokenId> {
 #[derive(Default)]
 pub struct Seen(HashMap<(TokenId, Slot), u64>);
 
+/// When an entry is applied: in the read at start (what the fleet knew
+/// before this replica ran: its age is not a delivery lag), or while
+/// running (a notification or a read: its age is the lag).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Start,
+    Running,
+}
+
 /// Applies `entries` to the tokens of `gen`; returns how many changed a
 /// token. `own` is this replica's name (its own entries are only noted).
-pub fn apply(gen: &Generation, entries: &[Entry], seen: &mut Seen, own: &str) -> usize {
+pub fn apply(gen: &Generation, entries: &[Entry], seen: &mut Seen, own: &str, when: When) -> usize {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -90,8 +99,10 @@ pub fn apply(gen: &Generation, entries: &[Entry], seen: &mut Seen, own: &str) ->
                 m.ledger_findings_total
                     .with_label_values(&["applied"])
                     .inc();
-                m.ledger_lag_seconds
-                    .observe(now_ms.saturating_sub(e.at_ms) as f64 / 1000.0);
+                if when == When::Running {
+                    m.ledger_lag_seconds
+                        .observe(now_ms.saturating_sub(e.at_ms) as f64 / 1000.0);
+                }
                 let ago = Duration::from_millis(now_ms.saturating_sub(e.at_ms));
                 let (level, how) = match e.finding {
                     Finding::Rejected { status, evidence } => (
@@ -159,7 +170,7 @@ pub async fn start(app: &Arc<App>) {
     if tier.ready_within(limit).await {
         let gen = app.live.load_full();
         if let Some(entries) = tier.read(&held(&gen)).await {
-            let n = apply(&gen, &entries, &mut seen, &own);
+            let n = apply(&gen, &entries, &mut seen, &own, When::Start);
             if n > 0 {
                 log::info!("fleet ledger: {n} token finding(s) applied at start");
             }
@@ -184,12 +195,12 @@ pub async fn start(app: &Arc<App>) {
                             .inc();
                     }
                     let gen = app.live.load_full();
-                    apply(&gen, std::slice::from_ref(&e), &mut seen, &own);
+                    apply(&gen, std::slice::from_ref(&e), &mut seen, &own, When::Running);
                 }
                 _ = tick.tick() => {
                     let gen = app.live.load_full();
                     if let Some(entries) = tier.read(&held(&gen)).await {
-                        apply(&gen, &entries, &mut seen, &own);
+                        apply(&gen, &entries, &mut seen, &own, When::Running);
                     }
                 }
             }
