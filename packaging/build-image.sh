@@ -98,9 +98,12 @@ slim_kib=$(du -sk "$slim" | cut -f1)
 # podman never runs a container). The context is a folder with exactly the
 # files the Containerfile copies; the binary is stripped of debug info (as
 # in the Debian package: symbols stay for perf and backtraces).
-podman import --quiet \
-  --change 'LABEL org.opencontainers.image.description="Debian '"$suite"': libc6, libgcc-s1, CA bundle"' \
-  - "$base" < <(tar -C "$slim" --numeric-owner --sort=name --mtime="@$SOURCE_DATE_EPOCH" -cf - .) >/dev/null
+# The images this replaces, removed at the end (not when a build reuses one).
+previous=$(podman image inspect --format '{{.Id}}' "$image" "$base" 2>/dev/null || true)
+tar -C "$slim" --numeric-owner --sort=name --mtime="@$SOURCE_DATE_EPOCH" -cf - . \
+  | podman import --quiet \
+      --change 'LABEL org.opencontainers.image.description="Debian '"$suite"': libc6, libgcc-s1, CA bundle"' \
+      - "$base" >/dev/null
 ctx=$stage/context
 mkdir -p "$ctx/target/release" "$ctx/packaging" "$ctx/conf"
 install -m 0755 "$bin" "$ctx/target/release/graceway"
@@ -108,13 +111,18 @@ strip --strip-debug "$ctx/target/release/graceway"
 cp -r packaging/image packaging/Containerfile "$ctx/packaging/"
 cp conf/graceway.yaml "$ctx/conf/"
 cp .containerignore "$ctx/"
-podman build --quiet --timestamp "$SOURCE_DATE_EPOCH" \
+# --layers=false: one layer over the base, and no intermediate images left.
+podman build --quiet --layers=false --timestamp "$SOURCE_DATE_EPOCH" \
   --build-arg BASE="$base" --build-arg VERSION="$version" \
   -f "$ctx/packaging/Containerfile" -t "$image" "$ctx" >/dev/null
 mkdir -p "$out"
 archive=$out/graceway_${version}_${arch}.oci.tar
 rm -f "$archive"
 podman save --quiet --format oci-archive -o "$archive" "$image"
+current=$(podman image inspect --format '{{.Id}}' "$image" "$base")
+for id in $previous; do
+  case $current in *"$id"*) ;; *) podman rmi --force "$id" >/dev/null 2>&1 || true ;; esac
+done
 bin_kib=$(du -sk "$ctx/target/release/graceway" | cut -f1)
 echo "build-image: Debian essential + ca-certificates $((full_kib / 1024)) MiB -> base $((slim_kib / 1024)) MiB; binary $((bin_kib / 1024)) MiB; archive $(($(stat -c %s "$archive") / 1048576)) MiB ($image)" >&2
 echo "$archive"
