@@ -11,11 +11,11 @@
 #   podman push localhost/graceway:<version> registry.example.com/graceway:<version>
 # (or `skopeo copy oci-archive:FILE docker://...`).
 #
-# Needs root (mmdebstrap's root mode; or run it under `unshare`-capable
-# podman rootless with --mode=unshare, see MMDEBSTRAP_MODE), mmdebstrap,
-# podman and network access to the Debian archive (MIRROR, default
-# http://deb.debian.org). SUITE (default: this machine's Debian release)
-# should be the release the binary was built on, so that its glibc is there.
+# Needs root (mmdebstrap's root mode and the base's file owners; only that is
+# tested, MMDEBSTRAP_MODE passes another mode), mmdebstrap, podman and
+# network access to the Debian archive (MIRROR, default http://deb.debian.org).
+# SUITE (default: this machine's Debian release) should be the release the
+# binary was built on, so that its glibc is there.
 #
 # The image holds libc6 and libgcc-s1 (what `ldd graceway` lists), the CA
 # bundle, /etc/passwd and /etc/group with the `graceway` user (uid and gid
@@ -98,6 +98,7 @@ slim_kib=$(du -sk "$slim" | cut -f1)
 # podman never runs a container). The context is a folder with exactly the
 # files the Containerfile copies; the binary is stripped of debug info (as
 # in the Debian package: symbols stay for perf and backtraces).
+
 # The images this replaces, removed at the end (not when a build reuses one).
 previous=$(podman image inspect --format '{{.Id}}' "$image" "$base" 2>/dev/null || true)
 tar -C "$slim" --numeric-owner --sort=name --mtime="@$SOURCE_DATE_EPOCH" -cf - . \
