@@ -15,6 +15,7 @@ mod drain;
 mod fleet;
 mod hostile;
 mod idp;
+mod image;
 mod inject;
 mod ledger;
 mod ledger_trials;
