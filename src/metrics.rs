@@ -409,6 +409,12 @@ pub struct FleetMetrics {
     pub ledger_trials_total: IntCounterVec,
     /// 1 while the ledger's notification connection is subscribed.
     pub ledger_subscribed: IntGauge,
+    /// Shared OAuth2 tokens (`oauth2.share`), by result: `shared` (the
+    /// fleet's token used, no fetch), `fetched` (this replica fetched for
+    /// the fleet), `alone` (fetched for itself: Redis could not be asked,
+    /// or no token came while the lock lived), `undecryptable` (a record
+    /// that did not open with the key: ignored).
+    pub oauth2_share_total: IntCounterVec,
 }
 
 pub fn fleet_metrics() -> &'static FleetMetrics {
@@ -428,6 +434,10 @@ pub fn fleet_metrics() -> &'static FleetMetrics {
             ("ledger-trial", &["ok", "error", "timeout", "skipped"][..]),
             ("ledger-publish", &["ok", "error", "timeout", "skipped"][..]),
             ("ledger-subscribe", &["ok", "error"][..]),
+            ("oauth2-get", &["ok", "error", "timeout", "skipped"][..]),
+            ("oauth2-set", &["ok", "error", "timeout", "skipped"][..]),
+            ("oauth2-lock", &["ok", "error", "timeout", "skipped"][..]),
+            ("oauth2-unlock", &["ok", "error", "timeout", "skipped"][..]),
         ] {
             for r in results {
                 ops.with_label_values(&[op, r]);
@@ -465,6 +475,18 @@ pub fn fleet_metrics() -> &'static FleetMetrics {
                 )
                 .expect("metric registers");
                 for r in ["won", "lost", "alone"] {
+                    c.with_label_values(&[r]);
+                }
+                c
+            },
+            oauth2_share_total: {
+                let c = register_int_counter_vec!(
+                    "graceway_oauth2_share_total",
+                    "Shared OAuth2 tokens (oauth2.share) by result: shared (the fleet's token used, no fetch), fetched (fetched here for the fleet), alone (fetched for this replica only: Redis could not be asked, or no token came while the lock lived), undecryptable (a record that did not open with the key, ignored).",
+                    &["result"]
+                )
+                .expect("metric registers");
+                for r in ["shared", "fetched", "alone", "undecryptable"] {
                     c.with_label_values(&[r]);
                 }
                 c

@@ -158,6 +158,33 @@ pub struct TokenView {
     /// from (this replica or another, which, when).
     #[serde(default)]
     pub learned: Option<LearnedView>,
+    /// An OAuth2 token: fetched here, or shared by another replica
+    /// (`oauth2.share`), and when it was fetched.
+    #[serde(default)]
+    pub minted: Option<MintedView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintedView {
+    /// `here` (this replica fetched it) or `fleet` (another replica did).
+    pub from: String,
+    /// The replica that fetched it, when another did.
+    pub replica: Option<String>,
+    pub fetched_at: Option<String>,
+}
+
+fn minted_view(t: &crate::tokens::Token) -> Option<MintedView> {
+    let o = t.minted_origin()?;
+    Some(MintedView {
+        from: if o.shared_by.is_some() {
+            "fleet"
+        } else {
+            "here"
+        }
+        .into(),
+        replica: o.shared_by,
+        fetched_at: ts(Some(o.fetched_at)),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,6 +288,7 @@ fn upstream_view(u: &crate::generation::Upstream, now: SystemTime) -> UpstreamVi
             notice: notice_view(t),
             cool_until: ts(t.evidence.cool_until(now)),
             learned: learned_view(t),
+            minted: minted_view(t),
         })
         .collect();
     let (state, reason) = u.state(now);

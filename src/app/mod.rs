@@ -160,6 +160,25 @@ impl App {
             oauth2: Arc::default(),
             ledger: outbox,
         };
+        // The fleet tier exists before the first generation too: its
+        // shared OAuth2 tokens are read through it (`oauth2.share`).
+        let fleet = match &loaded.config.cache.redis {
+            None => None,
+            Some(r) => match crate::cache::fleet::FleetTier::new(r) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    log::error!("cache.redis: {e}; the fleet tier is off");
+                    None
+                }
+            },
+        };
+        share_oauth2(
+            &loaded.config,
+            fleet.as_ref(),
+            &shared.oauth2,
+            &ledger::replica_name(),
+        )
+        .await;
         let gen = {
             let lookup = |name: &str| status_for(&statuses, name);
             generation::build(
@@ -194,16 +213,6 @@ impl App {
         if restored > 0 {
             log::info!("restored {restored} last-good copies from the persist file");
         }
-        let fleet = match &loaded.config.cache.redis {
-            None => None,
-            Some(r) => match crate::cache::fleet::FleetTier::new(r) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    log::error!("cache.redis: {e}; the fleet tier is off");
-                    None
-                }
-            },
-        };
         let ledger = match (&fleet, ledger_rx) {
             (Some(f), Some(rx)) => Some(crate::cache::ledger::LedgerTier::new(f.clone(), rx)),
             _ => None,
@@ -244,6 +253,58 @@ impl App {
         let max_age = self.live.load().loaded.config.longest_max_stale();
         self.cache
             .load_persisted(&|name: &str| status_for(&self.statuses, name), max_age)
+    }
+}
+
+/// Shares the tokens of OAuth2 sources with `oauth2.share` through the
+/// fleet tier (see `tokens::oauth2::share`) when `cache.redis.secret_file`
+/// is set, whether or not a source shares yet (a reload may turn `share`
+/// on). When one does, the tier is connected for the start (at most 2 s),
+/// so the first generation's tokens come from the fleet too. `origin` is
+/// this process's name in the records it writes. `run` and `graceway
+/// check` both come here.
+pub async fn share_oauth2(
+    config: &config::Config,
+    fleet: Option<&Arc<crate::cache::fleet::FleetTier>>,
+    minter: &crate::tokens::oauth2::OAuth2Tokens,
+    origin: &str,
+) {
+    let (Some(redis), Some(fleet)) = (&config.cache.redis, fleet) else {
+        return;
+    };
+    let Some(file) = &redis.secret_file else {
+        return;
+    };
+    let key = match config::files::share_key(file) {
+        Ok(k) => k,
+        Err(e) => {
+            log::error!("cache.redis.secret_file: {e}; OAuth2 sources with `share` fetch alone");
+            return;
+        }
+    };
+    let store = crate::cache::oauth2::OAuth2Tier::new(fleet.clone());
+    match crate::tokens::oauth2::share::Fleet::new(store, &key, origin) {
+        Some(f) => minter.share_through(f),
+        None => {
+            log::error!("cache.redis.secret_file: not a ChaCha20-Poly1305 key; OAuth2 sources with `share` fetch alone");
+            return;
+        }
+    }
+    let wanted = config
+        .upstreams
+        .iter()
+        .flat_map(|u| u.credentials.iter().flat_map(|c| c.tokens.iter()))
+        .any(|t| matches!(&t.source, config::SourceSpec::OAuth2(o) if o.share));
+    if wanted {
+        let limit = (redis.timeout * 10).clamp(
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(2),
+        );
+        if !fleet.connect_for_start(limit).await {
+            log::warn!(
+                "oauth2.share: Redis not reachable within {limit:?} at start; this replica fetches its OAuth2 tokens alone until it is"
+            );
+        }
     }
 }
 

@@ -43,6 +43,7 @@ pub mod fleet;
 mod key;
 pub mod ledger;
 mod migrate;
+pub mod oauth2;
 pub mod persist;
 pub mod record;
 mod restore;

@@ -62,7 +62,23 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
     }
     let built = block_on(async {
         let lookup = |name: &str| std::sync::Arc::new(UpstreamStatus::new(name));
-        let shared = Default::default();
+        // With `oauth2.share`, check takes the fleet's token like a
+        // replica: it reads the shared one, and a token it must fetch is
+        // stored for the fleet, so checking costs no extra fetch.
+        let shared = crate::tokens::Shared::default();
+        let fleet = loaded
+            .config
+            .cache
+            .redis
+            .as_ref()
+            .and_then(|r| crate::cache::fleet::FleetTier::new(r).ok());
+        crate::app::share_oauth2(
+            &loaded.config,
+            fleet.as_ref(),
+            &shared.oauth2,
+            &format!("{} (graceway check)", crate::app::ledger::replica_name()),
+        )
+        .await;
         generation::build(
             loaded,
             1,
@@ -341,6 +357,13 @@ pub fn render_status(st: &Status) -> String {
                     l.finding,
                     l.replica,
                     s(&l.at)
+                ));
+            }
+            if let Some(m) = t.minted.as_ref().filter(|m| m.from == "fleet") {
+                notes.push(format!(
+                    "{who} shared by replica {}, fetched at {} (oauth2.share)",
+                    m.replica.as_deref().unwrap_or("-"),
+                    s(&m.fetched_at)
                 ));
             }
             // Why a token has no value, and when a spent quota is back: the

@@ -211,6 +211,8 @@ pub const OAUTH2_REFRESH_FRACTION: f64 = 0.8;
 pub const OAUTH2_TIMEOUT: Duration = Duration::from_secs(10);
 /// `oauth2.max_retry`.
 pub const OAUTH2_MAX_RETRY: Duration = Duration::from_secs(4);
+/// `oauth2.share`: each replica fetches its own token.
+pub const OAUTH2_SHARE: bool = false;
 
 impl Default for ClientAuth {
     /// HTTP Basic, RFC 6749 §2.3.1's recommendation.

@@ -221,6 +221,10 @@ pub struct OAuth2Spec {
     pub max_retry: Duration,
     pub ca_file: Option<PathBuf>,
     pub verify: bool,
+    /// One fetch for the fleet: the token is read from and stored in the
+    /// fleet tier, sealed with `cache.redis.secret_file`
+    /// (`tokens::oauth2::share`).
+    pub share: bool,
 }
 
 impl SourceSpec {
@@ -310,6 +314,9 @@ pub struct RedisConfig {
     /// Share what each replica learns about its tokens (the fleet ledger,
     /// `cache::ledger`).
     pub ledger: bool,
+    /// 32 bytes as 64 hex characters: the AEAD key that seals shared OAuth2
+    /// tokens in Redis. Read by `config::files` (stage 2), never here.
+    pub secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

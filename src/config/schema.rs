@@ -230,6 +230,9 @@ pub struct FileOAuth2 {
     pub timeout: Option<Human>,
     /// The longest wait between fetch retries while no token is usable.
     pub max_retry: Option<Human>,
+    /// One fetch for the fleet: the token is shared through
+    /// `cache.redis`, sealed with `cache.redis.secret_file`.
+    pub share: Option<bool>,
     #[serde(default)]
     pub tls: Option<FileTls>,
 }
@@ -293,6 +296,8 @@ pub struct FileRedis {
     pub ca_file: Option<String>,
     pub queue: Option<usize>,
     pub ledger: Option<bool>,
+    /// The key that seals shared OAuth2 tokens (`oauth2.share`).
+    pub secret_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

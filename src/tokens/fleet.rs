@@ -143,6 +143,10 @@ impl Token {
             Finding::Rejected { status, .. } => {
                 self.rejected_status.store(status, Ordering::Relaxed);
                 self.evidence.clear_suspect();
+                // A shared OAuth2 token another replica saw refused: this
+                // replica takes the fleet's replacement without sending
+                // the refused one again (`oauth2.share`).
+                self.refused_to_minter();
                 !self.rejected.swap(true, Ordering::Relaxed)
             }
             Finding::Recovered { .. } => self.clear_rejected(),

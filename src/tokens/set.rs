@@ -422,11 +422,7 @@ impl Token {
     /// OAuth2 token the upstream refused is fetched again at once.
     /// The fleet ledger hears of it (`evidence` says how it was known).
     pub fn mark_rejected(&self, status: u16, evidence: super::ledger::Evidence) -> bool {
-        if let (crate::config::SourceSpec::OAuth2(spec), Some(secret), Some(minter)) =
-            (&self.spec.source, self.secret(), self.oauth2.as_ref())
-        {
-            minter.refused(spec, secret);
-        }
+        self.refused_to_minter();
         self.rejected_status.store(status, Ordering::Relaxed);
         self.evidence.clear_suspect();
         let changed = !self.rejected.swap(true, Ordering::Relaxed);
@@ -435,6 +431,28 @@ impl Token {
             changed,
         );
         changed
+    }
+
+    /// Tells the OAuth2 source that minted this token that the vendor
+    /// refuses it (see [`super::oauth2::OAuth2Tokens::refused`]); nothing
+    /// for other tokens.
+    pub(super) fn refused_to_minter(&self) {
+        if let (crate::config::SourceSpec::OAuth2(spec), Some(secret), Some(minter)) =
+            (&self.spec.source, self.secret(), self.oauth2.as_ref())
+        {
+            minter.refused(spec, secret);
+        }
+    }
+
+    /// Where this OAuth2 token came from (fetched here or shared by
+    /// another replica); `None` for other tokens.
+    pub fn minted_origin(&self) -> Option<super::oauth2::Origin> {
+        match (&self.spec.source, self.secret(), self.oauth2.as_ref()) {
+            (crate::config::SourceSpec::OAuth2(spec), Some(secret), Some(minter)) => {
+                minter.origin(spec, secret)
+            }
+            _ => None,
+        }
     }
 
     /// The status of the last rejection (401 or 403), 0 when none.

@@ -100,6 +100,11 @@ fn sample() -> Status {
                     finding: "rejected".into(),
                     at: Some("2026-12-01T10:00:02Z".into()),
                 }),
+                minted: Some(MintedView {
+                    from: "fleet".into(),
+                    replica: Some("emoji-5c2a/7".into()),
+                    fetched_at: Some("2026-12-01T09:50:00Z".into()),
+                }),
             }],
             stored: StoredView {
                 entries: 2,
@@ -245,6 +250,7 @@ fn every_value_of_a_full_document_is_rendered_and_no_cell_is_a_dash() {
         "fleet: redis://10.0.0.7:6379 (single) up; 11 hits, 12 misses, 13 writes, 14 errors, 15 dropped; last error: timed out",
         "emoji token 0 (sha256:3ca7c3e0) rejected: invalid_token (revoked)",
         "emoji token 0 (sha256:3ca7c3e0) rejected by replica emoji-7d9f/12 at 2026-12-01T10:00:02Z (fleet ledger)",
+        "emoji token 0 (sha256:3ca7c3e0) shared by replica emoji-5c2a/7, fetched at 2026-12-01T09:50:00Z (oauth2.share)",
         "emoji token 0 (sha256:3ca7c3e0) source failed: command exited with status 1",
         "emoji token 0 (sha256:3ca7c3e0) quota spent: skipped until 2026-12-01T10:01:00Z",
         "emoji token 0 (sha256:3ca7c3e0): DEPRECATED (from 2026-12-01T00:00:00Z); SUNSET at 2027-01-01T00:00:00Z; successor-version: https://api.emoji.example/v2",
@@ -295,6 +301,7 @@ fn absent_values_are_dashes_in_their_own_columns() {
     u.tokens[0].quota = None;
     u.tokens[0].detail = None;
     u.tokens[0].learned = None;
+    u.tokens[0].minted = None;
     let text = crate::cli::render_status(&st);
     assert_eq!(
         row(&text, "STATE", "emoji"),

@@ -100,11 +100,14 @@ impl FleetTier {
     }
 
     /// Starts the connection, the writer and the health ping on the
-    /// current runtime (the control service's).
+    /// current runtime (the control service's). A connection made for the
+    /// start ([`FleetTier::connect_for_start`]) is dropped first: its
+    /// runtime has ended.
     pub fn start(self: &Arc<Self>) {
         let Some(rx) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
+        self.conn.store(None);
         let me = self.clone();
         tokio::spawn(async move { me.keep_connected().await });
         let me = self.clone();
@@ -196,6 +199,27 @@ impl FleetTier {
                 self.succeeded();
                 Some(v)
             }
+        }
+    }
+
+    /// Connects on the current runtime, within `limit`, for what must read
+    /// Redis before the services start: the first generation's shared
+    /// OAuth2 tokens, built on a short-lived start-up runtime (Pingora
+    /// starts its own runtimes later, after a fork when it daemonizes).
+    /// [`FleetTier::start`] drops this connection and connects again on
+    /// the control service's runtime. True when connected.
+    pub async fn connect_for_start(&self, limit: Duration) -> bool {
+        match tokio::time::timeout(limit, self.client.connect(self.config.timeout)).await {
+            Ok(Ok(c)) => {
+                self.conn.store(Some(Arc::new(c)));
+                self.succeeded();
+                true
+            }
+            Ok(Err(e)) => {
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                false
+            }
+            Err(_) => false,
         }
     }
 

@@ -234,6 +234,7 @@ pub(super) fn code_defaults() -> Vec<(&'static str, Code)> {
             leak(format!("{oauth2}.max_retry")),
             dur(defaults::OAUTH2_MAX_RETRY),
         ),
+        (leak(format!("{oauth2}.share")), val(defaults::OAUTH2_SHARE)),
     ]);
 
     let CacheConfig {

@@ -341,6 +341,7 @@ pub(super) fn oauth2(c: &mut Check, at: &str, o: &FileOAuth2) -> Option<OAuth2Sp
         max_retry,
         ca_file: tls.ca_file,
         verify: tls.verify,
+        share: o.share.unwrap_or(defaults::OAUTH2_SHARE),
     })
 }
 

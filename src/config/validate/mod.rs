@@ -162,6 +162,7 @@ impl Config {
         }
 
         let cache = cache(&mut c, file.cache.unwrap_or_default());
+        shared_tokens(&mut c, &upstreams, &cache);
         let mf = file.memory.unwrap_or_default();
         let memory = MemoryConfig {
             soft_limit: c
@@ -442,6 +443,34 @@ fn methods(c: &mut Check, at: &str, list: Option<&[String]>) -> Vec<http::Method
     out
 }
 
+/// `oauth2.share` needs the fleet tier and the key that seals the token
+/// there: without `cache.redis.secret_file` the token would sit in Redis
+/// in clear, so the config is refused instead.
+fn shared_tokens(c: &mut Check, upstreams: &[UpstreamConfig], cache: &CacheConfig) {
+    let sealed = cache
+        .redis
+        .as_ref()
+        .is_some_and(|r| r.secret_file.is_some());
+    if sealed {
+        return;
+    }
+    for (i, u) in upstreams.iter().enumerate() {
+        let tokens = u.credentials.iter().flat_map(|cr| cr.tokens.iter());
+        for (j, t) in tokens.enumerate() {
+            if matches!(&t.source, SourceSpec::OAuth2(o) if o.share) {
+                c.err(
+                    format!("upstreams[{i}].credentials.tokens[{j}].oauth2.share"),
+                    if cache.redis.is_none() {
+                        "needs `cache.redis` (the fleet tier the token is shared through) and `cache.redis.secret_file` (the key that seals it there)"
+                    } else {
+                        "needs `cache.redis.secret_file`: a shared token is stored sealed, never in clear"
+                    },
+                );
+            }
+        }
+    }
+}
+
 /// `cache.redis`: exactly one of `url` and `cluster`, every URL parsed by
 /// the Redis client itself (scheme, user, password, database number).
 fn redis_config(c: &mut Check, r: FileRedis) -> RedisConfig {
@@ -508,6 +537,8 @@ fn redis_config(c: &mut Check, r: FileRedis) -> RedisConfig {
         ca_file: r.ca_file.as_deref().map(|p| c.path(p)),
         queue: c.at_least_one("cache.redis.queue", r.queue, defaults::REDIS_QUEUE),
         ledger: r.ledger.unwrap_or(defaults::REDIS_LEDGER),
+        // Read and parsed in `super::files`, not here.
+        secret_file: r.secret_file.as_deref().map(|p| c.path(p)),
     }
 }
 

@@ -205,3 +205,30 @@ fn credentials_oauth2() {
         (oauth2(&format!("{IDP}, max_retry: 0s")), &[(&*retry, ZERO)]),
     ]);
 }
+
+#[test]
+fn credentials_oauth2_share_needs_the_sealed_fleet_tier() {
+    let share = "upstreams[0].credentials.tokens[0].oauth2.share";
+    let shared = oauth2(&format!("{IDP}, share: true"));
+    let redis = "cache: { redis: { url: 'redis://127.0.0.1:6379' } }";
+    let sealed = "cache: { redis: { url: 'redis://127.0.0.1:6379', secret_file: key } }";
+    expect(&[
+        (
+            shared.clone(),
+            &[(
+                share,
+                "needs `cache.redis` (the fleet tier the token is shared through) and `cache.redis.secret_file` (the key that seals it there)",
+            )],
+        ),
+        (
+            format!("{shared}{redis}\n"),
+            &[(
+                share,
+                "needs `cache.redis.secret_file`: a shared token is stored sealed, never in clear",
+            )],
+        ),
+        (format!("{shared}{sealed}\n"), &[]),
+        // Off (the default) needs neither.
+        (oauth2(&format!("{IDP}, share: false")), &[]),
+    ]);
+}

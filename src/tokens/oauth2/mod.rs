@@ -20,6 +20,13 @@
 //! costs a handful of fetches, not one per request (identity providers
 //! bill and rate-limit machine tokens). Fetches are counted by result in
 //! `graceway_token_fetches_total{upstream,token,result}`.
+//!
+//! With `oauth2.share: true` a fetch goes through the fleet ([`share`]):
+//! the token another replica fetched is used until its refresh point, and
+//! one replica fetches for all. The rules above are unchanged; a token read
+//! from the fleet takes a fetch's place in them.
+
+pub mod share;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,6 +40,39 @@ use super::source::SourceError;
 use super::value::{percent_encode, Secret};
 use crate::config::{ClientAuth, CredentialSource, OAuth2Spec};
 
+/// A token as this process holds it: fetched here, or read from the
+/// fleet (`shared_by` names the replica that fetched it).
+#[derive(Clone)]
+pub struct Minted {
+    pub secret: Secret,
+    pub expires_at: Option<SystemTime>,
+    /// When the fetch started (the lifetime and refresh point count from it).
+    pub fetched_at: SystemTime,
+    pub shared_by: Option<String>,
+}
+
+/// When a token fetched at `fetched` and expiring at `expires` is renewed:
+/// `fraction` of its lifetime, or an hour when no lifetime was stated.
+pub fn refresh_point(
+    fetched: SystemTime,
+    expires: Option<SystemTime>,
+    fraction: f64,
+) -> SystemTime {
+    let lifetime = expires.map(|e| e.duration_since(fetched).unwrap_or_default());
+    fetched
+        + lifetime
+            .map(|d| d.mul_f64(fraction))
+            .unwrap_or(Duration::from_secs(3600))
+}
+
+/// Where a token came from, for `/status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The replica that fetched it; `None` when this one did.
+    pub shared_by: Option<String>,
+    pub fetched_at: SystemTime,
+}
+
 #[derive(Clone)]
 struct Cached {
     secret: Option<Secret>,
@@ -42,6 +82,8 @@ struct Cached {
     failures: u32,
     /// When the current secret was fetched.
     fetched_at: SystemTime,
+    /// The replica that fetched the current secret, when another did.
+    shared_by: Option<String>,
     /// The current secret was refused by an upstream (counted once).
     refused: bool,
     /// Refused tokens in a row: each fetched to replace a refused one.
@@ -93,6 +135,11 @@ fn count(labels: &(String, String), result: &str) {
 #[derive(Default)]
 pub struct OAuth2Tokens {
     map: Mutex<HashMap<String, Cached>>,
+    /// Set once, before the first generation is built, when the fleet tier
+    /// and its seal key are there: sources with `share` fetch through it.
+    fleet: std::sync::OnceLock<share::Fleet>,
+    /// `share` asked for without a fleet to share through: logged once.
+    unshared_logged: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for OAuth2Tokens {
@@ -109,6 +156,27 @@ fn key(spec: &OAuth2Spec) -> String {
 }
 
 impl OAuth2Tokens {
+    /// Shares the tokens of sources with `oauth2.share` through `fleet`
+    /// (once; a second call is ignored, the first fleet stays).
+    pub fn share_through(&self, fleet: share::Fleet) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// Whether `share` sources go through the fleet here.
+    pub fn sharing(&self) -> bool {
+        self.fleet.get().is_some()
+    }
+
+    /// Where `secret`, the current token of `spec`, came from.
+    pub fn origin(&self, spec: &OAuth2Spec, secret: &Secret) -> Option<Origin> {
+        let c = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let e = c.get(&key(spec))?;
+        (e.secret.as_ref() == Some(secret)).then(|| Origin {
+            shared_by: e.shared_by.clone(),
+            fetched_at: e.fetched_at,
+        })
+    }
+
     /// Whether a fetch is due (refresh point reached or a retry is due).
     pub fn due(&self, spec: &OAuth2Spec) -> bool {
         let c = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -197,47 +265,63 @@ impl OAuth2Tokens {
             }
         }
         let labels = (upstream.to_string(), token.to_string());
-        let result = fetch(spec).await;
+        let refused = cached
+            .as_ref()
+            .filter(|c| c.refused)
+            .and_then(|c| c.secret.clone());
+        let fleet = self.fleet.get().filter(|_| spec.share);
+        if spec.share
+            && fleet.is_none()
+            && !self
+                .unshared_logged
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            log::warn!(
+                "oauth2 {}: `share` is on but this process has no sealed fleet tier (cache.redis.secret_file is read at start; restart to share): fetching alone",
+                spec.token_url
+            );
+        }
+        let result = match fleet {
+            Some(fleet) => fleet.obtain(spec, refused.as_ref()).await,
+            None => fetch_here(spec).await,
+        };
+        let now = SystemTime::now();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         match result {
-            Ok(f) => {
-                let expires_at = expiry(
-                    now,
-                    super::value::jwt_expiry(f.secret.expose()),
-                    f.expires_at,
-                    f.expires_in,
-                );
-                let lifetime = expires_at.map(|e| e.duration_since(now).unwrap_or_default());
-                let refresh_after = lifetime
-                    .map(|d| d.mul_f64(spec.refresh_fraction))
-                    .unwrap_or(Duration::from_secs(3600));
+            Ok(m) => {
+                let next = refresh_point(m.fetched_at, m.expires_at, spec.refresh_fraction);
                 // A replacement for a refused token carries the chain on.
                 let refusals = cached
                     .as_ref()
                     .filter(|c| c.refused)
                     .map_or(0, |c| c.refusals);
-                count(&labels, "ok");
-                let secret = f.secret;
+                if m.shared_by.is_none() {
+                    count(&labels, "ok");
+                    log::info!(
+                        "oauth2 {}: fetched token {} (expires in {})",
+                        spec.token_url,
+                        m.secret.fingerprint(),
+                        m.expires_at.map_or("unknown".into(), |e| format!(
+                            "{}s",
+                            e.duration_since(now).unwrap_or_default().as_secs()
+                        ))
+                    );
+                }
                 map.insert(
                     k,
                     Cached {
-                        secret: Some(secret.clone()),
-                        expires_at,
-                        next_attempt: now + refresh_after.max(Duration::from_secs(1)),
+                        secret: Some(m.secret.clone()),
+                        expires_at: m.expires_at,
+                        next_attempt: next.max(now + Duration::from_secs(1)),
                         failures: 0,
-                        fetched_at: now,
+                        fetched_at: m.fetched_at,
+                        shared_by: m.shared_by,
                         refused: false,
                         refusals,
                         labels,
                     },
                 );
-                log::info!(
-                    "oauth2 {}: fetched token {} (expires in {})",
-                    spec.token_url,
-                    secret.fingerprint(),
-                    lifetime.map_or("unknown".into(), |d| format!("{}s", d.as_secs()))
-                );
-                Ok((secret, expires_at))
+                Ok((m.secret, m.expires_at))
             }
             Err(e) => {
                 count(&labels, "failed");
@@ -261,20 +345,20 @@ impl OAuth2Tokens {
                         next_attempt: now + backoff,
                         failures,
                         fetched_at: keep.map_or(now, |c| c.fetched_at),
+                        shared_by: keep.and_then(|c| c.shared_by.clone()),
                         refused: keep.is_some_and(|c| c.refused),
                         refusals: cached.as_ref().map_or(0, |c| c.refusals),
                         labels,
                     },
                 );
-                let keep = keep.cloned();
-                match keep {
-                    Some(c) => {
+                match keep.and_then(|c| Some((c.secret.clone()?, c.expires_at))) {
+                    Some(kept) => {
                         log::warn!(
                         "oauth2 {}: refresh failed ({e}); the current token serves until it expires; retry in {}s",
                         spec.token_url,
                         backoff.as_secs()
                     );
-                        Ok((c.secret.expect("kept only with a secret"), c.expires_at))
+                        Ok(kept)
                     }
                     None => Err(e),
                 }
@@ -293,6 +377,25 @@ async fn credential(c: &CredentialSource, what: &str) -> Result<String, SourceEr
         .await
         .map(|s| s.expose().to_string())
         .map_err(|e| SourceError::OAuth2(format!("{what}: {e}")))
+}
+
+/// A token fetched by this replica from the identity provider, with its
+/// expiry ([`expiry`]) counted from the moment the request went out.
+async fn fetch_here(spec: &OAuth2Spec) -> Result<Minted, SourceError> {
+    let fetched_at = SystemTime::now();
+    let f = fetch(spec).await?;
+    let expires_at = expiry(
+        fetched_at,
+        super::value::jwt_expiry(f.secret.expose()),
+        f.expires_at,
+        f.expires_in,
+    );
+    Ok(Minted {
+        secret: f.secret,
+        expires_at,
+        fetched_at,
+        shared_by: None,
+    })
 }
 
 /// What a token endpoint answered.
