@@ -21,6 +21,7 @@ mod ledger;
 mod ledger_trials;
 mod lifecycle;
 mod nginx;
+mod oauth2_share;
 mod observability;
 mod package;
 mod persist_damage;

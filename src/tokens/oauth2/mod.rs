@@ -298,9 +298,14 @@ impl OAuth2Tokens {
                 if m.shared_by.is_none() {
                     count(&labels, "ok");
                     log::info!(
-                        "oauth2 {}: fetched token {} (expires in {})",
+                        "oauth2 {}: fetched token {}{} (expires in {})",
                         spec.token_url,
                         m.secret.fingerprint(),
+                        if fleet.is_some() {
+                            " for the fleet"
+                        } else {
+                            ""
+                        },
                         m.expires_at.map_or("unknown".into(), |e| format!(
                             "{}s",
                             e.duration_since(now).unwrap_or_default().as_secs()

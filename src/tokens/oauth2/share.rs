@@ -270,11 +270,6 @@ impl Fleet {
             if let Ok(m) = &got {
                 self.publish(&at, m).await;
                 count("fetched");
-                log::info!(
-                    "oauth2 {}: fetched token {} for the fleet (oauth2.share)",
-                    spec.token_url,
-                    m.secret.fingerprint()
-                );
             }
             self.store.unlock(&lock, &holder).await;
             return got;
