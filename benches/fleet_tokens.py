@@ -7,7 +7,8 @@ usage: python3 benches/fleet_tokens.py [--rate R] [--latencies MS,MS]
            [--recovery-deadline S] [--quota-limit N] [--quota-window S]
            [--quota-offered N] [--quota-windows N] [--uneven-latency MS]
            [--quiet-rate R] [--modes off,on] [--json FILE]
-           [--only revocation,recovery,quota] [--keep]
+           [--oauth2-lifetime S] [--oauth2-seconds S] [--oauth2-rate R]
+           [--only revocation,recovery,quota,oauth2] [--graceway BIN] [--keep]
 
 Everything runs on 127.0.0.1 with ephemeral ports. Each scenario runs
 twice, `cache.redis.ledger: false` (before) and `true` (after), with fresh
@@ -50,8 +51,11 @@ tier (`cache.redis`) on, only the ledger differs.
                 `failover_on: [401, 403, 429]`: 429s per exhaustion of the
                 primary (fleet and per replica)
 
-OAuth2 (one fetch per refresh for the fleet) is not measured: the ledger
-does not share OAuth2 tokens yet.
+  6 oauth2      (benches/fleet_oauth2.py; alone: --only oauth2) 4 replicas
+                with one OAuth2 source, `oauth2.share` off (before) and on
+                (after) instead of the ledger: fetches at start, fetches per
+                refresh for the fleet, the fetches one `graceway check`
+                adds
 
 Prints each scenario's counts and a markdown table. Stdlib only. Every
 child process is stopped on exit (atexit, SIGINT/SIGTERM, and
@@ -82,6 +86,7 @@ N_REPLICAS = 4
 
 # Child processes, ports, waits: shared with fleet_coverage.py.
 from procs import CHILDREN, Replica as Process, free_port, http_get, redis_cmd, spawn, stop, stop_all, tail, wait_until  # noqa: E402,F401
+import fleet_oauth2  # noqa: E402
 
 
 # ---------------------------------------------------------------- mock vendor
@@ -740,6 +745,7 @@ def report(res, args):
 
 
 def main():
+    global GRACEWAY
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=50, help="revocation: req/s per replica")
     ap.add_argument("--latencies", default="20,200", help="revocation: vendor latencies, ms")
@@ -766,7 +772,12 @@ def main():
     ap.add_argument("--quota-window", type=float, default=10)
     ap.add_argument("--quota-offered", type=int, default=150, help="per window, whole fleet")
     ap.add_argument("--quota-windows", type=int, default=3)
-    ap.add_argument("--only", default="revocation,recovery,quota")
+    ap.add_argument("--oauth2-lifetime", type=int, default=10,
+                    help="oauth2: the token's expires_in, s (refreshed at half)")
+    ap.add_argument("--oauth2-seconds", type=float, default=30, help="oauth2: seconds measured")
+    ap.add_argument("--oauth2-rate", type=float, default=5, help="oauth2: req/s per replica")
+    ap.add_argument("--graceway", default=GRACEWAY, help="the binary (default: the release build)")
+    ap.add_argument("--only", default="revocation,recovery,quota,oauth2")
     ap.add_argument("--modes", default="off,on", help="ledger off, on, or both")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     ap.add_argument("--json", help="also write the results here")
@@ -777,6 +788,7 @@ def main():
 
     if not shutil.which("redis-server"):
         sys.exit("redis-server not found")
+    GRACEWAY = args.graceway
     if not os.access(GRACEWAY, os.X_OK):
         sys.exit(f"{GRACEWAY} missing: cargo build --release --bin graceway")
 
@@ -799,7 +811,8 @@ def main():
     budget = ((len(args.latencies) + 1) * (args.warmup + args.outage + 15)
               + (args.recovery_cycles + 1) * (args.dead_for + args.recovery_deadline + 5)
               + args.probe_seconds + 30
-              + args.quota_windows * args.quota_window + 20)
+              + args.quota_windows * args.quota_window + 20
+              + args.oauth2_seconds + 40)
     signal.alarm(int(len(modes) * budget) + 60)
 
     t0 = time.monotonic()
@@ -816,7 +829,12 @@ def main():
                 res[(("recovery", probe), ledger)] = recovery(base, args, probe, ledger)
         if "quota" in only:
             res[("quota", ledger)] = quota(base, args, ledger)
-    report(res, args)
+        if "oauth2" in only:
+            res[("oauth2", ledger)] = fleet_oauth2.scenario(base, args, ledger, Load)
+    if any(k != "oauth2" for (k, _) in res):
+        report(res, args)
+    if "oauth2" in only:
+        fleet_oauth2.report({share: v for (k, share), v in res.items() if k == "oauth2"})
     if args.json:
         with open(args.json, "w") as f:
             json.dump([{"scenario": str(k), "ledger": ledger, **v}
