@@ -37,6 +37,11 @@ fn token(n: u32) -> String {
 
 impl Idp {
     fn start() -> Idp {
+        Idp::lasting(3600)
+    }
+
+    /// Tokens that expire `expires_in` s after their fetch.
+    fn lasting(expires_in: u64) -> Idp {
         let fetches = Arc::new(AtomicU32::new(0));
         let accepted: Accepted = Arc::default();
         let (f, a) = (fetches.clone(), accepted.clone());
@@ -44,7 +49,7 @@ impl Idp {
             let n = f.fetch_add(1, Ordering::SeqCst) + 1;
             a.lock().unwrap().insert(token(n));
             MockReply::ok(&format!(
-                r#"{{"access_token":"{}","token_type":"Bearer","expires_in":3600}}"#,
+                r#"{{"access_token":"{}","token_type":"Bearer","expires_in":{expires_in}}}"#,
                 token(n)
             ))
         });
@@ -83,8 +88,13 @@ fn vendor_port(accepted: &Accepted) -> MockUpstream {
 /// A replica's config: the OAuth2 token shared through `redis_keys`
 /// (the keys of `cache.redis` after `url`).
 fn config(up: &MockUpstream, idp: &Idp, redis_keys: &str) -> String {
+    config_with(up, idp, redis_keys, "")
+}
+
+/// [`config`] with more keys of the `oauth2` source (`extra`: YAML lines).
+fn config_with(up: &MockUpstream, idp: &Idp, redis_keys: &str, extra: &str) -> String {
     let tokens = format!(
-        "        - oauth2:\n            token_url: \"http://127.0.0.1:{}/oauth/token\"\n            client_id: svc\n            client_secret_file: \"{{dir}}/client-secret\"\n            scope: emoji.read\n            share: true",
+        "        - oauth2:\n            token_url: \"http://127.0.0.1:{}/oauth/token\"\n            client_id: svc\n            client_secret_file: \"{{dir}}/client-secret\"\n            scope: emoji.read\n            share: true{extra}",
         idp.mock.port
     );
     EmojiConfig::new(up.port)
@@ -103,13 +113,18 @@ fn folder() -> TestDir {
 /// Replicas started side by side (so their first fetches race for the
 /// lock), each healthy before this returns.
 fn fleet(ports: &[MockUpstream], idp: &Idp, redis: &Redis) -> Vec<Graceway> {
+    fleet_with(ports, idp, redis, "")
+}
+
+/// [`fleet`] with more keys of the `oauth2` source.
+fn fleet_with(ports: &[MockUpstream], idp: &Idp, redis: &Redis, extra: &str) -> Vec<Graceway> {
     let keys = format!(
         "url: \"{}\", timeout: 500ms, secret_file: \"{{dir}}/fleet.key\"",
         redis.url()
     );
     let gs: Vec<Graceway> = ports
         .iter()
-        .map(|p| Graceway::spawn_in(folder(), &config(p, idp, &keys), &[]))
+        .map(|p| Graceway::spawn_in(folder(), &config_with(p, idp, &keys, extra), &[]))
         .collect();
     for g in &gs {
         g.wait_healthy();
@@ -351,4 +366,41 @@ async fn with_redis_killed_each_replica_fetches_alone_and_serves() {
             "{m}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_keeps_the_fleets_token_until_its_refresh_point_then_one_fetches() {
+    let redis = Redis::start(&[]);
+    // 10 s tokens (9 s after the skew), refreshed at half: 4.5 s after
+    // each fetch, the next refresh 4.5 s later again.
+    let idp = Idp::lasting(10);
+    let ports: Vec<MockUpstream> = (0..3).map(|_| vendor_port(&idp.accepted)).collect();
+    let gs = fleet_with(&ports, &idp, &redis, "\n            refresh_fraction: 0.5");
+    let logs = || {
+        gs.iter()
+            .map(|g| g.logs())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    assert_eq!(idp.fetches(), 1, "{}", logs());
+    for (g, p) in gs.iter().zip(&ports) {
+        wait_fresh_with(g, p, &token(1)).await;
+    }
+    // The refresh point: one replica fetches, every replica moves.
+    for (g, p) in gs.iter().zip(&ports) {
+        wait_fresh_with(g, p, &token(2)).await;
+    }
+    assert_eq!(
+        idp.fetches(),
+        2,
+        "one fetch for the fleet's refresh: {}",
+        logs()
+    );
+    let mut expiries = HashSet::new();
+    for g in &gs {
+        let t = minted(g).await;
+        expiries.insert(t["expires_at"].to_string());
+        assert_eq!(t["state"], "active", "{t:#}");
+    }
+    assert_eq!(expiries.len(), 1, "one token, one expiry: {expiries:?}");
 }
