@@ -404,3 +404,48 @@ async fn every_replica_keeps_the_fleets_token_until_its_refresh_point_then_one_f
     }
     assert_eq!(expiries.len(), 1, "one token, one expiry: {expiries:?}");
 }
+
+/// The ACL `docs/how-it-works.md` shows, with what sharing adds: the
+/// lock's release runs a script (`EVAL`) that deletes (`DEL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_redis_acl_is_enough_for_shared_tokens() {
+    let acl = "resetkeys ~graceway:* resetchannels -@all +get +set +mget +ping +hello +cluster|slots +cluster|shards";
+    let mut args = vec!["--user", "graceway", "on", ">acl-pass"];
+    args.extend(acl.split(' '));
+    args.extend(["+eval", "+del"]);
+    let redis = Redis::start(&args);
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/how-it-works.md"))
+        .unwrap();
+    assert!(
+        doc.contains(acl) && doc.contains("with oauth2.share, the lock's release: +eval +del"),
+        "the ACL in the doc is the one tested here"
+    );
+    let idp = Idp::start();
+    let ports: Vec<MockUpstream> = (0..2).map(|_| vendor_port(&idp.accepted)).collect();
+    let keys = format!(
+        "url: \"redis://graceway:acl-pass@127.0.0.1:{}\", timeout: 500ms, secret_file: \"{{dir}}/fleet.key\"",
+        redis.port
+    );
+    let gs: Vec<Graceway> = ports
+        .iter()
+        .map(|p| Graceway::start_in(folder(), &config(p, &idp, &keys)))
+        .collect();
+    for (g, p) in gs.iter().zip(&ports) {
+        wait_fresh_with(g, p, &token(1)).await;
+    }
+    assert_eq!(idp.fetches(), 1);
+    let mut ms = Vec::new();
+    for g in &gs {
+        ms.push(g.metrics().await);
+    }
+    let op = |op: &str, r: &str| {
+        sum(
+            &ms,
+            &format!("graceway_fleet_operations_total{{op=\"{op}\",result=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(op("oauth2-unlock", "ok"), 1.0, "the lock was freed: {ms:?}");
+    for o in ["oauth2-get", "oauth2-set", "oauth2-lock", "oauth2-unlock"] {
+        assert_eq!(op(o, "error"), 0.0, "{o}: {ms:?}");
+    }
+}
