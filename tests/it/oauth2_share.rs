@@ -449,3 +449,24 @@ async fn the_documented_redis_acl_is_enough_for_shared_tokens() {
         assert_eq!(op(o, "error"), 0.0, "{o}: {ms:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_file_spoilt_at_reload_keeps_the_old_state() {
+    let redis = Redis::start(&[]);
+    let idp = Idp::start();
+    let ports = [vendor_port(&idp.accepted)];
+    let gs = fleet(&ports, &idp, &redis);
+    let g = &gs[0];
+    wait_fresh_with(g, &ports[0], &token(1)).await;
+    let before = g.reload_attempt().await;
+    g.dir.write("fleet.key", "short\n");
+    g.signal("HUP");
+    let r = g.wait_reload(before).await;
+    assert_eq!(r["ok"], false, "{r:#}");
+    let msg = r["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("cache.redis.secret_file"), "{msg}");
+    assert!(!msg.contains("short"), "the content is never shown: {msg}");
+    // The old state serves on: the same token, no fetch.
+    wait_fresh_with(g, &ports[0], &token(1)).await;
+    assert_eq!(idp.fetches(), 1);
+}
