@@ -409,7 +409,7 @@ async fn every_replica_keeps_the_fleets_token_until_its_refresh_point_then_one_f
 /// lock's release runs a script (`EVAL`) that deletes (`DEL`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_redis_acl_is_enough_for_shared_tokens() {
-    let acl = "resetkeys ~graceway:* resetchannels -@all +get +set +mget +ping +hello +cluster|slots +cluster|shards";
+    let acl = "resetkeys ~graceway:* resetchannels &graceway:* -@all +get +set +mget +ping +hello +publish +subscribe +cluster|slots +cluster|shards";
     let mut args = vec!["--user", "graceway", "on", ">acl-pass"];
     args.extend(acl.split(' '));
     args.extend(["+eval", "+del"]);
