@@ -162,11 +162,6 @@ impl OAuth2Tokens {
         let _ = self.fleet.set(fleet);
     }
 
-    /// Whether `share` sources go through the fleet here.
-    pub fn sharing(&self) -> bool {
-        self.fleet.get().is_some()
-    }
-
     /// Where `secret`, the current token of `spec`, came from.
     pub fn origin(&self, spec: &OAuth2Spec, secret: &Secret) -> Option<Origin> {
         let c = self.map.lock().unwrap_or_else(|p| p.into_inner());

@@ -219,10 +219,6 @@ impl Fleet {
         })
     }
 
-    pub fn origin(&self) -> &str {
-        &self.origin
-    }
-
     /// The fleet's token for `spec` when one is usable here, else one
     /// fetched once for the fleet (or alone when Redis cannot be asked or
     /// no token came while the lock lived). `refused` is the token this
@@ -245,9 +241,15 @@ impl Fleet {
         }
         let holder = holder(&self.origin);
         let ttl = spec.timeout + LOCK_MARGIN;
+        // Waiting ends with the lock's life, however slow Redis answers;
+        // the step count bounds the loop on its own too.
+        let deadline = tokio::time::Instant::now() + ttl;
         let steps = (ttl.as_millis() / POLL_STEP.as_millis()).max(1) as u32;
         for step in 0..=steps {
             if step > 0 {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
                 tokio::time::sleep(POLL_STEP).await;
                 match self.read(&at, spec, refused).await {
                     Found::Usable(m) => return Ok(self.adopted(spec, m)),
