@@ -18,7 +18,7 @@ use std::time::Duration;
 use super::fleet::FleetTier;
 use crate::tokens::oauth2::share::{Store, Unreachable};
 
-/// Deletes KEYS[1] only while it holds ARGV[1].
+/// Deletes `KEYS[1]` only while it holds `ARGV[1]`.
 const UNLOCK: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
