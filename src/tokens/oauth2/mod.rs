@@ -110,10 +110,15 @@ pub fn expiry(
     expires_at: Option<SystemTime>,
     expires_in: Option<Duration>,
 ) -> Option<SystemTime> {
-    let stated = [jwt_exp, expires_at, expires_in.map(|d| fetched + d)]
-        .into_iter()
-        .flatten()
-        .min()?;
+    // A provider's `expires_in` past what the clock can hold counts as unstated.
+    let stated = [
+        jwt_exp,
+        expires_at,
+        expires_in.and_then(|d| fetched.checked_add(d)),
+    ]
+    .into_iter()
+    .flatten()
+    .min()?;
     let lifetime = stated.duration_since(fetched).unwrap_or_default();
     Some(stated - EXPIRY_SKEW.min(lifetime / 10))
 }
@@ -526,5 +531,11 @@ mod tests {
         // A short lifetime loses a tenth, not 5 s.
         assert_eq!(expiry(t0, None, None, Some(s(10))), Some(t0 + s(9)));
         assert_eq!(expiry(t0, None, None, None), None);
+        // A provider's absurd `expires_in` is unstated, not a panic.
+        assert_eq!(expiry(t0, None, None, Some(s(u64::MAX))), None);
+        assert_eq!(
+            expiry(t0, None, Some(t0 + s(100)), Some(s(u64::MAX))),
+            Some(t0 + s(95))
+        );
     }
 }

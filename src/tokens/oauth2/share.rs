@@ -240,14 +240,14 @@ impl Fleet {
             Found::Nothing => {}
         }
         let holder = holder(&self.origin);
-        let ttl = spec.timeout + LOCK_MARGIN;
+        let ttl = spec.timeout.saturating_add(LOCK_MARGIN);
         // Waiting ends with the lock's life, however slow Redis answers;
         // the step count bounds the loop on its own too.
-        let deadline = tokio::time::Instant::now() + ttl;
-        let steps = (ttl.as_millis() / POLL_STEP.as_millis()).max(1) as u32;
+        let start = tokio::time::Instant::now();
+        let steps = (ttl.as_millis() / POLL_STEP.as_millis()).clamp(1, 100_000) as u32;
         for step in 0..=steps {
             if step > 0 {
-                if tokio::time::Instant::now() >= deadline {
+                if start.elapsed() >= ttl {
                     break;
                 }
                 tokio::time::sleep(POLL_STEP).await;
