@@ -192,9 +192,9 @@ async fn a_revocation_one_replica_meets_moves_every_replica_to_the_standby() {
         metric_value(&m, "graceway_ledger_findings_total{direction=\"applied\"}") >= Some(1.0),
         "{m}"
     );
-    // The lag is measured in milliseconds: from A's finding to B's read,
-    // never zero (a finding's time and the clock in whole seconds would
-    // make most of it zero).
+    // The lag, from A's finding to B applying it, is observed (in
+    // milliseconds; with notifications it is often 0 ms on loopback, so
+    // only its count is asserted).
     assert!(
         metric_value(&m, "graceway_ledger_lag_seconds_count") >= Some(1.0),
         "{m}"
@@ -202,10 +202,6 @@ async fn a_revocation_one_replica_meets_moves_every_replica_to_the_standby() {
     // It arrived as a notification (the 250 ms read is the safety net).
     assert!(
         metric_value(&m, "graceway_ledger_findings_total{direction=\"notified\"}") >= Some(1.0),
-        "{m}"
-    );
-    assert!(
-        metric_value(&m, "graceway_ledger_lag_seconds_sum") > Some(0.0),
         "{m}"
     );
     assert!(
