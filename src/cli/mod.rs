@@ -376,7 +376,40 @@ pub fn render_status(st: &Status) -> String {
             out.push('\n');
         }
     }
+    if !st.timeline.is_empty() {
+        out.push_str("\nrecent changes (newest first):\n");
+        for c in st.timeline.iter().rev().take(TIMELINE_LINES) {
+            out.push_str(&change_line(c));
+            out.push('\n');
+        }
+    }
     out
+}
+
+/// How many of the timeline's changes `graceway status` prints.
+const TIMELINE_LINES: usize = 10;
+
+/// `<at>  <who>  <from> -> <to> (<reason>)`: one change of the timeline.
+fn change_line(c: &crate::app::timeline::Change) -> String {
+    let who = match (&c.upstream, c.token) {
+        (Some(u), Some(i)) if c.kind == "notice" => format!(
+            "{u} token {i} ({}) notice",
+            c.fingerprint.as_deref().unwrap_or("-")
+        ),
+        (Some(u), Some(i)) => format!(
+            "{u} token {i} ({})",
+            c.fingerprint.as_deref().unwrap_or("-")
+        ),
+        (Some(u), None) if c.kind == "upstream" => u.clone(),
+        (Some(u), None) => format!("{u} {}", c.kind),
+        (None, _) => c.kind.clone(),
+    };
+    let why = c
+        .reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    format!("{}  {who}  {} -> {}{why}", c.at, c.from, c.to)
 }
 
 /// `remaining/limit, resets <time>` or `-`.
