@@ -7,18 +7,21 @@
 //! refuses (cross-origin reads, framing, inline script) and what it never
 //! shows (a token value), and `graceway status --watch` under tmux.
 //!
+//! `graceway status --watch` is tested in [`watch`].
+//!
 //! `GRACEWAY_SCREENSHOTS=DIR` also writes a PNG of each phase into DIR
 //! (`./dev screenshots` sets it to `target/screenshots`).
 
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::support::browser::{attr, dump_dom, screenshot, tags};
 use crate::support::mock::Wire;
 use crate::support::{
-    client, wait_for, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir, BIN,
+    client, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir,
 };
+
+mod watch;
 
 const PRIMARY: &str = "tok-page-Primary-Secret-1";
 const STANDBY: &str = "tok-page-Standby-Secret-2";
