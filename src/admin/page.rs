@@ -286,10 +286,8 @@ fn origin(t: &TokenView) -> String {
 fn token(t: &TokenView) -> String {
     let state = t.state.as_str();
     let mut state_cell = el("span", &[("class", &format!("badge s-{state}"))], state);
-    for extra in [&t.detail, &t.error] {
-        if let Some(d) = extra {
-            state_cell.push_str(&el("small", &[], &esc(d)));
-        }
+    for d in [&t.detail, &t.error].into_iter().flatten() {
+        state_cell.push_str(&el("small", &[], &esc(d)));
     }
     if let Some(until) = &t.cool_until {
         state_cell.push_str(&el(
