@@ -489,4 +489,33 @@ async fn the_page_refuses_cross_origin_reads_and_shows_no_token_value() {
     for secret in [PRIMARY, STANDBY, ADMIN_TOKEN] {
         assert!(!own.contains(secret), "{secret} on the page:\n{own}");
     }
+
+    // The bearer guards the one write, as before: a reload without it is
+    // refused; with it, it lands at the top of the page's timeline.
+    let reload = |bearer: Option<&str>| {
+        let mut r = client().post(g.admin_url("/reload"));
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        r.send()
+    };
+    assert_eq!(reload(None).await.unwrap().status(), 401);
+    assert_eq!(reload(Some(ADMIN_TOKEN)).await.unwrap().status(), 200);
+    let st = wait_status(&g, "the reload in the timeline", |s| {
+        has_change(s, "reload", None, "generation 2")
+    })
+    .await;
+    let page = client()
+        .get(g.admin_url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let changes = page_timeline(&page);
+    assert_eq!(changes, json_timeline(&st), "{page}");
+    assert_eq!(changes[0].0, "reload", "{changes:?}");
+    assert_eq!(changes[0].2, "generation 1", "{changes:?}");
+    assert!(!page.contains(ADMIN_TOKEN) && !g.logs().contains(ADMIN_TOKEN));
 }

@@ -1,7 +1,8 @@
 // graceway's status page: redraws the view from /status every few seconds
 // (same origin, no page reload). It builds the markup the server renders
-// first (src/admin/page.rs), node by node: text is set with textContent,
-// never parsed as HTML, so nothing in /status can inject markup.
+// first (src/admin/page.rs), node by node: text goes in as text nodes (and
+// the banner's textContent), never parsed as HTML, so nothing in /status
+// can inject markup.
 "use strict";
 
 const EVERY_MS = 3000;

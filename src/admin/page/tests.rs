@@ -151,3 +151,23 @@ fn sizes_read_as_people_write_them() {
     assert_eq!(bytes(64 << 20), "64.0 MiB");
     assert_eq!(bytes(-5), "0 B");
 }
+
+#[test]
+fn the_script_never_parses_data_as_markup() {
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+        "setTimeout(\"",
+        "createContextualFragment",
+    ] {
+        assert!(!SCRIPT.contains(sink), "status.js uses {sink}");
+    }
+    // It reads its own origin only.
+    assert!(SCRIPT.contains("fetch(\"/status\""));
+    assert!(!SCRIPT.contains("http://") && !SCRIPT.contains("https://"));
+    assert!(!STYLE.contains("url(") && !STYLE.contains("@import"));
+}
