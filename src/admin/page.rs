@@ -82,6 +82,11 @@ pub fn bytes(n: i64) -> String {
     }
 }
 
+/// `1 copy`, `2 copies`.
+pub fn copies(n: i64) -> String {
+    format!("{n} {}", if n == 1 { "copy" } else { "copies" })
+}
+
 /// The view: header, one card per upstream, the cache tiers, the
 /// timeline (newest first) and the footer. `status.js` builds the same.
 fn view(st: &Status, bearer: bool) -> String {
@@ -220,8 +225,8 @@ fn upstream(u: &UpstreamView) -> String {
         Some(f) => format!("{} {}", or_dash(&f.at), or_dash(&f.reason)),
     };
     let copies = format!(
-        "{} copies ({}) · last success {} · last failure {}",
-        u.stored.entries,
+        "{} ({}) · last success {} · last failure {}",
+        copies(u.stored.entries),
         bytes(u.stored.bytes),
         or_dash(&u.last_success),
         failure
@@ -368,8 +373,8 @@ fn cache(st: &Status) -> String {
             "span",
             &[],
             &format!(
-                "{} copies, {} of {}",
-                c.entries,
+                "{}, {} of {}",
+                copies(c.entries),
                 bytes(c.bytes),
                 bytes(c.limit_bytes.min(i64::MAX as u64) as i64)
             )

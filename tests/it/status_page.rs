@@ -174,6 +174,12 @@ async fn check_phase(g: &Graceway, phase: &str, tokens: [&str; 2]) -> (String, s
         "the page's script did not redraw it from /status: {}",
         ctx()
     );
+    let banner = tags(&dom, "id=\"offline\"");
+    assert!(
+        banner.first().is_some_and(|b| b.contains(" hidden")),
+        "the page says it cannot read /status: {}",
+        ctx()
+    );
     let article = tags(&dom, "class=\"upstream ");
     assert_eq!(article.len(), 1, "{}", ctx());
     assert_eq!(attr(article[0], "data-upstream").as_deref(), Some("emoji"));

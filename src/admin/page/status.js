@@ -19,6 +19,7 @@ function h(tag, attrs, ...children) {
   return e;
 }
 
+const countCopies = (n) => `${n} ${n === 1 ? "copy" : "copies"}`;
 const dash = (v) => (v === null || v === undefined ? "-" : String(v));
 
 function bytes(n) {
@@ -77,7 +78,7 @@ function upstream(u) {
   else if (u.reason) why = u.reason;
   const route = `${u.url} · route ${u.route.host ? `host ${u.route.host} ` : ""}${u.route.path_prefix}`;
   const failure = u.last_failure ? `${dash(u.last_failure.at)} ${dash(u.last_failure.reason)}` : "-";
-  const copies = `${u.stored.entries} copies (${bytes(u.stored.bytes)}) · last success ${dash(u.last_success)} · last failure ${failure}`;
+  const copies = `${countCopies(u.stored.entries)} (${bytes(u.stored.bytes)}) · last success ${dash(u.last_success)} · last failure ${failure}`;
   const table = h("div", { class: "scroll" }, h("table", { class: "tokens" },
     h("thead", {}, h("tr", {}, ...TOKEN_COLUMNS.map((c) => h("th", {}, c)))),
     h("tbody", {}, ...u.tokens.map(token))));
@@ -93,7 +94,7 @@ function cache(c) {
   const tiers = [];
   tiers.push(h("div", { class: "tier", "data-tier": "memory" }, h("dt", {}, "memory"),
     h("dd", {}, h("meter", { min: 0, max: c.limit_bytes, value: Math.max(0, c.bytes) }),
-      h("span", {}, `${c.entries} copies, ${bytes(c.bytes)} of ${bytes(c.limit_bytes)}`))));
+      h("span", {}, `${countCopies(c.entries)}, ${bytes(c.bytes)} of ${bytes(c.limit_bytes)}`))));
   let persist = "off";
   if (c.persist) {
     const p = c.persist;

@@ -150,6 +150,8 @@ fn sizes_read_as_people_write_them() {
     assert_eq!(bytes(1536), "1.5 KiB");
     assert_eq!(bytes(64 << 20), "64.0 MiB");
     assert_eq!(bytes(-5), "0 B");
+    assert_eq!(copies(1), "1 copy");
+    assert_eq!(copies(0), "0 copies");
 }
 
 #[test]
