@@ -367,10 +367,21 @@ async fn the_page_refuses_cross_origin_reads_and_shows_no_token_value() {
     dir.write("token", PRIMARY);
     dir.write("token.standby", STANDBY);
     dir.write("admin-token", ADMIN_TOKEN);
-    let template = config(up.port).replace(
-        r#"admin: { listen: "127.0.0.1:{admin}" }"#,
-        r#"admin: { listen: "127.0.0.1:{admin}", token_file: "{dir}/admin-token" }"#,
-    );
+    // Every tier on, so that the script draws each: memory, a persist
+    // file, the fleet tier (and its ledger) on a real Redis.
+    let redis = crate::support::redis::Redis::start(&[]);
+    let template = EmojiConfig::new(up.port)
+        .health("{ retry_after: 30s, max_retry_after: 60s }")
+        .tokens("        - { file: \"{dir}/token\" }\n        - { file: \"{dir}/token.standby\" }")
+        .top(&format!(
+            "cache: {{ persist: {{ path: \"{{dir}}/stale.redb\" }}, redis: {{ url: \"{}\" }} }}",
+            redis.url()
+        ))
+        .build()
+        .replace(
+            r#"admin: { listen: "127.0.0.1:{admin}" }"#,
+            r#"admin: { listen: "127.0.0.1:{admin}", token_file: "{dir}/admin-token" }"#,
+        );
     assert!(template.contains("token_file"), "{template}");
     let g = Graceway::start_in(dir, &template);
     // Traffic through each path that names a token: fresh, failover, stale.
@@ -495,6 +506,18 @@ async fn the_page_refuses_cross_origin_reads_and_shows_no_token_value() {
     for secret in [PRIMARY, STANDBY, ADMIN_TOKEN] {
         assert!(!own.contains(secret), "{secret} on the page:\n{own}");
     }
+    // The script drew every tier and where each token's state came from.
+    let fleet = tags(&own, "data-tier=\"fleet\"");
+    assert_eq!(
+        fleet
+            .first()
+            .and_then(|t| attr(t, "data-health"))
+            .as_deref(),
+        Some("up"),
+        "{own}"
+    );
+    assert!(own.contains("stale.redb open"), "{own}");
+    assert!(own.contains("rejected here at"), "{own}");
 
     // The bearer guards the one write, as before: a reload without it is
     // refused; with it, it lands at the top of the page's timeline.
