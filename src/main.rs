@@ -55,6 +55,9 @@ enum Command {
         admin: Option<String>,
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Redraw the tables every second until Ctrl-C (for a shell with no browser)
+        #[arg(long)]
+        watch: bool,
     },
     /// Run a demo emoji API with graceway in front of it and walk through an outage
     #[cfg(feature = "demo")]
@@ -99,7 +102,11 @@ fn main() {
             skip_sources,
         } => graceway::cli::check(&config, skip_sources),
         Command::Reload { config } => graceway::cli::reload(&config),
-        Command::Status { admin, config } => graceway::cli::status(admin, config.as_deref()),
+        Command::Status {
+            admin,
+            config,
+            watch,
+        } => graceway::cli::status(admin, config.as_deref(), watch),
         #[cfg(feature = "demo")]
         Command::Demo {
             listen,

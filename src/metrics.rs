@@ -22,6 +22,7 @@ pub struct Metrics {
     pub upstream_responses_total: IntCounterVec,
     pub upstream_auth_failures_total: IntCounterVec,
     pub stale_served_total: IntCounterVec,
+    pub stale_served_from_fleet_total: IntCounterVec,
     /// Token values the upstream echoed, taken out, by `part` (`header`:
     /// masked or dropped; `body`: the copy not kept, and masked on the way
     /// out with `stale.scrub_bodies`).
@@ -160,6 +161,12 @@ pub fn metrics() -> &'static Metrics {
                 "graceway_stale_served_total",
                 "Degraded answers served from the last-good cache, by reason.",
                 &["upstream", "reason"]
+            )
+            .expect("metric registers"),
+            stale_served_from_fleet_total: register_int_counter_vec!(
+                "graceway_stale_served_from_fleet_total",
+                "Of graceway_stale_served_total, the copies the fleet tier (Redis) supplied on a local miss; the rest came from the memory tier.",
+                &["upstream"]
             )
             .expect("metric registers"),
             degraded: register_int_gauge_vec!(
@@ -525,6 +532,8 @@ pub struct UpstreamMetrics {
     pub breaker_open: IntGauge,
     /// `stale_served_total` by [`Reason`] (index = `reason as usize - 1`).
     stale_by_reason: Vec<IntCounter>,
+    /// `stale_served_from_fleet_total`: copies the fleet tier supplied.
+    pub stale_from_fleet: IntCounter,
     pub duration: Histogram,
     name: String,
     /// `upgrades_total` by result.
@@ -566,6 +575,9 @@ impl UpstreamMetrics {
                         .with_label_values(&[upstream, r.as_str()])
                 })
                 .collect(),
+            stale_from_fleet: m
+                .stale_served_from_fleet_total
+                .with_label_values(&[upstream]),
             duration: m
                 .upstream_request_duration_seconds
                 .with_label_values(&[upstream]),

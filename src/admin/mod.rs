@@ -2,6 +2,7 @@
 //!
 //! | endpoint | answer |
 //! |---|---|
+//! | `GET /` | the status page ([`page`]): HTML rendered from `/status`, redrawn by `/status.js` every 3 s; styles in `/status.css`; a strict Content-Security-Policy |
 //! | `GET /healthz` | 200 while the process serves (liveness) |
 //! | `GET /readyz` | 200 when every upstream can answer (a usable token or a stale path), else 503; JSON per upstream |
 //! | `GET /status` | JSON inventory ([`status`]) |
@@ -9,8 +10,11 @@
 //! | `POST /reload` | same as SIGHUP; answers with the result; needs the admin bearer when `admin.token_file` is set; cross-site requests get 403; concurrent calls share one reload |
 //!
 //! `HEAD` is answered wherever `GET` is. Nothing here ever shows a token
-//! value: tokens appear as `sha256:` fingerprints.
+//! value: tokens appear as `sha256:` fingerprints. No answer carries a
+//! CORS header, so another site's page cannot read one, and every answer
+//! says `Cross-Origin-Resource-Policy: same-origin` and `nosniff`.
 
+pub mod page;
 pub mod status;
 
 use std::sync::Arc;
@@ -31,13 +35,7 @@ pub struct AdminApp {
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Vec<u8>> {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::CACHE_CONTROL, "no-store")
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .body(body)
-        .expect("static response parts")
+    text(status, "application/json", body)
 }
 
 fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -45,9 +43,30 @@ fn text(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u
         .status(status)
         .header(http::header::CONTENT_TYPE, content_type)
         .header(http::header::CACHE_CONTROL, "no-store")
+        .header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header("cross-origin-resource-policy", "same-origin")
         .header(http::header::CONTENT_LENGTH, body.len())
         .body(body)
         .expect("static response parts")
+}
+
+/// The status page or one of its files, under [`page::CSP`], never framed.
+fn page_part(content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut r = text(StatusCode::OK, content_type, body);
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(page::CSP),
+    );
+    h.insert(
+        http::header::X_FRAME_OPTIONS,
+        http::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        http::header::REFERRER_POLICY,
+        http::HeaderValue::from_static("no-referrer"),
+    );
+    r
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
@@ -75,6 +94,26 @@ impl ServeHttp for AdminApp {
             .map(|v| Sha256::digest(v.trim().as_bytes()));
         let get = method == Method::GET || method == Method::HEAD;
         let mut resp = match (path.as_str(), get, method == Method::POST) {
+            ("/", true, _) => {
+                let bearer = self
+                    .app
+                    .live
+                    .load()
+                    .loaded
+                    .config
+                    .admin
+                    .token_file
+                    .is_some();
+                let html = page::html(&status::status(&self.app), bearer);
+                page_part("text/html; charset=utf-8", html.into_bytes())
+            }
+            ("/status.js", true, _) => page_part(
+                "text/javascript; charset=utf-8",
+                page::SCRIPT.as_bytes().to_vec(),
+            ),
+            ("/status.css", true, _) => {
+                page_part("text/css; charset=utf-8", page::STYLE.as_bytes().to_vec())
+            }
             ("/healthz", true, _) => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             ("/readyz", true, _) => {
                 let (ready, body) = status::readiness(&self.app);
@@ -115,9 +154,12 @@ impl ServeHttp for AdminApp {
                     json(code, &serde_json::to_value(&r).unwrap_or_default())
                 }
             },
-            ("/healthz" | "/readyz" | "/status" | "/metrics" | "/reload", _, _) => {
-                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-            }
+            (
+                "/" | "/status.js" | "/status.css" | "/healthz" | "/readyz" | "/status"
+                | "/metrics" | "/reload",
+                _,
+                _,
+            ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
         };
         if method == Method::HEAD {

@@ -32,6 +32,10 @@ pub struct Status {
     pub cache: CacheView,
     pub connections: ConnectionsView,
     pub upstreams: Vec<UpstreamView>,
+    /// The last state changes, oldest first (see [`crate::app::timeline`]);
+    /// absent from an older server's document.
+    #[serde(default)]
+    pub timeline: Vec<crate::app::timeline::Change>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -364,6 +368,7 @@ pub fn status(app: &App) -> Status {
             .iter()
             .map(|u| upstream_view(u, now))
             .collect(),
+        timeline: app.timeline.snapshot(),
     }
 }
 
@@ -433,4 +438,4 @@ pub fn readiness(app: &App) -> (bool, Value) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

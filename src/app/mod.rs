@@ -8,12 +8,14 @@
 //! | [`probe`] | background token probes and the reload's preflight |
 //! | [`lifecycle`] | SIGTERM drain, SIGQUIT hand-over, SIGINT; requests in flight |
 //! | [`systemd`] | `Type=notify`: READY, RELOADING, STOPPING, the watchdog |
+//! | [`timeline`] | the last state changes (a ring of 64), for `/status` and the status page |
 
 pub(crate) mod ledger;
 pub(crate) mod lifecycle;
 pub(crate) mod probe;
 mod reload;
 pub(crate) mod systemd;
+pub mod timeline;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -126,6 +128,9 @@ pub struct App {
     last_run: Mutex<(u64, Option<ReloadRecord>)>,
     /// How many reload runs have started.
     runs_started: std::sync::atomic::AtomicU64,
+    /// The last state changes (see [`timeline`]), written by the state
+    /// watch and by reloads, read by `/status`.
+    pub timeline: timeline::Timeline,
 }
 
 impl App {
@@ -243,6 +248,7 @@ impl App {
             limits: Default::default(),
             last_run: Mutex::new((0, None)),
             runs_started: Default::default(),
+            timeline: Default::default(),
         };
         Ok(Arc::new(app))
     }

@@ -195,6 +195,20 @@ impl App {
             }
         };
         self.last_reload.store(Arc::new(record.clone()));
+        self.timeline.record(crate::app::timeline::Change {
+            at: humantime::format_rfc3339_seconds(record.at).to_string(),
+            kind: "reload".into(),
+            upstream: None,
+            token: None,
+            fingerprint: None,
+            from: format!("generation {}", current.number),
+            to: if record.ok {
+                format!("generation {}", record.generation)
+            } else {
+                "refused".into()
+            },
+            reason: Some(format!("{}: {}", trigger.as_str(), record.message)),
+        });
         record
     }
 }

@@ -227,11 +227,15 @@ fn send_sighup(pid: i32) -> std::io::Result<()> {
     kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP).map_err(std::io::Error::from)
 }
 
-/// `graceway status`: the inventory as a table.
-pub fn status(admin: Option<String>, config_path: Option<&Path>) -> i32 {
+/// `graceway status`: the inventory as a table; with `watch`, redrawn
+/// every second until Ctrl-C (see [`watch`]).
+pub fn status(admin: Option<String>, config_path: Option<&Path>, watch: bool) -> i32 {
     let admin = admin
         .or_else(|| config_path.and_then(admin_url_from_config))
         .unwrap_or_else(|| format!("http://{}", config::AdminConfig::default().listen));
+    if watch {
+        return block_on(self::watch(&admin));
+    }
     match block_on(get_status(&admin)) {
         Ok(s) => {
             print!("{}", render_status(&s));
@@ -242,6 +246,73 @@ pub fn status(admin: Option<String>, config_path: Option<&Path>) -> i32 {
             1
         }
     }
+}
+
+/// How often `graceway status --watch` reads `/status`.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// `graceway status --watch`: reads `/status` every second and redraws
+/// the tables. On a terminal each frame clears the screen first; otherwise
+/// (a pipe, a file) each snapshot is printed after a separator line. When
+/// the admin listener does not answer, the last tables give way to a line
+/// saying so, and it keeps trying. Ctrl-C (SIGINT) or SIGTERM ends it with
+/// exit code 0.
+async fn watch(admin: &str) -> i32 {
+    use std::io::{IsTerminal, Write};
+    use tokio::signal::unix::{signal, SignalKind};
+    let terminal = std::io::stdout().is_terminal();
+    let (mut int, mut term) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(i), Ok(t)) => (i, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("graceway: cannot handle Ctrl-C: {e}");
+            return 1;
+        }
+    };
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing_since: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            _ = tick.tick() => {}
+        }
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let fetched = tokio::select! {
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            r = get_status(admin) => r,
+        };
+        let body = match fetched {
+            Ok(st) => {
+                failing_since = None;
+                render_status(&st)
+            }
+            Err(e) => {
+                let since = failing_since.get_or_insert_with(|| now.clone());
+                format!("graceway: cannot read {admin}/status since {since}: {e}; retrying every second\n")
+            }
+        };
+        let frame = if terminal {
+            // Home, clear the screen, then the frame.
+            format!("\x1b[H\x1b[2J{body}\n{now}  every 1 s from {admin}; Ctrl-C to quit\n")
+        } else {
+            format!("--- {now} {admin}/status\n{body}")
+        };
+        let mut out = std::io::stdout().lock();
+        if out
+            .write_all(frame.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            // Whoever read our output is gone (a closed pipe).
+            return 0;
+        }
+    }
+    0
 }
 
 /// An optional field as a table cell: `-` when absent.
@@ -399,7 +470,40 @@ pub fn render_status(st: &Status) -> String {
             out.push('\n');
         }
     }
+    if !st.timeline.is_empty() {
+        out.push_str("\nrecent changes (newest first):\n");
+        for c in st.timeline.iter().rev().take(TIMELINE_LINES) {
+            out.push_str(&change_line(c));
+            out.push('\n');
+        }
+    }
     out
+}
+
+/// How many of the timeline's changes `graceway status` prints.
+const TIMELINE_LINES: usize = 10;
+
+/// `<at>  <who>  <from> -> <to> (<reason>)`: one change of the timeline.
+fn change_line(c: &crate::app::timeline::Change) -> String {
+    let who = match (&c.upstream, c.token) {
+        (Some(u), Some(i)) if c.kind == "notice" => format!(
+            "{u} token {i} ({}) notice",
+            c.fingerprint.as_deref().unwrap_or("-")
+        ),
+        (Some(u), Some(i)) => format!(
+            "{u} token {i} ({})",
+            c.fingerprint.as_deref().unwrap_or("-")
+        ),
+        (Some(u), None) if c.kind == "upstream" => u.clone(),
+        (Some(u), None) => format!("{u} {}", c.kind),
+        (None, _) => c.kind.clone(),
+    };
+    let why = c
+        .reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    format!("{}  {who}  {} -> {}{why}", c.at, c.from, c.to)
 }
 
 /// `remaining/limit, resets <time>` or `-`.

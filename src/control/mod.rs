@@ -104,7 +104,7 @@ impl BackgroundService for Control {
                         &self.app.memory,
                         self.app.live.load().loaded.config.memory.soft_limit,
                     );
-                    states.tick(&self.app.live.load());
+                    states.tick(&self.app.live.load(), &self.app.timeline);
                     resolver.tick(&self.app.live.load_full()).await;
                     if refresh.due(&self.app) {
                         self.app.refresh_tokens(Trigger::Refresh).await;

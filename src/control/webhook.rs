@@ -214,7 +214,8 @@ impl Seen {
 impl StateWatch {
     /// Called from the control loop with the live generation; compares at
     /// most once a second.
-    pub fn tick(&mut self, gen: &Generation) {
+    /// Each change is also kept in `timeline` (the status page's).
+    pub fn tick(&mut self, gen: &Generation, timeline: &crate::app::timeline::Timeline) {
         let now = Instant::now();
         if self.last.is_some_and(|t| now - t < Duration::from_secs(1)) {
             return;
@@ -236,10 +237,21 @@ impl StateWatch {
         if events.is_empty() {
             return;
         }
-        // Every state change is logged once, webhook or not.
+        // Every state change is logged once and kept in the timeline,
+        // webhook or not.
         for e in &events {
             let (level, line) = log_line(e);
             log::log!(level, "{line}");
+            timeline.record(crate::app::timeline::Change {
+                at: e.at.clone(),
+                kind: e.kind.to_string(),
+                upstream: Some(e.upstream.clone()),
+                token: e.token,
+                fingerprint: e.fingerprint.clone(),
+                from: e.from.clone(),
+                to: e.to.clone(),
+                reason: e.reason.clone(),
+            });
         }
         if let Some(tx) = &self.tx {
             if tx.try_send(events).is_err() {

@@ -132,6 +132,7 @@ impl Proxy {
         }
         let mut answer = respond::degraded(copy, up, req, reason, fwd, retry_after)?;
         if from_fleet && answer.stale {
+            up.status.metrics.stale_from_fleet.inc();
             // RFC 9211: one member per cache, the one nearest the origin
             // first: the fleet tier had it, this graceway served it.
             if let Some(cs) = answer.header.headers.get("cache-status").cloned() {

@@ -31,6 +31,7 @@ mod reload;
 mod secrets;
 mod signals;
 mod stale;
+mod status_page;
 mod streams;
 mod systemd;
 mod tls;

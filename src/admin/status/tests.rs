@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn sample() -> Status {
+pub(crate) fn sample() -> Status {
     let breaker = |open| BreakerView {
         open,
         reason: open.then(|| "token-rejected".to_string()),
@@ -111,6 +111,7 @@ fn sample() -> Status {
                 bytes: 1024,
             },
         }],
+        timeline: Vec::new(),
     }
 }
 
@@ -148,7 +149,7 @@ fn a_document_missing_a_field_is_an_error_not_a_dash() {
 }
 
 /// Every field set, each to a value found nowhere else in the document.
-fn full() -> Status {
+pub(crate) fn full() -> Status {
     let mut st = sample();
     st.started_at = Some("2026-12-01T09:00:00Z".into());
     st.config.loaded_at = Some("2026-12-01T09:59:59Z".into());
@@ -203,6 +204,28 @@ fn full() -> Status {
         }],
     });
     t.cool_until = Some("2026-12-01T10:01:00Z".into());
+    st.timeline = vec![
+        crate::app::timeline::Change {
+            at: "2026-12-01T10:00:02Z".into(),
+            kind: "token".into(),
+            upstream: Some("emoji".into()),
+            token: Some(0),
+            fingerprint: Some("sha256:3ca7c3e0".into()),
+            from: "active".into(),
+            to: "rejected".into(),
+            reason: Some("invalid_token (revoked)".into()),
+        },
+        crate::app::timeline::Change {
+            at: "2026-12-01T10:00:05Z".into(),
+            kind: "reload".into(),
+            upstream: None,
+            token: None,
+            fingerprint: None,
+            from: "generation 2".into(),
+            to: "generation 3".into(),
+            reason: Some("signal: tokens[0] sha256:aaaa -> sha256:bbbb".into()),
+        },
+    ];
     st
 }
 
@@ -254,6 +277,9 @@ fn every_value_of_a_full_document_is_rendered_and_no_cell_is_a_dash() {
         "emoji token 0 (sha256:3ca7c3e0) source failed: command exited with status 1",
         "emoji token 0 (sha256:3ca7c3e0) quota spent: skipped until 2026-12-01T10:01:00Z",
         "emoji token 0 (sha256:3ca7c3e0): DEPRECATED (from 2026-12-01T00:00:00Z); SUNSET at 2027-01-01T00:00:00Z; successor-version: https://api.emoji.example/v2",
+        "recent changes (newest first):",
+        "2026-12-01T10:00:05Z  reload  generation 2 -> generation 3 (signal: tokens[0] sha256:aaaa -> sha256:bbbb)",
+        "2026-12-01T10:00:02Z  emoji token 0 (sha256:3ca7c3e0)  active -> rejected (invalid_token (revoked))",
     ] {
         assert!(
             text.lines().any(|l| l == line),

@@ -2,6 +2,7 @@
 //! pick free loopback ports, poll with deadlines, and run a programmable
 //! mock upstream. A failing test prints the child's stdout and stderr.
 
+pub mod browser;
 pub mod config;
 pub mod mock;
 pub mod redis;
