@@ -371,7 +371,16 @@ async fn a_full_redis_refuses_writes_but_reads_and_requests_go_on() {
     wait_fleet(&a, "the fleet tier up", |s| s["up"] == true).await;
     // ~200 KB copies into 3 MB: the first fit, then Redis answers OOM.
     for i in 0..40 {
-        assert_eq!(a.get(&format!("/v1/big/{i}")).await.status(), 200);
+        let r = a.get(&format!("/v1/big/{i}")).await;
+        assert_eq!(r.status(), 200);
+        // Read to the end: a client that hangs up mid-body leaves no copy
+        // (on a loaded machine most of these 200 KB bodies were still
+        // being sent when the response was dropped, and too few copies
+        // were kept to fill Redis).
+        assert_eq!(
+            r.bytes().await.unwrap().len(),
+            format!("/v1/big/{i}").len() + (200 << 10)
+        );
     }
     let s = wait_fleet(&a, "OOM errors", |s| s["errors"].as_u64() > Some(0)).await;
     assert!(s["last_error"].as_str().unwrap().contains("OOM"), "{s}");

@@ -94,12 +94,29 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (apt-get install redis-server; ./dev test installs it)");
+        let pid = child.id();
         self.child = Some(child);
         wait_for("redis-server to answer", Duration::from_secs(10), || {
             let out = self.cli_output(&["PING"]);
             // A server with a password answers NOAUTH: it is up.
             (out.contains("PONG") || out.contains("NOAUTH")).then_some(())
         });
+        // The server that answers is this one, not another test run's
+        // that took the port between the check and this server's bind (a
+        // test run side by side on the same machine): this one would have
+        // exited, and the test would have run against a stranger.
+        let info = self.cli_output(&["INFO", "server"]);
+        if let Some(answering) = info
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("process_id:"))
+        {
+            assert_eq!(
+                answering.trim(),
+                pid.to_string(),
+                "port {} is held by another redis-server (another test run?)",
+                self.port
+            );
+        }
     }
 
     /// Runs `redis-cli` against this server; its stdout.
