@@ -15,24 +15,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{free_port, http_get_blocking, raw_exchange, wait_for, MockReply};
-use crate::support::{MockUpstream, TestDir, BIN};
+use crate::support::{sh, MockUpstream, TestDir, BIN};
 
 const MANIFEST: &str = "conf/kubernetes/graceway-sidecar.yaml";
-
-fn sh(cmd: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 /// An unpacked OCI archive: the image's config and its root file system.
 struct Image {

@@ -2,22 +2,7 @@
 //! (`packaging/build-deb.sh`), installed with `dpkg -i` on this machine,
 //! checked with the installed `graceway check`, and purged again.
 
-use std::process::Command;
-
-fn sh(cmd: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
+use crate::support::sh;
 
 #[test]
 fn the_debian_package_installs_checks_and_purges() {

@@ -530,18 +530,30 @@ async fn the_page_refuses_cross_origin_reads_and_shows_no_token_value() {
     };
     assert_eq!(reload(None).await.unwrap().status(), 401);
     assert_eq!(reload(Some(ADMIN_TOKEN)).await.unwrap().status(), 200);
-    let st = wait_status(&g, "the reload in the timeline", |s| {
+    wait_status(&g, "the reload in the timeline", |s| {
         has_change(s, "reload", None, "generation 2")
     })
     .await;
-    let page = client()
-        .get(g.admin_url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The state watch may add an entry between two reads: compare the page
+    // with /status read before and after it, once the two agree.
+    let (page, st) = wait_for_async(
+        "a page between two equal timelines",
+        Duration::from_secs(10),
+        || async {
+            let before = g.status().await;
+            let page = client()
+                .get(g.admin_url("/"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let after = g.status().await;
+            (json_timeline(&before) == json_timeline(&after)).then_some((page, after))
+        },
+    )
+    .await;
     let changes = page_timeline(&page);
     assert_eq!(changes, json_timeline(&st), "{page}");
     assert_eq!(changes[0].0, "reload", "{changes:?}");

@@ -459,3 +459,20 @@ pub fn drip(s: &mut std::net::TcpStream, header: &[u8], limit: Duration) -> (Str
     }
     (String::from_utf8_lossy(&got).into_owned(), closed)
 }
+
+/// Runs `cmd` with `args`: whether it succeeded, and its stdout and
+/// stderr together (panics when it cannot be started).
+pub fn sh(cmd: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
