@@ -23,6 +23,10 @@ pub struct Metrics {
     pub upstream_auth_failures_total: IntCounterVec,
     pub stale_served_total: IntCounterVec,
     pub stale_served_from_fleet_total: IntCounterVec,
+    pub cache_hits_total: IntCounterVec,
+    pub cache_revalidations_total: IntCounterVec,
+    pub coalesce_waits_total: IntCounterVec,
+    pub coalesce_waiting: IntGaugeVec,
     /// Token values the upstream echoed, taken out, by `part` (`header`:
     /// masked or dropped; `body`: the copy not kept, and masked on the way
     /// out with `stale.scrub_bodies`).
@@ -119,7 +123,7 @@ pub fn metrics() -> &'static Metrics {
         Metrics {
             requests_total: register_int_counter_vec!(
                 "graceway_requests_total",
-                "Requests answered, by upstream and outcome (ok, stale, error, client: the client went away, stalled or sent too much).",
+                "Requests answered, by upstream and outcome (ok, hit: a copy with nothing wrong, stale, error, client: the client went away, stalled or sent too much).",
                 &["upstream", "outcome"]
             )
             .expect("metric registers"),
@@ -166,6 +170,30 @@ pub fn metrics() -> &'static Metrics {
             stale_served_from_fleet_total: register_int_counter_vec!(
                 "graceway_stale_served_from_fleet_total",
                 "Of graceway_stale_served_total, the copies the fleet tier (Redis) supplied on a local miss; the rest came from the memory tier.",
+                &["upstream"]
+            )
+            .expect("metric registers"),
+            cache_hits_total: register_int_counter_vec!(
+                "graceway_cache_hits_total",
+                "Requests answered from a copy with nothing wrong, before any vendor call, by kind (fresh, stale-while-revalidate, coalesced: another request's fetch of the same key).",
+                &["upstream", "kind"]
+            )
+            .expect("metric registers"),
+            cache_revalidations_total: register_int_counter_vec!(
+                "graceway_cache_revalidations_total",
+                "Refreshes of a kept copy, by mode (background: stale-while-revalidate or a breaker's pace; request: a client's request sent the copy's validators) and result (304: renewed without a body, 200: replaced, failed).",
+                &["upstream", "mode", "result"]
+            )
+            .expect("metric registers"),
+            coalesce_waits_total: register_int_counter_vec!(
+                "graceway_coalesce_waits_total",
+                "Requests that waited for another request's fetch of their key, by outcome (answered: its answer; degraded: answered as it was; alone: it could not be shared and they went themselves; timed-out: past cache.coalesce.wait; abandoned: its client left and a waiter fetched instead).",
+                &["upstream", "outcome"]
+            )
+            .expect("metric registers"),
+            coalesce_waiting: register_int_gauge_vec!(
+                "graceway_coalesce_waiting",
+                "Requests waiting now for another request's fetch of their key (cache.coalesce).",
                 &["upstream"]
             )
             .expect("metric registers"),
@@ -409,6 +437,12 @@ pub fn client_rejected(reason: crate::outcome::ClientReason) {
 /// One upstream's metric handles, resolved once.
 pub struct UpstreamMetrics {
     pub ok: IntCounter,
+    /// `requests_total{outcome="hit"}`.
+    pub hit: IntCounter,
+    /// `cache_hits_total` by [`crate::outcome::Hit`] (index = `kind as usize`).
+    pub hits: Vec<IntCounter>,
+    /// `coalesce_waiting`.
+    pub coalesce_waiting: IntGauge,
     pub stale: IntCounter,
     pub error: IntCounter,
     /// The client went away or was refused (`client`): never the upstream's.
@@ -448,6 +482,15 @@ impl UpstreamMetrics {
         }
         UpstreamMetrics {
             ok: m.requests_total.with_label_values(&[upstream, "ok"]),
+            hit: m.requests_total.with_label_values(&[upstream, "hit"]),
+            coalesce_waiting: m.coalesce_waiting.with_label_values(&[upstream]),
+            hits: crate::outcome::Hit::ALL
+                .iter()
+                .map(|k| {
+                    m.cache_hits_total
+                        .with_label_values(&[upstream, k.as_str()])
+                })
+                .collect(),
             stale: m.requests_total.with_label_values(&[upstream, "stale"]),
             error: m.requests_total.with_label_values(&[upstream, "error"]),
             client: m.requests_total.with_label_values(&[upstream, "client"]),
@@ -480,6 +523,22 @@ impl UpstreamMetrics {
             name: upstream.to_string(),
             responses: (0..600).map(|_| OnceLock::new()).collect(),
         }
+    }
+
+    /// One refresh of a copy (`cache_revalidations_total`).
+    pub fn revalidated(&self, mode: &str, result: &str) {
+        metrics()
+            .cache_revalidations_total
+            .with_label_values(&[&self.name, mode, result])
+            .inc();
+    }
+
+    /// One waiter's end (`coalesce_waits_total`).
+    pub fn coalesce_wait(&self, outcome: &str) {
+        metrics()
+            .coalesce_waits_total
+            .with_label_values(&[&self.name, outcome])
+            .inc();
     }
 
     pub fn stale_served(&self, reason: Reason) {

@@ -103,6 +103,31 @@ impl Reason {
     }
 }
 
+/// Why a copy answered a request with nothing wrong (`Cache-Status: graceway;
+/// hit`, `graceway_cache_hits_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hit {
+    /// Within the vendor's freshness lifetime (`upstreams[].cache.fresh`).
+    Fresh,
+    /// Within `stale-while-revalidate`: a background refresh renews it.
+    Revalidating,
+    /// Another request's fetch of the same key, waited for
+    /// (`cache.coalesce`).
+    Coalesced,
+}
+
+impl Hit {
+    pub const ALL: [Hit; 3] = [Hit::Fresh, Hit::Revalidating, Hit::Coalesced];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hit::Fresh => "fresh",
+            Hit::Revalidating => "stale-while-revalidate",
+            Hit::Coalesced => "coalesced",
+        }
+    }
+}
+
 /// How the request ended, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Outcome {
@@ -113,6 +138,8 @@ pub enum Outcome {
     Fresh,
     /// A last-good copy, for this reason.
     Stale(Reason),
+    /// A copy answered before any vendor call, nothing being wrong.
+    Hit(Hit),
     /// graceway's 503 (or the upstream's error when not in `stale.on`).
     Error(Option<Reason>),
     /// The client's own doing: it went away, stalled, or sent too much.

@@ -55,6 +55,11 @@ impl MemKey {
     pub(super) fn high64(&self) -> u64 {
         (self.0 >> 64) as u64
     }
+
+    #[cfg(test)]
+    pub(super) fn for_tests(n: u128) -> MemKey {
+        MemKey(n)
+    }
 }
 
 /// The secret key of [`MemKey`]s, one per cache.

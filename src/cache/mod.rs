@@ -40,6 +40,7 @@
 //! are versioned and go through serde.
 
 pub mod fleet;
+pub mod flight;
 mod key;
 pub mod ledger;
 mod migrate;
@@ -144,6 +145,8 @@ pub struct Cache {
     persist: Option<persist::Writer>,
     /// The fleet tier (`cache.redis`), set once at start.
     fleet: Option<Arc<fleet::FleetTier>>,
+    /// Fetches in flight, for collapsed forwarding ([`flight`]).
+    pub flights: flight::Flights,
 }
 
 impl Cache {
@@ -197,6 +200,7 @@ impl Cache {
             loaded_until: AtomicU64::new(u64::MAX),
             persist,
             fleet: None,
+            flights: flight::Flights::default(),
         }
     }
 
@@ -249,7 +253,13 @@ impl Cache {
     /// Keeps a fresh copy in every tier: memory (which mirrors it to the
     /// persist file) and, when configured, the fleet tier, under `ttl`.
     /// Requests never wait: the persist and fleet writes are queued.
-    pub fn keep(&self, key: Key, recorded: Recorded, owner: Arc<UpstreamStatus>, ttl: Duration) {
+    pub fn keep(
+        &self,
+        key: Key,
+        recorded: Recorded,
+        owner: Arc<UpstreamStatus>,
+        ttl: Duration,
+    ) -> Arc<CachedResponse> {
         let copy = Arc::new(CachedResponse::new(recorded, owner, key.store));
         if key.variant.is_none() {
             let slot = &self.recent[(key.primary.low64() >> 32) as usize & (RECENT_SLOTS - 1)];
@@ -261,7 +271,19 @@ impl Cache {
             }
             fleet.put(&copy.store, &copy, ttl);
         }
-        self.insert(key.primary, key.variant, copy, true);
+        self.insert(key.primary, key.variant, copy.clone(), true);
+        copy
+    }
+
+    /// The key a request's fetch is in flight under ([`flight`]): its
+    /// copy's variant key when the copy under `primary` says it varies,
+    /// else `primary` (a first answer that varies is checked by the
+    /// waiters: see `Landing::Stored`).
+    pub fn flight_key(&self, primary: &MemKey, req: &RequestHeader) -> MemKey {
+        match self.cache.get(primary) {
+            Some(Slot::Vary(names)) => self.keyer.variant(primary, &names, req),
+            _ => *primary,
+        }
     }
 
     /// Whether a copy without `Vary` was kept under `primary` less than

@@ -48,6 +48,13 @@ pub struct CachedResponse {
     /// The origin's `Date`, parsed once here rather than per answer (see
     /// [`CachedResponse::served_age`]).
     origin_date: Option<SystemTime>,
+    /// RFC 5861 `stale-while-revalidate=N` and RFC 9111 `no-cache`, read
+    /// once here (a fresh hit must not parse `Cache-Control`).
+    pub swr: Option<Duration>,
+    pub no_cache: bool,
+    /// Unix milliseconds before which no background refresh of this copy
+    /// starts while a breaker is open (`upstreams[].cache.fresh: honor`).
+    pub refresh_after: std::sync::atomic::AtomicU64,
 }
 
 impl CachedResponse {
@@ -60,6 +67,21 @@ impl CachedResponse {
         let origin_date = recorded
             .header(&http::header::DATE)
             .and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok());
+        let mut cc_headers = http::HeaderMap::new();
+        for (k, v) in &recorded.headers {
+            if k == http::header::CACHE_CONTROL {
+                cc_headers.append(k.clone(), v.clone());
+            }
+        }
+        let parsed = pingora_cache::cache_control::CacheControl::from_headers_named(
+            "cache-control",
+            &cc_headers,
+        );
+        let swr = parsed
+            .as_ref()
+            .and_then(|cc| cc.stale_while_revalidate().ok().flatten())
+            .map(|s| Duration::from_secs(u64::from(s)));
+        let no_cache = parsed.as_ref().is_some_and(|cc| cc.no_cache());
         CachedResponse {
             recorded,
             weight,
@@ -67,6 +89,26 @@ impl CachedResponse {
             store,
             asked: AtomicBool::new(false),
             origin_date,
+            swr,
+            no_cache,
+            refresh_after: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// How this copy may answer a request before any vendor call, with
+    /// `upstreams[].cache.fresh: honor`.
+    pub fn freshness(&self, now: SystemTime) -> Freshness {
+        let r = &self.recorded;
+        let age = r.age(now);
+        if self.no_cache {
+            return Freshness::Stale;
+        }
+        if age < r.fresh_for {
+            return Freshness::Fresh;
+        }
+        match self.swr {
+            Some(w) if age < r.fresh_for + w => Freshness::Revalidate,
+            _ => Freshness::Stale,
         }
     }
 
@@ -123,6 +165,18 @@ impl CachedResponse {
     }
 }
 
+/// What a copy can do for a request before any vendor call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Within the vendor's freshness lifetime: a hit.
+    Fresh,
+    /// Stale, within `stale-while-revalidate`: answered at once, and one
+    /// background refresh renews it.
+    Revalidate,
+    /// Stale: the vendor is asked (conditionally, with its validators).
+    Stale,
+}
+
 /// Fixed cost per entry on top of its bytes: the `Arc`s, moka's entry, its
 /// deque nodes and map slot, the key's allocation. Measured: 28,317 small
 /// copies (169 B bodies, 5 headers) held 1.18 KiB each of resident memory.
@@ -159,6 +213,49 @@ pub fn allocation_size(n: usize) -> usize {
 }
 
 impl Recorded {
+    /// This copy renewed by a 304 (RFC 9111 §4.3.4): the 304's headers
+    /// replace the stored ones of the same name (but those describing the
+    /// transfer), the body stays, and freshness counts from now.
+    pub fn renewed(&self, not_modified: &http::HeaderMap, now: SystemTime) -> Recorded {
+        let mut headers: Vec<(HeaderName, HeaderValue)> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| !not_modified.contains_key(k) || hop_by_hop(k))
+            .cloned()
+            .collect();
+        for (k, v) in not_modified {
+            if !hop_by_hop(k) && k != http::header::SET_COOKIE {
+                headers.push((k.clone(), owned(v)));
+            }
+        }
+        let mut head = ResponseHeader::build(200, Some(headers.len())).ok();
+        if let Some(h) = head.as_mut() {
+            for (k, v) in &headers {
+                let _ = h.append_header(k.clone(), v.clone());
+            }
+        }
+        let cc = head
+            .as_ref()
+            .map(|h| CacheControl::from_headers(&h.headers))
+            .unwrap_or_default();
+        Recorded {
+            headers,
+            body: self.body.clone(),
+            stored_at: now,
+            fresh_for: head.as_ref().map_or(Duration::ZERO, |h| fresh_for(h, now)),
+            must_revalidate: cc.must_revalidate,
+            stale_if_error: cc.stale_if_error.map(Duration::from_secs),
+        }
+    }
+
+    /// The validators a conditional refresh of this copy sends.
+    pub fn validators(&self) -> (Option<&HeaderValue>, Option<&HeaderValue>) {
+        (
+            self.header(&http::header::ETAG),
+            self.header(&http::header::LAST_MODIFIED),
+        )
+    }
+
     pub fn header(&self, name: &HeaderName) -> Option<&HeaderValue> {
         self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v)
     }

@@ -242,6 +242,17 @@ impl Default for CacheConfig {
             persist_path: None,
             redis: None,
             sensitive_query: SENSITIVE_QUERY.iter().map(|s| s.to_string()).collect(),
+            coalesce: CoalesceConfig::default(),
+        }
+    }
+}
+
+impl Default for CoalesceConfig {
+    /// Like nginx's `proxy_cache_lock_timeout`: 5 s; per replica.
+    fn default() -> Self {
+        CoalesceConfig {
+            wait: Duration::from_secs(5),
+            fleet: false,
         }
     }
 }

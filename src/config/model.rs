@@ -82,6 +82,28 @@ pub struct UpstreamConfig {
     pub upgrade: Vec<String>,
     /// Every answer is a stream (see `proxy`'s stream handling).
     pub stream: bool,
+    /// `cache`: whether fresh copies answer without a vendor call.
+    pub cache: UpstreamCache,
+}
+
+/// `upstreams[].cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UpstreamCache {
+    pub fresh: FreshPolicy,
+}
+
+/// `upstreams[].cache.fresh`: what the vendor's freshness directives
+/// (`max-age`, `s-maxage`, `Expires`, `stale-while-revalidate`) do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FreshPolicy {
+    /// Every request goes to the vendor; copies answer only failures.
+    #[default]
+    Off,
+    /// A copy within its freshness answers without a vendor call, one
+    /// within `stale-while-revalidate` answers at once while one
+    /// background refresh renews it, and a stale copy is renewed with a
+    /// conditional request (a 304 renews it without a body).
+    Honor,
 }
 
 /// `url` taken apart: graceway forwards the request path unchanged, so the
@@ -296,6 +318,16 @@ pub struct CacheConfig {
     /// Lower-case query parameter names that make a request unstorable
     /// (a client's credential must not be kept, even under a hashed key).
     pub sensitive_query: Vec<String>,
+    pub coalesce: CoalesceConfig,
+}
+
+/// `cache.coalesce`: collapsed forwarding (see `cache::flight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoalesceConfig {
+    /// The most a request waits for another's fetch of its key; zero: off.
+    pub wait: Duration,
+    /// One replica fetches a key for the fleet (`cache.redis`).
+    pub fleet: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -109,6 +109,8 @@ pub struct FileUpstream {
     /// Every answer of this upstream is a stream (`timeouts.stream_idle`,
     /// never stored, never charged to the breaker after its header).
     pub stream: Option<bool>,
+    #[serde(default)]
+    pub cache: Option<FileUpstreamCache>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -278,6 +280,22 @@ pub struct FileCache {
     /// Query parameters that carry a client's credential: a request with
     /// one is never stored.
     pub sensitive_query: Option<Vec<String>>,
+    #[serde(default)]
+    pub coalesce: Option<FileCoalesce>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileCoalesce {
+    pub wait: Option<Human>,
+    pub fleet: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamCache {
+    /// `off` or `honor`.
+    pub fresh: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

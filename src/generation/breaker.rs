@@ -152,6 +152,11 @@ impl Breaker {
         true
     }
 
+    /// The current backoff window (the pace of trials while open).
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.backoff_ms.load(Ordering::Relaxed))
+    }
+
     /// When the next trial may go, while open.
     pub fn next_trial(&self) -> Option<SystemTime> {
         self.is_open()

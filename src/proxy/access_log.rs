@@ -72,6 +72,7 @@ impl super::Proxy {
         let (outcome, reason) = match ctx.outcome {
             Outcome::Fresh if e.is_none() || ctx.stream => ("ok", "-"),
             Outcome::Stale(r) => ("stale", r.as_str()),
+            Outcome::Hit(h) => ("hit", h.as_str()),
             Outcome::Error(Some(r)) => ("error", r.as_str()),
             Outcome::Client(r) => ("client", r.as_str()),
             Outcome::Unrouted if e.is_none() && status < 400 => ("ok", "-"),

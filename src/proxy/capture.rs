@@ -37,16 +37,22 @@ impl Proxy {
         up: &Upstream,
         resp: &ResponseHeader,
     ) {
+        // Requests wait on this answer: keep it whatever the store
+        // refresh or admission would say. With fresh hits on, a request
+        // reached the vendor because its copy was stale (or absent): the
+        // new answer replaces it, however young.
+        let waited_for = Self::must_keep(ctx);
+        let renew = waited_for || up.config.cache.fresh == crate::config::FreshPolicy::Honor;
         let primary = self.cache().primary_key(&up.config.name, req);
-        if self.cache().kept_within(&primary, STORE_REFRESH) {
+        if !renew && self.cache().kept_within(&primary, STORE_REFRESH) {
             return;
         }
         let held = self.cache().lookup_primary(&up.config.name, &primary, req);
-        if held.is_none() && !self.cache().admit(&primary) {
+        if held.is_none() && !waited_for && !self.cache().admit(&primary) {
             return;
         }
         let recently_stored =
-            held.is_some_and(|c| c.recorded.age(SystemTime::now()) < STORE_REFRESH);
+            !renew && held.is_some_and(|c| c.recorded.age(SystemTime::now()) < STORE_REFRESH);
         let meta = (!recently_stored)
             .then(|| stored::storable_meta(resp, self.cache().max_object))
             .flatten();
@@ -76,8 +82,9 @@ impl Proxy {
         if empty {
             // Pingora calls no body filter for an empty body: the copy is
             // complete now.
-            self.keep(up, capture);
-            ctx.stored_empty = true;
+            let kept = self.keep(up, capture);
+            ctx.stored_empty = kept.is_some();
+            self.land(ctx, kept.map_or(Landing::Alone, Landing::Stored));
         } else {
             ctx.capture = Some(Box::new(capture));
         }
@@ -114,15 +121,15 @@ impl Proxy {
 
     /// Turns a finished capture into a stored copy, unless its body holds
     /// a token value (the upstream echoed it): that copy is never kept,
-    /// persisted or sent to the fleet tier.
-    pub(super) fn keep(&self, up: &Upstream, cap: Capture) {
+    /// persisted or sent to the fleet tier. The copy kept, if one was.
+    pub(super) fn keep(&self, up: &Upstream, cap: Capture) -> Option<Arc<cache::CachedResponse>> {
         let mut body = BytesMut::with_capacity(cap.size);
         for p in &cap.parts {
             body.extend_from_slice(p);
         }
         if let Some(f) = up.reflections.find(&body) {
             note_reflection(up, f.token, "body");
-            return;
+            return None;
         }
         let recorded = Recorded {
             headers: cap.headers,
@@ -132,12 +139,13 @@ impl Proxy {
             must_revalidate: cap.cc.must_revalidate,
             stale_if_error: cap.cc.stale_if_error.map(std::time::Duration::from_secs),
         };
-        self.cache().keep(
+        let copy = self.cache().keep(
             cap.key,
             recorded,
             up.status.clone(),
             up.config.stale.max_stale,
         );
         up.status.set_last_good_path(cap.path);
+        Some(copy)
     }
 }

@@ -77,6 +77,12 @@ pub(super) fn trial(ctx: &mut RequestCtx, up: &Upstream) -> bool {
     }
 }
 
+/// The token a background refresh of a copy carries (`refresh`): the one
+/// a request's first attempt would.
+pub(super) fn for_refresh(up: &Upstream) -> Option<&Token> {
+    up.tokens.pick(0, SystemTime::now())
+}
+
 /// Makes `t` (chosen by [`token`]) the token the next attempt carries.
 pub(super) fn set(ctx: &mut RequestCtx, t: &Token, attempt: Attempt) {
     ctx.token = Some(t.index);

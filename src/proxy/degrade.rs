@@ -75,13 +75,15 @@ impl Proxy {
             }
             Phase::Response(resp) => self.replace(session, ctx, resp, answer).await?,
         }
+        // Requests waiting on this one's fetch are answered as it was.
+        self.land(ctx, Landing::Degraded(reason));
         Ok(Some(code))
     }
 
     /// The response phase's part of [`Proxy::degrade`]: `resp` becomes the
     /// degraded header, the upstream's body is dropped and `answer`'s sent
     /// in its place.
-    async fn replace(
+    pub(super) async fn replace(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,

@@ -39,10 +39,12 @@ pub(crate) mod access_log;
 mod admission;
 mod capture;
 mod choose;
+mod collapse;
 mod decide;
 mod degrade;
 mod failure;
 mod record;
+mod refresh;
 mod refusal;
 mod request;
 mod respond;
@@ -66,6 +68,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::app::App;
+use crate::cache::flight::Landing;
 use crate::cache::stored::{self, CacheControl};
 use crate::cache::{self, Cache, Recorded};
 use crate::clock::unix_now;
@@ -128,6 +131,15 @@ pub struct RequestCtx {
     stream: bool,
     /// Request body bytes received so far (for `max_request_body_bytes`).
     body_bytes: u64,
+    /// This request leads the fetch of its key: requests for the same key
+    /// wait for it (`collapse`). Boxed: few requests lead one.
+    lead: Option<Box<crate::cache::flight::Lead>>,
+    /// A stale copy of this request's answer whose validators it carries
+    /// (`upstreams[].cache.fresh: honor`; see `refresh`).
+    revalidate: Option<Arc<cache::CachedResponse>>,
+    /// The validators were graceway's (the client sent none): the
+    /// vendor's 304 renews the copy and the copy answers.
+    revalidating: bool,
     /// Counts this request as in flight until the context is dropped (a
     /// drain waits for none to be left, see `lifecycle`).
     _in_flight: Option<crate::app::lifecycle::InFlight>,
@@ -227,17 +239,24 @@ impl ProxyHttp for Proxy {
         self.plan_upgrade(session, ctx, &up)?;
         ctx.stream = ctx.upgrade || up.config.stream || asks_for_events(session.req_header());
         let probed = up.probe().is_some();
+        if self.answer_fresh(session, ctx, &up).await? {
+            return Ok(true);
+        }
 
         // Upstream known down: answer at once. Without a probe, one request
         // per backoff window goes through as the half-open trial.
         if let Some(reason) = up.status.health.reason() {
             if probed || !up.status.health.try_trial() {
+                self.refresh_while_open(ctx, &up, session.req_header());
                 self.degrade(session, ctx, &up, reason, None, None, Phase::Request)
                     .await?;
                 return Ok(true);
             }
             // This request is the half-open trial: its outcome feeds the
             // breaker like any other (upstream_response_filter, fail_to_proxy).
+        }
+        if self.join_flight(session, ctx, &up).await? {
+            return Ok(true);
         }
         if up.inject.is_none() || choose::carry(ctx, &up, choose::Attempt::First) {
             return Ok(false);
@@ -276,6 +295,12 @@ impl ProxyHttp for Proxy {
         };
         let up = &gen.upstreams[ctx.upstream];
         req.insert_header(http::header::HOST, up.host_header.clone())?;
+        if let Some(copy) = &ctx.revalidate {
+            if ctx.revalidating || !refresh::has_validators(req) {
+                refresh::add_validators(req, copy)?;
+                ctx.revalidating = true;
+            }
+        }
         let Some(target) = &up.inject else {
             return Ok(());
         };
@@ -334,6 +359,15 @@ impl ProxyHttp for Proxy {
         if let Some(t) = token {
             read_vendor_signals(up, t, &resp.headers);
         }
+        if status == 304 && ctx.revalidating {
+            if let Some(t) = token {
+                record::token_answered(ctx, up, t, status);
+            }
+            return self.renew(session, ctx, up, resp).await;
+        }
+        if status == 200 && ctx.revalidating {
+            up.status.metrics.revalidated("request", "200");
+        }
         let (reason, retry_after) = match status {
             401 | 403 | 429 => self.weigh_refusal(session, ctx, up, resp)?,
             _ => {
@@ -366,6 +400,11 @@ impl ProxyHttp for Proxy {
         if decide::keeps(ctx.storable_request, status, ctx.stream) {
             self.start_capture(session.req_header(), ctx, up, resp);
         }
+        if ctx.capture.is_none() {
+            // Nothing will be kept: requests waiting on this one go
+            // themselves (an answer not kept is never shared).
+            self.land(ctx, Landing::Alone);
+        }
         Ok(())
     }
 
@@ -382,7 +421,7 @@ impl ProxyHttp for Proxy {
         if self.app.drain.draining() {
             session.set_keepalive(None);
         }
-        if ctx.outcome == Outcome::Fresh {
+        if ctx.outcome == Outcome::Fresh && !ctx.revalidating {
             // `stored` only for a copy already kept (an empty body); one
             // still streaming may yet be dropped (cut off, too big, or
             // holding a token value).
@@ -423,13 +462,15 @@ impl ProxyHttp for Proxy {
                 if cap.size as u64 > self.cache().max_object {
                     // Too big: stream on untouched, keep nothing.
                     ctx.capture = None;
+                    self.land(ctx, Landing::Alone);
                     return Ok(None);
                 }
                 cap.parts.push(b.clone());
             }
             if end_of_stream {
                 if let (Some(cap), Some(up)) = (ctx.capture.take(), ctx.upstream()) {
-                    self.keep(up, *cap);
+                    let kept = self.keep(up, *cap);
+                    self.land(ctx, kept.map_or(Landing::Alone, Landing::Stored));
                 }
             }
         }
@@ -484,7 +525,9 @@ impl ProxyHttp for Proxy {
                 record::unanswered_failure(ctx, up, reason);
             }
         }
-        // Not ours to answer: Pingora's default (502/504/400...).
+        // Not ours to answer: Pingora's default (502/504/400...). An error
+        // is never shared: waiters go themselves.
+        self.land(ctx, Landing::Alone);
         let code = decide::fallback_status(e.etype(), e.esource());
         if code > 0 && session.response_written().is_none() {
             let _ = session.respond_error(code).await;
@@ -550,6 +593,13 @@ impl ProxyHttp for Proxy {
     /// log line when `log.access` is on.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         crate::net::listener::request_done(session.as_downstream().stream());
+        // A lead still in flight: its client left (the fetch ended with
+        // it), and a waiter leads instead; anything else was not shared.
+        if let Outcome::Client(_) = ctx.outcome {
+            drop(ctx.lead.take());
+        } else {
+            self.land(ctx, Landing::Alone);
+        }
         if let Some(t0) = ctx.started_at {
             self.access_log(session, e, ctx, t0);
         }

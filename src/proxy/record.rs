@@ -21,6 +21,8 @@ use crate::tokens::Token;
 pub(super) enum Event<'e> {
     /// The upstream's header arrived with `status`.
     Answered { status: u16 },
+    /// A copy answers with nothing wrong, before any vendor call.
+    Hit(crate::outcome::Hit),
     /// A fresh answer (not replaced) goes to the client.
     Fresh { status: u16 },
     /// A degraded answer was written for `reason`: the copy (`stale`) or
@@ -47,6 +49,10 @@ pub(super) fn record(ctx: &mut RequestCtx, up: &Upstream, event: Event<'_>) {
             } else {
                 status.health_success();
             }
+        }
+        Event::Hit(kind) => {
+            ctx.outcome = Outcome::Hit(kind);
+            status.metrics.hits[kind as usize].inc();
         }
         Event::Fresh { status: code } => {
             ctx.outcome = Outcome::Fresh;
@@ -87,6 +93,7 @@ pub(super) fn record(ctx: &mut RequestCtx, up: &Upstream, event: Event<'_>) {
                     }
                 }
                 Outcome::Stale(_) => m.stale.inc(),
+                Outcome::Hit(_) => m.hit.inc(),
                 Outcome::Client(_) => m.client.inc(),
                 _ => m.error.inc(),
             }

@@ -14,7 +14,7 @@ use pingora::proxy::Session;
 use crate::cache::CachedResponse;
 use crate::config::StalePolicy;
 use crate::generation::Upstream;
-use crate::outcome::Reason;
+use crate::outcome::{Hit, Reason};
 
 /// A complete answer to write in place of the upstream's.
 pub struct Replacement {
@@ -156,6 +156,64 @@ pub fn degraded(
             copy.recorded.body.clone()
         },
         stale: true,
+    })
+}
+
+/// A copy answering with nothing wrong (a [`Hit`]): the copy with `Age`
+/// and `Cache-Status` (RFC 9211: `hit`, its remaining freshness as `ttl`,
+/// negative once stale), or a 304 when the client's validators match it.
+pub fn hit(copy: &CachedResponse, req: &RequestHeader, kind: Hit) -> Result<Replacement> {
+    let now = SystemTime::now();
+    let mut h = copy.response_header(now)?;
+    let not_modified = conditional_filter::not_modified_filter(req, &h);
+    if not_modified {
+        conditional_filter::to_304(&mut h);
+    }
+    let r = &copy.recorded;
+    let age = r.age(now).as_secs() as i64;
+    let ttl = r.fresh_for.as_secs() as i64 - age;
+    let cs = match kind {
+        Hit::Fresh => format!("graceway; hit; ttl={ttl}"),
+        Hit::Revalidating => format!("graceway; hit; ttl={ttl}; detail=stale-while-revalidate"),
+        Hit::Coalesced => "graceway; hit; detail=coalesced".to_string(),
+    };
+    let cs = HeaderValue::try_from(cs)
+        .map_err(|_| Error::explain(ErrorType::InternalError, "Cache-Status value"))?;
+    h.insert_header("Cache-Status", cs)?;
+    h.remove_header(&http::header::ACCEPT_RANGES);
+    Ok(Replacement {
+        header: h,
+        body: if not_modified || req.method == http::Method::HEAD {
+            Bytes::new()
+        } else {
+            r.body.clone()
+        },
+        stale: false,
+    })
+}
+
+/// A copy renewed by the vendor's 304 to the validators graceway sent,
+/// answering the request that sent them: the copy, or a 304 when the
+/// client's own validators match it.
+pub fn renewed(copy: &CachedResponse, req: &RequestHeader) -> Result<Replacement> {
+    let mut h = copy.response_header(SystemTime::now())?;
+    let not_modified = conditional_filter::not_modified_filter(req, &h);
+    if not_modified {
+        conditional_filter::to_304(&mut h);
+    }
+    h.insert_header(
+        "Cache-Status",
+        HeaderValue::from_static("graceway; fwd=stale; fwd-status=304; stored"),
+    )?;
+    h.remove_header(&http::header::ACCEPT_RANGES);
+    Ok(Replacement {
+        header: h,
+        body: if not_modified {
+            Bytes::new()
+        } else {
+            copy.recorded.body.clone()
+        },
+        stale: false,
     })
 }
 

@@ -357,6 +357,7 @@ read("/", "page");
         body: html.clone().into_bytes(),
         delay: Duration::ZERO,
         wire: Wire::Normal,
+        hold: None,
     })
 }
 

@@ -99,6 +99,13 @@ pub(super) fn code_defaults() -> Vec<(&'static str, Code)> {
         ("upstreams[].methods", list(defaults::METHODS)),
         ("upstreams[].dns_refresh", dur(defaults::DNS_REFRESH)),
         ("upstreams[].stream", val(defaults::STREAM)),
+        (
+            "upstreams[].cache.fresh",
+            val(match UpstreamCache::default().fresh {
+                FreshPolicy::Off => "off",
+                FreshPolicy::Honor => "honor",
+            }),
+        ),
     ]);
     let RouteMatch { host, path_prefix } = RouteMatch::default();
     out.extend([
@@ -243,7 +250,9 @@ pub(super) fn code_defaults() -> Vec<(&'static str, Code)> {
         persist_path,
         redis,
         sensitive_query,
+        coalesce,
     } = CacheConfig::default();
+    let CoalesceConfig { wait, fleet } = coalesce;
     out.extend([
         ("cache.memory_bytes", val(memory_bytes)),
         ("cache.max_object_bytes", val(max_object_bytes)),
@@ -260,6 +269,8 @@ pub(super) fn code_defaults() -> Vec<(&'static str, Code)> {
         ),
         ("cache.redis.queue", val(defaults::REDIS_QUEUE)),
         ("cache.redis.ledger", val(defaults::REDIS_LEDGER)),
+        ("cache.coalesce.wait", dur(wait)),
+        ("cache.coalesce.fleet", val(fleet)),
     ]);
     let MemoryConfig { soft_limit } = MemoryConfig::default();
     let AlertsConfig {

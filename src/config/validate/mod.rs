@@ -318,7 +318,20 @@ fn cache(c: &mut Check, cf: FileCache) -> CacheConfig {
                 })
                 .collect(),
         },
+        coalesce: coalesce(c, cf.coalesce.unwrap_or_default()),
     };
+    if cache.coalesce.fleet && cache.redis.is_none() {
+        c.err(
+            "cache.coalesce.fleet",
+            "needs `cache.redis` (the fleet's lock lives there)",
+        );
+    }
+    if cache.coalesce.fleet && cache.coalesce.wait.is_zero() {
+        c.err(
+            "cache.coalesce.fleet",
+            "needs `cache.coalesce.wait` above 0 (it bounds the fleet's lock)",
+        );
+    }
     if cache.max_object_bytes > cache.memory_bytes {
         c.err(
             "cache.max_object_bytes",
@@ -329,6 +342,15 @@ fn cache(c: &mut Check, cf: FileCache) -> CacheConfig {
         c.err("cache.max_object_bytes", "must be below 2GiB");
     }
     cache
+}
+
+/// `cache.coalesce`: collapsed forwarding.
+fn coalesce(c: &mut Check, f: FileCoalesce) -> CoalesceConfig {
+    let d = CoalesceConfig::default();
+    CoalesceConfig {
+        wait: c.duration("cache.coalesce.wait", &f.wait, d.wait),
+        fleet: f.fleet.unwrap_or(d.fleet),
+    }
 }
 
 /// `alerts`: the webhook. Its CA file is read in [`super::files`].

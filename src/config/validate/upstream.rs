@@ -225,6 +225,7 @@ pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamCon
         methods,
         upgrade,
         stream: u.stream.unwrap_or(defaults::STREAM),
+        cache: upstream_cache(c, at, u.cache.as_ref()),
         name,
         url,
         route,
@@ -234,4 +235,22 @@ pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamCon
         health,
         stale,
     }
+}
+
+/// `upstreams[].cache`.
+fn upstream_cache(c: &mut Check, at: &str, f: Option<&FileUpstreamCache>) -> UpstreamCache {
+    let d = UpstreamCache::default();
+    let fresh = match f.and_then(|f| f.fresh.as_deref()) {
+        None => d.fresh,
+        Some("off") => FreshPolicy::Off,
+        Some("honor") => FreshPolicy::Honor,
+        Some(other) => {
+            c.err(
+                format!("{at}.cache.fresh"),
+                format!("must be `off` or `honor`, not `{}`", other.escape_debug()),
+            );
+            d.fresh
+        }
+    };
+    UpstreamCache { fresh }
 }

@@ -70,6 +70,9 @@ pub struct MockReply {
     pub body: Vec<u8>,
     pub delay: Duration,
     pub wire: Wire,
+    /// Answer only once this is set (checked every 10 ms, at most 30 s):
+    /// a test holds an answer while it watches what graceway does.
+    pub hold: Option<Arc<AtomicBool>>,
 }
 
 impl MockReply {
@@ -84,6 +87,7 @@ impl MockReply {
             body: body.as_bytes().to_vec(),
             delay: Duration::ZERO,
             wire: Wire::Normal,
+            hold: None,
         }
     }
 
@@ -98,6 +102,11 @@ impl MockReply {
 
     pub fn header(mut self, k: &str, v: &str) -> MockReply {
         self.headers.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn hold(mut self, until: &Arc<AtomicBool>) -> MockReply {
+        self.hold = Some(until.clone());
         self
     }
 
@@ -320,6 +329,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut sock: S, sh: Arc<Shared>) 
         sh.requests.lock().unwrap().push(rec);
         if !reply.delay.is_zero() {
             tokio::time::sleep(reply.delay).await;
+        }
+        if let Some(flag) = &reply.hold {
+            for _ in 0..3000 {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         match reply.wire {
             Wire::Close => return,
