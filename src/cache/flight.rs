@@ -106,6 +106,7 @@ impl Flights {
             flight,
             shards: self.shards.clone(),
             landed: false,
+            fleet: None,
         })
     }
 
@@ -143,12 +144,21 @@ pub struct Lead {
     flight: Arc<Flight>,
     shards: Arc<[Shard]>,
     landed: bool,
+    /// The fleet's fetch lock of the key, when this replica holds it
+    /// (`cache.coalesce.fleet`), with the TTL its copy is written under.
+    fleet: Option<(super::fleet::fetch::Hold, Duration)>,
 }
 
 impl Lead {
     /// Requests waiting on this fetch now.
     pub fn waiters(&self) -> u32 {
         self.flight.waiters.load(Ordering::Relaxed)
+    }
+
+    /// Ties the fleet's fetch lock of the key to this fetch: released as
+    /// it lands, with its copy written first when one was kept.
+    pub fn hold_fleet(&mut self, hold: super::fleet::fetch::Hold, ttl: Duration) {
+        self.fleet = Some((hold, ttl));
     }
 
     /// Says what the fetch came to, and takes the key out of flight, so
@@ -162,6 +172,13 @@ impl Lead {
             return;
         }
         self.landed = true;
+        if let Some((hold, ttl)) = self.fleet.take() {
+            let copy = match &landing {
+                Landing::Stored(c) => Some(c.clone()),
+                _ => None,
+            };
+            hold.release(copy, ttl);
+        }
         {
             let shard = &self.shards[(self.key.high64() as usize) % SHARDS];
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());

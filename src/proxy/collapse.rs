@@ -10,7 +10,8 @@
 //! abandoned, and a waiter leads instead.
 
 use super::*;
-use crate::cache::flight::{Join, Landing};
+use crate::cache::fleet::fetch::Taken;
+use crate::cache::flight::{Join, Landing, Lead};
 use crate::cache::stored::Freshness;
 use crate::cache::CachedResponse;
 use crate::config::FreshPolicy;
@@ -54,7 +55,8 @@ impl Proxy {
                 return Ok(false);
             }
         };
-        self.answer_hit(session, ctx, up, &copy, kind).await?;
+        self.answer_hit(session, ctx, up, &copy, kind, false)
+            .await?;
         Ok(true)
     }
 
@@ -81,6 +83,14 @@ impl Proxy {
         for _ in 0..REJOINS {
             let w = match self.cache().flights.join(key) {
                 Join::Lead(lead) => {
+                    let lead = if gen.loaded.config.cache.coalesce.fleet {
+                        match self.wait_for_fleet(session, ctx, up, lead, wait).await? {
+                            Some(lead) => lead,
+                            None => return Ok(true),
+                        }
+                    } else {
+                        lead
+                    };
                     ctx.lead = Some(Box::new(lead));
                     return Ok(false);
                 }
@@ -100,7 +110,7 @@ impl Proxy {
                         return Ok(false);
                     }
                     m.coalesce_wait("answered");
-                    self.answer_hit(session, ctx, up, &copy, Hit::Coalesced)
+                    self.answer_hit(session, ctx, up, &copy, Hit::Coalesced, false)
                         .await?;
                     return Ok(true);
                 }
@@ -127,8 +137,57 @@ impl Proxy {
         Ok(false)
     }
 
+    /// `cache.coalesce.fleet`: this replica leads the key's fetch; it takes
+    /// the fleet's fetch lock, or waits for the replica holding it and is
+    /// answered from the copy that one stored, as this replica's own
+    /// waiters then are (see [`crate::cache::fleet::fetch`]). The lead
+    /// back when this request fetches; `None` when answered.
+    async fn wait_for_fleet(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        up: &Arc<Upstream>,
+        mut lead: Lead,
+        wait: std::time::Duration,
+    ) -> Result<Option<Lead>> {
+        let Some(fleet) = self.cache().fleet().cloned() else {
+            return Ok(Some(lead));
+        };
+        let req = session.req_header();
+        let theirs = match fleet.take_fetch(&up.config.name, req, wait).await {
+            None => return Ok(Some(lead)),
+            Some(Taken::Mine(hold)) => {
+                lead.hold_fleet(hold, up.config.stale.max_stale);
+                return Ok(Some(lead));
+            }
+            Some(Taken::Theirs(t)) => t,
+        };
+        let m = &up.status.metrics;
+        let since = {
+            let _waiting = Waiting::new(&m.coalesce_waiting);
+            fleet.await_fetch(theirs, wait).await
+        };
+        let req = session.req_header();
+        let filled = self
+            .cache()
+            .fill_stored_since(&up.config.name, req, up.status.clone(), Some(since))
+            .await;
+        let copy = filled
+            .then(|| self.cache().lookup(&up.config.name, req))
+            .flatten();
+        let Some(copy) = copy else {
+            m.coalesce_wait("alone");
+            return Ok(Some(lead));
+        };
+        m.coalesce_wait("fleet");
+        lead.land(Landing::Stored(copy.clone()));
+        self.answer_hit(session, ctx, up, &copy, Hit::Coalesced, true)
+            .await?;
+        Ok(None)
+    }
+
     /// Writes `copy` as a hit of `kind` (a 304 when the client's own
-    /// validators match it).
+    /// validators match it); `from_fleet`: another replica fetched it.
     async fn answer_hit(
         &self,
         session: &mut Session,
@@ -136,8 +195,12 @@ impl Proxy {
         up: &Upstream,
         copy: &CachedResponse,
         kind: Hit,
+        from_fleet: bool,
     ) -> Result<()> {
-        let answer = respond::hit(copy, session.req_header(), kind)?;
+        let mut answer = respond::hit(copy, session.req_header(), kind)?;
+        if from_fleet {
+            answer = answer.fleet_member();
+        }
         record(ctx, up, Event::Hit(kind));
         if self.app.drain.draining() {
             session.set_keepalive(None);
@@ -149,6 +212,17 @@ impl Proxy {
     pub(super) fn land(&self, ctx: &mut RequestCtx, landing: Landing) {
         if let Some(lead) = ctx.lead.take() {
             lead.land(landing);
+        }
+    }
+
+    /// At the request's end, a lead still in flight: when its client left
+    /// (the fetch ended with it) a waiter leads instead; anything else was
+    /// not shared.
+    pub(super) fn end_flight(&self, ctx: &mut RequestCtx) {
+        if let Outcome::Client(_) = ctx.outcome {
+            drop(ctx.lead.take());
+        } else {
+            self.land(ctx, Landing::Alone);
         }
     }
 

@@ -66,6 +66,14 @@ impl Proxy {
             session.set_keepalive(None);
         }
         let code = answer.header.status.as_u16();
+        // Requests waiting on this one's fetch are answered as it was when
+        // a copy answered it; without one they go to the vendor themselves
+        // (its failure may have been this request's alone).
+        let landing = if answer.stale {
+            Landing::Degraded(reason)
+        } else {
+            Landing::Alone
+        };
         match phase {
             Phase::Request => respond::write(session, answer).await?,
             Phase::Failed => {
@@ -75,8 +83,7 @@ impl Proxy {
             }
             Phase::Response(resp) => self.replace(session, ctx, resp, answer).await?,
         }
-        // Requests waiting on this one's fetch are answered as it was.
-        self.land(ctx, Landing::Degraded(reason));
+        self.land(ctx, landing);
         Ok(Some(code))
     }
 
@@ -135,15 +142,7 @@ impl Proxy {
         let mut answer = respond::degraded(copy, up, req, reason, fwd, retry_after)?;
         if from_fleet && answer.stale {
             up.status.metrics.stale_from_fleet.inc();
-            // RFC 9211: one member per cache, the one nearest the origin
-            // first: the fleet tier had it, this graceway served it.
-            if let Some(cs) = answer.header.headers.get("cache-status").cloned() {
-                let mut v = b"graceway-fleet; hit, ".to_vec();
-                v.extend_from_slice(cs.as_bytes());
-                if let Ok(v) = HeaderValue::from_bytes(&v) {
-                    answer.header.insert_header("Cache-Status", v)?;
-                }
-            }
+            answer = answer.fleet_member();
         }
         Ok(answer)
     }

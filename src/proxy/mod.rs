@@ -359,14 +359,8 @@ impl ProxyHttp for Proxy {
         if let Some(t) = token {
             read_vendor_signals(up, t, &resp.headers);
         }
-        if status == 304 && ctx.revalidating {
-            if let Some(t) = token {
-                record::token_answered(ctx, up, t, status);
-            }
-            return self.renew(session, ctx, up, resp).await;
-        }
-        if status == 200 && ctx.revalidating {
-            up.status.metrics.revalidated("request", "200");
+        if ctx.revalidating && self.revalidated(session, ctx, up, token, resp).await? {
+            return Ok(());
         }
         let (reason, retry_after) = match status {
             401 | 403 | 429 => self.weigh_refusal(session, ctx, up, resp)?,
@@ -401,8 +395,7 @@ impl ProxyHttp for Proxy {
             self.start_capture(session.req_header(), ctx, up, resp);
         }
         if ctx.capture.is_none() {
-            // Nothing will be kept: requests waiting on this one go
-            // themselves (an answer not kept is never shared).
+            // Not kept, so not shared: its waiters go themselves.
             self.land(ctx, Landing::Alone);
         }
         Ok(())
@@ -593,13 +586,7 @@ impl ProxyHttp for Proxy {
     /// log line when `log.access` is on.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         crate::net::listener::request_done(session.as_downstream().stream());
-        // A lead still in flight: its client left (the fetch ended with
-        // it), and a waiter leads instead; anything else was not shared.
-        if let Outcome::Client(_) = ctx.outcome {
-            drop(ctx.lead.take());
-        } else {
-            self.land(ctx, Landing::Alone);
-        }
+        self.end_flight(ctx);
         if let Some(t0) = ctx.started_at {
             self.access_log(session, e, ctx, t0);
         }

@@ -191,3 +191,20 @@ pub(super) fn token_cooled(up: &Upstream, t: &Token, now: u64, secs: u64, status
         }
     }
 }
+
+/// What a background refresh (`refresh`) learned of the upstream: no
+/// answer (`Err`), or the status it answered with. It feeds the health
+/// breaker as a request's answer would.
+pub(super) fn refresh_answered(up: &Upstream, answer: std::result::Result<u16, Reason>) {
+    match answer {
+        Err(reason) => up.status.health_failure(reason),
+        Ok(status) if status >= 500 => up.status.health_failure(Reason::Upstream5xx),
+        Ok(_) => up.status.health_success(),
+    }
+}
+
+/// A background refresh renewed or replaced a copy: the upstream answers
+/// with content again.
+pub(super) fn refresh_kept(up: &Upstream) {
+    up.status.mark_healthy();
+}

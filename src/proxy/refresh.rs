@@ -55,10 +55,37 @@ pub(super) fn has_validators(req: &RequestHeader) -> bool {
 }
 
 impl Proxy {
+    /// The vendor's answer to a request that sent its stale copy's
+    /// validators: a 304 renews the copy and answers (true), a 200
+    /// replaces it as any fresh answer would.
+    pub(super) async fn revalidated(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        up: &Upstream,
+        token: Option<&crate::tokens::Token>,
+        resp: &mut ResponseHeader,
+    ) -> Result<bool> {
+        match resp.status.as_u16() {
+            304 => {
+                if let Some(t) = token {
+                    record::token_answered(ctx, up, t, 304);
+                }
+                self.renew(session, ctx, up, resp).await?;
+                Ok(true)
+            }
+            200 => {
+                up.status.metrics.revalidated("request", "200");
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// The vendor's 304 to the validators this request carried for its
     /// stale copy (`ctx.revalidate`): the copy is renewed (headers merged,
     /// freshness from now) and answers in place of the 304.
-    pub(super) async fn renew(
+    async fn renew(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
@@ -153,21 +180,20 @@ async fn refresh(
     let answer = match outbound::send(&up.peer.load_full(), req, None, deadline, max).await {
         Ok(a) => a,
         Err(f) => {
-            up.status.health_failure(match f {
-                Failure::Timeout => Reason::UpstreamTimeout,
-                Failure::Unreachable(_) => Reason::UpstreamUnreachable,
-            });
+            record::refresh_answered(
+                up,
+                Err(match f {
+                    Failure::Timeout => Reason::UpstreamTimeout,
+                    Failure::Unreachable(_) => Reason::UpstreamUnreachable,
+                }),
+            );
             m.revalidated("background", "failed");
             lead.land(Landing::Alone);
             return;
         }
     };
     up.status.metrics.upstream_response(answer.status);
-    if answer.status >= 500 {
-        up.status.health_failure(Reason::Upstream5xx);
-    } else {
-        up.status.health_success();
-    }
+    record::refresh_answered(up, Ok(answer.status));
     let name = &up.config.name;
     let primary = cache.primary_key(name, &keyed);
     let now = SystemTime::now();
@@ -183,7 +209,7 @@ async fn refresh(
     };
     match kept {
         Some(c) => {
-            up.status.mark_healthy();
+            record::refresh_kept(up);
             lead.land(Landing::Stored(c));
         }
         None => {

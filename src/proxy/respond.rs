@@ -24,6 +24,22 @@ pub struct Replacement {
     pub stale: bool,
 }
 
+impl Replacement {
+    /// Marks an answer from a copy the fleet tier had: RFC 9211 names one
+    /// member per cache, the one nearest the origin first, so
+    /// `graceway-fleet; hit` goes before this graceway's member.
+    pub fn fleet_member(mut self) -> Replacement {
+        if let Some(cs) = self.header.headers.get("cache-status") {
+            let mut v = b"graceway-fleet; hit, ".to_vec();
+            v.extend_from_slice(cs.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
+                let _ = self.header.insert_header("Cache-Status", v);
+            }
+        }
+        self
+    }
+}
+
 /// Builds a JSON error answer.
 pub fn json_error(
     status: u16,

@@ -121,6 +121,14 @@ fn bad_configs(dir: &TestDir) -> Vec<(String, Vec<&'static str>)> {
             vec!["cache.memory_bytes: `lots` is not a size"],
         ),
         (
+            "upstreams:\n  - name: a\n    url: \"http://x\"\n    credentials: none\n    cache: { fresh: always }\ncache: { coalesce: { wait: soon, fleet: true } }\n".into(),
+            vec![
+                "upstreams[0].cache.fresh: must be `off` or `honor`, not `always`",
+                "cache.coalesce.wait: `soon` is not a duration",
+                "cache.coalesce.fleet: needs `cache.redis`",
+            ],
+        ),
+        (
             format!("upstreams:\n  - name: a\n    url: \"http://x\"\n    credentials:\n      inject: {{ header: \"Bad Header\" }}\n      tokens: [ {{ file: {t} }} ]\n"),
             vec!["upstreams[0].credentials.inject.header: `Bad Header` is not a valid header name"],
         ),

@@ -8,6 +8,7 @@ mod support;
 mod architecture;
 mod breaker;
 mod check;
+mod collapse;
 mod connections;
 mod demo;
 mod dns;

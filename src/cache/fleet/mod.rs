@@ -38,6 +38,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 mod conn;
+pub mod fetch;
 
 use conn::{answered, Client, Conn, Write};
 
@@ -452,6 +453,20 @@ impl Cache {
         req: &RequestHeader,
         owner: Arc<UpstreamStatus>,
     ) -> bool {
+        self.fill_stored_since(upstream, req, owner, None).await
+    }
+
+    /// [`Cache::fill_from_fleet`] of a copy stored at `since` or later
+    /// only (another replica's fetch that this one waited for, see
+    /// [`fetch`]), when `since` is given.
+    pub async fn fill_stored_since(
+        &self,
+        upstream: &str,
+        req: &RequestHeader,
+        owner: Arc<UpstreamStatus>,
+        since: Option<std::time::SystemTime>,
+    ) -> bool {
+        let new_enough = |r: &Recorded| since.is_none_or(|t| r.stored_at >= t);
         let Some(fleet) = &self.fleet else {
             return false;
         };
@@ -465,11 +480,14 @@ impl Cache {
         };
         let names = stored::vary_names(&found.headers);
         if names.is_empty() {
+            if !new_enough(&found) {
+                return false;
+            }
             self.adopt(primary, None, found, owner, store);
             return true;
         }
         let store = store.with_variant(&names, req);
-        let Some(found) = fleet.get(&store).await else {
+        let Some(found) = fleet.get(&store).await.filter(new_enough) else {
             return false;
         };
         let variant = self.keyer.variant(&primary, &names, req);
