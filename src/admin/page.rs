@@ -231,6 +231,17 @@ fn upstream(u: &UpstreamView) -> String {
         or_dash(&u.last_success),
         failure
     );
+    let c = &u.calls;
+    let calls = format!(
+        "calls spared: {} fresh hits · {} stale-while-revalidate · {} coalesced, {} waiting · revalidated {} × 304, {} × 200, {} failed",
+        c.fresh_hits,
+        c.stale_while_revalidate_hits,
+        c.coalesced,
+        c.waiting,
+        c.revalidated_304,
+        c.revalidated_200,
+        c.revalidations_failed
+    );
     let mut rows = String::new();
     for t in &u.tokens {
         rows.push_str(&token(t));
@@ -257,7 +268,7 @@ fn upstream(u: &UpstreamView) -> String {
             ("data-state", state),
         ],
         &format!(
-            "{head}{}{}{}{table}",
+            "{head}{}{}{}{}{table}",
             el("p", &[("class", "url")], &route),
             el(
                 "dl",
@@ -268,7 +279,8 @@ fn upstream(u: &UpstreamView) -> String {
                     breaker("auth", &u.breakers.auth)
                 )
             ),
-            el("p", &[("class", "copies")], &copies)
+            el("p", &[("class", "copies")], &copies),
+            el("p", &[("class", "calls")], &calls)
         ),
     )
 }

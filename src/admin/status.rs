@@ -106,6 +106,7 @@ pub struct UpstreamView {
     pub breakers: BreakersView,
     pub tokens: Vec<TokenView>,
     pub stored: StoredView,
+    pub calls: CallsView,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +133,21 @@ pub struct BreakerView {
     pub reason: Option<String>,
     pub since: Option<String>,
     pub next_trial: Option<String>,
+}
+
+/// The vendor calls the cache spared since start: hits by kind, requests
+/// waiting for another's fetch now, and refreshes of copies by result
+/// (`graceway_cache_hits_total`, `graceway_coalesce_waiting`,
+/// `graceway_cache_revalidations_total`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallsView {
+    pub fresh_hits: u64,
+    pub stale_while_revalidate_hits: u64,
+    pub coalesced: u64,
+    pub waiting: i64,
+    pub revalidated_304: u64,
+    pub revalidated_200: u64,
+    pub revalidations_failed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -320,6 +336,32 @@ fn upstream_view(u: &crate::generation::Upstream, now: SystemTime) -> UpstreamVi
             entries: u.status.stored_entries.load(Ordering::Relaxed).max(0),
             bytes: u.status.stored_bytes.load(Ordering::Relaxed).max(0),
         },
+        calls: calls_view(u),
+    }
+}
+
+fn calls_view(u: &crate::generation::Upstream) -> CallsView {
+    use crate::outcome::Hit;
+    let m = &u.status.metrics;
+    let revalidated = |result: &str| {
+        ["request", "background"]
+            .iter()
+            .map(|mode| {
+                crate::metrics::metrics()
+                    .cache_revalidations_total
+                    .with_label_values(&[u.config.name.as_str(), mode, result])
+                    .get()
+            })
+            .sum()
+    };
+    CallsView {
+        fresh_hits: m.hits[Hit::Fresh as usize].get(),
+        stale_while_revalidate_hits: m.hits[Hit::Revalidating as usize].get(),
+        coalesced: m.hits[Hit::Coalesced as usize].get(),
+        waiting: m.coalesce_waiting.get(),
+        revalidated_304: revalidated("304"),
+        revalidated_200: revalidated("200"),
+        revalidations_failed: revalidated("failed"),
     }
 }
 

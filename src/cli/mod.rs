@@ -407,6 +407,28 @@ pub fn render_status(st: &Status) -> String {
                 Some(f) => format!("{} {}", s(&f.at), s(&f.reason)),
             },
         ]);
+        let c = &u.calls;
+        if c.fresh_hits
+            + c.stale_while_revalidate_hits
+            + c.coalesced
+            + c.revalidated_304
+            + c.revalidated_200
+            + c.revalidations_failed
+            > 0
+            || c.waiting > 0
+        {
+            notes.push(format!(
+                "{} calls spared: {} fresh hits, {} stale-while-revalidate, {} coalesced ({} waiting); revalidated {} x 304, {} x 200, {} failed",
+                u.name,
+                c.fresh_hits,
+                c.stale_while_revalidate_hits,
+                c.coalesced,
+                c.waiting,
+                c.revalidated_304,
+                c.revalidated_200,
+                c.revalidations_failed
+            ));
+        }
         for t in &u.tokens {
             token_rows.push(vec![
                 u.name.clone(),

@@ -129,6 +129,9 @@ async fn a_herd_of_200_identical_requests_costs_one_vendor_call() {
         ),
         Some(199.0)
     );
+    let calls = &g.status().await["upstreams"][0]["calls"];
+    assert_eq!(calls["coalesced"], 199, "{calls}");
+    assert_eq!(calls["waiting"], 0, "{calls}");
     // The access log says which answers were coalesced.
     let logs = g.logs();
     assert_eq!(
@@ -425,6 +428,66 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
         ),
         Some(10.0)
     );
+    let calls = &g.status().await["upstreams"][0]["calls"];
+    assert_eq!(calls["stale_while_revalidate_hits"], 10, "{calls}");
+    assert_eq!(calls["revalidated_200"], 1, "{calls}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_the_breaker_is_open_each_copy_is_refreshed_once_per_window() {
+    let version = Arc::new(std::sync::atomic::AtomicU16::new(1));
+    let v = version.clone();
+    let up = MockUpstream::start(move |r| match v.load(Ordering::SeqCst) {
+        0 => MockReply::status(503, r#"{"error":"down"}"#),
+        n => MockReply::ok(&format!(r#"{{"v":{n},"path":"{}"}}"#, r.target))
+            .header("Cache-Control", "max-age=0")
+            .header("ETag", &format!("\"v{n}\"")),
+    });
+    let cfg = EmojiConfig::new(up.port)
+        .health("{ open_after: 2, retry_after: 30s }")
+        .upstream("    cache: { fresh: honor }")
+        .build();
+    let g = Graceway::start_with_token("tok-open\n", &cfg);
+    for p in ["/v1/a", "/v1/b"] {
+        assert_eq!(g.get(p).await.status(), 200);
+    }
+    version.store(0, Ordering::SeqCst);
+    wait_for_async(
+        "the health breaker open",
+        Duration::from_secs(15),
+        || async {
+            let r = g.get("/v1/a").await;
+            assert_eq!(r.status(), 200);
+            (g.status().await["upstreams"][0]["breakers"]["health"]["open"] == true).then_some(())
+        },
+    )
+    .await;
+    let before = up.request_count();
+    for _ in 0..5 {
+        let r = g.get("/v1/a").await;
+        assert_eq!(r.status(), 200);
+        assert!(r.text().await.unwrap().contains(r#""v":1"#));
+    }
+    let failed =
+        r#"graceway_cache_revalidations_total{mode="background",result="failed",upstream="emoji"}"#;
+    wait_metric(&g, failed, 1.0).await;
+    assert_eq!(
+        up.request_count(),
+        before + 1,
+        "one refresh of /v1/a this window"
+    );
+
+    // The vendor is back: /v1/b's first request while the breaker is open
+    // is answered from its copy and starts its refresh, which renews it.
+    version.store(2, Ordering::SeqCst);
+    let r = g.get("/v1/b").await;
+    assert!(r.text().await.unwrap().contains(r#""v":1"#));
+    let renewed =
+        r#"graceway_cache_revalidations_total{mode="background",result="200",upstream="emoji"}"#;
+    wait_metric(&g, renewed, 1.0).await;
+    let r = g.get("/v1/b").await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains(r#""v":2"#), "{}", g.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

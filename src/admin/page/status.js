@@ -79,6 +79,8 @@ function upstream(u) {
   const route = `${u.url} · route ${u.route.host ? `host ${u.route.host} ` : ""}${u.route.path_prefix}`;
   const failure = u.last_failure ? `${dash(u.last_failure.at)} ${dash(u.last_failure.reason)}` : "-";
   const copies = `${countCopies(u.stored.entries)} (${bytes(u.stored.bytes)}) · last success ${dash(u.last_success)} · last failure ${failure}`;
+  const c = u.calls;
+  const calls = `calls spared: ${c.fresh_hits} fresh hits · ${c.stale_while_revalidate_hits} stale-while-revalidate · ${c.coalesced} coalesced, ${c.waiting} waiting · revalidated ${c.revalidated_304} × 304, ${c.revalidated_200} × 200, ${c.revalidations_failed} failed`;
   const table = h("div", { class: "scroll" }, h("table", { class: "tokens" },
     h("thead", {}, h("tr", {}, ...TOKEN_COLUMNS.map((c) => h("th", {}, c)))),
     h("tbody", {}, ...u.tokens.map(token))));
@@ -87,6 +89,7 @@ function upstream(u) {
     h("p", { class: "url" }, route),
     h("dl", { class: "breakers" }, breaker("health", u.breakers.health), breaker("auth", u.breakers.auth)),
     h("p", { class: "copies" }, copies),
+    h("p", { class: "calls" }, calls),
     table);
 }
 

@@ -110,6 +110,15 @@ pub(crate) fn sample() -> Status {
                 entries: 2,
                 bytes: 1024,
             },
+            calls: CallsView {
+                fresh_hits: 0,
+                stale_while_revalidate_hits: 0,
+                coalesced: 0,
+                waiting: 0,
+                revalidated_304: 0,
+                revalidated_200: 0,
+                revalidations_failed: 0,
+            },
         }],
         timeline: Vec::new(),
     }
@@ -176,6 +185,15 @@ pub(crate) fn full() -> Status {
         timeout_ms: 50,
     });
     let u = &mut st.upstreams[0];
+    u.calls = CallsView {
+        fresh_hits: 31,
+        stale_while_revalidate_hits: 32,
+        coalesced: 33,
+        waiting: 34,
+        revalidated_304: 35,
+        revalidated_200: 36,
+        revalidations_failed: 37,
+    };
     u.route.host = Some("emoji.internal".into());
     u.last_success = Some("2026-12-01T09:58:00Z".into());
     u.last_failure = Some(FailureView {
@@ -271,6 +289,7 @@ fn every_value_of_a_full_document_is_rendered_and_no_cell_is_a_dash() {
         "last reload: 2026-12-01T10:00:00Z ok (signal) tokens[0] sha256:aaaa -> sha256:bbbb",
         "cache: 2 entries, 1024 of 67108864 bytes",
         "fleet: redis://10.0.0.7:6379 (single) up; 11 hits, 12 misses, 13 writes, 14 errors, 15 dropped; last error: timed out",
+        "emoji calls spared: 31 fresh hits, 32 stale-while-revalidate, 33 coalesced (34 waiting); revalidated 35 x 304, 36 x 200, 37 failed",
         "emoji token 0 (sha256:3ca7c3e0) rejected: invalid_token (revoked)",
         "emoji token 0 (sha256:3ca7c3e0) rejected by replica emoji-7d9f/12 at 2026-12-01T10:00:02Z (fleet ledger)",
         "emoji token 0 (sha256:3ca7c3e0) shared by replica emoji-5c2a/7, fetched at 2026-12-01T09:50:00Z (oauth2.share)",
