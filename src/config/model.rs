@@ -84,6 +84,34 @@ pub struct UpstreamConfig {
     pub stream: bool,
     /// `cache`: whether fresh copies answer without a vendor call.
     pub cache: UpstreamCache,
+    /// `http`: the HTTP version spoken to the upstream.
+    pub http: HttpVersion,
+}
+
+/// `upstreams[].http`: the HTTP version graceway speaks to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HttpVersion {
+    /// `https://`: HTTP/2 when the server offers it in ALPN, else
+    /// HTTP/1.1; `http://`: HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    H1,
+    /// HTTP/2 only: ALPN `h2` on `https://`, prior knowledge (h2c) on
+    /// `http://`.
+    H2,
+}
+
+impl HttpVersion {
+    pub const ALL: [HttpVersion; 3] = [HttpVersion::Auto, HttpVersion::H1, HttpVersion::H2];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpVersion::Auto => "auto",
+            HttpVersion::H1 => "h1",
+            HttpVersion::H2 => "h2",
+        }
+    }
 }
 
 /// `upstreams[].cache`.

@@ -111,6 +111,8 @@ pub struct FileUpstream {
     pub stream: Option<bool>,
     #[serde(default)]
     pub cache: Option<FileUpstreamCache>,
+    /// `auto`, `h1` or `h2`.
+    pub http: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -228,5 +228,23 @@ async fn make_peer(u: &UpstreamConfig) -> Result<HttpPeer, crate::net::outbound:
     )
     .await?;
     peer.options.write_timeout = Some(u.timeouts.write);
+    set_http_version(&mut peer, u.http, u.url.tls);
     Ok(peer)
+}
+
+/// Streams per HTTP/2 connection to an upstream: requests in flight share
+/// connections up to this many each (servers commonly allow 100-128).
+const H2_STREAMS: usize = 100;
+
+/// `upstreams[].http` on the peer: the ALPN offered on `https://`, and on
+/// `http://` HTTP/2 with prior knowledge (h2c) only when asked for.
+pub(crate) fn set_http_version(peer: &mut HttpPeer, http: crate::config::HttpVersion, tls: bool) {
+    use crate::config::HttpVersion;
+    use pingora::protocols::ALPN;
+    peer.options.alpn = match (http, tls) {
+        (HttpVersion::Auto, true) => ALPN::H2H1,
+        (HttpVersion::Auto, false) | (HttpVersion::H1, _) => ALPN::H1,
+        (HttpVersion::H2, _) => ALPN::H2,
+    };
+    peer.options.max_h2_streams = H2_STREAMS;
 }

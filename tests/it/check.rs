@@ -121,9 +121,10 @@ fn bad_configs(dir: &TestDir) -> Vec<(String, Vec<&'static str>)> {
             vec!["cache.memory_bytes: `lots` is not a size"],
         ),
         (
-            "upstreams:\n  - name: a\n    url: \"http://x\"\n    credentials: none\n    cache: { fresh: always }\ncache: { coalesce: { wait: soon, fleet: true } }\n".into(),
+            "upstreams:\n  - name: a\n    url: \"http://x\"\n    credentials: none\n    cache: { fresh: always }\n    http: h3\ncache: { coalesce: { wait: soon, fleet: true } }\n".into(),
             vec![
                 "upstreams[0].cache.fresh: must be `off` or `honor`, not `always`",
+                "upstreams[0].http: must be `auto`, `h1` or `h2`, not `h3`",
                 "cache.coalesce.wait: `soon` is not a duration",
                 "cache.coalesce.fleet: needs `cache.redis`",
             ],

@@ -14,6 +14,7 @@ mod demo;
 mod dns;
 mod drain;
 mod fleet;
+mod h2;
 mod hostile;
 mod idp;
 mod image;

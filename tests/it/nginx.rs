@@ -3,45 +3,15 @@
 //! a fresh answer, then a stale one with its degradation headers passed
 //! through, nginx's access log format, and the `/graceway-ready` location.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{
-    client, free_port, wait_for_async, Graceway, MockReply, MockUpstream, TestDir,
-};
+use crate::support::nginx::Nginx;
 
-const NGINX: &str = "/usr/sbin/nginx";
+use crate::support::{client, wait_for_async, Graceway, MockReply, MockUpstream, TestDir};
+
 const TOKEN: &str = "tok-nginx-1";
-
-/// A running nginx, killed when dropped; on a failing test its error log
-/// is printed.
-struct Nginx {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- nginx error.log ---\n{}", self.error_log());
-        }
-    }
-}
 
 /// Replaces every `from` with `to`, failing loudly when the shipped file
 /// no longer contains `from` (so a change there cannot silently turn this
@@ -56,9 +26,9 @@ fn replace_required(text: &str, from: &str, to: &str) -> String {
     out
 }
 
-/// The shipped snippet with graceway's ports, nginx's port and the log
-/// folder substituted.
-fn snippet(graceway: &Graceway, nginx_port: u16, dir: &Path) -> String {
+/// The shipped snippet with graceway's ports, nginx's port (`{port}`,
+/// which [`Nginx::start`] fills in) and the log folder substituted.
+fn snippet(graceway: &Graceway, dir: &Path) -> String {
     let shipped_path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/nginx/graceway.conf");
     let shipped = std::fs::read_to_string(shipped_path)
         .unwrap_or_else(|e| panic!("reading {shipped_path}: {e}"));
@@ -72,11 +42,7 @@ fn snippet(graceway: &Graceway, nginx_port: u16, dir: &Path) -> String {
         "127.0.0.1:8080",
         &format!("127.0.0.1:{}", graceway.listen),
     );
-    let s = replace_required(
-        &s,
-        "listen 8088;",
-        &format!("listen 127.0.0.1:{nginx_port};"),
-    );
+    let s = replace_required(&s, "listen 8088;", "listen 127.0.0.1:{port};");
     let s = replace_required(
         &s,
         "127.0.0.1:9180",
@@ -88,97 +54,12 @@ fn snippet(graceway: &Graceway, nginx_port: u16, dir: &Path) -> String {
         "location = /graceway-ready {".to_string(),
         format!("proxy_pass http://127.0.0.1:{}/readyz;", graceway.admin),
         format!("server 127.0.0.1:{} ", graceway.listen),
-        format!("listen 127.0.0.1:{nginx_port};"),
+        "listen 127.0.0.1:{port};".to_string(),
         format!("access_log {}/graceway.access.log graceway;", dir.display()),
     ] {
         assert!(s.contains(&want), "generated snippet lacks `{want}`:\n{s}");
     }
     s
-}
-
-fn nginx_conf(dir: &Path) -> String {
-    let d = dir.display();
-    format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    access_log {d}/access.log;
-    include {d}/graceway.conf;
-}}
-"#
-    )
-}
-
-/// Writes the configs into `dir`, checks them with `nginx -t`, starts
-/// nginx and waits until its port accepts connections.
-async fn start_nginx(graceway: &Graceway, dir: &Path) -> Nginx {
-    assert!(
-        Path::new(NGINX).exists(),
-        "{NGINX} is missing: run ./dev test (it installs nginx-light) to run this test"
-    );
-    let port = free_port();
-    std::fs::write(dir.join("graceway.conf"), snippet(graceway, port, dir)).unwrap();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(dir)).unwrap();
-
-    let args = |extra: &[&str]| {
-        let mut c = Command::new(NGINX);
-        c.args(extra)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null());
-        c
-    };
-    let t = args(&["-t"]).output().expect("run nginx -t");
-    assert!(
-        t.status.success(),
-        "nginx -t refused the shipped snippet:\n{}\n{}",
-        String::from_utf8_lossy(&t.stderr),
-        std::fs::read_to_string(dir.join("graceway.conf")).unwrap()
-    );
-
-    let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
-    let child = args(&[])
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn nginx");
-    let mut nginx = Nginx {
-        child,
-        port,
-        dir: dir.to_path_buf(),
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return nginx;
-        }
-        if let Ok(Some(st)) = nginx.child.try_wait() {
-            panic!(
-                "nginx exited with {st}:\n{}\n{}",
-                std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default(),
-                nginx.error_log()
-            );
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nginx did not listen on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
@@ -220,7 +101,7 @@ upstreams:
         ),
     );
     let ndir = TestDir::new();
-    let nginx = start_nginx(&g, ndir.path()).await;
+    let nginx = Nginx::start(ndir.path(), &snippet(&g, ndir.path())).await;
     let c = client();
 
     // Readiness through nginx while healthy.

@@ -99,6 +99,7 @@ pub(super) fn code_defaults() -> Vec<(&'static str, Code)> {
         ("upstreams[].methods", list(defaults::METHODS)),
         ("upstreams[].dns_refresh", dur(defaults::DNS_REFRESH)),
         ("upstreams[].stream", val(defaults::STREAM)),
+        ("upstreams[].http", val(HttpVersion::default().as_str())),
         (
             "upstreams[].cache.fresh",
             val(match UpstreamCache::default().fresh {

@@ -226,6 +226,7 @@ pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamCon
         upgrade,
         stream: u.stream.unwrap_or(defaults::STREAM),
         cache: upstream_cache(c, at, u.cache.as_ref()),
+        http: http_version(c, at, u.http.as_deref()),
         name,
         url,
         route,
@@ -234,6 +235,23 @@ pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamCon
         credentials,
         health,
         stale,
+    }
+}
+
+/// `upstreams[].http`.
+fn http_version(c: &mut Check, at: &str, v: Option<&str>) -> HttpVersion {
+    match v {
+        None => HttpVersion::default(),
+        Some(v) => match HttpVersion::ALL.iter().find(|h| h.as_str() == v) {
+            Some(h) => *h,
+            None => {
+                c.err(
+                    format!("{at}.http"),
+                    format!("must be `auto`, `h1` or `h2`, not `{}`", v.escape_debug()),
+                );
+                HttpVersion::default()
+            }
+        },
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod config;
 pub mod mock;
+pub mod nginx;
 pub mod redis;
 
 use std::path::{Path, PathBuf};
