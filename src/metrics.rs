@@ -75,6 +75,8 @@ pub struct Metrics {
     /// Persist files found damaged (moved aside, started empty).
     pub cache_persist_damaged_total: IntCounter,
     pub upstream_request_duration_seconds: HistogramVec,
+    /// Connects that failed on one address and moved to the next.
+    pub upstream_address_failovers_total: IntCounterVec,
     pub memory_soft_limit_bytes: IntGauge,
     pub memory_shed_entries_total: IntCounter,
     pub webhook_deliveries_total: IntCounterVec,
@@ -349,6 +351,12 @@ pub fn metrics() -> &'static Metrics {
                 vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
             )
             .expect("metric registers"),
+            upstream_address_failovers_total: register_int_counter_vec!(
+                "graceway_upstream_address_failovers_total",
+                "Connects that failed on one address of the upstream's name and moved to the next.",
+                &["upstream"]
+            )
+            .expect("metric registers"),
             memory_soft_limit_bytes: register_int_gauge!(
                 "graceway_memory_soft_limit_bytes",
                 "The configured memory.soft_limit (0 when unset)."
@@ -454,6 +462,8 @@ pub struct UpstreamMetrics {
     /// `stale_served_from_fleet_total`: copies the fleet tier supplied.
     pub stale_from_fleet: IntCounter,
     pub duration: Histogram,
+    /// `upstream_address_failovers_total`.
+    pub address_failovers: IntCounter,
     name: String,
     /// `upgrades_total` by result.
     pub upgrades_tunnelled: IntCounter,
@@ -508,6 +518,9 @@ impl UpstreamMetrics {
                 .with_label_values(&[upstream]),
             duration: m
                 .upstream_request_duration_seconds
+                .with_label_values(&[upstream]),
+            address_failovers: m
+                .upstream_address_failovers_total
                 .with_label_values(&[upstream]),
             upgrades_tunnelled: m.upgrades_total.with_label_values(&[upstream, "tunnelled"]),
             upgrades_stripped: m.upgrades_total.with_label_values(&[upstream, "stripped"]),

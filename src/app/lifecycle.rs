@@ -228,7 +228,7 @@ fn close_upstream_connections(app: &App) -> usize {
     let peers: Vec<std::net::SocketAddr> = gen
         .upstreams
         .iter()
-        .filter_map(|u| u.peer.load()._address.as_inet().copied())
+        .flat_map(|u| u.addresses.load().all().to_vec())
         .collect();
     let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
         return 0;

@@ -64,7 +64,7 @@ async fn probe_path(up: &Upstream, token: Option<&Token>, path: &str) -> ProbeRe
         return ProbeResult::Failed(Reason::UpstreamUnreachable);
     }
     let deadline = up.config.timeouts.connect + up.config.timeouts.read;
-    match outbound::send(&up.peer.load_full(), req, None, deadline, 1 << 20).await {
+    match outbound::send(&up.next_peer(0).0, req, None, deadline, 1 << 20).await {
         Ok(a) if a.status == 401 || a.status == 403 => ProbeResult::Rejected(a.status),
         Ok(a) if a.status >= 500 => ProbeResult::Failed(Reason::Upstream5xx),
         Ok(a) => ProbeResult::Accepted(a.status),

@@ -108,7 +108,13 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
                     "graceway: upstream {} -> {} ({}); tokens: {}",
                     u.config.name,
                     u.config.url.original,
-                    u.peer.load()._address,
+                    u.addresses
+                        .load()
+                        .all()
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     if fps.is_empty() {
                         "none".into()
                     } else {

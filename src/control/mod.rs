@@ -235,8 +235,8 @@ impl Resolver {
             }
             self.last.insert(cfg.name.clone(), now);
             let lookup = tokio::net::lookup_host((cfg.url.host.as_str(), cfg.url.port));
-            let addr = match tokio::time::timeout(Duration::from_secs(2), lookup).await {
-                Ok(Ok(mut addrs)) => addrs.next(),
+            let addrs = match tokio::time::timeout(Duration::from_secs(2), lookup).await {
+                Ok(Ok(addrs)) => Some(addrs.collect::<Vec<_>>()).filter(|a| !a.is_empty()),
                 Ok(Err(e)) => {
                     log::warn!(
                         "upstream {}: cannot resolve {}: {e}; keeping the last address",
@@ -254,23 +254,41 @@ impl Resolver {
                     None
                 }
             };
-            let current = u.peer.load_full();
-            if let Some(addr) = addr.filter(|a| current._address.as_inet() != Some(a)) {
-                log::info!(
-                    "upstream {}: {} now resolves to {addr} (was {}){}",
-                    cfg.name,
-                    cfg.url.host,
-                    current._address,
-                    if after_failure {
-                        ", looked up after a failed connect"
-                    } else {
-                        ""
-                    }
-                );
-                let mut peer = (*current).clone();
-                peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
-                u.peer.store(Arc::new(peer));
+            let Some(addrs) = addrs else {
+                continue;
+            };
+            let current = u.addresses.load_full();
+            let same = |a: &[std::net::SocketAddr], b: &[std::net::SocketAddr]| {
+                a.len() == b.len() && a.iter().all(|x| b.contains(x))
+            };
+            if same(current.all(), &addrs) {
+                continue;
             }
+            let list = |a: &[std::net::SocketAddr]| {
+                a.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            log::info!(
+                "upstream {}: {} now resolves to {} (was {}){}",
+                cfg.name,
+                cfg.url.host,
+                list(&addrs),
+                list(current.all()),
+                if after_failure {
+                    ", looked up after a failed connect"
+                } else {
+                    ""
+                }
+            );
+            let mut peer = pingora::upstreams::peer::HttpPeer::clone(&u.peer.load());
+            peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addrs[0]);
+            u.peer.store(Arc::new(peer));
+            u.addresses
+                .store(Arc::new(crate::generation::addresses::Addresses::new(
+                    addrs,
+                )));
         }
     }
 }

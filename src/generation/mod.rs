@@ -15,6 +15,7 @@
 //! | [`inject`] | header and query injection targets |
 //! | [`breaker`] | the circuit breaker, used twice per upstream: health and auth |
 
+pub mod addresses;
 pub mod breaker;
 pub(crate) mod inject;
 pub(crate) mod router;
@@ -33,6 +34,7 @@ pub use upstream::{Upstream, UpstreamStatus};
 
 use crate::config::{Injection, LoadedConfig, UpstreamConfig};
 use crate::tokens::{self, TokenSet};
+use addresses::Addresses;
 
 /// Everything one request needs, swapped atomically on reload.
 #[derive(Debug)]
@@ -163,7 +165,7 @@ pub async fn build(
                 continue;
             }
         };
-        let peer = match peer {
+        let (peer, addrs) = match peer {
             Ok(p) => p,
             Err(e) => {
                 errors.push(e);
@@ -178,6 +180,7 @@ pub async fn build(
         upstreams.push(Arc::new(Upstream {
             config: u.clone(),
             peer: arc_swap::ArcSwap::from_pointee(peer),
+            addresses: arc_swap::ArcSwap::from_pointee(Addresses::new(addrs)),
             resolve_now: Default::default(),
             host_header,
             allow: HeaderValue::from_str(
@@ -218,18 +221,22 @@ impl Generation {
 
 /// Resolves the upstream's address now (Pingora's `HttpPeer::new` would do
 /// a blocking lookup and panic on failure) and sets TLS and timeouts.
-async fn make_peer(u: &UpstreamConfig) -> Result<HttpPeer, crate::net::outbound::PeerError> {
-    let mut peer = crate::net::outbound::peer_for(
+/// The peer is at the first address; every address comes along.
+async fn make_peer(
+    u: &UpstreamConfig,
+) -> Result<(HttpPeer, Vec<std::net::SocketAddr>), crate::net::outbound::PeerError> {
+    let addrs = crate::net::outbound::resolve(&u.url).await?;
+    let mut peer = crate::net::outbound::peer_at(
+        addrs[0],
         &u.url,
         u.tls.verify,
         u.tls.ca_file.as_deref(),
         u.timeouts.connect,
         u.timeouts.read,
-    )
-    .await?;
+    )?;
     peer.options.write_timeout = Some(u.timeouts.write);
     set_http_version(&mut peer, u.http, u.url.tls);
-    Ok(peer)
+    Ok((peer, addrs))
 }
 
 /// Streams per HTTP/2 connection to an upstream: requests in flight share

@@ -26,6 +26,9 @@ pub struct Upstream {
     /// (see `control::Resolver`) applies without a reload: one atomic load
     /// per request.
     pub peer: arc_swap::ArcSwap<HttpPeer>,
+    /// Every address of the name, which a request's connect goes to
+    /// ([`super::addresses`]); swapped with `peer` by the resolver.
+    pub addresses: arc_swap::ArcSwap<super::addresses::Addresses>,
     /// Set after a failed connect: re-resolve at the next control tick.
     pub resolve_now: std::sync::atomic::AtomicBool,
     pub host_header: HeaderValue,
@@ -53,6 +56,16 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// The peer for a connect of a request that has failed to connect to
+    /// the addresses in `tried` (a bit per index): the next address, and
+    /// its index.
+    pub fn next_peer(&self, tried: u64) -> (HttpPeer, usize) {
+        let (i, addr) = self.addresses.load().pick(tried);
+        let mut peer = HttpPeer::clone(&self.peer.load());
+        peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
+        (peer, i)
+    }
+
     /// Why an upstream has no usable token (for `/status` and logs).
     pub fn no_token_cause(&self) -> Reason {
         self.no_token_cause_at(SystemTime::now())

@@ -110,16 +110,36 @@ pub async fn peer_for(
     connect: Duration,
     read: Duration,
 ) -> Result<HttpPeer, PeerError> {
-    let addr: SocketAddr = tokio::net::lookup_host((url.host.as_str(), url.port))
+    let addr = resolve(url).await?[0];
+    peer_at(addr, url, verify, ca_file, connect, read)
+}
+
+/// Every address of the URL's host, in the resolver's order: at least one.
+pub async fn resolve(url: &crate::config::UpstreamUrl) -> Result<Vec<SocketAddr>, PeerError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((url.host.as_str(), url.port))
         .await
         .map_err(|source| PeerError::Resolve {
             host: url.host.clone(),
             source,
         })?
-        .next()
-        .ok_or_else(|| PeerError::NoAddress {
+        .collect();
+    if addrs.is_empty() {
+        return Err(PeerError::NoAddress {
             host: url.host.clone(),
-        })?;
+        });
+    }
+    Ok(addrs)
+}
+
+/// [`peer_for`] at an address already looked up.
+pub fn peer_at(
+    addr: SocketAddr,
+    url: &crate::config::UpstreamUrl,
+    verify: bool,
+    ca_file: Option<&std::path::Path>,
+    connect: Duration,
+    read: Duration,
+) -> Result<HttpPeer, PeerError> {
     let mut peer = HttpPeer::new(addr, url.tls, url.host.clone());
     let o = &mut peer.options;
     o.connection_timeout = Some(connect);

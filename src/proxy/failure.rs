@@ -29,6 +29,40 @@ pub(super) fn client_fault(session: &mut Session, e: &Error) -> Option<ClientRea
     }
 }
 
+/// A connect failed (refused, timed out, TLS): its address is held (see
+/// [`crate::generation::addresses`]) and, while an address this request
+/// has not tried remains, the request moves there: the failure is not the
+/// request's, nor the health breaker's. After the last address the error
+/// ends the request as any failure does.
+pub(super) fn connect_failed(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    let Some(gen) = ctx.gen.clone() else {
+        return e;
+    };
+    let up = &gen.upstreams[ctx.upstream];
+    let addresses = up.addresses.load();
+    if addresses.all().len() < 2 {
+        return e;
+    }
+    let i = ctx.address;
+    if addresses.connect_failed(i) {
+        log::warn!(
+            "upstream {}: connecting to {} failed ({}); skipping that address for {}s",
+            up.config.name,
+            addresses.all()[i],
+            e.etype().as_str(),
+            crate::generation::addresses::HOLD.as_secs()
+        );
+    }
+    if i < 64 {
+        ctx.addresses_tried |= 1 << i;
+    }
+    if addresses.untried(ctx.addresses_tried) {
+        up.status.metrics.address_failovers.inc();
+        e.set_retry(true);
+    }
+    e
+}
+
 impl Proxy {
     /// Ends a request that failed for the client's doing: 408, 413 or 400
     /// when nothing was sent yet (a client that went away gets nothing),

@@ -134,6 +134,10 @@ pub struct RequestCtx {
     /// This request leads the fetch of its key: requests for the same key
     /// wait for it (`collapse`). Boxed: few requests lead one.
     lead: Option<Box<crate::cache::flight::Lead>>,
+    /// The upstream address (index) of the attempt under way, and those
+    /// that refused a connect (a bit each): see `failure::connect_failed`.
+    address: usize,
+    addresses_tried: u64,
     /// A stale copy of this request's answer whose validators it carries
     /// (`upstreams[].cache.fresh: honor`; see `refresh`).
     revalidate: Option<Arc<cache::CachedResponse>>,
@@ -273,10 +277,12 @@ impl ProxyHttp for Proxy {
         let up = ctx
             .upstream()
             .ok_or_else(|| Error::new(ErrorType::InternalError))?;
-        let mut peer = Box::new(HttpPeer::clone(&up.peer.load()));
+        let (peer, address) = up.next_peer(ctx.addresses_tried);
+        let mut peer = Box::new(peer);
         if ctx.stream {
             peer.options.read_timeout = Some(up.config.timeouts.stream_idle);
         }
+        ctx.address = address;
         Ok(peer)
     }
 
@@ -536,6 +542,16 @@ impl ProxyHttp for Proxy {
     /// so replaying it has no side effect; it is replayed when the method is
     /// idempotent or its whole body is still in Pingora's retry buffer.
     /// Other errors keep Pingora's default policy.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        failure::connect_failed(ctx, e)
+    }
+
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,

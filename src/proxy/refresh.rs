@@ -177,7 +177,7 @@ async fn refresh(
     }
     let deadline = up.config.timeouts.connect + up.config.timeouts.read;
     let max = cache.max_object as usize;
-    let answer = match outbound::send(&up.peer.load_full(), req, None, deadline, max).await {
+    let answer = match outbound::send(&up.next_peer(0).0, req, None, deadline, max).await {
         Ok(a) => a,
         Err(f) => {
             record::refresh_answered(

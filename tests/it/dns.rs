@@ -11,20 +11,30 @@ use crate::support::{
     client, wait_for_async, EmojiConfig, Graceway, MockReply, MockUpstream, TestDir,
 };
 
-/// A line of `/etc/hosts` this test owns; removed on drop.
+/// Held while a test of this process rewrites `/etc/hosts` (each edit
+/// reads the file and writes it back: two at once would lose one).
+static HOSTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Lines of `/etc/hosts` a test owns; removed on drop.
 struct HostsEntry {
     name: String,
 }
 
 impl HostsEntry {
     fn set(&self, ip: &str) {
+        self.set_all(&[ip]);
+    }
+
+    /// The name resolves to every one of `ips`, in this order.
+    fn set_all(&self, ips: &[&str]) {
+        let _edit = HOSTS.lock().unwrap_or_else(|p| p.into_inner());
         let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
         let mut kept: Vec<&str> = hosts
             .lines()
             .filter(|l| !l.ends_with(&format!(" {}", self.name)))
             .collect();
-        let line = format!("{ip} {}", self.name);
-        kept.push(&line);
+        let lines: Vec<String> = ips.iter().map(|ip| format!("{ip} {}", self.name)).collect();
+        kept.extend(lines.iter().map(String::as_str));
         let tmp = "/etc/hosts.graceway-test";
         std::fs::write(tmp, kept.join("\n") + "\n").unwrap();
         // /etc/hosts may be a bind mount: copy over it rather than rename.
@@ -35,6 +45,7 @@ impl HostsEntry {
 
 impl Drop for HostsEntry {
     fn drop(&mut self) {
+        let _edit = HOSTS.lock().unwrap_or_else(|p| p.into_inner());
         if let Ok(hosts) = std::fs::read_to_string("/etc/hosts") {
             let kept: Vec<&str> = hosts
                 .lines()
@@ -151,4 +162,60 @@ async fn a_moved_upstream_is_found_again_without_a_reload() {
         "{}",
         on_failure.logs()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_address_of_a_name_is_used_and_one_that_refuses_is_skipped() {
+    if !is_root() {
+        eprintln!("skipped: the test edits /etc/hosts, which needs root (CI runs as root)");
+        return;
+    }
+    let first =
+        MockUpstream::start(|_| MockReply::ok("first").header("Cache-Control", "max-age=60"));
+    let port = first.port;
+    let hosts = HostsEntry {
+        name: format!("graceway-two-addresses-{}", std::process::id()),
+    };
+    hosts.set_all(&["127.0.0.2", "127.0.0.1"]);
+    let start = || {
+        let dir = TestDir::new();
+        dir.write("token", "tok-two");
+        let cfg = EmojiConfig::new(port)
+            .health("{ open_after: 2 }")
+            .upstream("    dns_refresh: 0s")
+            .build()
+            .replace("http://127.0.0.1:", &format!("http://{}:", hosts.name));
+        Graceway::start_in(dir, &cfg)
+    };
+    // 127.0.0.2 refuses connections (nothing listens there): every request
+    // is answered by 127.0.0.1, none degraded, the breaker stays closed.
+    let g = start();
+    for i in 0..20 {
+        assert_eq!(
+            body(&g, &format!("/v1/{i}")).await,
+            (false, "first".into()),
+            "{}",
+            g.logs()
+        );
+    }
+    let m = g.metrics().await;
+    let failovers = crate::support::metric_value(
+        &m,
+        r#"graceway_upstream_address_failovers_total{upstream="emoji"}"#,
+    );
+    assert_eq!(failovers, Some(1.0), "held after its first refusal");
+    assert_eq!(
+        g.status().await["upstreams"][0]["breakers"]["health"]["open"],
+        false
+    );
+    assert!(g.logs().contains("skipping that address"), "{}", g.logs());
+
+    // Both addresses answer: requests go to each in turn.
+    second_address(port, "second");
+    let g = start();
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..10 {
+        seen.insert(body(&g, &format!("/v1/{i}")).await.1);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
 }

@@ -67,6 +67,9 @@ pub(crate) fn upstream(name: &str, tokens: Option<Vec<Token>>) -> Upstream {
             false,
             String::new(),
         )),
+        addresses: arc_swap::ArcSwap::from_pointee(crate::generation::addresses::Addresses::new(
+            vec!["127.0.0.1:1".parse().expect("an address")],
+        )),
         resolve_now: Default::default(),
         host_header: http::HeaderValue::from_static("127.0.0.1:1"),
         allow: http::HeaderValue::from_static("GET"),
