@@ -10,6 +10,7 @@ pub mod evidence;
 mod fleet;
 pub mod ledger;
 pub mod oauth2;
+pub mod pool;
 pub mod reflect;
 pub mod set;
 pub mod source;
@@ -81,5 +82,6 @@ pub async fn load_set(
             None => t,
         });
     }
-    (TokenSet { tokens }, errors)
+    let pool = pool::Pool::new(upstream, tokens.len());
+    (TokenSet { tokens, pool }, errors)
 }
