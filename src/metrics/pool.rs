@@ -46,7 +46,11 @@ pub enum QueueOutcome {
 }
 
 impl QueueOutcome {
-    pub const ALL: [QueueOutcome; 3] = [QueueOutcome::Sent, QueueOutcome::Copy, QueueOutcome::Refused];
+    pub const ALL: [QueueOutcome; 3] = [
+        QueueOutcome::Sent,
+        QueueOutcome::Copy,
+        QueueOutcome::Refused,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

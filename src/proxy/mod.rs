@@ -43,6 +43,7 @@ mod collapse;
 mod decide;
 mod degrade;
 mod failure;
+mod pace;
 mod record;
 mod refresh;
 mod refusal;
@@ -92,6 +93,8 @@ pub struct RequestCtx {
     token: Option<usize>,
     /// Tokens already tried (bit per index).
     tried: u64,
+    /// How the token was chosen (sticky key, pick, quota wait).
+    pool: choose::Chosen,
     /// The upstream's status on the last attempt, once known.
     upstream_status: u16,
     /// A GET without the client's own credentials (see
@@ -258,8 +261,11 @@ impl ProxyHttp for Proxy {
         if self.join_flight(session, ctx, &up).await? {
             return Ok(true);
         }
-        if up.inject.is_none() || choose::carry(ctx, &up, choose::Attempt::First) {
+        if up.inject.is_none() {
             return Ok(false);
+        }
+        if let Some(answered) = self.first_token(session, ctx, &up).await? {
+            return Ok(answered);
         }
         self.without_usable_token(session, ctx, &up, probed).await
     }

@@ -123,7 +123,8 @@ impl TokenSet {
     /// The usable token not in `tried` (a bit per index) that `rule`
     /// chooses; `None` when none is usable.
     pub fn choose_by(&self, rule: Rule, tried: u64, now: SystemTime) -> Option<&Token> {
-        let open = |t: &&Token| t.index < 64 && tried & (1 << t.index) == 0 && t.state(now).usable();
+        let open =
+            |t: &&Token| t.index < 64 && tried & (1 << t.index) == 0 && t.state(now).usable();
         match rule {
             Rule::Ordered => self.tokens.iter().find(open),
             Rule::Rotate(n) => {

@@ -110,6 +110,15 @@ pub(crate) fn sample() -> Status {
                 entries: 2,
                 bytes: 1024,
             },
+            pool: Some(PoolView {
+                select: "round_robin".into(),
+                sticky_header: Some("x-session-id".into()),
+                queue: QueueView {
+                    max_wait_ms: 2000,
+                    max_queued: 100,
+                    waiting: 3,
+                },
+            }),
         }],
         timeline: Vec::new(),
     }

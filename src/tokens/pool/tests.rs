@@ -64,11 +64,15 @@ fn ordered_is_the_first_usable_not_tried() {
 #[test]
 fn rotation_spreads_evenly_over_the_usable_tokens() {
     let s = set(3);
-    let turns: Vec<_> = (0..6).map(|n| index(&s, Rule::Rotate(n), 0).unwrap()).collect();
+    let turns: Vec<_> = (0..6)
+        .map(|n| index(&s, Rule::Rotate(n), 0).unwrap())
+        .collect();
     assert_eq!(turns, [0, 1, 2, 0, 1, 2]);
     // One out: the other two share the turns, none gets double.
     reject(&s, 1);
-    let turns: Vec<_> = (0..4).map(|n| index(&s, Rule::Rotate(n), 0).unwrap()).collect();
+    let turns: Vec<_> = (0..4)
+        .map(|n| index(&s, Rule::Rotate(n), 0).unwrap())
+        .collect();
     assert_eq!(turns, [0, 2, 0, 2]);
     // A retry takes the next in turn after the refused one, wrapping.
     assert_eq!(index(&s, Rule::After(0), 0b001), Some(2));
@@ -89,7 +93,11 @@ fn most_remaining_follows_the_vendors_figures_unknown_counts_as_full() {
     quota(&s, 2, 70, 60, now);
     assert_eq!(index(&s, Rule::MostRemaining, 0), Some(2));
     quota(&s, 2, 40, 60, now);
-    assert_eq!(index(&s, Rule::MostRemaining, 0), Some(1), "a tie: list order");
+    assert_eq!(
+        index(&s, Rule::MostRemaining, 0),
+        Some(1),
+        "a tie: list order"
+    );
     // A retry takes the best not tried.
     assert_eq!(index(&s, Rule::MostRemaining, 0b010), Some(2));
     // A window that has reset counts as full again.
@@ -101,7 +109,9 @@ fn most_remaining_follows_the_vendors_figures_unknown_counts_as_full() {
 #[test]
 fn rendezvous_keeps_a_key_on_its_token_and_moves_only_that_tokens_keys() {
     let s = set(3);
-    let keys: Vec<u64> = (0..300).map(|k| sticky_key(format!("session-{k}").as_bytes())).collect();
+    let keys: Vec<u64> = (0..300)
+        .map(|k| sticky_key(format!("session-{k}").as_bytes()))
+        .collect();
     let before: Vec<usize> = keys
         .iter()
         .map(|k| index(&s, Rule::Rendezvous(*k), 0).unwrap())
