@@ -6,6 +6,7 @@
 //! upstream. Everything else (logs, status, metrics, errors) sees only the
 //! `sha256:` fingerprint.
 
+pub mod choice;
 pub mod evidence;
 mod fleet;
 pub mod ledger;

@@ -1,16 +1,10 @@
-//! How requests share an upstream's tokens: the rules a choice follows
-//! (`credentials.select`, `credentials.sticky_header`) as pure functions
-//! over the tokens' states and quota, and the little a set keeps for them
-//! (the rotation counter, the pick counters). Which rule a request's
-//! attempt uses is `proxy::choose`'s decision; this file only applies it.
-//!
-//! No rule allocates or locks: each is one or two passes over a list of
-//! at most [`crate::config::MAX_TOKENS`] tokens, reading relaxed atomics.
+//! How requests share an upstream's tokens: the rules a choice can follow
+//! (`credentials.select`, `credentials.sticky_header`; applied by
+//! `tokens::choice`), why an attempt carries its token, and the little a
+//! set keeps for its choices (the rotation counter, the pick counters).
+//! Which rule a request's attempt uses is `proxy::choose`'s decision.
 
 use std::sync::atomic::AtomicUsize;
-use std::time::SystemTime;
-
-use super::set::{Token, TokenSet};
 
 /// A rule for choosing among the usable tokens a request has not tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,17 +83,6 @@ impl Pool {
     }
 }
 
-/// The quota `t` has left as far as graceway knows: what the vendor last
-/// stated, or "full" (`u64::MAX`) when it stated none yet or its window
-/// has reset since, so that an unknown token is tried and its quota learned.
-pub fn remaining(t: &Token, now: SystemTime) -> u64 {
-    match t.evidence.quota() {
-        None => u64::MAX,
-        Some((_, _, Some(reset))) if reset <= now => u64::MAX,
-        Some((left, _, _)) => left,
-    }
-}
-
 /// A key's weight for token `index` (rendezvous hashing): the
 /// SplitMix64 finalizer over the key mixed with the index, so every
 /// replica with the same token list puts a key on the same token.
@@ -118,42 +101,3 @@ pub fn sticky_key(value: &[u8]) -> u64 {
     h.write(value);
     h.finish()
 }
-
-impl TokenSet {
-    /// The usable token not in `tried` (a bit per index) that `rule`
-    /// chooses; `None` when none is usable.
-    pub fn choose_by(&self, rule: Rule, tried: u64, now: SystemTime) -> Option<&Token> {
-        let open =
-            |t: &&Token| t.index < 64 && tried & (1 << t.index) == 0 && t.state(now).usable();
-        match rule {
-            Rule::Ordered => self.tokens.iter().find(open),
-            Rule::Rotate(n) => {
-                let count = self.tokens.iter().filter(open).count();
-                (count > 0)
-                    .then(|| self.tokens.iter().filter(open).nth(n % count))
-                    .flatten()
-            }
-            Rule::After(index) => {
-                let start = (index + 1).min(self.tokens.len());
-                let (before, after) = self.tokens.split_at(start);
-                after.iter().chain(before).find(open)
-            }
-            // Ties go to configured order: `max_by_key` keeps the last
-            // maximum, so the list is walked from its end.
-            Rule::MostRemaining => self
-                .tokens
-                .iter()
-                .rev()
-                .filter(open)
-                .max_by_key(|t| remaining(t, now)),
-            Rule::Rendezvous(key) => self
-                .tokens
-                .iter()
-                .filter(open)
-                .max_by_key(|t| weight(key, t.index)),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests;

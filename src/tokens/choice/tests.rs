@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 use super::*;
 use crate::config::{Injection, SourceSpec, TokenSpec};
 use crate::tokens::evidence::Quota;
+use crate::tokens::pool::{sticky_key, Pick};
 use crate::tokens::{Injected, Secret};
 
 fn token(index: usize) -> Token {
