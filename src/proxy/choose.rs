@@ -3,7 +3,7 @@
 //! proxy picks a token (`tests/it/architecture.rs` checks it). Which rule
 //! applies is decided here ([`rule`]): the sticky header's rendezvous
 //! when the request carries it, else `credentials.select`; the rules
-//! themselves are `tokens::pool`'s.
+//! themselves are `tokens::pool`'s, applied by `tokens::choice`.
 
 use super::*;
 use crate::config::Select;
