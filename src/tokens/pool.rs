@@ -18,7 +18,7 @@ pub enum Rule {
     /// around: a round-robin request's retry takes the next in turn.
     After(usize),
     /// The one with the most quota left (`most_remaining`); see
-    /// [`remaining`].
+    /// [`super::choice::remaining`].
     MostRemaining,
     /// The one whose weight for this key is highest (rendezvous hashing,
     /// `sticky_header`): a key stays on its token while that token is
