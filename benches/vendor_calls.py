@@ -1067,8 +1067,9 @@ def main():
                          timeout=10).stdout.strip()
     ngv = subprocess.run([NGINX, "-v"], capture_output=True, text=True,
                          timeout=10).stderr.strip() if nginx_ok else "-"
-    print(f"graceway: {args.graceway} ({ver or '?'}); nginx: {ngv}; {os.cpu_count()} CPUs; "
-          f"git {git_head()}", flush=True)
+    built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(args.graceway)))
+    print(f"graceway: {args.graceway} ({ver or '?'}, built {built}); nginx: {ngv}; "
+          f"{os.cpu_count()} CPUs; git HEAD {git_head()}", flush=True)
 
     ctx = Ctx(args, base, vendor, nginx_ok)
     t0 = time.monotonic()

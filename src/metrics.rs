@@ -433,6 +433,7 @@ pub fn metrics() -> &'static Metrics {
 
 pub mod fleet;
 pub use fleet::fleet_metrics;
+pub mod pool;
 
 /// Counts a request refused or cut for the client's doing.
 pub fn client_rejected(reason: crate::outcome::ClientReason) {

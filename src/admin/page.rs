@@ -11,7 +11,7 @@
 //! set with `textContent` by the script. Tokens appear by fingerprint only,
 //! as everywhere in `/status`.
 
-use crate::admin::status::{BreakerView, Status, TokenView, UpstreamView};
+use crate::admin::status::{BreakerView, PoolView, Status, TokenView, UpstreamView};
 use crate::app::timeline::Change;
 
 /// The page's shell; `<!--view-->` is replaced by [`view`].
@@ -268,7 +268,7 @@ fn upstream(u: &UpstreamView) -> String {
             ("data-state", state),
         ],
         &format!(
-            "{head}{}{}{}{}{table}",
+            "{head}{}{}{}{}{table}{}",
             el("p", &[("class", "url")], &route),
             el(
                 "dl",
@@ -280,8 +280,31 @@ fn upstream(u: &UpstreamView) -> String {
                 )
             ),
             el("p", &[("class", "copies")], &copies),
-            el("p", &[("class", "calls")], &calls)
+            el("p", &[("class", "calls")], &calls),
+            u.pool.as_ref().map(pool).unwrap_or_default()
         ),
+    )
+}
+
+/// How requests share the tokens, and the quota queue now.
+fn pool(p: &PoolView) -> String {
+    let sticky = p
+        .sticky_header
+        .as_ref()
+        .map(|h| format!(" · sticky header {}", esc(h)))
+        .unwrap_or_default();
+    let queue = if p.queue.max_wait_ms == 0 {
+        "no quota queue".to_string()
+    } else {
+        format!(
+            "quota queue {} of {} waiting (max wait {} ms)",
+            p.queue.waiting, p.queue.max_queued, p.queue.max_wait_ms
+        )
+    };
+    el(
+        "p",
+        &[("class", "pool")],
+        &format!("tokens by {}{sticky} · {queue}", esc(&p.select)),
     )
 }
 

@@ -107,6 +107,43 @@ pub struct UpstreamView {
     pub tokens: Vec<TokenView>,
     pub stored: StoredView,
     pub calls: CallsView,
+    /// How requests share the tokens, and the quota queue; absent for an
+    /// upstream without credentials (and from an older server).
+    #[serde(default)]
+    pub pool: Option<PoolView>,
+}
+
+/// `credentials.select`, `sticky_header` and `queue`, with the queue's
+/// length now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolView {
+    /// `failover`, `round_robin` or `most_remaining`.
+    pub select: String,
+    /// The header's name (never a value).
+    pub sticky_header: Option<String>,
+    pub queue: QueueView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueView {
+    /// Milliseconds; 0: requests never wait.
+    pub max_wait_ms: u64,
+    pub max_queued: u32,
+    /// Requests waiting for a quota reset now.
+    pub waiting: i64,
+}
+
+fn pool_view(u: &crate::generation::Upstream) -> Option<PoolView> {
+    let c = u.config.credentials.as_ref()?;
+    Some(PoolView {
+        select: c.select.as_str().to_string(),
+        sticky_header: c.sticky_header.as_ref().map(|h| h.as_str().to_string()),
+        queue: QueueView {
+            max_wait_ms: c.queue.max_wait.as_millis() as u64,
+            max_queued: c.queue.max_queued,
+            waiting: u.tokens.pool.series.waiting.get().max(0),
+        },
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -336,6 +373,7 @@ fn upstream_view(u: &crate::generation::Upstream, now: SystemTime) -> UpstreamVi
             entries: u.status.stored_entries.load(Ordering::Relaxed).max(0),
             bytes: u.status.stored_bytes.load(Ordering::Relaxed).max(0),
         },
+        pool: pool_view(u),
         calls: calls_view(u),
     }
 }

@@ -180,6 +180,20 @@ pub const EXPIRES_WARNING: Duration = Duration::from_secs(72 * 3600);
 pub const PREFLIGHT: bool = false;
 /// `credentials.suspect_after`.
 pub const SUSPECT_AFTER: u32 = 3;
+/// `credentials.queue` left out, or its keys: no waiting; at most 100
+/// requests wait at once when `max_wait` is set.
+impl Default for TokenQueue {
+    fn default() -> Self {
+        TokenQueue {
+            max_wait: Duration::ZERO,
+            max_queued: 100,
+        }
+    }
+}
+/// The longest `credentials.queue.max_wait`: a client asked to wait longer
+/// has most likely given up, and a reset further away is answered at once
+/// with `Retry-After`.
+pub const QUEUE_MAX_WAIT_LIMIT: Duration = Duration::from_secs(300);
 /// `credentials.probe.interval`.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(60);
 /// `credentials.tokens[].timeout` (command sources).

@@ -184,6 +184,55 @@ pub struct Credentials {
     /// suspicion window) is rejected: the next token takes over, or the
     /// auth breaker opens.
     pub suspect_after: u32,
+    /// How a request's first attempt chooses among the usable tokens.
+    pub select: Select,
+    /// `credentials.sticky_header`, parsed once at load: a request with
+    /// this header stays on one token while it is usable.
+    pub sticky_header: Option<http::HeaderName>,
+    pub queue: TokenQueue,
+}
+
+/// `credentials.select`: which usable token a request's first attempt
+/// takes (a retry after a refusal takes one it has not tried, by the same
+/// rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Select {
+    /// The first usable token in configured order.
+    #[default]
+    Failover,
+    /// Successive requests rotate over the usable tokens.
+    RoundRobin,
+    /// The usable token with the most quota left by the vendor's
+    /// rate-limit headers (a token with none known yet counts as full).
+    MostRemaining,
+}
+
+impl Select {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Select::Failover => "failover",
+            Select::RoundRobin => "round_robin",
+            Select::MostRemaining => "most_remaining",
+        }
+    }
+}
+
+/// `credentials.queue`: pacing. With `max_wait` above zero, a token whose
+/// known quota is spent is skipped until the vendor's reset, and a request
+/// that finds every token spent waits for the first reset when it is
+/// within `max_wait` (at most `max_queued` requests at once) instead of
+/// being sent to a certain refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenQueue {
+    pub max_wait: std::time::Duration,
+    pub max_queued: u32,
+}
+
+impl TokenQueue {
+    /// Whether requests may wait for a reset (and spent tokens are skipped).
+    pub fn on(&self) -> bool {
+        !self.max_wait.is_zero()
+    }
 }
 
 /// `credentials.failover_on`: which refusals move a request to the next

@@ -191,6 +191,20 @@ pub struct FileCredentials {
     /// Bare 401/403s in a row (no success between) that make a suspect
     /// token rejected.
     pub suspect_after: Option<u32>,
+    /// `failover`, `round_robin` or `most_remaining`.
+    pub select: Option<String>,
+    /// A request header whose value keeps a client on one token.
+    pub sticky_header: Option<String>,
+    #[serde(default)]
+    pub queue: Option<FileQueue>,
+}
+
+/// `credentials.queue`: waiting for a quota reset instead of a refusal.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileQueue {
+    pub max_wait: Option<Human>,
+    pub max_queued: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -32,6 +32,13 @@ pub struct AccessLine<'a> {
     /// no upstream was asked).
     pub upstream_ms: Option<f64>,
     pub total_ms: f64,
+    /// Why the token was chosen (`failover`, `round_robin`,
+    /// `most_remaining`, `sticky`, `retry`, `trial`), or `-`. Never the
+    /// sticky header's value.
+    pub pick: &'a str,
+    /// Milliseconds the request waited for a quota reset
+    /// (`credentials.queue`), absent when it did not wait.
+    pub queued_ms: Option<u64>,
 }
 
 pub fn write(line: &AccessLine, json: bool) {
@@ -39,7 +46,7 @@ pub fn write(line: &AccessLine, json: bool) {
         serde_json::to_string(line).unwrap_or_default()
     } else {
         format!(
-            "{} {} {} {} upstream={} outcome={} reason={} token={} upstream_ms={} total_ms={:.1}",
+            "{} {} {} {} upstream={} outcome={} reason={} token={} upstream_ms={} total_ms={:.1} pick={} queued_ms={}",
             line.time,
             line.method,
             line.path,
@@ -50,7 +57,9 @@ pub fn write(line: &AccessLine, json: bool) {
             line.token,
             line.upstream_ms
                 .map_or("-".to_string(), |v| format!("{v:.1}")),
-            line.total_ms
+            line.total_ms,
+            line.pick,
+            line.queued_ms.map_or("-".to_string(), |v| v.to_string()),
         )
     };
     let mut out = std::io::stdout().lock();
@@ -100,6 +109,8 @@ impl super::Proxy {
                 token,
                 upstream_ms: ctx.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
                 total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+                pick: ctx.pool.pick.as_str(),
+                queued_ms: ctx.pool.queued_ms,
             },
             json,
         );

@@ -40,9 +40,11 @@ mod admission;
 mod capture;
 mod choose;
 mod collapse;
+mod ctx;
 mod decide;
 mod degrade;
 mod failure;
+mod pace;
 mod record;
 mod refresh;
 mod refusal;
@@ -50,7 +52,7 @@ mod request;
 mod respond;
 pub(crate) mod target;
 
-use capture::Capture;
+pub use ctx::RequestCtx;
 use degrade::Phase;
 use failure::client_fault;
 use record::{record, Event};
@@ -79,82 +81,6 @@ use crate::tokens::set::Suspicion;
 
 pub struct Proxy {
     pub app: Arc<App>,
-}
-
-/// Per-request state.
-#[derive(Default)]
-pub struct RequestCtx {
-    /// The generation this request started with; kept for retries so a
-    /// request never mixes two token sets.
-    gen: Option<Arc<Generation>>,
-    upstream: usize,
-    /// Index of the token sent on the current attempt.
-    token: Option<usize>,
-    /// Tokens already tried (bit per index).
-    tried: u64,
-    /// The upstream's status on the last attempt, once known.
-    upstream_status: u16,
-    /// A GET without the client's own credentials (see
-    /// `stored::storable_request`).
-    storable_request: bool,
-    /// Boxed: most requests capture nothing, and the context is moved with
-    /// the request's future (a smaller context is a smaller copy).
-    capture: Option<Box<Capture>>,
-    /// A `Content-Length: 0` answer was kept at once (no body to capture).
-    stored_empty: bool,
-    /// Drop the upstream's body chunks (its answer was replaced).
-    drop_upstream_body: bool,
-    /// Emit this body at end of stream (the replaced answer's body).
-    replace_body: Option<Bytes>,
-    /// Masks token values in the body on its way out
-    /// (`stale.scrub_bodies`); boxed, as it is rarely on.
-    scrub: Option<Box<crate::tokens::reflect::BodyScrubber>>,
-    outcome: Outcome,
-    sent_at: Option<Instant>,
-    /// This request is the auth breaker's half-open trial (it carries a
-    /// rejected token to see whether the upstream accepts it again).
-    auth_trial: bool,
-    /// A 401/403 was answered by retrying with the next token.
-    failover_pending: bool,
-    /// When the request arrived (for the access log).
-    started_at: Option<Instant>,
-    /// Upstream time to the response header.
-    upstream_time: Option<std::time::Duration>,
-    /// The client asked for an upgrade the upstream allows (`upgrade`): a
-    /// 101 becomes a tunnel with `timeouts.stream_idle`.
-    upgrade: bool,
-    /// A stream: announced by the request (`Accept: text/event-stream`, an
-    /// allowed upgrade, an upstream with `stream: true`; its reads wait
-    /// `timeouts.stream_idle`) or found in the answer
-    /// (`text/event-stream`). Never stored; once its header has arrived,
-    /// its end, pause or cut is never charged to the upstream.
-    stream: bool,
-    /// Request body bytes received so far (for `max_request_body_bytes`).
-    body_bytes: u64,
-    /// This request leads the fetch of its key: requests for the same key
-    /// wait for it (`collapse`). Boxed: few requests lead one.
-    lead: Option<Box<crate::cache::flight::Lead>>,
-    /// The upstream address (index) of the attempt under way, and those
-    /// that refused a connect (a bit each): see `failure::connect_failed`.
-    address: usize,
-    addresses_tried: u64,
-    /// A stale copy of this request's answer whose validators it carries
-    /// (`upstreams[].cache.fresh: honor`; see `refresh`).
-    revalidate: Option<Arc<cache::CachedResponse>>,
-    /// The validators were graceway's (the client sent none): the
-    /// vendor's 304 renews the copy and the copy answers.
-    revalidating: bool,
-    /// Counts this request as in flight until the context is dropped (a
-    /// drain waits for none to be left, see `lifecycle`).
-    _in_flight: Option<crate::app::lifecycle::InFlight>,
-}
-
-impl RequestCtx {
-    fn upstream(&self) -> Option<&Upstream> {
-        self.gen
-            .as_ref()
-            .map(|g| g.upstreams[self.upstream].as_ref())
-    }
 }
 
 static CS_STORED: HeaderValue = HeaderValue::from_static("graceway; fwd=miss; stored");
@@ -262,8 +188,11 @@ impl ProxyHttp for Proxy {
         if self.join_flight(session, ctx, &up).await? {
             return Ok(true);
         }
-        if up.inject.is_none() || choose::carry(ctx, &up, choose::Attempt::First) {
+        if up.inject.is_none() {
             return Ok(false);
+        }
+        if let Some(answered) = self.first_token(session, ctx, &up).await? {
+            return Ok(answered);
         }
         self.without_usable_token(session, ctx, &up, probed).await
     }

@@ -13,6 +13,17 @@ pub(super) fn failover_on(up: &Upstream) -> crate::config::FailoverOn {
         .map_or(crate::config::FailoverOn::default(), |c| c.failover_on)
 }
 
+/// Whether a spent quota puts the token in a cool-down until the
+/// vendor's reset (skipped meanwhile): when `failover_on` lists 429, or
+/// when requests may wait for the reset (`credentials.queue.max_wait`),
+/// so a request known to be over quota is never sent.
+pub(super) fn cools_on_quota(up: &Upstream) -> bool {
+    up.config
+        .credentials
+        .as_ref()
+        .is_some_and(|c| c.failover_on.covers(429) || c.queue.on())
+}
+
 /// Retries the request once with `next` (the token [`choose`] chose for
 /// the retry) when [`decide::retry_with_next_token`] says so. The upstream
 /// refused the request, so nothing happened there: replaying it is safe
@@ -20,6 +31,7 @@ pub(super) fn failover_on(up: &Upstream) -> crate::config::FailoverOn {
 /// returned asks Pingora for that retry; `None`: answer degraded.
 pub(super) fn retry_with_next(
     ctx: &mut RequestCtx,
+    up: &Upstream,
     next: Option<&crate::tokens::Token>,
     status: u16,
     listed: bool,
@@ -27,7 +39,7 @@ pub(super) fn retry_with_next(
     if !decide::retry_with_next_token(listed, ctx.failover_pending, next.is_some()) {
         return None;
     }
-    choose::set(ctx, next?, choose::Attempt::Retry);
+    choose::set(ctx, up, next?, crate::tokens::pool::Pick::Retry);
     let mut e = Error::explain(
         ErrorType::HTTPStatus(status),
         "token refused; retrying with the next token",
@@ -48,11 +60,10 @@ pub(super) fn read_vendor_signals(
     if let Some(q) = evidence::quota(headers) {
         let now = unix_now();
         t.observe_quota(q, now);
-        // The last request of the window went through: with 429 failover,
-        // later requests go to the next token until the reset.
-        if let (Some(0), Some(reset_in), true) =
-            (q.remaining, q.reset_in, failover_on(up).covers(429))
-        {
+        // The last request of the window went through: with 429 failover
+        // (or the queue), later requests go to the next token (or wait)
+        // until the reset.
+        if let (Some(0), Some(reset_in), true) = (q.remaining, q.reset_in, cools_on_quota(up)) {
             record::token_cooled(up, t, now, reset_in.max(1), None);
         }
     }
@@ -152,7 +163,7 @@ impl Proxy {
             );
         }
         t.evidence.set_detail(detail);
-        retry_with_next(ctx, next, status, failover_on(up).covers(status))
+        retry_with_next(ctx, up, next, status, failover_on(up).covers(status))
     }
 
     /// A 401, 403 or 429: what the vendor said about the token (see
@@ -188,11 +199,13 @@ impl Proxy {
                     resp.headers.get(http::header::RETRY_AFTER),
                     evidence::quota(&resp.headers).and_then(|q| q.reset_in),
                 );
-                if let (Some(t), true) = (token, failover_on(up).covers(429)) {
+                if let (Some(t), true) = (token, cools_on_quota(up)) {
                     record::token_cooled(up, t, unix_now(), cool_secs, Some(status));
+                }
+                if let (Some(_), true) = (token, failover_on(up).covers(429)) {
                     // `failover_on` lists 429: a quota refusal (429 or 403) fails over.
                     let next = choose::token(ctx, up, choose::Attempt::Retry, SystemTime::now());
-                    if let Some(retry) = retry_with_next(ctx, next, status, true) {
+                    if let Some(retry) = retry_with_next(ctx, up, next, status, true) {
                         return Err(retry);
                     }
                 }

@@ -6,10 +6,12 @@
 //! upstream. Everything else (logs, status, metrics, errors) sees only the
 //! `sha256:` fingerprint.
 
+pub mod choice;
 pub mod evidence;
 mod fleet;
 pub mod ledger;
 pub mod oauth2;
+pub mod pool;
 pub mod reflect;
 pub mod set;
 pub mod source;
@@ -81,5 +83,6 @@ pub async fn load_set(
             None => t,
         });
     }
-    (TokenSet { tokens }, errors)
+    let pool = pool::Pool::new(upstream, tokens.len());
+    (TokenSet { tokens, pool }, errors)
 }

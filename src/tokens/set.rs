@@ -534,6 +534,8 @@ impl Token {
 #[derive(Debug, Default)]
 pub struct TokenSet {
     pub tokens: Vec<Token>,
+    /// How requests share them (`credentials.select`): see [`super::pool`].
+    pub pool: super::pool::Pool,
 }
 
 impl TokenSet {

@@ -305,8 +305,9 @@ fn the_layer_check_finds_an_inversion() {
 /// The proxy's three seams, each one file (see `src/proxy/mod.rs`): the
 /// calls that choose a token, change a token's or an upstream's state, or
 /// build a degraded answer, with the one file each may appear in.
-const SEAMS: [(&str, &str); 16] = [
+const SEAMS: [(&str, &str); 17] = [
     (".pick(", "choose.rs"),
+    (".choose_by(", "choose.rs"),
     (".trial_token(", "choose.rs"),
     ("health_failure(", "record.rs"),
     ("health_success(", "record.rs"),

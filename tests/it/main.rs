@@ -27,6 +27,7 @@ mod oauth2_share;
 mod observability;
 mod package;
 mod persist_damage;
+mod pools;
 mod prometheus;
 mod reflection;
 mod reload;

@@ -90,7 +90,15 @@ function upstream(u) {
     h("dl", { class: "breakers" }, breaker("health", u.breakers.health), breaker("auth", u.breakers.auth)),
     h("p", { class: "copies" }, copies),
     h("p", { class: "calls" }, calls),
-    table);
+    table,
+    ...(u.pool ? [pool(u.pool)] : []));
+}
+
+function pool(p) {
+  const sticky = p.sticky_header ? ` · sticky header ${p.sticky_header}` : "";
+  const queue = p.queue.max_wait_ms === 0 ? "no quota queue"
+    : `quota queue ${p.queue.waiting} of ${p.queue.max_queued} waiting (max wait ${p.queue.max_wait_ms} ms)`;
+  return h("p", { class: "pool" }, `tokens by ${p.select}${sticky} · ${queue}`);
 }
 
 function cache(c) {

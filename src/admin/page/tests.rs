@@ -125,6 +125,7 @@ fn the_page_shows_every_part_of_the_document() {
         "2027-03-01T00:00:00Z",
         "2 copies (1.0 KiB)",
         "calls spared: 31 fresh hits · 32 stale-while-revalidate · 33 coalesced, 34 waiting · revalidated 35 × 304, 36 × 200, 37 failed",
+        "tokens by round_robin · sticky header x-session-id · quota queue 3 of 100 waiting (max wait 2000 ms)",
         "/var/lib/graceway/stale.redb open",
         "data-tier=\"fleet\" data-health=\"up\"",
         "11 hits, 12 misses, 13 writes, 14 errors, 15 dropped · last error: timed out",

@@ -119,6 +119,15 @@ pub(crate) fn sample() -> Status {
                 revalidated_200: 0,
                 revalidations_failed: 0,
             },
+            pool: Some(PoolView {
+                select: "round_robin".into(),
+                sticky_header: Some("x-session-id".into()),
+                queue: QueueView {
+                    max_wait_ms: 2000,
+                    max_queued: 100,
+                    waiting: 3,
+                },
+            }),
         }],
         timeline: Vec::new(),
     }

@@ -219,6 +219,19 @@ pub(super) fn code_defaults() -> Vec<(&'static str, Code)> {
             dur(defaults::PROBE_INTERVAL),
         ),
         (
+            "upstreams[].credentials.select",
+            val(Select::default().as_str()),
+        ),
+        ("upstreams[].credentials.sticky_header", Unset),
+    ]);
+    let TokenQueue {
+        max_wait,
+        max_queued,
+    } = TokenQueue::default();
+    out.extend([
+        ("upstreams[].credentials.queue.max_wait", dur(max_wait)),
+        ("upstreams[].credentials.queue.max_queued", val(max_queued)),
+        (
             "upstreams[].credentials.tokens[].timeout",
             dur(defaults::COMMAND_TIMEOUT),
         ),

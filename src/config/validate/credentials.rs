@@ -205,9 +205,13 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
         cr.suspect_after,
         defaults::SUSPECT_AFTER,
     );
+    let (select, sticky_header, queue) = pool(c, at, cr, &inject);
     Credentials {
         failover_on,
         suspect_after,
+        select,
+        sticky_header,
+        queue,
         inject,
         tokens,
         expires_warning: c.duration(
@@ -218,6 +222,76 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
         probe,
         preflight,
     }
+}
+
+/// `select`, `sticky_header` and `queue`: how requests share the tokens.
+fn pool(
+    c: &mut Check,
+    at: &str,
+    cr: &FileCredentials,
+    inject: &Injection,
+) -> (Select, Option<http::HeaderName>, TokenQueue) {
+    let select = match cr.select.as_deref() {
+        None => Select::default(),
+        Some("failover") => Select::Failover,
+        Some("round_robin") => Select::RoundRobin,
+        Some("most_remaining") => Select::MostRemaining,
+        Some(other) => {
+            c.err(
+                format!("{at}.select"),
+                format!("`{other}`: must be `failover`, `round_robin` or `most_remaining`"),
+            );
+            Select::default()
+        }
+    };
+    let sticky_header = cr.sticky_header.as_ref().and_then(|name| {
+        let path = format!("{at}.sticky_header");
+        let injected =
+            matches!(inject, Injection::Header { name: h, .. } if h.eq_ignore_ascii_case(name));
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Err(_) => c.err(path, format!("`{name}` is not a valid header name")),
+            Ok(_) if is_reserved_header(name) => c.err(
+                path,
+                format!(
+                    "`{name}` is a hop-by-hop or framing header: it says nothing about the client"
+                ),
+            ),
+            Ok(_) if injected => c.err(
+                path,
+                format!("`{name}` is the header the token is injected into: graceway replaces it"),
+            ),
+            Ok(h) => return Some(h),
+        }
+        None
+    });
+    let d = TokenQueue::default();
+    let queue = match &cr.queue {
+        None => d,
+        Some(q) => {
+            let max_wait = c.duration(&format!("{at}.queue.max_wait"), &q.max_wait, d.max_wait);
+            if max_wait > defaults::QUEUE_MAX_WAIT_LIMIT {
+                c.err(
+                    format!("{at}.queue.max_wait"),
+                    format!(
+                        "at most {}s: a reset further away is answered at once with `Retry-After`",
+                        defaults::QUEUE_MAX_WAIT_LIMIT.as_secs()
+                    ),
+                );
+            }
+            let max_queued = q.max_queued.unwrap_or(d.max_queued);
+            if max_queued == 0 && !max_wait.is_zero() {
+                c.err(
+                    format!("{at}.queue.max_queued"),
+                    "must be at least 1 when `max_wait` is set (or set `max_wait: 0s` to wait never)",
+                );
+            }
+            TokenQueue {
+                max_wait,
+                max_queued,
+            }
+        }
+    };
+    (select, sticky_header, queue)
 }
 
 pub(super) fn credential(

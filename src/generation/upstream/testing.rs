@@ -59,6 +59,7 @@ pub(crate) fn upstream(name: &str, tokens: Option<Vec<Token>>) -> Upstream {
     let config = config.upstreams.remove(0);
     let tokens = TokenSet {
         tokens: tokens.unwrap_or_default(),
+        ..Default::default()
     };
     let h = &config.health;
     Upstream {

@@ -25,6 +25,7 @@ fn token(index: usize, value: &str) -> Token {
 fn trials_cycle_through_the_rejected_tokens_only() {
     let set = TokenSet {
         tokens: (0..4).map(|i| token(i, &format!("tok-{i}"))).collect(),
+        ..Default::default()
     };
     let now = SystemTime::now();
     assert!(set.trial_token(0, now).is_none(), "nothing rejected");

@@ -168,6 +168,85 @@ fn credentials_probe_failover_and_suspicion() {
 }
 
 #[test]
+fn credentials_pool_and_queue() {
+    let t = "tokens: [{ file: t }, { file: u }]";
+    let at = |k: &str| format!("upstreams[0].credentials.{k}");
+    let (select, sticky) = (at("select"), at("sticky_header"));
+    let (wait, queued) = (at("queue.max_wait"), at("queue.max_queued"));
+    expect(&[
+        (
+            cred(&format!("{t}, select: random")),
+            &[(
+                select.as_str(),
+                "`random`: must be `failover`, `round_robin` or `most_remaining`",
+            )],
+        ),
+        (
+            cred(&format!("{t}, sticky_header: 'x session'")),
+            &[(sticky.as_str(), "`x session` is not a valid header name")],
+        ),
+        (
+            cred(&format!("{t}, sticky_header: Connection")),
+            &[(
+                sticky.as_str(),
+                "`Connection` is a hop-by-hop or framing header: it says nothing about the client",
+            )],
+        ),
+        (
+            cred(&format!("{t}, sticky_header: authorization")),
+            &[(
+                sticky.as_str(),
+                "`authorization` is the header the token is injected into: graceway replaces it",
+            )],
+        ),
+        (
+            cred(&format!("{t}, queue: {{ max_wait: 2s, max_queued: 0 }}")),
+            &[(
+                queued.as_str(),
+                "must be at least 1 when `max_wait` is set (or set `max_wait: 0s` to wait never)",
+            )],
+        ),
+        (
+            cred(&format!("{t}, queue: {{ max_wait: 10m }}")),
+            &[(
+                wait.as_str(),
+                "at most 300s: a reset further away is answered at once with `Retry-After`",
+            )],
+        ),
+        (
+            cred(&format!("{t}, queue: {{ max_wait: soon }}")),
+            &[(wait.as_str(), NOT_A_DURATION)],
+        ),
+        // Valid: each policy, a sticky header, a queue; no waiting with
+        // no room is fine too.
+        (
+            cred(&format!(
+                "{t}, select: round_robin, sticky_header: X-Session-Id, queue: {{ max_wait: 2s }}"
+            )),
+            &[],
+        ),
+        (
+            cred(&format!(
+                "{t}, select: most_remaining, queue: {{ max_wait: 0s, max_queued: 0 }}"
+            )),
+            &[],
+        ),
+    ]);
+    let c = crate::config::parse(
+        &cred(&format!(
+            "{t}, select: most_remaining, sticky_header: X-Session-Id, queue: {{ max_wait: 1500ms }}"
+        )),
+        Path::new("/cfg"),
+    )
+    .expect("valid");
+    let cr = c.upstreams[0].credentials.as_ref().unwrap();
+    assert_eq!(cr.select, Select::MostRemaining);
+    assert_eq!(cr.sticky_header.as_ref().unwrap().as_str(), "x-session-id");
+    assert_eq!(cr.queue.max_wait, Duration::from_millis(1500));
+    assert_eq!(cr.queue.max_queued, 100);
+}
+
+#[test]
 fn credentials_oauth2() {
     let p = |k: &str| format!("upstreams[0].credentials.tokens[0].oauth2.{k}");
     let (url, id, secret) = (p("token_url"), p("client_id"), p("client_secret"));
