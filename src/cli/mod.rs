@@ -435,6 +435,27 @@ pub fn render_status(st: &Status) -> String {
                 c.revalidations_failed
             ));
         }
+        if let Some(p) = &u.pool {
+            let sticky = p
+                .sticky_header
+                .as_ref()
+                .map(|h| format!(", sticky header {h}"))
+                .unwrap_or_default();
+            let queue = if p.queue.max_wait_ms == 0 {
+                "no quota queue".to_string()
+            } else {
+                format!(
+                    "quota queue {} of {} waiting (max wait {} ms)",
+                    p.queue.waiting, p.queue.max_queued, p.queue.max_wait_ms
+                )
+            };
+            if p.select != "failover" || p.sticky_header.is_some() || p.queue.max_wait_ms > 0 {
+                notes.push(format!(
+                    "{} tokens by {}{sticky}; {queue}",
+                    u.name, p.select
+                ));
+            }
+        }
         for t in &u.tokens {
             token_rows.push(vec![
                 u.name.clone(),

@@ -298,6 +298,7 @@ fn every_value_of_a_full_document_is_rendered_and_no_cell_is_a_dash() {
         "last reload: 2026-12-01T10:00:00Z ok (signal) tokens[0] sha256:aaaa -> sha256:bbbb",
         "cache: 2 entries, 1024 of 67108864 bytes",
         "fleet: redis://10.0.0.7:6379 (single) up; 11 hits, 12 misses, 13 writes, 14 errors, 15 dropped; last error: timed out",
+        "emoji tokens by round_robin, sticky header x-session-id; quota queue 3 of 100 waiting (max wait 2000 ms)",
         "emoji calls spared: 31 fresh hits, 32 stale-while-revalidate, 33 coalesced (34 waiting); revalidated 35 x 304, 36 x 200, 37 failed",
         "emoji token 0 (sha256:3ca7c3e0) rejected: invalid_token (revoked)",
         "emoji token 0 (sha256:3ca7c3e0) rejected by replica emoji-7d9f/12 at 2026-12-01T10:00:02Z (fleet ledger)",
