@@ -299,6 +299,35 @@ pub enum CredentialSource {
 pub enum ClientAuth {
     Basic,
     Body,
+    /// RFC 7523 §2.2: a JWT signed with `oauth2.private_key_file`.
+    PrivateKeyJwt,
+    /// No client authentication (the JWT-bearer grant's assertion is the
+    /// client's proof).
+    None,
+}
+
+/// `oauth2.grant`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Grant {
+    /// RFC 6749 §4.4.
+    ClientCredentials,
+    /// RFC 7523 §2.1: a signed assertion is the grant. From a service
+    /// account file (Google's JSON: `client_email`, `private_key`,
+    /// `private_key_id`) or from `private_key_file` with `client_id` as
+    /// its issuer; `subject` is its `sub` (Google: the user a domain-wide
+    /// delegation acts as).
+    JwtBearer {
+        service_account: Option<PathBuf>,
+        subject: Option<String>,
+    },
+}
+
+/// A key that signs assertions: `oauth2.private_key_file`, `key_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SigningKey {
+    pub file: PathBuf,
+    /// The JWT header's `kid`.
+    pub key_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -307,11 +336,20 @@ pub struct OAuth2Spec {
     pub token_url: String,
     pub endpoint: UpstreamUrl,
     pub path_and_query: String,
-    pub client_id: CredentialSource,
-    pub client_secret: CredentialSource,
+    /// Absent only for the JWT-bearer grant from a service account file
+    /// (its `client_email` is the client).
+    pub client_id: Option<CredentialSource>,
+    /// For `client_auth: basic | body`.
+    pub client_secret: Option<CredentialSource>,
     pub scope: Option<String>,
     pub audience: Option<String>,
     pub client_auth: ClientAuth,
+    pub grant: Grant,
+    /// Signs `private_key_jwt` and JWT-bearer assertions (unless a service
+    /// account file brings its own key).
+    pub signing_key: Option<SigningKey>,
+    /// More form fields, sent as given (`oauth2.extra_params`).
+    pub extra_params: Vec<(String, String)>,
     pub refresh_fraction: f64,
     pub timeout: Duration,
     /// Fetch retries back off (2 s doubling) up to this while no token of

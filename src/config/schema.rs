@@ -241,8 +241,16 @@ pub struct FileOAuth2 {
     pub client_secret_file: Option<String>,
     pub scope: Option<String>,
     pub audience: Option<String>,
-    /// `basic` (HTTP Basic, RFC 6749's recommendation) or `body`.
+    /// `basic` (HTTP Basic, RFC 6749's recommendation), `body` or
+    /// `private_key_jwt`.
     pub client_auth: Option<String>,
+    /// `client_credentials` or `jwt_bearer`.
+    pub grant: Option<String>,
+    pub private_key_file: Option<String>,
+    pub key_id: Option<String>,
+    pub service_account_file: Option<String>,
+    pub subject: Option<String>,
+    pub extra_params: Option<std::collections::BTreeMap<String, String>>,
     /// Refresh once this fraction of `expires_in` has passed (default 0.8).
     pub refresh_fraction: Option<f64>,
     pub timeout: Option<Human>,

@@ -23,6 +23,7 @@ mod ledger;
 mod ledger_trials;
 mod lifecycle;
 mod nginx;
+mod oauth2_assertions;
 mod oauth2_share;
 mod observability;
 mod package;

@@ -240,9 +240,12 @@ pub(super) fn code_defaults() -> Vec<(&'static str, Code)> {
     let client_auth = match ClientAuth::default() {
         ClientAuth::Basic => "basic",
         ClientAuth::Body => "body",
+        ClientAuth::PrivateKeyJwt => "private_key_jwt",
+        ClientAuth::None => "none",
     };
     out.extend([
         (leak(format!("{oauth2}.client_auth")), val(client_auth)),
+        (leak(format!("{oauth2}.grant")), val("client_credentials")),
         (
             leak(format!("{oauth2}.refresh_fraction")),
             val(defaults::OAUTH2_REFRESH_FRACTION),

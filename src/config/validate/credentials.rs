@@ -97,7 +97,7 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
             }
             SourceSpec::File(c.path(f))
         } else if let Some(o) = &t.oauth2 {
-            match oauth2(c, &format!("{tat}.oauth2"), o) {
+            match super::oauth2::oauth2(c, &format!("{tat}.oauth2"), o) {
                 Some(spec) => SourceSpec::OAuth2(Box::new(spec)),
                 None => continue,
             }
@@ -319,104 +319,6 @@ pub(super) fn credential(
         (_, _, Some(f)) => Some(CredentialSource::File(c.path(f))),
         _ => None,
     }
-}
-
-pub(super) fn oauth2(c: &mut Check, at: &str, o: &FileOAuth2) -> Option<OAuth2Spec> {
-    let errors_before = c.errors.len();
-    let url = o.token_url.clone().unwrap_or_default();
-    let parsed = url
-        .parse::<http::Uri>()
-        .ok()
-        .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
-    let Some(uri) = parsed else {
-        c.err(
-            format!("{at}.token_url"),
-            "is required: the https:// URL of the token endpoint",
-        );
-        return None;
-    };
-    let base = format!(
-        "{}://{}",
-        uri.scheme_str().unwrap_or("https"),
-        uri.authority().map_or("", |a| a.as_str())
-    );
-    let endpoint = match parse_url(&base) {
-        Ok(e) => e,
-        Err(e) => {
-            c.err(format!("{at}.token_url"), e);
-            return None;
-        }
-    };
-    let path_and_query = uri
-        .path_and_query()
-        .map_or("/".to_string(), |p| p.as_str().to_string());
-    let client_id = credential(
-        c,
-        &format!("{at}.client_id"),
-        "client_id",
-        o.client_id.as_ref(),
-        o.client_id_env.as_ref(),
-        o.client_id_file.as_ref(),
-    );
-    let client_secret = credential(
-        c,
-        &format!("{at}.client_secret"),
-        "client_secret",
-        None,
-        o.client_secret_env.as_ref(),
-        o.client_secret_file.as_ref(),
-    );
-    let client_auth = match o.client_auth.as_deref() {
-        None => ClientAuth::default(),
-        Some("basic") => ClientAuth::Basic,
-        Some("body") => ClientAuth::Body,
-        Some(other) => {
-            c.err(
-                format!("{at}.client_auth"),
-                format!("`{other}`: must be `basic` or `body`"),
-            );
-            ClientAuth::default()
-        }
-    };
-    let refresh_fraction = o
-        .refresh_fraction
-        .unwrap_or(defaults::OAUTH2_REFRESH_FRACTION);
-    if !(0.1..=0.95).contains(&refresh_fraction) {
-        c.err(
-            format!("{at}.refresh_fraction"),
-            "must be between 0.1 and 0.95",
-        );
-    }
-    let timeout = c.positive_duration(
-        &format!("{at}.timeout"),
-        &o.timeout,
-        defaults::OAUTH2_TIMEOUT,
-    );
-    let max_retry = c.positive_duration(
-        &format!("{at}.max_retry"),
-        &o.max_retry,
-        defaults::OAUTH2_MAX_RETRY,
-    );
-    let tls = tls_settings(c, o.tls.as_ref());
-    if c.errors.len() > errors_before {
-        return None;
-    }
-    Some(OAuth2Spec {
-        token_url: url,
-        endpoint,
-        path_and_query,
-        client_id: client_id?,
-        client_secret: client_secret?,
-        scope: o.scope.clone(),
-        audience: o.audience.clone(),
-        client_auth,
-        refresh_fraction,
-        timeout,
-        max_retry,
-        ca_file: tls.ca_file,
-        verify: tls.verify,
-        share: o.share.unwrap_or(defaults::OAUTH2_SHARE),
-    })
 }
 
 /// Headers a token may not be injected into: hop-by-hop and framing.

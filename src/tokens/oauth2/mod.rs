@@ -26,19 +26,19 @@
 //! one replica fetches for all. The rules above are unchanged; a token read
 //! from the fleet takes a fetch's place in them.
 
+pub mod assertion;
+mod fetch;
 pub mod share;
+
+use fetch::{client_name, fetch_here};
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
-use bytes::Bytes;
-use pingora::http::RequestHeader;
-
 use super::source::SourceError;
-use super::value::{percent_encode, Secret};
-use crate::config::{ClientAuth, CredentialSource, OAuth2Spec};
+use super::value::Secret;
+use crate::config::OAuth2Spec;
 
 /// A token as this process holds it: fetched here, or read from the
 /// fleet (`shared_by` names the replica that fetched it).
@@ -370,143 +370,6 @@ impl OAuth2Tokens {
             }
         }
     }
-}
-
-async fn credential(c: &CredentialSource, what: &str) -> Result<String, SourceError> {
-    let spec = match c {
-        CredentialSource::Literal(v) => return Ok(v.clone()),
-        CredentialSource::Env(n) => crate::config::SourceSpec::Env(n.clone()),
-        CredentialSource::File(p) => crate::config::SourceSpec::File(p.clone()),
-    };
-    super::source::read_value(&spec)
-        .await
-        .map(|s| s.expose().to_string())
-        .map_err(|e| SourceError::OAuth2(format!("{what}: {e}")))
-}
-
-/// A token fetched by this replica from the identity provider, with its
-/// expiry ([`expiry`]) counted from the moment the request went out.
-async fn fetch_here(spec: &OAuth2Spec) -> Result<Minted, SourceError> {
-    let fetched_at = SystemTime::now();
-    let f = fetch(spec).await?;
-    let expires_at = expiry(
-        fetched_at,
-        super::value::jwt_expiry(f.secret.expose()),
-        f.expires_at,
-        f.expires_in,
-    );
-    Ok(Minted {
-        secret: f.secret,
-        expires_at,
-        fetched_at,
-        shared_by: None,
-    })
-}
-
-/// What a token endpoint answered.
-struct Fetched {
-    secret: Secret,
-    expires_in: Option<Duration>,
-    /// A non-standard `expires_at` (Unix seconds) some providers add.
-    expires_at: Option<SystemTime>,
-}
-
-async fn fetch(spec: &OAuth2Spec) -> Result<Fetched, SourceError> {
-    let fail = |m: String| SourceError::OAuth2(format!("{}: {m}", spec.token_url));
-    let client_id = credential(&spec.client_id, "client_id").await?;
-    let client_secret = credential(&spec.client_secret, "client_secret").await?;
-
-    let mut form = String::from("grant_type=client_credentials");
-    if let Some(s) = &spec.scope {
-        form.push_str("&scope=");
-        form.push_str(&percent_encode(s));
-    }
-    if let Some(a) = &spec.audience {
-        form.push_str("&audience=");
-        form.push_str(&percent_encode(a));
-    }
-    if spec.client_auth == ClientAuth::Body {
-        form.push_str("&client_id=");
-        form.push_str(&percent_encode(&client_id));
-        form.push_str("&client_secret=");
-        form.push_str(&percent_encode(&client_secret));
-    }
-
-    let peer = crate::net::outbound::peer_for(
-        &spec.endpoint,
-        spec.verify,
-        spec.ca_file.as_deref(),
-        spec.timeout,
-        spec.timeout,
-    )
-    .await
-    .map_err(|e| fail(e.to_string()))?;
-    let mut req = RequestHeader::build("POST", spec.path_and_query.as_bytes(), Some(6))
-        .map_err(|e| fail(e.to_string()))?;
-    let h = |e: Box<pingora::Error>| fail(e.to_string());
-    req.insert_header(http::header::HOST, spec.endpoint.host_header.as_str())
-        .map_err(h)?;
-    req.insert_header(
-        http::header::CONTENT_TYPE,
-        "application/x-www-form-urlencoded",
-    )
-    .map_err(h)?;
-    req.insert_header(http::header::ACCEPT, "application/json")
-        .map_err(h)?;
-    req.insert_header(http::header::CONTENT_LENGTH, form.len())
-        .map_err(h)?;
-    if spec.client_auth == ClientAuth::Basic {
-        // RFC 6749 §2.3.1: form-encode id and secret, then Basic.
-        let pair = format!(
-            "{}:{}",
-            percent_encode(&client_id),
-            percent_encode(&client_secret)
-        );
-        let mut v = http::HeaderValue::try_from(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(pair)
-        ))
-        .map_err(|_| fail("client credentials are not header-safe".into()))?;
-        v.set_sensitive(true);
-        req.insert_header(http::header::AUTHORIZATION, v)
-            .map_err(h)?;
-    }
-    let answer =
-        crate::net::outbound::send(&peer, req, Some(Bytes::from(form)), spec.timeout, 64 << 10)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-    let json: Option<serde_json::Value> = serde_json::from_slice(&answer.body).ok();
-    if answer.status != 200 {
-        // The `error` code (RFC 6749 §5.2) is safe to show; the description
-        // is not shown, it is free text from the server.
-        let code = json
-            .as_ref()
-            .and_then(|j| j["error"].as_str())
-            .map(|c| format!(" ({c})"))
-            .unwrap_or_default();
-        return Err(fail(format!(
-            "token endpoint answered {}{code}",
-            answer.status
-        )));
-    }
-    let json = json.ok_or_else(|| fail("the answer is not JSON".into()))?;
-    let token = json["access_token"]
-        .as_str()
-        .ok_or_else(|| fail("the answer has no access_token".into()))?;
-    let secret = Secret::parse(token).map_err(|e| fail(e.to_string()))?;
-    let seconds = |field: &str| {
-        json[field]
-            .as_u64()
-            .or_else(|| json[field].as_str().and_then(|s| s.parse().ok()))
-            .filter(|s| *s > 0)
-    };
-    Ok(Fetched {
-        secret,
-        expires_in: seconds("expires_in").map(Duration::from_secs),
-        expires_at: seconds("expires_at")
-            .filter(|s| *s < 100_000_000_000)
-            .map(|s| std::time::UNIX_EPOCH + Duration::from_secs(s)),
-    })
 }
 
 #[cfg(test)]

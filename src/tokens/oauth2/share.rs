@@ -230,7 +230,7 @@ impl Fleet {
     ) -> Result<Minted, SourceError> {
         // The client id names the token; a source that cannot be read
         // fails the fetch the same way.
-        let client_id = super::credential(&spec.client_id, "client_id").await?;
+        let client_id = super::client_name(spec).await?;
         let id = fleet_id(spec, &client_id);
         let at = self.store.key(&id, "token");
         let lock = self.store.key(&id, "lock");

@@ -274,7 +274,44 @@ fn credentials_oauth2() {
         ),
         (
             oauth2(&format!("{IDP}, client_auth: jwt")),
-            &[(&*auth, "`jwt`: must be `basic` or `body`")],
+            &[(&*auth, "`jwt`: must be `basic`, `body` or `private_key_jwt`")],
+        ),
+        (
+            oauth2(&format!("{IDP}, client_auth: private_key_jwt")),
+            &[
+                (
+                    &*"upstreams[0].credentials.tokens[0].oauth2.client_secret".to_string(),
+                    "is not sent with this `client_auth`: remove it",
+                ),
+                (
+                    &*"upstreams[0].credentials.tokens[0].oauth2.private_key_file".to_string(),
+                    "is required: the PEM key (RSA or EC P-256) that signs the assertion",
+                ),
+            ],
+        ),
+        (
+            oauth2("token_url: 'https://idp.example/token', grant: jwt_bearer, service_account_file: sa.json, private_key_file: k.pem"),
+            &[(
+                &*"upstreams[0].credentials.tokens[0].oauth2.private_key_file".to_string(),
+                "a service account file brings its own key: set one of the two",
+            )],
+        ),
+        (
+            oauth2(&format!("{IDP}, grant: password, subject: me, extra_params: {{ scope: x, resource: '' }}")),
+            &[
+                (
+                    &*"upstreams[0].credentials.tokens[0].oauth2.grant".to_string(),
+                    "`password`: must be `client_credentials` or `jwt_bearer`",
+                ),
+                (
+                    &*"upstreams[0].credentials.tokens[0].oauth2.subject".to_string(),
+                    "needs `grant: jwt_bearer`",
+                ),
+                (
+                    &*"upstreams[0].credentials.tokens[0].oauth2.extra_params.scope".to_string(),
+                    "is a field graceway sets itself",
+                ),
+            ],
         ),
         (
             oauth2(&format!("{IDP}, refresh_fraction: 0.99")),
