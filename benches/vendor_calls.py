@@ -239,6 +239,13 @@ def sched_ns(pid):
     return t
 
 
+def idle_ms_per_s(pid, seconds=1.0):
+    """The process's CPU time while no request is sent, ms per second (schedstat)."""
+    s0, t0 = sched_ns(pid), time.monotonic()
+    time.sleep(seconds)
+    return (sched_ns(pid) - s0) / 1e6 / (time.monotonic() - t0)
+
+
 class Cpu:
     def __init__(self, pid):
         self.pid = pid
@@ -535,6 +542,10 @@ def ms(x):
     return f"{1000 * x:.1f}" if x == x else "-"
 
 
+def ms2(x):
+    return f"{1000 * x:.2f}" if x == x else "-"
+
+
 def statuses(results):
     st = {}
     for r in results:
@@ -599,6 +610,7 @@ def scenario_herd(ctx):
     rows = []
 
     def measure(label, name, port, pid, alive):
+        idle = idle_ms_per_s(pid)
         cpu = Cpu(pid)
         per_herd, res_all, bodies = [], [], []
         for h in range(a.herds):
@@ -618,7 +630,7 @@ def scenario_herd(ctx):
                "ok": sum(1 for r in res_all if r.status == 200), "bodies": bodies,
                "statuses": statuses(res_all), "cache": cache_kinds(res_all),
                "p50": pct(lat, 50), "p99": pct(lat, 99), "cpu_us": us_stat,
-               "cpu_sched_us": us_sched, "alive": alive()}
+               "cpu_sched_us": us_sched, "idle_ms_s": idle, "alive": alive()}
         print(f"  {name}: vendor calls per herd {per_herd}; client statuses {row['statuses']}; "
               f"distinct bodies per herd {bodies}; answers {row['cache']}; p50 {ms(row['p50'])} "
               f"ms, p99 {ms(row['p99'])} ms; CPU {us(us_stat)} us/req (schedstat "
@@ -663,6 +675,7 @@ def scenario_hot(ctx):
     rows = []
 
     def measure(label, name, port, pid, alive):
+        idle = idle_ms_per_s(pid)
         cpu = Cpu(pid)
         t = time.monotonic()
         res, _ = run_slots(port, slots, 20)
@@ -676,7 +689,7 @@ def scenario_hot(ctx):
                "per_path_min": min(per_path), "per_path_max": max(per_path),
                "statuses": statuses(res), "cache": cache_kinds(res),
                "p50": pct(lat, 50), "p99": pct(lat, 99), "cpu_us": us_stat,
-               "cpu_sched_us": us_sched, "alive": alive()}
+               "cpu_sched_us": us_sched, "idle_ms_s": idle, "alive": alive()}
         print(f"  {name}: vendor calls {len(calls)} (per path {min(per_path)}-{max(per_path)}); "
               f"client statuses {row['statuses']}; answers {row['cache']}; p50 {ms(row['p50'])} "
               f"ms, p99 {ms(row['p99'])} ms; CPU {us(us_stat)} us/req (schedstat "
@@ -855,6 +868,11 @@ def scenario_quota(ctx):
             print(f"    window {wd['window']}: vendor 200s {wd['vendor_200']}, vendor 429s "
                   f"{wd['vendor_429']}; client {wd['client']}, degraded {wd['degraded']}, "
                   f"p99 {ms(wd['p99'])} ms, max {ms(wd['max'])} ms")
+        for c in [c for c in calls if c.status == 429][:6]:
+            into = c.t_arr - t_start
+            w = math.floor(into / a.quota_window)
+            print(f"    429 at the vendor: {c.token}, {into - w * a.quota_window:.2f} s into "
+                  f"window {w} (its reset at {a.quota_window:g} s)")
         if row["log"]:
             print("    log: " + row["log"].replace("\n", "\n    log: "))
         print("", end="", flush=True)
@@ -873,14 +891,15 @@ def report(res, args, notes):
               f"(vendor 200 ms, max-age=60)\n")
         print(f"| setup | vendor calls per herd | vendor calls per 1,000 client requests | "
               f"client 200s | distinct bodies per herd | client p50 / p99 ms | {cpu_col} | "
-              f"CPU vs nginx |")
-        print("|---|---|---|---|---|---|---|---|")
+              f"CPU vs nginx | idle CPU ms/s |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['name']} | {', '.join(map(str, r['per_herd']))} | {r['per_1000']:.0f} "
                   f"| {r['ok']} of {r['requests']} | {', '.join(map(str, r['bodies']))} | "
                   f"{ms(r['p50'])} / {ms(r['p99'])} | {us(r['cpu_us'])}; "
                   f"{us(r['cpu_sched_us'])} | "
-                  f"{ratio(r['cpu_us'], ngx['cpu_us']) if ngx else '-'} |")
+                  f"{ratio(r['cpu_us'], ngx['cpu_us']) if ngx else '-'} | "
+                  f"{r['idle_ms_s']:.2f} |")
         gw = rows[0]
         print(f"\nGoal: 1 vendor call per herd (2 with a failover): "
               f"**{'met' if max(gw['per_herd']) <= 1 else 'MISSED'}** "
@@ -892,13 +911,15 @@ def report(res, args, notes):
         print(f"\n### (b) hot paths: {args.hot_requests} requests over 20 paths ({pace}, "
               f"20 workers), vendor max-age=5, {args.hot_delay_ms} ms\n")
         print(f"| setup | vendor calls | vendor calls per 1,000 client requests | calls per "
-              f"path (min-max) | client statuses | p50 / p99 ms | {cpu_col} | CPU vs nginx |")
-        print("|---|---|---|---|---|---|---|---|")
+              f"path (min-max) | client statuses | p50 / p99 ms | {cpu_col} | CPU vs nginx | "
+              f"idle CPU ms/s |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['name']} | {r['calls']} | {r['per_1000']:.0f} | {r['per_path_min']}-"
                   f"{r['per_path_max']} | {r['statuses']} | {ms(r['p50'])} / {ms(r['p99'])} | "
                   f"{us(r['cpu_us'])}; {us(r['cpu_sched_us'])} | "
-                  f"{ratio(r['cpu_us'], ngx['cpu_us']) if ngx else '-'} |")
+                  f"{ratio(r['cpu_us'], ngx['cpu_us']) if ngx else '-'} | "
+                  f"{r['idle_ms_s']:.2f} |")
         gw = rows[0]
         if ngx:
             print(f"\nGoal: no more vendor calls than nginx: "
@@ -920,13 +941,17 @@ def report(res, args, notes):
             for tag, what in (("swr", "swr (max-age=1)"), ("fresh", "fresh hit (max-age=600)")):
                 x = r[tag]
                 bad = sum(v for k, v in x["statuses"].items() if k != 200)
-                print(f"| {r['name']} | {what} | {x['requests']} | {ms(x['p50'])} | "
-                      f"{ms(x['p99'])} | {ms(x['max'])} | {', '.join(map(str, x['per_key']))} "
+                print(f"| {r['name']} | {what} | {x['requests']} | {ms2(x['p50'])} | "
+                      f"{ms2(x['p99'])} | {ms2(x['max'])} | {', '.join(map(str, x['per_key']))} "
                       f"| {bad} |")
         s, f = gw["swr"], gw["fresh"]
+        over = s["p99"] - f["p99"]
         print(f"\nGoals: client p99 no higher than a fresh hit's: "
-              f"**{'met' if s['p99'] <= f['p99'] else 'MISSED'}** ({ms(s['p99'])} vs "
-              f"{ms(f['p99'])} ms; the fresh-hit p99 is graceway's, same process, same run); "
+              f"**{'met' if over <= 0 else f'MISSED by {ms2(over)} ms'}** ({ms2(s['p99'])} vs "
+              f"{ms2(f['p99'])} ms; the fresh-hit p99 is graceway's, same process, same run; "
+              f"the client is Python threads, so differences below ~1 ms are its noise; no swr "
+              f"answer waited for the 500 ms vendor: "
+              f"**{'met' if s['max'] < 0.25 else 'MISSED'}**, max {ms2(s['max'])} ms); "
               f"one vendor call per key per max-age window ({secs:.1f} s / {max_age} s: at "
               f"most {bound} per key): "
               f"**{'met' if max(s['per_key']) <= bound else 'MISSED'}** "
@@ -952,6 +977,7 @@ def report(res, args, notes):
                       f"{w['vendor_429']['standby']} | {c.get(200, 0)} | {w['degraded']} | "
                       f"{w['c503']} | {w['c429']} | {other} | {ms(w['p99'])} / "
                       f"{ms(w['max'])} |")
+        print()
         ran = [r for r in res["quota"] if not r["na"]]
         for r in ran:
             late = sum(sum(w["vendor_429"].values()) for w in r["windows"][1:])
@@ -959,6 +985,12 @@ def report(res, args, notes):
             print(f"- {r['name']}: 429s at the vendor after the first window {late}; client "
                   f"answers not a plain 200 (degraded, 503, 429): {bad}; goal (0 and 0): "
                   f"**{'met' if late == 0 and bad == 0 else 'MISSED'}**")
+    if "herd" in res or "hot" in res:
+        print("\nCPU: utime+stime of the proxy's process from /proc/PID/stat over the measured "
+              "requests, divided by them (10 ms ticks: about +-10 us/req over 1,000 requests; "
+              "the per-thread schedstat sum beside it, ns); at (b)'s fixed rate it includes "
+              "the work a process does while idle (last column, schedstat, measured for 1 s "
+              "before the row). graceway runs `server.threads: 1`, nginx one process.")
     print()
     for n in notes:
         print(f"- note: {n}")
