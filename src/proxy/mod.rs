@@ -85,6 +85,9 @@ pub struct Proxy {
 
 static CS_STORED: HeaderValue = HeaderValue::from_static("graceway; fwd=miss; stored");
 static CS_MISS: HeaderValue = HeaderValue::from_static("graceway; fwd=miss");
+static CS_REFRESHED: HeaderValue = HeaderValue::from_static("graceway; fwd=stale; fwd-status=200");
+static CS_REFRESHED_STORED: HeaderValue =
+    HeaderValue::from_static("graceway; fwd=stale; fwd-status=200; stored");
 
 impl Proxy {
     fn cache(&self) -> &Cache {
@@ -357,6 +360,14 @@ impl ProxyHttp for Proxy {
                 &CS_STORED
             } else {
                 &CS_MISS
+            };
+            resp.insert_header("Cache-Status", v.clone())?;
+        } else if ctx.outcome == Outcome::Fresh && resp.status == http::StatusCode::OK {
+            // The stale copy's validators went out and a new answer came.
+            let v = if ctx.stored_empty {
+                &CS_REFRESHED_STORED
+            } else {
+                &CS_REFRESHED
             };
             resp.insert_header("Cache-Status", v.clone())?;
         }

@@ -552,3 +552,24 @@ async fn three_replicas_sharing_redis_fetch_a_key_once_for_the_fleet() {
     }
     assert_eq!(fleet_waits, 2.0);
 }
+
+#[tokio::test]
+async fn a_stale_copy_replaced_by_a_new_200_says_so() {
+    let up = MockUpstream::start(|r| {
+        MockReply::ok(&format!(r#"{{"path":"{}"}}"#, r.target)).header("Cache-Control", "max-age=1")
+    });
+    let g = Graceway::start_with_token("tok-refreshed\n", &honoring(up.port));
+    let r = g.get("/v1/emojis/smile").await;
+    assert_eq!(header(&r, "cache-status"), "graceway; fwd=miss");
+    let r = wait_for_async("the copy to go stale", Duration::from_secs(10), || async {
+        let r = g.get("/v1/emojis/smile").await;
+        (!header(&r, "cache-status").contains("hit")).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "cache-status"),
+        "graceway; fwd=stale; fwd-status=200"
+    );
+    assert_eq!(up.request_count(), 2);
+}
