@@ -127,19 +127,26 @@ async fn status_watch_redraws_under_tmux_after_a_revocation() {
     // Ctrl-C ends it, with exit code 0.
     let (ok, out) = tmux.run(&["send-keys", "-t", "watch", "C-c"]);
     assert!(ok, "{out}");
-    wait_for(
-        "the watch to exit 0 on Ctrl-C",
-        Duration::from_secs(20),
-        || {
-            let (_, out) = tmux.run(&[
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut pane = String::new();
+    while std::time::Instant::now() < deadline {
+        pane = tmux
+            .run(&[
                 "display-message",
                 "-p",
                 "-t",
                 "watch",
-                "#{pane_dead} #{pane_dead_status}",
-            ]);
-            (out.trim() == "1 0").then_some(())
-        },
+                "#{pane_dead} #{pane_dead_status} #{pane_dead_signal} #{pane_pid}",
+            ])
+            .1;
+        if pane.trim().starts_with("1 0") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "the watch did not exit 0 within 20 s of Ctrl-C: pane (dead, status, signal, pid) {pane:?}; screen:\n{}",
+        tmux.screen()
     );
 }
 
