@@ -110,7 +110,8 @@ impl App {
             .iter()
             .zip(current.upstreams.iter())
             .all(|(n, o)| {
-                n.tokens.tokens.len() == o.tokens.tokens.len()
+                same_client_cert(n, o)
+                    && n.tokens.tokens.len() == o.tokens.tokens.len()
                     && n.tokens
                         .tokens
                         .iter()
@@ -253,6 +254,20 @@ fn describe_changes(old: &Generation, new: &Generation) -> String {
     }
     for u in &new.upstreams {
         let before = old.upstream_named(&u.config.name);
+        if before.is_some_and(|b| !same_client_cert(u, b))
+            || before.is_none() && u.client_cert.is_some()
+        {
+            let fp = |u: Option<&Arc<crate::generation::Upstream>>| {
+                u.and_then(|u| u.client_cert.as_ref())
+                    .map_or("none".to_string(), |c| c.fingerprint.clone())
+            };
+            parts.push(format!(
+                "{}.client_cert {} -> {}",
+                u.config.name,
+                fp(before),
+                fp(Some(u))
+            ));
+        }
         for t in &u.tokens.tokens {
             let prev = before.and_then(|b| b.tokens.tokens.get(t.index));
             if prev.is_none_or(|p| p.fingerprint != t.fingerprint) {
@@ -271,4 +286,16 @@ fn describe_changes(old: &Generation, new: &Generation) -> String {
     } else {
         parts.join(", ")
     }
+}
+
+/// Whether two generations of an upstream send the same client certificate
+/// (by the leaf's fingerprint; the key must match it, so it is the same too).
+pub(crate) fn same_client_cert(
+    a: &crate::generation::Upstream,
+    b: &crate::generation::Upstream,
+) -> bool {
+    fn fp(u: &crate::generation::Upstream) -> Option<&str> {
+        u.client_cert.as_ref().map(|c| c.fingerprint.as_str())
+    }
+    fp(a) == fp(b)
 }

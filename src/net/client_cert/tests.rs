@@ -6,7 +6,10 @@ fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
     std::fs::write(&c, cert.pem()).unwrap();
     std::fs::write(&k, key.serialize_pem()).unwrap();
     (c, k, cert.der().to_vec())
