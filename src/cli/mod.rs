@@ -101,7 +101,7 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
                 "graceway: configuration file {} syntax is ok",
                 path.display()
             );
-            for u in &gen.upstreams {
+            for (i, u) in gen.upstreams.iter().enumerate() {
                 let fps: Vec<String> = u
                     .tokens
                     .tokens
@@ -125,6 +125,24 @@ pub fn check(path: &Path, skip_sources: bool) -> i32 {
                         fps.join(", ")
                     }
                 );
+                if let Some(c) = &u.client_cert {
+                    let state = c.state(std::time::SystemTime::now());
+                    println!(
+                        "graceway: upstream {} client certificate {} ({}), key matches, {} until {}",
+                        u.config.name,
+                        c.fingerprint,
+                        c.subject,
+                        state.as_str(),
+                        humantime::format_rfc3339_seconds(c.not_after)
+                    );
+                    if state != crate::net::client_cert::CertState::Active {
+                        eprintln!(
+                            "graceway: warning: upstreams[{}].tls.client_cert is {}",
+                            i,
+                            state.as_str()
+                        );
+                    }
+                }
             }
             println!(
                 "graceway: configuration file {} test is successful",
