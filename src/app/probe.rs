@@ -440,7 +440,7 @@ async fn preflight_client_cert(
     old: Option<&Arc<Upstream>>,
 ) -> Option<String> {
     let cert = up.client_cert.as_ref()?;
-    if old.is_some_and(|o| crate::app::reload::same_client_cert(up, o)) {
+    if old.is_some_and(|o| up.same_client_cert(o)) {
         return None;
     }
     let path = &up.probe()?.path;

@@ -110,7 +110,7 @@ impl App {
             .iter()
             .zip(current.upstreams.iter())
             .all(|(n, o)| {
-                same_client_cert(n, o)
+                n.same_client_cert(o)
                     && n.tokens.tokens.len() == o.tokens.tokens.len()
                     && n.tokens
                         .tokens
@@ -254,7 +254,7 @@ fn describe_changes(old: &Generation, new: &Generation) -> String {
     }
     for u in &new.upstreams {
         let before = old.upstream_named(&u.config.name);
-        if before.is_some_and(|b| !same_client_cert(u, b))
+        if before.is_some_and(|b| !u.same_client_cert(b))
             || before.is_none() && u.client_cert.is_some()
         {
             let fp = |u: Option<&Arc<crate::generation::Upstream>>| {
@@ -286,16 +286,4 @@ fn describe_changes(old: &Generation, new: &Generation) -> String {
     } else {
         parts.join(", ")
     }
-}
-
-/// Whether two generations of an upstream send the same client certificate
-/// (by the leaf's fingerprint; the key must match it, so it is the same too).
-pub(crate) fn same_client_cert(
-    a: &crate::generation::Upstream,
-    b: &crate::generation::Upstream,
-) -> bool {
-    fn fp(u: &crate::generation::Upstream) -> Option<&str> {
-        u.client_cert.as_ref().map(|c| c.fingerprint.as_str())
-    }
-    fp(a) == fp(b)
 }

@@ -71,6 +71,14 @@ impl Upstream {
         (peer, i)
     }
 
+    /// Whether `other` (the same upstream in another generation) sends the
+    /// same client certificate: by the leaf's fingerprint (the key must
+    /// match the leaf, so it is the same key).
+    pub fn same_client_cert(&self, other: &Upstream) -> bool {
+        self.client_cert.as_ref().map(|c| &c.fingerprint)
+            == other.client_cert.as_ref().map(|c| &c.fingerprint)
+    }
+
     /// Why an upstream has no usable token (for `/status` and logs).
     pub fn no_token_cause(&self) -> Reason {
         self.no_token_cause_at(SystemTime::now())
