@@ -41,6 +41,7 @@ pub struct Metrics {
     pub degraded: IntGaugeVec,
     pub token_state: IntGaugeVec,
     pub token_expiry_timestamp_seconds: IntGaugeVec,
+    pub upstream_client_cert_expiry_timestamp_seconds: IntGaugeVec,
     /// 1 for a token graceway renews itself with working renewals (OAuth2,
     /// a command with `refresh`): its expiry needs no operator.
     pub token_renews_itself: IntGaugeVec,
@@ -227,6 +228,12 @@ pub fn metrics() -> &'static Metrics {
                 "graceway_token_expiry_timestamp_seconds",
                 "Unix time at which the token expires (JWT exp or expires_at).",
                 &["upstream", "token"]
+            )
+            .expect("metric registers"),
+            upstream_client_cert_expiry_timestamp_seconds: register_int_gauge_vec!(
+                "graceway_upstream_client_cert_expiry_timestamp_seconds",
+                "Unix time of the notAfter of the client certificate (tls.client_cert) sent to the upstream.",
+                &["upstream"]
             )
             .expect("metric registers"),
             upstream_deprecated: register_int_gauge_vec!(

@@ -11,7 +11,9 @@
 //! set with `textContent` by the script. Tokens appear by fingerprint only,
 //! as everywhere in `/status`.
 
-use crate::admin::status::{BreakerView, PoolView, Status, TokenView, UpstreamView};
+use crate::admin::status::{
+    BreakerView, ClientCertView, PoolView, Status, TokenView, UpstreamView,
+};
 use crate::app::timeline::Change;
 
 /// The page's shell; `<!--view-->` is replaced by [`view`].
@@ -268,7 +270,7 @@ fn upstream(u: &UpstreamView) -> String {
             ("data-state", state),
         ],
         &format!(
-            "{head}{}{}{}{}{table}{}",
+            "{head}{}{}{}{}{table}{}{}",
             el("p", &[("class", "url")], &route),
             el(
                 "dl",
@@ -281,7 +283,24 @@ fn upstream(u: &UpstreamView) -> String {
             ),
             el("p", &[("class", "copies")], &copies),
             el("p", &[("class", "calls")], &calls),
-            u.pool.as_ref().map(pool).unwrap_or_default()
+            u.pool.as_ref().map(pool).unwrap_or_default(),
+            u.client_cert.as_ref().map(client_cert).unwrap_or_default()
+        ),
+    )
+}
+
+/// The client certificate sent (mTLS): fingerprint, subject, validity.
+fn client_cert(c: &ClientCertView) -> String {
+    el(
+        "p",
+        &[("class", "client-cert"), ("data-state", c.state.as_str())],
+        &format!(
+            "client certificate {} · {} · {} · valid {} to {}",
+            esc(&c.fingerprint),
+            esc(&c.subject),
+            c.state.as_str(),
+            esc(&c.not_before),
+            esc(&c.not_after)
         ),
     )
 }

@@ -111,6 +111,32 @@ pub struct UpstreamView {
     /// upstream without credentials (and from an older server).
     #[serde(default)]
     pub pool: Option<PoolView>,
+    /// The client certificate sent (`tls.client_cert`); absent when none
+    /// is configured (and from an older server).
+    #[serde(default)]
+    pub client_cert: Option<ClientCertView>,
+}
+
+/// `tls.client_cert` as loaded: never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCertView {
+    /// `sha256:` + the 64 hex digits of the leaf's DER.
+    pub fingerprint: String,
+    pub subject: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub state: crate::net::client_cert::CertState,
+}
+
+fn client_cert_view(u: &crate::generation::Upstream, now: SystemTime) -> Option<ClientCertView> {
+    let c = u.client_cert.as_ref()?;
+    Some(ClientCertView {
+        fingerprint: c.fingerprint.clone(),
+        subject: c.subject.clone(),
+        not_before: ts(Some(c.not_before)).unwrap_or_default(),
+        not_after: ts(Some(c.not_after)).unwrap_or_default(),
+        state: c.state(now),
+    })
 }
 
 /// `credentials.select`, `sticky_header` and `queue`, with the queue's
@@ -374,6 +400,7 @@ fn upstream_view(u: &crate::generation::Upstream, now: SystemTime) -> UpstreamVi
             bytes: u.status.stored_bytes.load(Ordering::Relaxed).max(0),
         },
         pool: pool_view(u),
+        client_cert: client_cert_view(u, now),
         calls: calls_view(u),
     }
 }

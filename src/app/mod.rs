@@ -324,12 +324,15 @@ fn status_for(
         .clone()
 }
 
-/// Sets `token_state` and `token_expiry_timestamp_seconds` for a new
-/// generation, removing the series of tokens that no longer exist.
+/// Sets `token_state`, `token_expiry_timestamp_seconds` and
+/// `upstream_client_cert_expiry_timestamp_seconds` for a new generation, removing the series of tokens that no longer exist.
 pub fn publish_token_metrics(gen: &Generation, old: Option<&Generation>) {
     let m = metrics();
     if let Some(old) = old {
         for u in &old.upstreams {
+            let _ = m
+                .upstream_client_cert_expiry_timestamp_seconds
+                .remove_label_values(&[&u.config.name]);
             for t in &u.tokens.tokens {
                 let idx = t.index.to_string();
                 for s in TokenState::ALL {
@@ -350,6 +353,11 @@ pub fn publish_token_metrics(gen: &Generation, old: Option<&Generation>) {
         }
     }
     for u in &gen.upstreams {
+        if let Some(c) = &u.client_cert {
+            m.upstream_client_cert_expiry_timestamp_seconds
+                .with_label_values(&[&u.config.name])
+                .set(c.not_after_unix());
+        }
         for t in &u.tokens.tokens {
             m.token_info
                 .with_label_values(&[&u.config.name, &t.index.to_string(), &t.fingerprint])

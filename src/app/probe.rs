@@ -42,11 +42,31 @@ pub async fn probe_token(up: &Upstream, token: &Token) -> ProbeResult {
 /// `GET path` with `token` injected (none for an upstream without
 /// credentials), none of a client's headers.
 async fn probe_path(up: &Upstream, token: Option<&Token>, path: &str) -> ProbeResult {
+    match probe_answer(up, token, path).await {
+        Ok(a) if a.status == 401 || a.status == 403 => ProbeResult::Rejected(a.status),
+        Ok(a) if a.status >= 500 => ProbeResult::Failed(Reason::Upstream5xx),
+        Ok(a) => ProbeResult::Accepted(a.status),
+        Err(Failure::Timeout) => ProbeResult::Failed(Reason::UpstreamTimeout),
+        Err(Failure::Unreachable(_)) => ProbeResult::Failed(Reason::UpstreamUnreachable),
+    }
+}
+
+/// The answer to `GET path` with `token` injected (see [`probe_path`]).
+async fn probe_answer(
+    up: &Upstream,
+    token: Option<&Token>,
+    path: &str,
+) -> Result<outbound::Answer, Failure> {
+    let unusable = || {
+        Err(Failure::Unreachable(
+            "cannot build the probe request".into(),
+        ))
+    };
     if up.inject.is_some() && token.is_none_or(|t| t.injected.is_none()) {
-        return ProbeResult::Failed(Reason::UpstreamUnreachable);
+        return unusable();
     }
     let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), Some(4)) else {
-        return ProbeResult::Failed(Reason::UpstreamUnreachable);
+        return unusable();
     };
     let built = req
         .insert_header(http::header::HOST, up.host_header.clone())
@@ -61,16 +81,10 @@ async fn probe_path(up: &Upstream, token: Option<&Token>, path: &str) -> ProbeRe
             _ => Ok(()),
         });
     if built.is_err() {
-        return ProbeResult::Failed(Reason::UpstreamUnreachable);
+        return unusable();
     }
     let deadline = up.config.timeouts.connect + up.config.timeouts.read;
-    match outbound::send(&up.next_peer(0).0, req, None, deadline, 1 << 20).await {
-        Ok(a) if a.status == 401 || a.status == 403 => ProbeResult::Rejected(a.status),
-        Ok(a) if a.status >= 500 => ProbeResult::Failed(Reason::Upstream5xx),
-        Ok(a) => ProbeResult::Accepted(a.status),
-        Err(Failure::Timeout) => ProbeResult::Failed(Reason::UpstreamTimeout),
-        Err(Failure::Unreachable(_)) => ProbeResult::Failed(Reason::UpstreamUnreachable),
-    }
+    outbound::send(&up.next_peer(0).0, req, None, deadline, 1 << 20).await
 }
 
 /// Applies a probe's answer to the token and the breakers.
@@ -361,6 +375,8 @@ pub fn shown_path(path: &str) -> &str {
 
 /// Reload preflight: tries every token of `new` whose value the running
 /// generation does not already use, for upstreams with `preflight: true`.
+/// A new client certificate is tried first (see
+/// [`preflight_client_cert`]).
 /// A refused token fails the reload (the message names its fingerprint and
 /// the upstream's status); an upstream that cannot be reached does not
 /// (preflight guards against a refused token, not against an outage).
@@ -376,6 +392,9 @@ pub async fn preflight(new: &Generation, current: &Generation) -> Result<(), Pre
             continue;
         }
         let old = current.upstream_named(&up.config.name);
+        if let Some(line) = preflight_client_cert(i, up, old).await {
+            refused.push(line);
+        }
         for t in &up.tokens.tokens {
             if t.injected.is_none() {
                 continue;
@@ -410,10 +429,128 @@ pub async fn preflight(new: &Generation, current: &Generation) -> Result<(), Pre
     }
 }
 
+/// Preflight of a new client certificate (`tls.client_cert` changed, or
+/// is new): the probe is sent over a new connection with it (its pool key
+/// differs, see `HttpPeer`'s hash), with a token the running generation
+/// uses. The line for the refusal, if the upstream refused it; an upstream
+/// that cannot be reached does not refuse it (see [`preflight`]).
+async fn preflight_client_cert(
+    i: usize,
+    up: &Upstream,
+    old: Option<&Arc<Upstream>>,
+) -> Option<String> {
+    let cert = up.client_cert.as_ref()?;
+    if old.is_some_and(|o| up.same_client_cert(o)) {
+        return None;
+    }
+    let path = &up.probe()?.path;
+    let token = up.tokens.tokens.iter().find(|t| {
+        t.injected.is_some()
+            && old.is_none_or(|o| o.tokens.tokens.iter().any(|ot| ot.same_value(t)))
+    });
+    let token = token.or_else(|| up.tokens.tokens.iter().find(|t| t.injected.is_some()));
+    let answer = probe_answer(up, token, path).await;
+    let name = &up.config.name;
+    match cert_refusal(&answer) {
+        Some(why) => Some(format!(
+            "upstreams[{i}].tls.client_cert: preflight: upstream {name} refused client certificate {} ({why})",
+            cert.fingerprint
+        )),
+        None => {
+            match &answer {
+                Ok(a) => log::info!("upstream {name}: preflight: client certificate {} accepted ({})", cert.fingerprint, a.status),
+                Err(e) => log::warn!("upstream {name}: preflight could not check client certificate {} ({e}); applying it anyway", cert.fingerprint),
+            }
+            None
+        }
+    }
+}
+
+/// Whether an answer says the upstream refused the client certificate, and
+/// how: a TLS alert (a server that checks the certificate in the
+/// handshake: `bad_certificate`, `unknown_ca`, `certificate_required`,
+/// ...), nginx's `ssl_verify_client on` answer (a 400 saying "No required
+/// SSL certificate was sent" or "The SSL certificate error"; 495 and 496
+/// where its `error_page` passes them on), or a 401/403 (a server that
+/// maps certificates to accounts). A timeout or a refused connection is no
+/// verdict on the certificate.
+fn cert_refusal(answer: &Result<outbound::Answer, Failure>) -> Option<String> {
+    match answer {
+        Err(Failure::Unreachable(e)) if e.to_ascii_lowercase().contains("alert") => {
+            Some(format!("TLS: {e}"))
+        }
+        Err(_) => None,
+        Ok(a) => {
+            let nginx = |body: &[u8]| {
+                let text = String::from_utf8_lossy(body);
+                text.contains("No required SSL certificate was sent")
+                    || text.contains("The SSL certificate error")
+            };
+            match a.status {
+                400 if nginx(&a.body) => {
+                    Some("400: the upstream did not accept the certificate".into())
+                }
+                495 | 496 => Some(format!(
+                    "{}: the upstream did not accept the certificate",
+                    a.status
+                )),
+                401 | 403 => Some(format!("{} with a token in use", a.status)),
+                _ => None,
+            }
+        }
+    }
+}
+
 /// Tokens the upstream refused during reload preflight, one line each
 /// (config path, upstream, fingerprint, status).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}", refused.join("; "))]
 pub struct PreflightError {
     pub refused: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> Result<outbound::Answer, Failure> {
+        Ok(outbound::Answer {
+            status,
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::from(body.to_string()),
+        })
+    }
+
+    #[test]
+    fn what_counts_as_a_refused_client_certificate() {
+        let nginx = |m: &str| {
+            format!("<html><head><title>400 {m}</title></head><body><center><h1>400 Bad Request</h1></center><center>{m}</center></body></html>")
+        };
+        for refused in [
+            answer(400, &nginx("No required SSL certificate was sent")),
+            answer(400, &nginx("The SSL certificate error")),
+            answer(495, ""),
+            answer(496, ""),
+            answer(403, "{}"),
+            answer(401, ""),
+            Err(Failure::Unreachable(
+                "TLSHandshakeFailure context: tls stream error cause: received fatal alert: UnknownCA".into(),
+            )),
+            Err(Failure::Unreachable("ReadError cause: received fatal alert: CertificateRequired".into())),
+        ] {
+            assert!(cert_refusal(&refused).is_some(), "{refused:?}");
+        }
+        for verdict_none in [
+            answer(200, "ok"),
+            answer(404, ""),
+            answer(400, "{\"error\":\"bad request\"}"),
+            answer(503, ""),
+            Err(Failure::Timeout),
+            Err(Failure::Unreachable(
+                "ConnectRefused context: Connection refused".into(),
+            )),
+        ] {
+            assert!(cert_refusal(&verdict_none).is_none(), "{verdict_none:?}");
+        }
+    }
 }

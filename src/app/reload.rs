@@ -110,7 +110,8 @@ impl App {
             .iter()
             .zip(current.upstreams.iter())
             .all(|(n, o)| {
-                n.tokens.tokens.len() == o.tokens.tokens.len()
+                n.same_client_cert(o)
+                    && n.tokens.tokens.len() == o.tokens.tokens.len()
                     && n.tokens
                         .tokens
                         .iter()
@@ -253,6 +254,20 @@ fn describe_changes(old: &Generation, new: &Generation) -> String {
     }
     for u in &new.upstreams {
         let before = old.upstream_named(&u.config.name);
+        if before.is_some_and(|b| !u.same_client_cert(b))
+            || before.is_none() && u.client_cert.is_some()
+        {
+            let fp = |u: Option<&Arc<crate::generation::Upstream>>| {
+                u.and_then(|u| u.client_cert.as_ref())
+                    .map_or("none".to_string(), |c| c.fingerprint.clone())
+            };
+            parts.push(format!(
+                "{}.client_cert {} -> {}",
+                u.config.name,
+                fp(before),
+                fp(Some(u))
+            ));
+        }
         for t in &u.tokens.tokens {
             let prev = before.and_then(|b| b.tokens.tokens.get(t.index));
             if prev.is_none_or(|p| p.fingerprint != t.fingerprint) {

@@ -70,6 +70,9 @@ pub struct UpstreamConfig {
     pub route: RouteMatch,
     pub timeouts: Timeouts,
     pub tls: TlsSettings,
+    /// `tls.client_cert` + `tls.client_key`: sent when the upstream asks
+    /// for a certificate (mTLS); read by `generation::build`, watched.
+    pub client_cert: Option<ClientCertFiles>,
     pub credentials: Option<Credentials>,
     pub health: HealthPolicy,
     pub stale: StalePolicy,
@@ -169,6 +172,13 @@ pub struct Timeouts {
 pub struct TlsSettings {
     pub ca_file: Option<PathBuf>,
     pub verify: bool,
+}
+
+/// An upstream's client certificate and key files (both or neither).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -565,7 +575,8 @@ impl Config {
         out
     }
 
-    /// Every file a token comes from, for the file watcher.
+    /// Every file a token or a client certificate comes from, for the
+    /// file watcher.
     pub fn token_files(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for u in &self.upstreams {
@@ -575,6 +586,9 @@ impl Config {
                         out.push(p.clone());
                     }
                 }
+            }
+            if let Some(cc) = &u.client_cert {
+                out.extend([cc.cert.clone(), cc.key.clone()]);
             }
         }
         out

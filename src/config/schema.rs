@@ -92,7 +92,7 @@ pub struct FileUpstream {
     #[serde(default)]
     pub timeouts: Option<FileTimeouts>,
     #[serde(default)]
-    pub tls: Option<FileTls>,
+    pub tls: Option<FileUpstreamTls>,
     /// Required: a token list, or `none` for an upstream that needs no
     /// token (so a file cut short before `credentials:` fails validation).
     #[serde(default)]
@@ -136,6 +136,18 @@ pub struct FileTimeouts {
 pub struct FileTls {
     pub ca_file: Option<String>,
     pub verify: Option<bool>,
+}
+
+/// An upstream's `tls:`: [`FileTls`] and the client certificate.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamTls {
+    pub ca_file: Option<String>,
+    pub verify: Option<bool>,
+    /// PEM: the leaf certificate first, then any intermediates.
+    pub client_cert: Option<String>,
+    /// PEM: the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub client_key: Option<String>,
 }
 
 /// `credentials:` as written: the word `none`, or the map.

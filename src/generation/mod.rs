@@ -9,7 +9,7 @@
 //!
 //! | file | what lives there |
 //! |---|---|
-//! | `mod.rs` | [`Generation`] and [`build`]: DNS, CA files, token sources |
+//! | `mod.rs` | [`Generation`] and [`build`]: DNS, CA files, client certificates, token sources |
 //! | [`upstream`] | [`Upstream`] (per generation) and [`UpstreamStatus`] (outlives them) |
 //! | [`router`] | host and longest-prefix routing |
 //! | [`inject`] | header and query injection targets |
@@ -33,6 +33,7 @@ pub use router::Router;
 pub use upstream::{Upstream, UpstreamStatus};
 
 use crate::config::{Injection, LoadedConfig, UpstreamConfig};
+use crate::net::client_cert::ClientCert;
 use crate::tokens::{self, TokenSet};
 use addresses::Addresses;
 
@@ -165,13 +166,24 @@ pub async fn build(
                 continue;
             }
         };
-        let (peer, addrs) = match peer {
+        let (mut peer, addrs) = match peer {
             Ok(p) => p,
             Err(e) => {
                 errors.push(e);
                 continue;
             }
         };
+        let client_cert = match client_cert(u, &at, policy, previous) {
+            Ok((cert, warning)) => {
+                warnings.extend(warning);
+                cert
+            }
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        peer.client_cert_key = client_cert.as_ref().map(|c| c.key.clone());
         let status = statuses(&u.name);
         let h = &u.health;
         status
@@ -197,6 +209,7 @@ pub async fn build(
             auth: Breaker::new(1, h.retry_after, h.max_retry_after),
             auth_trials: Default::default(),
             trial_grant: Default::default(),
+            client_cert,
             status,
         }));
     }
@@ -216,6 +229,40 @@ pub async fn build(
 impl Generation {
     pub fn upstream_named(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| u.config.name == name)
+    }
+}
+
+/// `tls.client_cert` and `tls.client_key`, read and checked
+/// ([`crate::net::client_cert::load`]). On a token refresh (a watched file
+/// changed) a pair that does not load keeps the previous generation's, with
+/// a warning: a broken file never takes the working certificate away.
+#[allow(clippy::type_complexity)]
+fn client_cert(
+    u: &UpstreamConfig,
+    at: &str,
+    policy: SourcePolicy,
+    previous: Option<&Generation>,
+) -> Result<(Option<Arc<ClientCert>>, Option<String>), String> {
+    let Some(files) = &u.client_cert else {
+        return Ok((None, None));
+    };
+    let e = match crate::net::client_cert::load(&files.cert, &files.key) {
+        Ok(c) => return Ok((Some(Arc::new(c)), None)),
+        Err(e) => format!("{at}.{}: {e}", e.field()),
+    };
+    let kept = previous
+        .and_then(|g| g.upstream_named(&u.name))
+        .filter(|p| p.config.client_cert.as_ref() == Some(files))
+        .and_then(|p| p.client_cert.clone());
+    match (policy, kept) {
+        (SourcePolicy::KeepPrevious, Some(old)) => {
+            let w = format!(
+                "{e} (the previous certificate {} stays in use)",
+                old.fingerprint
+            );
+            Ok((Some(old), Some(w)))
+        }
+        _ => Err(e),
     }
 }
 

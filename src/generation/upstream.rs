@@ -26,6 +26,11 @@ pub struct Upstream {
     /// (see `control::Resolver`) applies without a reload: one atomic load
     /// per request.
     pub peer: arc_swap::ArcSwap<HttpPeer>,
+    /// `tls.client_cert`, as loaded for this generation: what `peer`
+    /// carries in `client_cert_key`, with its fingerprint and validity for
+    /// `/status`, the metrics and preflight. A changed file makes a new
+    /// generation (see `app::refresh_tokens`), like a token file.
+    pub client_cert: Option<Arc<crate::net::client_cert::ClientCert>>,
     /// Every address of the name, which a request's connect goes to
     /// ([`super::addresses`]); swapped with `peer` by the resolver.
     pub addresses: arc_swap::ArcSwap<super::addresses::Addresses>,
@@ -64,6 +69,14 @@ impl Upstream {
         let mut peer = HttpPeer::clone(&self.peer.load());
         peer._address = pingora::protocols::l4::socket::SocketAddr::Inet(addr);
         (peer, i)
+    }
+
+    /// Whether `other` (the same upstream in another generation) sends the
+    /// same client certificate: by the leaf's fingerprint (the key must
+    /// match the leaf, so it is the same key).
+    pub fn same_client_cert(&self, other: &Upstream) -> bool {
+        self.client_cert.as_ref().map(|c| &c.fingerprint)
+            == other.client_cert.as_ref().map(|c| &c.fingerprint)
     }
 
     /// Why an upstream has no usable token (for `/status` and logs).

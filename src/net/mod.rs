@@ -4,5 +4,6 @@
 //! one HTTP client on Pingora's connector for probes, preflight, OAuth2,
 //! the webhook, the CLI and the demo).
 
+pub(crate) mod client_cert;
 pub(crate) mod listener;
 pub(crate) mod outbound;

@@ -22,6 +22,7 @@ mod inject;
 mod ledger;
 mod ledger_trials;
 mod lifecycle;
+mod mtls;
 mod nginx;
 mod oauth2_assertions;
 mod oauth2_share;

@@ -91,7 +91,13 @@ function upstream(u) {
     h("p", { class: "copies" }, copies),
     h("p", { class: "calls" }, calls),
     table,
-    ...(u.pool ? [pool(u.pool)] : []));
+    ...(u.pool ? [pool(u.pool)] : []),
+    ...(u.client_cert ? [clientCert(u.client_cert)] : []));
+}
+
+function clientCert(c) {
+  return h("p", { class: "client-cert", "data-state": c.state },
+    `client certificate ${c.fingerprint} · ${c.subject} · ${c.state} · valid ${c.not_before} to ${c.not_after}`);
 }
 
 function pool(p) {

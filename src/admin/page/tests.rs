@@ -44,6 +44,10 @@ fn hostile() -> Status {
     u.name = HOSTILE[0].into();
     u.url = HOSTILE[1].into();
     u.route.path_prefix = HOSTILE[2].into();
+    if let Some(c) = u.client_cert.as_mut() {
+        // A certificate's subject is whatever its issuer wrote.
+        c.subject = HOSTILE[4].into();
+    }
     let t = &mut u.tokens[0];
     t.detail = Some(HOSTILE[3].into());
     t.error = Some(HOSTILE[4].into());
@@ -126,6 +130,7 @@ fn the_page_shows_every_part_of_the_document() {
         "2 copies (1.0 KiB)",
         "calls spared: 31 fresh hits · 32 stale-while-revalidate · 33 coalesced, 34 waiting · revalidated 35 × 304, 36 × 200, 37 failed",
         "tokens by round_robin · sticky header x-session-id · quota queue 3 of 100 waiting (max wait 2000 ms)",
+        "<p class=\"client-cert\" data-state=\"expiring\">client certificate sha256:5d1c0a3f9e8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d · CN=graceway-client,O=Bank Ltd · expiring · valid 2026-11-01T00:00:00Z to 2026-12-20T00:00:00Z</p>",
         "/var/lib/graceway/stale.redb open",
         "data-tier=\"fleet\" data-health=\"up\"",
         "11 hits, 12 misses, 13 writes, 14 errors, 15 dropped · last error: timed out",

@@ -128,6 +128,7 @@ pub(crate) fn sample() -> Status {
                     waiting: 3,
                 },
             }),
+            client_cert: None,
         }],
         timeline: Vec::new(),
     }
@@ -203,6 +204,14 @@ pub(crate) fn full() -> Status {
         revalidated_200: 36,
         revalidations_failed: 37,
     };
+    u.client_cert = Some(ClientCertView {
+        fingerprint: "sha256:5d1c0a3f9e8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d"
+            .into(),
+        subject: "CN=graceway-client,O=Bank Ltd".into(),
+        not_before: "2026-11-01T00:00:00Z".into(),
+        not_after: "2026-12-20T00:00:00Z".into(),
+        state: crate::net::client_cert::CertState::Expiring,
+    });
     u.route.host = Some("emoji.internal".into());
     u.last_success = Some("2026-12-01T09:58:00Z".into());
     u.last_failure = Some(FailureView {
@@ -299,6 +308,7 @@ fn every_value_of_a_full_document_is_rendered_and_no_cell_is_a_dash() {
         "cache: 2 entries, 1024 of 67108864 bytes",
         "fleet: redis://10.0.0.7:6379 (single) up; 11 hits, 12 misses, 13 writes, 14 errors, 15 dropped; last error: timed out",
         "emoji tokens by round_robin, sticky header x-session-id; quota queue 3 of 100 waiting (max wait 2000 ms)",
+        "emoji client certificate sha256:5d1c0a3f9e8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d (CN=graceway-client,O=Bank Ltd) expiring, valid 2026-11-01T00:00:00Z to 2026-12-20T00:00:00Z",
         "emoji calls spared: 31 fresh hits, 32 stale-while-revalidate, 33 coalesced (34 waiting); revalidated 35 x 304, 36 x 200, 37 failed",
         "emoji token 0 (sha256:3ca7c3e0) rejected: invalid_token (revoked)",
         "emoji token 0 (sha256:3ca7c3e0) rejected by replica emoji-7d9f/12 at 2026-12-01T10:00:02Z (fleet ledger)",

@@ -90,14 +90,25 @@ pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamCon
         ),
     };
 
-    let tls = tls_settings(c, u.tls.as_ref());
-    if (tls.ca_file.is_some() || !tls.verify) && !url.tls && !url.original.is_empty() {
+    let ft = u.tls.as_ref();
+    let tls = tls_settings(
+        c,
+        ft.map(|t| FileTls {
+            ca_file: t.ca_file.clone(),
+            verify: t.verify,
+        })
+        .as_ref(),
+    );
+    let client_cert = client_cert(c, at, ft);
+    let tls_set = tls.ca_file.is_some() || !tls.verify || client_cert.is_some();
+    if tls_set && !url.tls && !url.original.is_empty() {
         c.err(
             format!("{at}.tls"),
             "is set but the url is http://; use https:// or remove `tls`",
         );
     }
-    // The CA file is read (every certificate parsed) by `generation::build`.
+    // The CA file is read (every certificate parsed) by `generation::build`,
+    // and so are the client certificate and key.
 
     let credentials = match &u.credentials {
         None => {
@@ -232,6 +243,7 @@ pub(super) fn upstream(c: &mut Check, at: &str, u: &FileUpstream) -> UpstreamCon
         route,
         timeouts,
         tls,
+        client_cert,
         credentials,
         health,
         stale,
@@ -271,4 +283,30 @@ fn upstream_cache(c: &mut Check, at: &str, f: Option<&FileUpstreamCache>) -> Ups
         }
     };
     UpstreamCache { fresh }
+}
+
+/// `tls.client_cert` and `tls.client_key`: both or neither.
+fn client_cert(c: &mut Check, at: &str, t: Option<&FileUpstreamTls>) -> Option<ClientCertFiles> {
+    let t = t?;
+    match (&t.client_cert, &t.client_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(ClientCertFiles {
+            cert: c.path(cert),
+            key: c.path(key),
+        }),
+        (Some(_), None) => {
+            c.err(
+                format!("{at}.tls.client_key"),
+                "is required with `client_cert`",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            c.err(
+                format!("{at}.tls.client_cert"),
+                "is required with `client_key`",
+            );
+            None
+        }
+    }
 }

@@ -83,6 +83,7 @@ pub(crate) fn upstream(name: &str, tokens: Option<Vec<Token>>) -> Upstream {
         auth: Breaker::new(1, h.retry_after, h.max_retry_after),
         auth_trials: Default::default(),
         trial_grant: Default::default(),
+        client_cert: None,
         status: Arc::new(UpstreamStatus::new(name)),
         config,
     }

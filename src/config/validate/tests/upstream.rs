@@ -122,6 +122,29 @@ fn upstream_timeouts_and_tls() {
             up(&format!("{a}, timeouts: {{ connect: soon }}")),
             &[("upstreams[0].timeouts.connect", NOT_A_DURATION)],
         ),
+        (
+            up(&format!(
+                "{a}, tls: {{ client_cert: c.pem, client_key: k.pem }}"
+            )),
+            &[(
+                "upstreams[0].tls",
+                "is set but the url is http://; use https:// or remove `tls`",
+            )],
+        ),
+        (
+            up(&https("tls: { client_cert: c.pem }")),
+            &[(
+                "upstreams[0].tls.client_key",
+                "is required with `client_cert`",
+            )],
+        ),
+        (
+            up(&https("tls: { client_key: k.pem }")),
+            &[(
+                "upstreams[0].tls.client_cert",
+                "is required with `client_key`",
+            )],
+        ),
     ];
     for (key, want) in [
         ("connect", &[("upstreams[0].timeouts.connect", ZERO)]),
@@ -135,6 +158,10 @@ fn upstream_timeouts_and_tls() {
         cases.push((up(&format!("{a}, timeouts: {{ {key}: 0s }}")), want));
     }
     expect(&cases);
+}
+
+fn https(rest: &str) -> String {
+    format!("name: a, url: 'https://127.0.0.1:1', credentials: none, {rest}")
 }
 
 #[test]
