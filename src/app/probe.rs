@@ -57,7 +57,7 @@ async fn probe_path(up: &Upstream, token: Option<&Token>, path: &str) -> ProbeRe
             )
         })
         .and_then(|_| match (&up.inject, token) {
-            (Some(target), Some(t)) => target.inject(t, &mut req),
+            (Some(target), Some(t)) => target.inject(t, &mut req, None),
             _ => Ok(()),
         });
     if built.is_err() {

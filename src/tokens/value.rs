@@ -77,6 +77,9 @@ pub enum Injected {
     Header(HeaderValue),
     /// `param=percent-encoded-token`, appended to the query.
     Query(String),
+    /// An AWS credential set, ready to sign with (built once per token:
+    /// an `Arc` inside, so a clone is a reference-count bump).
+    SigV4(aws_smithy_runtime_api::client::identity::Identity),
 }
 
 impl fmt::Debug for Injected {
@@ -98,6 +101,17 @@ impl Injected {
                 "{param}={}",
                 percent_encode(secret.expose())
             ))),
+            Injection::SigV4(_) => {
+                let p = super::sigv4::parts(secret).ok_or(ValueError::NotAHeaderValue)?;
+                let creds = aws_credential_types::Credentials::new(
+                    p.access_key_id,
+                    p.secret_access_key,
+                    p.session_token.map(str::to_string),
+                    None,
+                    "graceway",
+                );
+                Ok(Injected::SigV4(creds.into()))
+            }
         }
     }
 }

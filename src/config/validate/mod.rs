@@ -20,6 +20,7 @@ use super::units::{parse_duration, parse_size};
 use super::{ConfigError, ConfigErrors};
 
 mod credentials;
+mod sigv4;
 mod upstream;
 
 #[cfg(test)]
