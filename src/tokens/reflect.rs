@@ -64,7 +64,7 @@ impl Reflections {
         Reflections::from_values(tokens.tokens.iter().flat_map(|t| {
             let secret = t.secret();
             let aws = match &t.injected {
-                Some(super::Injected::SigV4(_)) => secret.and_then(super::sigv4::parts),
+                Some(super::Injected::SigV4(_)) => secret.and_then(super::value::aws_parts),
                 _ => None,
             };
             let values: [Option<&str>; 2] = match aws {

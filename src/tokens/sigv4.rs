@@ -21,26 +21,10 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use super::source::{read_raw, read_value, SourceError};
+#[cfg(test)]
+use super::value::aws_parts as parts;
 use super::value::Secret;
 use crate::config::{AwsSource, SourceSpec};
-
-/// The three parts of a credential set kept in a [`Secret`].
-#[derive(Clone, Copy)]
-pub struct Parts<'a> {
-    pub access_key_id: &'a str,
-    pub secret_access_key: &'a str,
-    pub session_token: Option<&'a str>,
-}
-
-/// Splits a credential set's secret into its parts.
-pub fn parts(secret: &Secret) -> Option<Parts<'_>> {
-    let mut it = secret.expose().splitn(3, ':');
-    Some(Parts {
-        access_key_id: it.next()?,
-        secret_access_key: it.next()?,
-        session_token: it.next(),
-    })
-}
 
 /// Reads one credential set of a `sigv4` upstream, with the expiry its
 /// source states (`credential_process`'s `Expiration`).
