@@ -3,6 +3,8 @@
 
 use super::*;
 
+pub(super) mod sigv4;
+
 pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Credentials {
     let inj = cr.inject.as_ref();
     if let (Some(_), Some(_)) = (&cr.sigv4, inj) {
@@ -12,7 +14,7 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
         );
     }
     let inject = match (&cr.sigv4, inj) {
-        (Some(s), _) => super::sigv4::sigv4(c, at, s),
+        (Some(s), _) => sigv4::sigv4(c, at, s),
         (None, inj) => injection(c, at, inj),
     };
 
@@ -73,7 +75,7 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
             }
             SourceSpec::File(c.path(f))
         } else if let Some(a) = &t.aws {
-            match super::sigv4::aws(c, &tat, a) {
+            match sigv4::aws(c, &tat, a) {
                 Some(spec) => SourceSpec::Aws(Box::new(spec)),
                 None => continue,
             }

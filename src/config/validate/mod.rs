@@ -20,7 +20,6 @@ use super::units::{parse_duration, parse_size};
 use super::{ConfigError, ConfigErrors};
 
 mod credentials;
-mod sigv4;
 mod upstream;
 
 #[cfg(test)]

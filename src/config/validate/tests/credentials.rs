@@ -384,9 +384,15 @@ fn credentials_sigv4() {
         "eusc-de-east-1",
         "ap-southeast-2",
     ] {
-        assert!(crate::config::validate::sigv4::is_region(ok), "{ok}");
+        assert!(
+            crate::config::validate::credentials::sigv4::is_region(ok),
+            "{ok}"
+        );
     }
     for bad in ["eu-west", "EU-WEST-1", "europe-1", "eu--1", "e-west-1"] {
-        assert!(!crate::config::validate::sigv4::is_region(bad), "{bad}");
+        assert!(
+            !crate::config::validate::credentials::sigv4::is_region(bad),
+            "{bad}"
+        );
     }
 }
