@@ -77,7 +77,7 @@ async fn probe_answer(
             )
         })
         .and_then(|_| match (&up.inject, token) {
-            (Some(target), Some(t)) => target.inject(t, &mut req),
+            (Some(target), Some(t)) => target.inject(t, &mut req, None),
             _ => Ok(()),
         });
     if built.is_err() {

@@ -7,6 +7,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+mod oauth2;
+mod protocol;
+mod sigv4;
+pub use oauth2::{ClientAuth, Grant, SigningKey};
+pub use protocol::HttpVersion;
+pub use sigv4::{AwsSource, Payload, SigV4Spec};
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -89,32 +96,6 @@ pub struct UpstreamConfig {
     pub cache: UpstreamCache,
     /// `http`: the HTTP version spoken to the upstream.
     pub http: HttpVersion,
-}
-
-/// `upstreams[].http`: the HTTP version graceway speaks to the upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum HttpVersion {
-    /// `https://`: HTTP/2 when the server offers it in ALPN, else
-    /// HTTP/1.1; `http://`: HTTP/1.1.
-    #[default]
-    Auto,
-    /// HTTP/1.1 only.
-    H1,
-    /// HTTP/2 only: ALPN `h2` on `https://`, prior knowledge (h2c) on
-    /// `http://`.
-    H2,
-}
-
-impl HttpVersion {
-    pub const ALL: [HttpVersion; 3] = [HttpVersion::Auto, HttpVersion::H1, HttpVersion::H2];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HttpVersion::Auto => "auto",
-            HttpVersion::H1 => "h1",
-            HttpVersion::H2 => "h2",
-        }
-    }
 }
 
 /// `upstreams[].cache`.
@@ -276,6 +257,9 @@ pub enum Injection {
     Header { name: String, prefix: String },
     /// `?param=token`, replacing any client-sent `param`.
     Query { param: String },
+    /// `credentials.sigv4`: every request signed with AWS Signature
+    /// Version 4; each token is one AWS credential set.
+    SigV4(SigV4Spec),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -295,6 +279,8 @@ pub enum SourceSpec {
         timeout: Duration,
     },
     OAuth2(Box<OAuth2Spec>),
+    /// An AWS credential set (`credentials.sigv4` upstreams only).
+    Aws(Box<AwsSource>),
 }
 
 /// Where a client id or secret comes from.
@@ -303,41 +289,6 @@ pub enum CredentialSource {
     Literal(String),
     Env(String),
     File(PathBuf),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    Basic,
-    Body,
-    /// RFC 7523 §2.2: a JWT signed with `oauth2.private_key_file`.
-    PrivateKeyJwt,
-    /// No client authentication (the JWT-bearer grant's assertion is the
-    /// client's proof).
-    None,
-}
-
-/// `oauth2.grant`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Grant {
-    /// RFC 6749 §4.4.
-    ClientCredentials,
-    /// RFC 7523 §2.1: a signed assertion is the grant. From a service
-    /// account file (Google's JSON: `client_email`, `private_key`,
-    /// `private_key_id`) or from `private_key_file` with `client_id` as
-    /// its issuer; `subject` is its `sub` (Google: the user a domain-wide
-    /// delegation acts as).
-    JwtBearer {
-        service_account: Option<PathBuf>,
-        subject: Option<String>,
-    },
-}
-
-/// A key that signs assertions: `oauth2.private_key_file`, `key_id`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SigningKey {
-    pub file: PathBuf,
-    /// The JWT header's `kid`.
-    pub key_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -381,6 +332,7 @@ impl SourceSpec {
             SourceSpec::Env(_) => "env",
             SourceSpec::Command { .. } => "command",
             SourceSpec::OAuth2(_) => "oauth2",
+            SourceSpec::Aws(_) => "aws",
         }
     }
 
@@ -392,6 +344,18 @@ impl SourceSpec {
             SourceSpec::Env(n) => format!("env:{n}"),
             SourceSpec::Command { argv, .. } => format!("command:{}", argv[0]),
             SourceSpec::OAuth2(o) => format!("oauth2:{}", o.token_url),
+            SourceSpec::Aws(a) => match &**a {
+                AwsSource::Parts { access_key_id, .. } => {
+                    format!("aws:{}", access_key_id.describe())
+                }
+                AwsSource::Environment => "aws:environment".into(),
+                AwsSource::Shared { profile, .. } => {
+                    format!(
+                        "aws:profile:{}",
+                        profile.as_deref().unwrap_or("(AWS_PROFILE)")
+                    )
+                }
+            },
         }
     }
 }
@@ -582,8 +546,10 @@ impl Config {
         for u in &self.upstreams {
             if let Some(cr) = &u.credentials {
                 for t in &cr.tokens {
-                    if let SourceSpec::File(p) = &t.source {
-                        out.push(p.clone());
+                    match &t.source {
+                        SourceSpec::File(p) => out.push(p.clone()),
+                        SourceSpec::Aws(a) => out.extend(a.files()),
+                        _ => {}
                     }
                 }
             }

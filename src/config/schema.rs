@@ -192,6 +192,9 @@ impl<'de> Deserialize<'de> for FileCredentialsField {
 pub struct FileCredentials {
     #[serde(default)]
     pub inject: Option<FileInject>,
+    /// AWS Signature Version 4 instead of `inject`.
+    #[serde(default)]
+    pub sigv4: Option<FileSigV4>,
     #[serde(default)]
     pub tokens: Vec<FileToken>,
     pub expires_warning: Option<Human>,
@@ -236,9 +239,48 @@ pub struct FileToken {
     pub command: Option<Vec<String>>,
     #[serde(default)]
     pub oauth2: Option<FileOAuth2>,
+    /// One AWS credential set (`credentials.sigv4` upstreams).
+    #[serde(default)]
+    pub aws: Option<FileAws>,
     pub refresh: Option<Human>,
     pub timeout: Option<Human>,
     pub expires_at: Option<String>,
+}
+
+/// `credentials.sigv4`: what requests are signed for.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileSigV4 {
+    pub region: Option<String>,
+    pub service: Option<String>,
+    /// `signed` or `unsigned`.
+    pub payload: Option<String>,
+}
+
+/// `tokens[].aws`: the parts (`access_key_id`, `secret_access_key`,
+/// `session_token`), `environment: true`, or a profile of the shared
+/// credentials file (`profile`, `credentials_file`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileAws {
+    #[serde(default)]
+    pub access_key_id: Option<FileAwsPart>,
+    #[serde(default)]
+    pub secret_access_key: Option<FileAwsPart>,
+    #[serde(default)]
+    pub session_token: Option<FileAwsPart>,
+    pub environment: Option<bool>,
+    pub profile: Option<String>,
+    pub credentials_file: Option<String>,
+}
+
+/// One part of an AWS credential: exactly one of `file`, `env`, `command`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileAwsPart {
+    pub file: Option<String>,
+    pub env: Option<String>,
+    pub command: Option<Vec<String>>,
 }
 
 /// OAuth2 client-credentials grant (RFC 6749 §4.4).

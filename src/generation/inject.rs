@@ -1,5 +1,6 @@
-//! Where the token goes: a header (replacing the client's) or a query
-//! parameter (the client's value dropped, the token appended).
+//! Where the token goes: a header (replacing the client's), a query
+//! parameter (the client's value dropped, the token appended), or an AWS
+//! SigV4 signature ([`super::sign`]).
 
 use crate::tokens::Injected;
 
@@ -15,15 +16,28 @@ pub enum InjectTarget {
         /// `param=`, to find and drop a client-sent value.
         key_eq: String,
     },
+    /// The request is signed with the token's AWS credential set.
+    SigV4(Box<super::sign::Signing>),
 }
 
 impl InjectTarget {
+    /// How requests are signed, for a `sigv4` upstream.
+    pub fn signing(&self) -> Option<&super::sign::Signing> {
+        match self {
+            InjectTarget::SigV4(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Puts the token into the request, replacing whatever the client sent
-    /// in that header or query parameter.
+    /// in that header or query parameter; or signs the request as it is
+    /// now (call it last). `body_sha256`: the hex SHA-256 of the request's
+    /// body, for a signature over it (`None`: no body).
     pub fn inject(
         &self,
         token: &crate::tokens::Token,
         req: &mut pingora::http::RequestHeader,
+        body_sha256: Option<&str>,
     ) -> pingora::Result<()> {
         match (self, token.injected.as_ref()) {
             (InjectTarget::Header { name, lookup }, Some(Injected::Header(value))) => {
@@ -33,6 +47,9 @@ impl InjectTarget {
             (InjectTarget::Query { key_eq }, Some(Injected::Query(piece))) => {
                 let uri = with_query_token(&req.uri, key_eq, piece);
                 req.set_raw_path(uri.as_bytes())?;
+            }
+            (InjectTarget::SigV4(signing), Some(Injected::SigV4(identity))) => {
+                signing.sign(identity, req, body_sha256)?;
             }
             _ => {
                 return pingora::Error::e_explain(

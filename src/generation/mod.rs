@@ -13,12 +13,14 @@
 //! | [`upstream`] | [`Upstream`] (per generation) and [`UpstreamStatus`] (outlives them) |
 //! | [`router`] | host and longest-prefix routing |
 //! | [`inject`] | header and query injection targets |
+//! | [`sign`] | AWS SigV4 signing of the request sent |
 //! | [`breaker`] | the circuit breaker, used twice per upstream: health and auth |
 
 pub mod addresses;
 pub mod breaker;
 pub(crate) mod inject;
 pub(crate) mod router;
+pub(crate) mod sign;
 pub(crate) mod upstream;
 
 use std::sync::Arc;
@@ -143,6 +145,9 @@ pub async fn build(
                     Injection::Query { param } => InjectTarget::Query {
                         key_eq: format!("{param}="),
                     },
+                    Injection::SigV4(spec) => {
+                        InjectTarget::SigV4(Box::new(sign::Signing::new(spec)))
+                    }
                 };
                 (set, Some(target))
             }

@@ -65,6 +65,9 @@ pub struct RequestCtx {
     pub(super) stream: bool,
     /// Request body bytes received so far (for `max_request_body_bytes`).
     pub(super) body_bytes: u64,
+    /// The hex SHA-256 of the body, read whole before a SigV4 signature
+    /// over it (see `sign`); `None`: no body, or not signed.
+    pub(super) body_sha256: Option<Box<str>>,
     /// This request leads the fetch of its key: requests for the same key
     /// wait for it (`collapse`). Boxed: few requests lead one.
     pub(super) lead: Option<Box<crate::cache::flight::Lead>>,

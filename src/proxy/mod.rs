@@ -33,7 +33,8 @@
 //! `refusal` (what a 401/403/429 says about the token, the retry, vendor
 //! signals, echoed tokens), `capture` (keeping a fresh answer), `failure`
 //! (how an errored request ends), `decide` (the pure decisions),
-//! `respond` (graceway's own answers), `access_log`.
+//! `respond` (graceway's own answers), `sign` (a SigV4 body read and
+//! hashed before the header is sent), `access_log`.
 
 pub(crate) mod access_log;
 mod admission;
@@ -50,6 +51,7 @@ mod refresh;
 mod refusal;
 mod request;
 mod respond;
+mod sign;
 pub(crate) mod target;
 
 pub use ctx::RequestCtx;
@@ -194,6 +196,13 @@ impl ProxyHttp for Proxy {
         if up.inject.is_none() {
             return Ok(false);
         }
+        let max_body = ctx
+            .gen
+            .as_ref()
+            .map_or(0, |g| g.loaded.config.server.max_request_body_bytes);
+        if self.hash_signed_body(session, ctx, &up, max_body).await? {
+            return Ok(true);
+        }
         if let Some(answered) = self.first_token(session, ctx, &up).await? {
             return Ok(answered);
         }
@@ -245,7 +254,7 @@ impl ProxyHttp for Proxy {
         let Some(t) = ctx.token.and_then(|i| up.tokens.tokens.get(i)) else {
             return Error::e_explain(ErrorType::InternalError, "token missing for injection");
         };
-        target.inject(t, req)?;
+        target.inject(t, req, ctx.body_sha256.as_deref())?;
         t.touch(unix_now());
         if let Some(i) = ctx.token {
             ctx.tried |= 1 << i;

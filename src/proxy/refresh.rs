@@ -166,7 +166,7 @@ async fn refresh(
         .and_then(|_| add_validators(&mut req, &copy))
         .and_then(
             |_| match (&up.inject, token.and_then(|i| up.tokens.tokens.get(i))) {
-                (Some(target), Some(t)) => target.inject(t, &mut req),
+                (Some(target), Some(t)) => target.inject(t, &mut req, None),
                 (None, _) => Ok(()),
                 (Some(_), None) => Error::e_explain(ErrorType::InternalError, "token gone"),
             },

@@ -189,7 +189,11 @@ impl Proxy {
                 .inc();
         }
         let token = ctx.token.and_then(|i| up.tokens.tokens.get(i));
-        let judged = evidence::judge(status, &resp.headers);
+        let signs = up.inject.as_ref().is_some_and(|t| t.signing().is_some());
+        let judged = match signs {
+            true => evidence::judge_aws(status, &resp.headers),
+            false => evidence::judge(status, &resp.headers),
+        };
         match judged.verdict {
             // The vendor's answer for this resource: the client gets it as
             // it is; the token and the breakers are untouched.

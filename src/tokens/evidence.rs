@@ -66,6 +66,47 @@ pub fn judge(status: u16, headers: &HeaderMap) -> Judgement {
     Judgement { verdict, detail }
 }
 
+static X_AMZN_ERROR_TYPE: HeaderName = HeaderName::from_static("x-amzn-errortype");
+
+/// Judges a 401/403/429 from an upstream graceway signs for (SigV4): AWS
+/// names its error in `x-amzn-ErrorType` (`Code` or `Code:namespace`).
+/// Codes that say the credential is bad or expired reject it; an access
+/// denial is about this request's permissions, not the credential. An
+/// answer without the header (S3 and the query APIs put the code only in
+/// the body, which graceway has not read when it decides) is judged like
+/// any other: a bare 403 is suspect and fails over.
+pub fn judge_aws(status: u16, headers: &HeaderMap) -> Judgement {
+    let code = headers
+        .get(&X_AMZN_ERROR_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(':').next())
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    let Some(code) = code.filter(|_| status != 429) else {
+        return judge(status, headers);
+    };
+    let verdict = match code {
+        "SignatureDoesNotMatch"
+        | "InvalidSignatureException"
+        | "IncompleteSignatureException"
+        | "ExpiredToken"
+        | "ExpiredTokenException"
+        | "InvalidClientTokenId"
+        | "UnrecognizedClientException"
+        | "InvalidAccessKeyId"
+        | "InvalidToken" => Verdict::Rejected,
+        "AccessDenied" | "AccessDeniedException" => Verdict::NotAboutToken,
+        "ThrottlingException" | "Throttling" | "TooManyRequestsException" => {
+            Verdict::QuotaExhausted
+        }
+        _ => return judge(status, headers),
+    };
+    Judgement {
+        verdict,
+        detail: Some(bounded(code, 160)),
+    }
+}
+
 /// `error` and `error_description` of the first `WWW-Authenticate`
 /// challenge that has them.
 fn bearer_error(headers: &HeaderMap) -> (Option<String>, Option<String>) {
@@ -317,6 +358,34 @@ fn http_date(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aws_error_types_judge_the_credential() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert("x-amzn-errortype", v.parse().unwrap());
+            m
+        };
+        let j = judge_aws(
+            403,
+            &h("ExpiredTokenException:http://internal.amazon.com/coral/"),
+        );
+        assert_eq!(j.verdict, Verdict::Rejected);
+        assert_eq!(j.detail.as_deref(), Some("ExpiredTokenException"));
+        assert_eq!(
+            judge_aws(403, &h("SignatureDoesNotMatch")).verdict,
+            Verdict::Rejected
+        );
+        assert_eq!(
+            judge_aws(403, &h("AccessDeniedException")).verdict,
+            Verdict::NotAboutToken
+        );
+        assert_eq!(judge_aws(403, &HeaderMap::new()).verdict, Verdict::Suspect);
+        assert_eq!(
+            judge_aws(429, &h("SignatureDoesNotMatch")).verdict,
+            Verdict::QuotaExhausted
+        );
+    }
 
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

@@ -14,6 +14,7 @@ pub mod oauth2;
 pub mod pool;
 pub mod reflect;
 pub mod set;
+pub mod sigv4;
 pub mod source;
 pub mod value;
 
@@ -59,10 +60,15 @@ pub async fn load_set(
     rejected_ttl: std::time::Duration,
 ) -> (TokenSet, Vec<(usize, SourceError)>) {
     let minter = &shared.oauth2;
+    let signs = matches!(creds.inject, crate::config::Injection::SigV4(_));
     let mut tokens = Vec::with_capacity(creds.tokens.len());
     let mut errors = Vec::new();
     for (index, spec) in creds.tokens.iter().enumerate() {
-        let got = match read(&spec.source, upstream, index, minter).await {
+        let read = match signs {
+            true => sigv4::read(&spec.source).await,
+            false => read(&spec.source, upstream, index, minter).await,
+        };
+        let got = match read {
             Ok((secret, expires)) => match Injected::build(&secret, &creds.inject) {
                 Ok(inj) => Ok((secret, inj, expires)),
                 Err(error) => Err(SourceError::Value {

@@ -30,6 +30,10 @@ pub enum SourceError {
     CommandTimeout { program: String, timeout: Duration },
     #[error("oauth2 {0}")]
     OAuth2(String),
+    /// An AWS credential set that is incomplete or malformed (never with
+    /// any part of its value).
+    #[error("aws credentials {0}")]
+    Aws(String),
     #[error("{source_name}: {error}")]
     Value {
         source_name: String,
@@ -39,11 +43,27 @@ pub enum SourceError {
 
 /// Reads a file, variable or command (not `oauth2`) and checks the value.
 pub async fn read_value(spec: &SourceSpec) -> Result<Secret, SourceError> {
-    let raw = match spec {
+    let raw = read_raw(spec).await?;
+    Secret::parse(&raw).map_err(|error| SourceError::Value {
+        source_name: spec.describe(),
+        error,
+    })
+}
+
+/// What a file, variable or command holds, unchecked (an AWS credential
+/// set's JSON is parsed by [`super::sigv4`]).
+pub async fn read_raw(spec: &SourceSpec) -> Result<String, SourceError> {
+    Ok(match spec {
         SourceSpec::OAuth2(o) => {
             return Err(SourceError::OAuth2(format!(
                 "{}: not a plain value source",
                 o.token_url
+            )))
+        }
+        SourceSpec::Aws(_) => {
+            return Err(SourceError::Aws(format!(
+                "{}: not a plain value source",
+                spec.describe()
             )))
         }
         SourceSpec::File(path) => read_file(path)?,
@@ -57,10 +77,6 @@ pub async fn read_value(spec: &SourceSpec) -> Result<Secret, SourceError> {
             }
         },
         SourceSpec::Command { argv, timeout, .. } => run_command(argv, *timeout).await?,
-    };
-    Secret::parse(&raw).map_err(|error| SourceError::Value {
-        source_name: spec.describe(),
-        error,
     })
 }
 
@@ -70,7 +86,7 @@ pub async fn read_value(spec: &SourceSpec) -> Result<Secret, SourceError> {
 /// `tokio::fs` would hand each open, stat and read to the blocking pool
 /// and wake a thread for every one of them (measured: it made a reload
 /// storm cost the proxy several percent of its throughput).
-fn read_file(path: &std::path::Path) -> Result<String, SourceError> {
+pub(super) fn read_file(path: &std::path::Path) -> Result<String, SourceError> {
     use std::io::Read;
     let err = |reason: String| SourceError::File {
         path: path.display().to_string(),

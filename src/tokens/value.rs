@@ -68,6 +68,25 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The three parts of a credential set kept in a [`Secret`].
+#[derive(Clone, Copy)]
+pub struct AwsParts<'a> {
+    pub access_key_id: &'a str,
+    pub secret_access_key: &'a str,
+    pub session_token: Option<&'a str>,
+}
+
+/// Splits an AWS credential set's secret (`id:secret[:token]`, see
+/// [`super::sigv4`]) into its parts.
+pub fn aws_parts(secret: &Secret) -> Option<AwsParts<'_>> {
+    let mut it = secret.expose().splitn(3, ':');
+    Some(AwsParts {
+        access_key_id: it.next()?,
+        secret_access_key: it.next()?,
+        session_token: it.next(),
+    })
+}
+
 /// What a request carries for one token, built once at load so that the
 /// request path only clones it (a reference-count bump, no allocation).
 #[derive(Clone)]
@@ -77,6 +96,9 @@ pub enum Injected {
     Header(HeaderValue),
     /// `param=percent-encoded-token`, appended to the query.
     Query(String),
+    /// An AWS credential set, ready to sign with (built once per token:
+    /// an `Arc` inside, so a clone is a reference-count bump).
+    SigV4(aws_smithy_runtime_api::client::identity::Identity),
 }
 
 impl fmt::Debug for Injected {
@@ -98,6 +120,17 @@ impl Injected {
                 "{param}={}",
                 percent_encode(secret.expose())
             ))),
+            Injection::SigV4(_) => {
+                let p = aws_parts(secret).ok_or(ValueError::NotAHeaderValue)?;
+                let creds = aws_credential_types::Credentials::new(
+                    p.access_key_id,
+                    p.secret_access_key,
+                    p.session_token.map(str::to_string),
+                    None,
+                    "graceway",
+                );
+                Ok(Injected::SigV4(creds.into()))
+            }
         }
     }
 }

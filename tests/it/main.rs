@@ -35,6 +35,7 @@ mod reflection;
 mod reload;
 mod secrets;
 mod signals;
+mod sigv4;
 mod stale;
 mod status_page;
 mod streams;

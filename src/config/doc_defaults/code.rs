@@ -236,6 +236,11 @@ pub(super) fn code_defaults() -> Vec<(&'static str, Code)> {
             dur(defaults::COMMAND_TIMEOUT),
         ),
     ]);
+    let payload = match Payload::default() {
+        Payload::Signed => "signed",
+        Payload::Unsigned => "unsigned",
+    };
+    out.push(("upstreams[].credentials.sigv4.payload", val(payload)));
     let oauth2 = "upstreams[].credentials.tokens[].oauth2";
     let client_auth = match ClientAuth::default() {
         ClientAuth::Basic => "basic",

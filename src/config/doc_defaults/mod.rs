@@ -25,8 +25,8 @@ mod code;
 use code::{code_defaults, Code, Code::Derived, Code::Unset};
 
 /// A file that sets every section whose keys the checks must reach: an
-/// https upstream with a command and an OAuth2 token, a probe, Redis and
-/// a webhook (their own required keys only).
+/// https upstream with a command and an OAuth2 token, a probe, a SigV4
+/// upstream, Redis and a webhook (their own required keys only).
 const BASE: &str = r#"
 upstreams:
   - name: a
@@ -36,6 +36,13 @@ upstreams:
         - command: [x]
         - oauth2: { token_url: "https://idp.example/t", client_id: c, client_secret_env: S }
       probe: { path: /me }
+  - name: b
+    url: "https://127.0.0.1:2"
+    match: { host: b.example }
+    credentials:
+      sigv4: { region: eu-west-1, service: execute-api }
+      tokens:
+        - aws: { environment: true }
 cache:
   redis: { url: "redis://127.0.0.1:6379" }
 alerts: { webhook: "https://hooks.example/x" }
@@ -120,8 +127,11 @@ fn literal(default: &str) -> Option<&str> {
 }
 
 /// `base` with `key` (`a.b[].c`) set to `v`. In a list the item that
-/// already has the next key is used, else the first (`tokens[].oauth2.x`
-/// goes to the OAuth2 token, `tokens[].timeout` to the command).
+/// already has the next two keys is used (`upstreams[].credentials.sigv4.x`
+/// goes to the SigV4 upstream), else the one with the next key when a key
+/// follows it, else the first (`tokens[].oauth2.x` goes to the OAuth2
+/// token, `tokens[].timeout` to the command, `upstreams[].match` to the
+/// first upstream).
 fn set(base: &Value, key: &str, v: Value) -> Value {
     fn walk(at: &mut Value, parts: &[&str], v: Value) {
         let (part, rest) = (parts[0], &parts[1..]);
@@ -148,9 +158,19 @@ fn set(base: &Value, key: &str, v: Value) -> Value {
             return;
         };
         let next = rest[0].trim_end_matches("[]");
-        let i = items
+        let deepest = items
             .iter()
-            .position(|it| it.get(next).is_some())
+            .enumerate()
+            .map(|(i, it)| (depth(it, rest), std::cmp::Reverse(i)))
+            .max()
+            .filter(|(d, _)| *d >= 2)
+            .map(|(_, std::cmp::Reverse(i))| i);
+        // A key of the item itself goes to the first item (the second
+        // upstream's own `match` keeps the two routes apart).
+        let i = deepest
+            .or_else(|| {
+                (rest.len() > 1).then(|| items.iter().position(|it| it.get(next).is_some()))?
+            })
             .unwrap_or(0);
         walk(&mut items[i], rest, v);
     }
@@ -158,6 +178,18 @@ fn set(base: &Value, key: &str, v: Value) -> Value {
     let parts: Vec<&str> = key.split('.').collect();
     walk(&mut out, &parts, v);
     out
+}
+
+/// How many of `parts` (`a.b[].c`) `v` already has, one after another.
+fn depth(v: &Value, parts: &[&str]) -> usize {
+    let Some((first, rest)) = parts.split_first() else {
+        return 0;
+    };
+    match v.get(first.trim_end_matches("[]")) {
+        None => 0,
+        Some(Value::Sequence(items)) => 1 + items.iter().map(|i| depth(i, rest)).max().unwrap_or(0),
+        Some(child) => 1 + depth(child, rest),
+    }
 }
 
 fn parse(v: &Value) -> Result<Config, String> {

@@ -3,61 +3,19 @@
 
 use super::*;
 
+pub(super) mod sigv4;
+
 pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Credentials {
     let inj = cr.inject.as_ref();
-    let inject = match inj {
-        Some(FileInject {
-            query: Some(q),
-            header: None,
-            prefix: None,
-        }) => {
-            if q.is_empty()
-                || !q
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
-            {
-                c.err(
-                    format!("{at}.inject.query"),
-                    format!("`{q}` is not a plain query parameter name"),
-                );
-            }
-            Injection::Query { param: q.clone() }
-        }
-        Some(FileInject { query: Some(_), .. }) => {
-            c.err(
-                format!("{at}.inject"),
-                "set either `header` (with optional `prefix`) or `query`, not both",
-            );
-            Injection::Query {
-                param: String::new(),
-            }
-        }
-        other => {
-            let name = other
-                .and_then(|i| i.header.clone())
-                .unwrap_or_else(|| defaults::INJECT_HEADER.into());
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                c.err(
-                    format!("{at}.inject.header"),
-                    format!("`{name}` is not a valid header name"),
-                );
-            } else if is_reserved_header(&name) {
-                c.err(
-                    format!("{at}.inject.header"),
-                    format!("`{name}` is a hop-by-hop or framing header and cannot carry a token"),
-                );
-            }
-            let prefix = other
-                .and_then(|i| i.prefix.clone())
-                .unwrap_or_else(|| Injection::default_prefix(&name).into());
-            if prefix.bytes().any(|b| b.is_ascii_control()) {
-                c.err(
-                    format!("{at}.inject.prefix"),
-                    "must not contain control characters",
-                );
-            }
-            Injection::Header { name, prefix }
-        }
+    if let (Some(_), Some(_)) = (&cr.sigv4, inj) {
+        c.err(
+            format!("{at}.sigv4"),
+            "set either `inject` or `sigv4`: a signed request carries its credential in the signature",
+        );
+    }
+    let inject = match (&cr.sigv4, inj) {
+        (Some(s), _) => sigv4::sigv4(c, at, s),
+        (None, inj) => injection(c, at, inj),
     };
 
     if cr.tokens.is_empty() {
@@ -66,6 +24,7 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
             "at least one token source is required",
         );
     }
+    let signs = matches!(inject, Injection::SigV4(_));
     let mut tokens = Vec::new();
     for (i, t) in cr.tokens.iter().enumerate() {
         let tat = format!("{at}.tokens[{i}]");
@@ -74,6 +33,7 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
             t.env.is_some(),
             t.command.is_some(),
             t.oauth2.is_some(),
+            t.aws.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -81,7 +41,25 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
         if set != 1 {
             c.err(
                 &tat,
-                "set exactly one of `file`, `env`, `command` or `oauth2`",
+                if signs {
+                    "set exactly one of `aws`, `file` or `command` (the last two: the AWS `credential_process` JSON)"
+                } else {
+                    "set exactly one of `file`, `env`, `command` or `oauth2`"
+                },
+            );
+            continue;
+        }
+        if signs && (t.env.is_some() || t.oauth2.is_some()) {
+            c.err(
+                &tat,
+                "a `sigv4` token is an AWS credential set: `aws`, or a `file` or `command` with the `credential_process` JSON",
+            );
+            continue;
+        }
+        if !signs && t.aws.is_some() {
+            c.err(
+                format!("{tat}.aws"),
+                "an AWS credential set is for `credentials.sigv4`: set it to sign requests",
             );
             continue;
         }
@@ -96,6 +74,11 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
                 c.err(format!("{tat}.file"), "must not be empty");
             }
             SourceSpec::File(c.path(f))
+        } else if let Some(a) = &t.aws {
+            match sigv4::aws(c, &tat, a) {
+                Some(spec) => SourceSpec::Aws(Box::new(spec)),
+                None => continue,
+            }
         } else if let Some(o) = &t.oauth2 {
             match super::oauth2::oauth2(c, &format!("{tat}.oauth2"), o) {
                 Some(spec) => SourceSpec::OAuth2(Box::new(spec)),
@@ -221,6 +204,64 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
         ),
         probe,
         preflight,
+    }
+}
+
+/// `inject`: a header (with its prefix) or a query parameter.
+fn injection(c: &mut Check, at: &str, inj: Option<&FileInject>) -> Injection {
+    match inj {
+        Some(FileInject {
+            query: Some(q),
+            header: None,
+            prefix: None,
+        }) => {
+            if q.is_empty()
+                || !q
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+            {
+                c.err(
+                    format!("{at}.inject.query"),
+                    format!("`{q}` is not a plain query parameter name"),
+                );
+            }
+            Injection::Query { param: q.clone() }
+        }
+        Some(FileInject { query: Some(_), .. }) => {
+            c.err(
+                format!("{at}.inject"),
+                "set either `header` (with optional `prefix`) or `query`, not both",
+            );
+            Injection::Query {
+                param: String::new(),
+            }
+        }
+        other => {
+            let name = other
+                .and_then(|i| i.header.clone())
+                .unwrap_or_else(|| defaults::INJECT_HEADER.into());
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                c.err(
+                    format!("{at}.inject.header"),
+                    format!("`{name}` is not a valid header name"),
+                );
+            } else if is_reserved_header(&name) {
+                c.err(
+                    format!("{at}.inject.header"),
+                    format!("`{name}` is a hop-by-hop or framing header and cannot carry a token"),
+                );
+            }
+            let prefix = other
+                .and_then(|i| i.prefix.clone())
+                .unwrap_or_else(|| Injection::default_prefix(&name).into());
+            if prefix.bytes().any(|b| b.is_ascii_control()) {
+                c.err(
+                    format!("{at}.inject.prefix"),
+                    "must not contain control characters",
+                );
+            }
+            Injection::Header { name, prefix }
+        }
     }
 }
 

@@ -348,3 +348,88 @@ fn credentials_oauth2_share_needs_the_sealed_fleet_tier() {
         (oauth2(&format!("{IDP}, share: false")), &[]),
     ]);
 }
+
+#[test]
+fn credentials_sigv4() {
+    let aws = "tokens: [{ aws: { environment: true } }]";
+    expect(&[
+        (
+            cred(&format!("sigv4: {{ region: Europe, service: s3 }}, {aws}")),
+            &[(
+                "upstreams[0].credentials.sigv4.region",
+                "`Europe` is not an AWS region name (like `eu-west-1` or `us-gov-west-1`)",
+            )],
+        ),
+        (
+            cred(&format!("sigv4: {{ region: eu-west-1, service: '' }}, {aws}")),
+            &[(
+                "upstreams[0].credentials.sigv4.service",
+                "is required: the signing name, e.g. `execute-api`, `s3`, `es`",
+            )],
+        ),
+        (
+            cred(&format!(
+                "sigv4: {{ region: eu-west-1, service: s3, payload: maybe }}, {aws}"
+            )),
+            &[(
+                "upstreams[0].credentials.sigv4.payload",
+                "`maybe`: must be `signed` or `unsigned`",
+            )],
+        ),
+        (
+            cred(&format!(
+                "inject: {{ header: X-Key }}, sigv4: {{ region: eu-west-1, service: s3 }}, {aws}"
+            )),
+            &[(
+                "upstreams[0].credentials.sigv4",
+                "set either `inject` or `sigv4`: a signed request carries its credential in the signature",
+            )],
+        ),
+        (
+            cred("sigv4: { region: eu-west-1, service: s3 }, tokens: [{ env: K }]"),
+            &[(
+                "upstreams[0].credentials.tokens[0]",
+                "a `sigv4` token is an AWS credential set: `aws`, or a `file` or `command` with the `credential_process` JSON",
+            )],
+        ),
+        (
+            cred("tokens: [{ aws: { environment: true } }]"),
+            &[(
+                "upstreams[0].credentials.tokens[0].aws",
+                "an AWS credential set is for `credentials.sigv4`: set it to sign requests",
+            )],
+        ),
+        (
+            cred("sigv4: { region: eu-west-1, service: s3 }, tokens: [{ aws: { access_key_id: { file: k } } }]"),
+            &[(
+                "upstreams[0].credentials.tokens[0].aws.secret_access_key",
+                "is required with the other part",
+            )],
+        ),
+        (
+            cred("sigv4: { region: eu-west-1, service: s3 }, tokens: [{ aws: { profile: p, environment: true } }]"),
+            &[(
+                "upstreams[0].credentials.tokens[0].aws",
+                "set exactly one of: `access_key_id` + `secret_access_key` (+ `session_token`), `environment: true`, or `profile` / `credentials_file`",
+            )],
+        ),
+    ]);
+    for ok in [
+        "eu-west-1",
+        "us-gov-west-1",
+        "cn-north-1",
+        "eusc-de-east-1",
+        "ap-southeast-2",
+    ] {
+        assert!(
+            crate::config::validate::credentials::sigv4::is_region(ok),
+            "{ok}"
+        );
+    }
+    for bad in ["eu-west", "EU-WEST-1", "europe-1", "eu--1", "e-west-1"] {
+        assert!(
+            !crate::config::validate::credentials::sigv4::is_region(bad),
+            "{bad}"
+        );
+    }
+}
