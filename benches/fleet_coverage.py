@@ -32,7 +32,6 @@ process is stopped on exit (atexit, SIGINT/SIGTERM, and PR_SET_PDEATHSIG);
 every wait has a deadline.
 """
 import argparse
-import atexit
 import bisect
 import http.client
 import json
@@ -43,7 +42,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,7 +52,7 @@ TOKEN = "tok-bench"
 HARD_LIMIT_S = 600  # the whole script, whatever happens
 
 # Child processes, ports, waits: shared with fleet_tokens.py.
-from procs import CHILDREN, Replica as Process, free_port, http_get, redis_cmd, spawn, stop, stop_all, tail, wait_until  # noqa: E402,F401
+from procs import CHILDREN, Replica as Process, free_port, workdir, http_get, redis_cmd, spawn, stop, stop_all, tail, wait_until  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- mock vendor
@@ -428,22 +426,7 @@ def main():
     if not os.access(GRACEWAY, os.X_OK):
         sys.exit(f"{GRACEWAY} missing: cargo build --release --bin graceway")
 
-    base = tempfile.mkdtemp(prefix="graceway-fleet-")
-    os.chmod(base, 0o755)
-
-    def cleanup():
-        stop_all()
-        if args.keep:
-            print(f"kept {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
-    atexit.register(cleanup)
-
-    def on_signal(signum, _frame):
-        raise SystemExit(f"signal {signum}")
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGALRM, on_signal)
+    base = workdir("graceway-fleet-", args.keep)
     signal.alarm(HARD_LIMIT_S)
 
     t0 = time.monotonic()

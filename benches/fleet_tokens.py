@@ -62,7 +62,6 @@ child process is stopped on exit (atexit, SIGINT/SIGTERM, and
 PR_SET_PDEATHSIG); every wait has a deadline.
 """
 import argparse
-import atexit
 import http.client
 import json
 import math
@@ -73,7 +72,6 @@ import shlex
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,7 +83,7 @@ STANDBY = "tok-standby-bench"
 N_REPLICAS = 4
 
 # Child processes, ports, waits: shared with fleet_coverage.py.
-from procs import CHILDREN, Replica as Process, free_port, http_get, redis_cmd, spawn, stop, stop_all, tail, wait_until  # noqa: E402,F401
+from procs import CHILDREN, Replica as Process, free_port, workdir, http_get, redis_cmd, spawn, stop, stop_all, tail, wait_until  # noqa: E402,F401
 import fleet_oauth2  # noqa: E402
 
 
@@ -792,21 +790,7 @@ def main():
     if not os.access(GRACEWAY, os.X_OK):
         sys.exit(f"{GRACEWAY} missing: cargo build --release --bin graceway")
 
-    base = tempfile.mkdtemp(prefix="graceway-tokens-")
-
-    def cleanup():
-        stop_all()
-        if args.keep:
-            print(f"kept {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
-    atexit.register(cleanup)
-
-    def on_signal(signum, _frame):
-        raise SystemExit(f"signal {signum}")
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGALRM, on_signal)
+    base = workdir("graceway-tokens-", args.keep)
     # The whole script, whatever happens: the scenarios' own time plus margin.
     budget = ((len(args.latencies) + 1) * (args.warmup + args.outage + 15)
               + (args.recovery_cycles + 1) * (args.dead_for + args.recovery_deadline + 5)

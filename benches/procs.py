@@ -1,15 +1,18 @@
 """Child processes and small loopback helpers shared by the benchmark
-scripts (fleet_coverage.py, fleet_tokens.py): every child started with
+scripts (fleet_coverage.py, fleet_tokens.py, vendor_calls.py): every child started with
 `spawn` is stopped by `stop_all` (the scripts call it at exit and on
 SIGINT/SIGTERM) and gets SIGKILL if the script dies first
 (PR_SET_PDEATHSIG); every wait has a deadline. Stdlib only.
 """
+import atexit
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 
@@ -60,6 +63,31 @@ def stop_all():
         except Exception:  # noqa: BLE001 - cleanup must go on
             pass
 
+
+
+def workdir(prefix, keep, also=None):
+    """A fresh temp dir for a run (readable by the services started in it),
+    removed at exit unless `keep`; at exit every child is stopped first and
+    `also()` runs. SIGINT, SIGTERM and SIGALRM (the scripts' overall
+    budget) end the script through that same exit."""
+    base = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(base, 0o755)
+
+    def cleanup():
+        stop_all()
+        if also is not None:
+            also()
+        if keep:
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    atexit.register(cleanup)
+
+    def on_signal(signum, _frame):
+        raise SystemExit(f"signal {signum}")
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
+        signal.signal(sig, on_signal)
+    return base
 
 def free_port():
     with socket.socket() as s:

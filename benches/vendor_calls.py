@@ -64,7 +64,6 @@ Every child process is stopped on exit (atexit, SIGINT/SIGTERM, and
 PR_SET_PDEATHSIG); every wait has a deadline.
 """
 import argparse
-import atexit
 import http.client
 import json
 import math
@@ -72,12 +71,10 @@ import os
 import random
 import re
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -92,7 +89,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 # Child processes, ports, waits: shared with the other benchmark scripts.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from procs import free_port, spawn, stop, stop_all, tail, wait_until  # noqa: E402
+from procs import free_port, workdir, spawn, stop, stop_all, tail, wait_until  # noqa: E402
 
 
 # ---------------------------------------------------------------- mock vendor
@@ -1072,24 +1069,8 @@ def main():
     if not nginx_ok:
         notes.append("nginx missing (apt-get install nginx-light failed): no nginx rows")
 
-    base = tempfile.mkdtemp(prefix="graceway-vendor-calls-")
-    os.chmod(base, 0o755)
     vendor = Vendor()
-
-    def cleanup():
-        stop_all()
-        vendor.close()
-        if args.keep:
-            print(f"kept {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
-    atexit.register(cleanup)
-
-    def on_signal(signum, _frame):
-        raise SystemExit(f"signal {signum}")
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGALRM, on_signal)
+    base = workdir("graceway-vendor-calls-", args.keep, also=vendor.close)
     budget = (3 * args.herds * 10 + 4 * (args.hot_requests / max(1, args.hot_rate) + 15)
               + 2 * (args.swr_seconds + 15)
               + len(QUOTA_ROWS) * (args.quota_windows * args.quota_window + 15) + 120)

@@ -266,10 +266,7 @@ impl Cache {
             slot.store(recent_tag(&key.primary) | self.now_ms(), Ordering::Relaxed);
         }
         if let Some(fleet) = &self.fleet {
-            if key.variant.is_some() {
-                fleet.put(&copy.store.primary_only(), &copy, ttl);
-            }
-            fleet.put(&copy.store, &copy, ttl);
+            fleet.put(&copy, ttl);
         }
         self.insert(key.primary, key.variant, copy.clone(), true);
         copy

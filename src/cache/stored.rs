@@ -213,6 +213,25 @@ pub fn allocation_size(n: usize) -> usize {
 }
 
 impl Recorded {
+    /// A fresh answer as it is kept, its `Cache-Control` read once
+    /// (`cc`; `fresh_for` from [`fresh_for`]), stored now.
+    pub fn of_answer(
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: bytes::Bytes,
+        cc: &CacheControl,
+        fresh_for: Duration,
+        now: SystemTime,
+    ) -> Recorded {
+        Recorded {
+            headers,
+            body,
+            stored_at: now,
+            fresh_for,
+            must_revalidate: cc.must_revalidate,
+            stale_if_error: cc.stale_if_error.map(Duration::from_secs),
+        }
+    }
+
     /// This copy renewed by a 304 (RFC 9111 §4.3.4): the 304's headers
     /// replace the stored ones of the same name (but those describing the
     /// transfer), the body stays, and freshness counts from now.

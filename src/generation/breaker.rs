@@ -34,12 +34,6 @@ pub struct Breaker {
     open_after: AtomicU32,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Breaker {
     pub fn new(open_after: u32, retry_after: Duration, max_retry_after: Duration) -> Breaker {
         let base = retry_after.as_millis().max(1) as u64;
@@ -106,7 +100,7 @@ impl Breaker {
         if self.open.swap(true, Ordering::Relaxed) {
             return false;
         }
-        let now = now_ms();
+        let now = crate::clock::unix_ms();
         self.since_ms.store(now, Ordering::Relaxed);
         let base = self.base_ms.load(Ordering::Relaxed);
         self.backoff_ms.store(base, Ordering::Relaxed);
@@ -134,7 +128,7 @@ impl Breaker {
     /// While open: grants at most one trial per backoff window, and doubles
     /// the window for the next one (up to the maximum).
     pub fn try_trial(&self) -> bool {
-        let now = now_ms();
+        let now = crate::clock::unix_ms();
         let next = self.next_trial_ms.load(Ordering::Relaxed);
         if now < next {
             return false;

@@ -43,7 +43,7 @@ impl Proxy {
         // new answer replaces it, however young.
         let waited_for = Self::must_keep(ctx);
         let renew = waited_for || up.config.cache.fresh == crate::config::FreshPolicy::Honor;
-        let primary = self.cache().primary_key(&up.config.name, req);
+        let primary = self.primary(ctx, up, req);
         if !renew && self.cache().kept_within(&primary, STORE_REFRESH) {
             return;
         }
@@ -131,14 +131,13 @@ impl Proxy {
             note_reflection(up, f.token, "body");
             return None;
         }
-        let recorded = Recorded {
-            headers: cap.headers,
-            body: body.freeze(),
-            stored_at: SystemTime::now(),
-            fresh_for: cap.fresh_for,
-            must_revalidate: cap.cc.must_revalidate,
-            stale_if_error: cap.cc.stale_if_error.map(std::time::Duration::from_secs),
-        };
+        let recorded = Recorded::of_answer(
+            cap.headers,
+            body.freeze(),
+            &cap.cc,
+            cap.fresh_for,
+            SystemTime::now(),
+        );
         let copy = self.cache().keep(
             cap.key,
             recorded,

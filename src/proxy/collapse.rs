@@ -36,14 +36,14 @@ impl Proxy {
             return Ok(false);
         }
         let req = session.req_header();
-        let Some(copy) = self.cache().lookup(&up.config.name, req) else {
+        let primary = self.primary(ctx, up, req);
+        let Some(copy) = self.cache().lookup_primary(&up.config.name, &primary, req) else {
             return Ok(false);
         };
         let now = SystemTime::now();
         let kind = match copy.freshness(now) {
             Freshness::Fresh => Hit::Fresh,
             Freshness::Revalidate => {
-                let primary = self.cache().primary_key(&up.config.name, req);
                 let key = self.cache().flight_key(&primary, req);
                 if let Some(lead) = self.cache().flights.try_lead(key) {
                     self.refresh_in_background(ctx, up, req, copy.clone(), lead);
@@ -77,7 +77,7 @@ impl Proxy {
             return Ok(false);
         }
         let req = session.req_header();
-        let primary = self.cache().primary_key(&up.config.name, req);
+        let primary = self.primary(ctx, up, req);
         let key = self.cache().flight_key(&primary, req);
         let m = &up.status.metrics;
         for _ in 0..REJOINS {
@@ -237,14 +237,15 @@ impl Proxy {
     /// window per key, so copies are renewed as soon as the vendor answers.
     pub(super) fn refresh_while_open(
         &self,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         up: &Arc<Upstream>,
         req: &RequestHeader,
     ) {
         if up.config.cache.fresh != FreshPolicy::Honor || !ctx.storable_request || ctx.stream {
             return;
         }
-        let Some(copy) = self.cache().lookup(&up.config.name, req) else {
+        let primary = self.primary(ctx, up, req);
+        let Some(copy) = self.cache().lookup_primary(&up.config.name, &primary, req) else {
             return;
         };
         let window = if up.status.health.is_open() {
@@ -269,11 +270,22 @@ impl Proxy {
         {
             return;
         }
-        let primary = self.cache().primary_key(&up.config.name, req);
         let key = self.cache().flight_key(&primary, req);
         if let Some(lead) = self.cache().flights.try_lead(key) {
             self.refresh_in_background(ctx, up, req, copy, lead);
         }
+    }
+
+    /// This request's memory key (its copy without `Vary`): hashed at the
+    /// first step that needs it, then read from the context.
+    pub(super) fn primary(
+        &self,
+        ctx: &mut RequestCtx,
+        up: &Upstream,
+        req: &RequestHeader,
+    ) -> crate::cache::MemKey {
+        *ctx.primary
+            .get_or_insert_with(|| self.cache().primary_key(&up.config.name, req))
     }
 }
 

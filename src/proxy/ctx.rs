@@ -78,6 +78,9 @@ pub struct RequestCtx {
     /// A stale copy of this request's answer whose validators it carries
     /// (`upstreams[].cache.fresh: honor`; see `refresh`).
     pub(super) revalidate: Option<Arc<cache::CachedResponse>>,
+    /// The memory key of this request's copy without `Vary`, hashed once
+    /// (see `Proxy::primary`).
+    pub(super) primary: Option<cache::MemKey>,
     /// The validators were graceway's (the client sent none): the
     /// vendor's 304 renews the copy and the copy answers.
     pub(super) revalidating: bool,

@@ -196,11 +196,7 @@ impl ProxyHttp for Proxy {
         if up.inject.is_none() {
             return Ok(false);
         }
-        let max_body = ctx
-            .gen
-            .as_ref()
-            .map_or(0, |g| g.loaded.config.server.max_request_body_bytes);
-        if self.hash_signed_body(session, ctx, &up, max_body).await? {
+        if self.hash_signed_body(session, ctx, &up).await? {
             return Ok(true);
         }
         if let Some(answered) = self.first_token(session, ctx, &up).await? {
@@ -486,11 +482,8 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    /// An error after the upstream connection was made. For graceway's own
-    /// token-rejected retry the rule is: the upstream refused the request,
-    /// so replaying it has no side effect; it is replayed when the method is
-    /// idempotent or its whole body is still in Pingora's retry buffer.
-    /// Other errors keep Pingora's default policy.
+    /// A connect failed: the next address of the name, when one is left
+    /// (see `failure::connect_failed`).
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -501,6 +494,11 @@ impl ProxyHttp for Proxy {
         failure::connect_failed(ctx, e)
     }
 
+    /// An error after the upstream connection was made. For graceway's own
+    /// token-rejected retry the rule is: the upstream refused the request,
+    /// so replaying it has no side effect; it is replayed when the method is
+    /// idempotent or its whole body is still in Pingora's retry buffer.
+    /// Other errors keep Pingora's default policy.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,

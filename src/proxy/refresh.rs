@@ -97,7 +97,7 @@ impl Proxy {
         };
         let req = session.req_header();
         let renewed = copy.recorded.renewed(&resp.headers, SystemTime::now());
-        let primary = self.cache().primary_key(&up.config.name, req);
+        let primary = self.primary(ctx, up, req);
         let key = self
             .cache()
             .capture_key(&up.config.name, &primary, &renewed.headers, req);
@@ -240,14 +240,8 @@ fn keep_answer(
     }
     let (cc, headers) = stored::storable_meta(&head, cache.max_object)?;
     let key = cache.capture_key(&up.config.name, primary, &headers, keyed);
-    let recorded = Recorded {
-        headers,
-        body: answer.body,
-        stored_at: now,
-        fresh_for: stored::fresh_for(&head, now),
-        must_revalidate: cc.must_revalidate,
-        stale_if_error: cc.stale_if_error.map(std::time::Duration::from_secs),
-    };
+    let fresh_for = stored::fresh_for(&head, now);
+    let recorded = Recorded::of_answer(headers, answer.body, &cc, fresh_for, now);
     up.status.metrics.revalidated("background", "200");
     Some(cache.keep(key, recorded, up.status.clone(), up.config.stale.max_stale))
 }

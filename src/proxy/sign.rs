@@ -29,7 +29,6 @@ impl Proxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
         up: &Upstream,
-        max_body: u64,
     ) -> Result<bool> {
         let signs_body = up
             .inject
@@ -39,6 +38,10 @@ impl Proxy {
         if !signs_body || session.as_mut().is_body_empty() {
             return Ok(false);
         }
+        let max_body = ctx
+            .gen
+            .as_ref()
+            .map_or(0, |g| g.loaded.config.server.max_request_body_bytes);
         let limit = SIGNED_BODY_MAX.min(max_body);
         let declared = session
             .req_header()

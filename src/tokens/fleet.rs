@@ -8,12 +8,6 @@ use std::sync::Arc;
 use super::ledger::{Entry, Finding, InFleet, Learned, Outbox, TokenId};
 use super::set::Token;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// How long the fleet keeps quota figures at most (their window's reset
 /// ends them sooner).
 const USAGE_TTL_MS: u64 = 60_000;
@@ -108,7 +102,7 @@ impl Token {
         let Some(f) = &self.fleet else {
             return;
         };
-        let now = now_ms();
+        let now = crate::clock::unix_ms();
         let slot = &f.sent_ms[finding.slot() as usize];
         if !change && now.saturating_sub(slot.load(Ordering::Relaxed)) < 1000 {
             return;
@@ -151,7 +145,7 @@ impl Token {
             }
             Finding::Recovered { .. } => self.clear_rejected(),
             Finding::CoolDown { until } => {
-                let now = now_ms() / 1000;
+                let now = crate::clock::unix_ms() / 1000;
                 until > now
                     && self
                         .evidence

@@ -3,6 +3,7 @@
 //! cleartext (`h2`), and HTTP/1.1 when asked (`h1`). Failover to the
 //! standby token and stale answers work as over HTTP/1.1.
 
+use crate::support::config::HEAD;
 use crate::support::mock::TlsFixture;
 use crate::support::nginx::Nginx;
 use crate::support::{client, Graceway, TestDir};
@@ -53,12 +54,7 @@ fn graceway(scheme: &str, port: u16, http: &str, ca_pem: &str) -> Graceway {
     Graceway::start_in(
         dir,
         &format!(
-            r#"
-listen: "127.0.0.1:{{listen}}"
-admin: {{ listen: "127.0.0.1:{{admin}}" }}
-pid_file: "{{dir}}/graceway.pid"
-server: {{ graceful_shutdown_timeout: 1s }}
-upstreams:
+            r#"{HEAD}upstreams:
   - name: emoji
     url: "{scheme}://127.0.0.1:{port}"
     http: {http}

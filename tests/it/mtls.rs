@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use crate::support::config::HEAD;
 use crate::support::mock::TlsFixture;
 use crate::support::nginx::Nginx;
 use crate::support::{client, metric_value, run_cli, wait_for_async, Graceway, TestDir};
@@ -137,12 +138,7 @@ fn graceway(port: u16, server_ca: &str, first: &Issued, extra: &str) -> Graceway
     Graceway::start_in(
         dir,
         &format!(
-            r#"
-listen: "127.0.0.1:{{listen}}"
-admin: {{ listen: "127.0.0.1:{{admin}}" }}
-pid_file: "{{dir}}/graceway.pid"
-server: {{ graceful_shutdown_timeout: 1s }}
-upstreams:
+            r#"{HEAD}upstreams:
   - name: bank
     url: "https://127.0.0.1:{port}"
     timeouts: {{ connect: 2s, read: 5s }}

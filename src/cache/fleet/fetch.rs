@@ -30,10 +30,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pingora::http::RequestHeader;
 
-use super::conn::Write;
 use super::{count, metrics, redis_key, FleetTier};
 use crate::cache::key::StoreKey;
-use crate::cache::record;
 use crate::cache::stored::CachedResponse;
 
 /// Deletes the lock only while it is still `ARGV[1]`'s.
@@ -153,19 +151,7 @@ impl Hold {
         };
         rt.spawn(async move {
             if let (Some(copy), Some(conn)) = (copy, self.tier.usable()) {
-                let value = record::encode(&copy.recorded);
-                let mut writes = vec![Write {
-                    key: self.tier.key(&copy.store),
-                    value: value.clone(),
-                    ttl,
-                }];
-                if copy.store.variant.is_some() {
-                    writes.push(Write {
-                        key: self.tier.key(&copy.store.primary_only()),
-                        value,
-                        ttl,
-                    });
-                }
+                let writes = self.tier.writes(&copy, ttl);
                 let mut conn = (*conn).clone();
                 let limit = self.tier.config.timeout;
                 let written = tokio::time::timeout(limit, conn.set_all(&writes)).await;

@@ -119,17 +119,34 @@ impl FleetTier {
         redis_key(&self.config.key_prefix, &key.upstream, &key.legacy())
     }
 
-    /// Queues a copy for Redis under `key`; never waits (a full queue
-    /// drops it).
-    pub fn put(&self, key: &StoreKey, copy: &CachedResponse, ttl: Duration) {
-        let w = Write {
-            key: self.key(key),
-            value: record::encode(&copy.recorded),
+    /// The writes that keep `copy` in Redis under `ttl`: its key, and for a
+    /// `Vary` variant also the key without it (another replica reads that
+    /// first to learn the varied names).
+    fn writes(&self, copy: &CachedResponse, ttl: Duration) -> Vec<Write> {
+        let value = record::encode(&copy.recorded);
+        let mut out = Vec::with_capacity(2);
+        if copy.store.variant.is_some() {
+            out.push(Write {
+                key: self.key(&copy.store.primary_only()),
+                value: value.clone(),
+                ttl,
+            });
+        }
+        out.push(Write {
+            key: self.key(&copy.store),
+            value,
             ttl,
-        };
-        if self.tx.try_send(w).is_err() {
-            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
-            metrics().fleet_queue_dropped_total.inc();
+        });
+        out
+    }
+
+    /// Queues a copy for Redis; never waits (a full queue drops it).
+    pub fn put(&self, copy: &CachedResponse, ttl: Duration) {
+        for w in self.writes(copy, ttl) {
+            if self.tx.try_send(w).is_err() {
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics().fleet_queue_dropped_total.inc();
+            }
         }
     }
 

@@ -1,29 +1,13 @@
 //! The choice rules on made-up token sets.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::*;
-use crate::config::{Injection, SourceSpec, TokenSpec};
 use crate::tokens::evidence::Quota;
 use crate::tokens::pool::{sticky_key, Pick};
-use crate::tokens::{Injected, Secret};
 
 fn token(index: usize) -> Token {
-    let secret = Secret::parse(&format!("tok-pool-{index}")).unwrap();
-    let how = Injection::Header {
-        name: "Authorization".into(),
-        prefix: "Bearer ".into(),
-    };
-    let injected = Injected::build(&secret, &how).unwrap();
-    Token::new(
-        index,
-        TokenSpec {
-            source: SourceSpec::Env(format!("T{index}")),
-            expires_at: None,
-        },
-        Ok((secret, injected, None)),
-        Duration::from_secs(3600),
-    )
+    crate::generation::upstream::testing::token(index, &format!("tok-pool-{index}"), None)
 }
 
 fn set(n: usize) -> TokenSet {

@@ -10,7 +10,7 @@
 //! nothing of them is logged or shown, and a key that does not parse is an
 //! error naming the file, never its content.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
@@ -116,10 +116,6 @@ impl Claims<'static> {
     }
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
-}
-
 /// A unique `jti`: 128 random bits, hex.
 fn jti() -> Result<String, String> {
     let mut b = [0u8; 16];
@@ -140,8 +136,8 @@ pub fn client_assertion(
         iss: client_id,
         sub: Some(client_id),
         aud: token_url,
-        iat: unix(now),
-        exp: unix(now + CLIENT_ASSERTION_LIFETIME),
+        iat: crate::clock::unix(now),
+        exp: crate::clock::unix(now + CLIENT_ASSERTION_LIFETIME),
         jti: Some(jti()?),
         scope: None,
     };
@@ -164,8 +160,8 @@ pub fn grant_assertion(
         iss: issuer,
         sub: subject,
         aud: token_url,
-        iat: unix(now),
-        exp: unix(now + GRANT_ASSERTION_LIFETIME),
+        iat: crate::clock::unix(now),
+        exp: crate::clock::unix(now + GRANT_ASSERTION_LIFETIME),
         jti: Some(jti()?),
         scope,
     };
@@ -177,6 +173,7 @@ pub fn grant_assertion(
 mod tests {
     use super::*;
     use base64::Engine;
+    use std::time::UNIX_EPOCH;
 
     fn part(jwt: &str, i: usize) -> serde_json::Value {
         let b = base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -1,24 +1,9 @@
 //! Unit tests of the token set: picking, states, evidence.
 
 use super::*;
-use crate::config::{Injection, SourceSpec, TokenSpec};
 
 fn token(index: usize, value: &str) -> Token {
-    let secret = Secret::parse(value).unwrap();
-    let how = Injection::Header {
-        name: "Authorization".into(),
-        prefix: "Bearer ".into(),
-    };
-    let injected = Injected::build(&secret, &how).unwrap();
-    Token::new(
-        index,
-        TokenSpec {
-            source: SourceSpec::Env(format!("T{index}")),
-            expires_at: None,
-        },
-        Ok((secret, injected, None)),
-        Duration::from_secs(3600),
-    )
+    crate::generation::upstream::testing::token(index, value, None)
 }
 
 #[test]

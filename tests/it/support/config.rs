@@ -3,6 +3,16 @@
 //! The result is a template for [`super::render`] (`{listen}`, `{admin}`,
 //! `{dir}`).
 
+/// The top of every test config: graceway's listeners on `{listen}` and
+/// `{admin}`, its pid file in `{dir}`, a 1 s shutdown. Tests that need
+/// upstreams of their own shape put theirs after it.
+pub const HEAD: &str = r#"
+listen: "127.0.0.1:{listen}"
+admin: { listen: "127.0.0.1:{admin}" }
+pid_file: "{dir}/graceway.pid"
+server: { graceful_shutdown_timeout: 1s }
+"#;
+
 pub struct EmojiConfig {
     port: u16,
     read: &'static str,
