@@ -167,10 +167,7 @@ impl Injection {
 
 impl Default for Injection {
     fn default() -> Self {
-        Injection::Header {
-            name: INJECT_HEADER.into(),
-            prefix: Injection::default_prefix(INJECT_HEADER).into(),
-        }
+        Injection::header(INJECT_HEADER, Injection::default_prefix(INJECT_HEADER))
     }
 }
 

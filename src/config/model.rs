@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+mod inject;
 mod oauth2;
 mod protocol;
 mod sigv4;
+pub use inject::{InjectValue, Injection, Part, Place, ValueForm};
 pub use oauth2::{ClientAuth, Grant, SigningKey};
 pub use protocol::HttpVersion;
 pub use sigv4::{AwsSource, Payload, SigV4Spec};
@@ -251,17 +253,6 @@ impl FailoverOn {
 /// tried in a 64-bit set).
 pub const MAX_TOKENS: usize = 32;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Injection {
-    /// `header: value` where value is `prefix` + token.
-    Header { name: String, prefix: String },
-    /// `?param=token`, replacing any client-sent `param`.
-    Query { param: String },
-    /// `credentials.sigv4`: every request signed with AWS Signature
-    /// Version 4; each token is one AWS credential set.
-    SigV4(SigV4Spec),
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenSpec {
     pub source: SourceSpec,
@@ -281,6 +272,9 @@ pub enum SourceSpec {
     OAuth2(Box<OAuth2Spec>),
     /// An AWS credential set (`credentials.sigv4` upstreams only).
     Aws(Box<AwsSource>),
+    /// One structured token whose named fields each come from their own
+    /// file, variable or command (`tokens[].fields`), in name order.
+    Fields(Vec<(String, SourceSpec)>),
 }
 
 /// Where a client id or secret comes from.
@@ -333,6 +327,7 @@ impl SourceSpec {
             SourceSpec::Command { .. } => "command",
             SourceSpec::OAuth2(_) => "oauth2",
             SourceSpec::Aws(_) => "aws",
+            SourceSpec::Fields(_) => "fields",
         }
     }
 
@@ -356,6 +351,23 @@ impl SourceSpec {
                     )
                 }
             },
+            SourceSpec::Fields(parts) => {
+                let each: Vec<String> = parts
+                    .iter()
+                    .map(|(name, s)| format!("{name}={}", s.describe()))
+                    .collect();
+                format!("fields({})", each.join(","))
+            }
+        }
+    }
+
+    /// Every file it reads, for the file watcher.
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            SourceSpec::File(p) => vec![p.clone()],
+            SourceSpec::Aws(a) => a.files(),
+            SourceSpec::Fields(parts) => parts.iter().flat_map(|(_, s)| s.files()).collect(),
+            _ => Vec::new(),
         }
     }
 }
@@ -546,11 +558,7 @@ impl Config {
         for u in &self.upstreams {
             if let Some(cr) = &u.credentials {
                 for t in &cr.tokens {
-                    match &t.source {
-                        SourceSpec::File(p) => out.push(p.clone()),
-                        SourceSpec::Aws(a) => out.extend(a.files()),
-                        _ => {}
-                    }
+                    out.extend(t.source.files());
                 }
             }
             if let Some(cc) = &u.client_cert {

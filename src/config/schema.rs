@@ -191,7 +191,7 @@ impl<'de> Deserialize<'de> for FileCredentialsField {
 #[serde(deny_unknown_fields)]
 pub struct FileCredentials {
     #[serde(default)]
-    pub inject: Option<FileInject>,
+    pub inject: Option<FileInjectField>,
     /// AWS Signature Version 4 instead of `inject`.
     #[serde(default)]
     pub sigv4: Option<FileSigV4>,
@@ -222,15 +222,74 @@ pub struct FileQueue {
     pub max_queued: Option<u32>,
 }
 
+/// `credentials.inject` as written: one target (a map) or a list of them.
+#[derive(Debug)]
+pub struct FileInjectField(pub Vec<FileInject>);
+
+impl<'de> Deserialize<'de> for FileInjectField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FileInjectField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map (`header`, `query` or `basic`) or a list of them")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                FileInject::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|one| FileInjectField(vec![one]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                Vec::<FileInject>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(FileInjectField)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One injection target: a header (with its prefix), a query parameter,
+/// or HTTP Basic; fed by the whole token or, with `from`, one field of a
+/// structured token.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileInject {
     pub header: Option<String>,
     pub prefix: Option<String>,
     pub query: Option<String>,
+    pub from: Option<String>,
+    pub basic: Option<FileBasic>,
 }
 
-/// One token entry: exactly one of `file`, `env`, `command`, `oauth2`.
+/// `inject.basic`: the user and password; the one left out is the token.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileBasic {
+    pub user: Option<FileBasicPart>,
+    pub password: Option<FileBasicPart>,
+}
+
+/// A Basic part: a literal string, or `{ from: FIELD }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a string, or a map with `from`")]
+pub enum FileBasicPart {
+    Literal(String),
+    Field(FileFrom),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFrom {
+    pub from: String,
+}
+
+/// One token entry: exactly one of `file`, `env`, `command`, `oauth2`,
+/// `aws`, `fields`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileToken {
@@ -242,6 +301,9 @@ pub struct FileToken {
     /// One AWS credential set (`credentials.sigv4` upstreams).
     #[serde(default)]
     pub aws: Option<FileAws>,
+    /// A structured token's fields, each from its own source.
+    #[serde(default)]
+    pub fields: Option<std::collections::BTreeMap<String, FileAwsPart>>,
     pub refresh: Option<Human>,
     pub timeout: Option<Human>,
     pub expires_at: Option<String>,
@@ -274,7 +336,8 @@ pub struct FileAws {
     pub credentials_file: Option<String>,
 }
 
-/// One part of an AWS credential: exactly one of `file`, `env`, `command`.
+/// One part of an AWS credential or a structured token's field: exactly
+/// one of `file`, `env`, `command`.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileAwsPart {

@@ -1,12 +1,22 @@
-//! Where the token goes: a header (replacing the client's), a query
-//! parameter (the client's value dropped, the token appended), or an AWS
-//! SigV4 signature ([`super::sign`]).
+//! Where the token's values go: headers (replacing the client's) and
+//! query parameters (the client's value dropped, the token's appended),
+//! or an AWS SigV4 signature ([`super::sign`]).
 
+use crate::tokens::injected::InjectedValue;
 use crate::tokens::Injected;
 
 /// Where the token goes.
 #[derive(Debug, Clone)]
 pub enum InjectTarget {
+    /// One slot per `inject` target, in the order of the token's values.
+    Values(Box<[Slot]>),
+    /// The request is signed with the token's AWS credential set.
+    SigV4(Box<super::sign::Signing>),
+}
+
+/// Where one value goes.
+#[derive(Debug, Clone)]
+pub enum Slot {
     /// The header name in the case the config wrote it, and its lookup form.
     Header {
         name: bytes::Bytes,
@@ -16,11 +26,33 @@ pub enum InjectTarget {
         /// `param=`, to find and drop a client-sent value.
         key_eq: String,
     },
-    /// The request is signed with the token's AWS credential set.
-    SigV4(Box<super::sign::Signing>),
 }
 
 impl InjectTarget {
+    /// The slots of validated `inject` values.
+    pub fn new(how: &crate::config::Injection) -> InjectTarget {
+        use crate::config::{Injection, Place};
+        match how {
+            Injection::SigV4(spec) => {
+                InjectTarget::SigV4(Box::new(super::sign::Signing::new(spec)))
+            }
+            Injection::Values(list) => InjectTarget::Values(
+                list.iter()
+                    .map(|v| match &v.place {
+                        Place::Header(name) => Slot::Header {
+                            name: bytes::Bytes::from(name.clone()),
+                            lookup: http::HeaderName::from_bytes(name.as_bytes())
+                                .expect("validated header name"),
+                        },
+                        Place::Query(param) => Slot::Query {
+                            key_eq: format!("{param}="),
+                        },
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
     /// How requests are signed, for a `sigv4` upstream.
     pub fn signing(&self) -> Option<&super::sign::Signing> {
         match self {
@@ -30,7 +62,7 @@ impl InjectTarget {
     }
 
     /// Puts the token into the request, replacing whatever the client sent
-    /// in that header or query parameter; or signs the request as it is
+    /// in those headers or query parameters; or signs the request as it is
     /// now (call it last). `body_sha256`: the hex SHA-256 of the request's
     /// body, for a signature over it (`None`: no body).
     pub fn inject(
@@ -40,26 +72,37 @@ impl InjectTarget {
         body_sha256: Option<&str>,
     ) -> pingora::Result<()> {
         match (self, token.injected.as_ref()) {
-            (InjectTarget::Header { name, lookup }, Some(Injected::Header(value))) => {
-                req.remove_header(lookup);
-                req.insert_header(name.clone(), value.clone())?;
-            }
-            (InjectTarget::Query { key_eq }, Some(Injected::Query(piece))) => {
-                let uri = with_query_token(&req.uri, key_eq, piece);
-                req.set_raw_path(uri.as_bytes())?;
+            (InjectTarget::Values(slots), Some(Injected::Values { values, .. }))
+                if slots.len() == values.len() =>
+            {
+                for (slot, value) in slots.iter().zip(values.iter()) {
+                    match (slot, value) {
+                        (Slot::Header { name, lookup }, InjectedValue::Header(v)) => {
+                            req.remove_header(lookup);
+                            req.insert_header(name.clone(), v.clone())?;
+                        }
+                        (Slot::Query { key_eq }, InjectedValue::Query(piece)) => {
+                            let uri = with_query_token(&req.uri, key_eq, piece);
+                            req.set_raw_path(uri.as_bytes())?;
+                        }
+                        _ => return no_value(),
+                    }
+                }
             }
             (InjectTarget::SigV4(signing), Some(Injected::SigV4(identity))) => {
                 signing.sign(identity, req, body_sha256)?;
             }
-            _ => {
-                return pingora::Error::e_explain(
-                    pingora::ErrorType::InternalError,
-                    "token has no value to inject",
-                )
-            }
+            _ => return no_value(),
         }
         Ok(())
     }
+}
+
+fn no_value() -> pingora::Result<()> {
+    pingora::Error::e_explain(
+        pingora::ErrorType::InternalError,
+        "token has no value to inject",
+    )
 }
 
 /// The request target with `key_eq…` pairs removed and `piece` appended.

@@ -34,7 +34,7 @@ pub use inject::InjectTarget;
 pub use router::Router;
 pub use upstream::{Upstream, UpstreamStatus};
 
-use crate::config::{Injection, LoadedConfig, UpstreamConfig};
+use crate::config::{LoadedConfig, UpstreamConfig};
 use crate::net::client_cert::ClientCert;
 use crate::tokens::{self, TokenSet};
 use addresses::Addresses;
@@ -136,19 +136,7 @@ pub async fn build(
                         }
                     }
                 }
-                let target = match &cr.inject {
-                    Injection::Header { name, .. } => InjectTarget::Header {
-                        name: bytes::Bytes::from(name.clone()),
-                        lookup: http::HeaderName::from_bytes(name.as_bytes())
-                            .expect("validated header name"),
-                    },
-                    Injection::Query { param } => InjectTarget::Query {
-                        key_eq: format!("{param}="),
-                    },
-                    Injection::SigV4(spec) => {
-                        InjectTarget::SigV4(Box::new(sign::Signing::new(spec)))
-                    }
-                };
+                let target = InjectTarget::new(&cr.inject);
                 (set, Some(target))
             }
         };

@@ -2,13 +2,14 @@
 //! ([`value`]), and the per-upstream set with live states ([`set`]).
 //!
 //! A token value exists in exactly three places: the [`value::Secret`] that
-//! owns it, the precomputed [`value::Injected`] form, and the request sent
+//! owns it, the precomputed [`injected::Injected`] form, and the request sent
 //! upstream. Everything else (logs, status, metrics, errors) sees only the
 //! `sha256:` fingerprint.
 
 pub mod choice;
 pub mod evidence;
 mod fleet;
+pub mod injected;
 pub mod ledger;
 pub mod oauth2;
 pub mod pool;
@@ -18,9 +19,10 @@ pub mod sigv4;
 pub mod source;
 pub mod value;
 
+pub use injected::Injected;
 pub use set::{Token, TokenSet, TokenState};
 pub use source::SourceError;
-pub use value::{fingerprint, Injected, Secret};
+pub use value::{fingerprint, Secret};
 
 use crate::config::Credentials;
 
@@ -61,12 +63,16 @@ pub async fn load_set(
 ) -> (TokenSet, Vec<(usize, SourceError)>) {
     let minter = &shared.oauth2;
     let signs = matches!(creds.inject, crate::config::Injection::SigV4(_));
+    let structured = creds.inject.structured();
     let mut tokens = Vec::with_capacity(creds.tokens.len());
     let mut errors = Vec::new();
     for (index, spec) in creds.tokens.iter().enumerate() {
-        let read = match signs {
-            true => sigv4::read(&spec.source).await,
-            false => read(&spec.source, upstream, index, minter).await,
+        let read = match (signs, structured) {
+            (true, _) => sigv4::read(&spec.source).await,
+            (false, true) => source::read_structured(&spec.source)
+                .await
+                .map(|s| (s, None)),
+            (false, false) => read(&spec.source, upstream, index, minter).await,
         };
         let got = match read {
             Ok((secret, expires)) => match Injected::build(&secret, &creds.inject) {

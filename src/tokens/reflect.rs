@@ -57,21 +57,26 @@ impl std::fmt::Debug for Reflections {
 }
 
 impl Reflections {
-    /// The needles for a token set's values (raw and percent-encoded).
-    /// For an AWS credential set: its secret access key and session token
-    /// (the access key id is not a secret, and AWS's own errors name it).
+    /// The needles for a token set's values (raw and percent-encoded):
+    /// each secret part a request carries (a field of a structured
+    /// token, a Basic credential's encoding). For an AWS credential set:
+    /// its secret access key and session token (the access key id is not
+    /// a secret, and AWS's own errors name it).
     pub fn new(tokens: &TokenSet) -> Reflections {
         Reflections::from_values(tokens.tokens.iter().flat_map(|t| {
-            let secret = t.secret();
             let aws = match &t.injected {
-                Some(super::Injected::SigV4(_)) => secret.and_then(super::value::aws_parts),
+                Some(super::Injected::SigV4(_)) => t.secret().and_then(super::value::aws_parts),
                 _ => None,
             };
-            let values: [Option<&str>; 2] = match aws {
-                Some(p) => [Some(p.secret_access_key), p.session_token],
-                None => [secret.map(|s| s.expose()), None],
-            };
-            values.into_iter().flatten().map(move |v| (v, t.index))
+            let signed = aws
+                .into_iter()
+                .flat_map(|p| [Some(p.secret_access_key), p.session_token])
+                .flatten();
+            let sent = t
+                .injected
+                .iter()
+                .flat_map(|i| i.needles().iter().map(|n| &**n));
+            signed.chain(sent).map(move |v| (v, t.index))
         }))
     }
 

@@ -8,7 +8,8 @@ use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
 use super::evidence::{Notice, Quota};
-use super::value::{Injected, Secret};
+use super::injected::Injected;
+use super::value::Secret;
 use crate::config::TokenSpec;
 
 /// What graceway currently believes about a token.

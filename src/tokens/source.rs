@@ -50,6 +50,32 @@ pub async fn read_value(spec: &SourceSpec) -> Result<Secret, SourceError> {
     })
 }
 
+/// Reads a structured token: a JSON object from a file, variable or
+/// command, or `fields` each from its own source.
+pub async fn read_structured(spec: &SourceSpec) -> Result<Secret, SourceError> {
+    let value = |error| SourceError::Value {
+        source_name: spec.describe(),
+        error,
+    };
+    match spec {
+        SourceSpec::Fields(parts) => {
+            let mut fields = std::collections::BTreeMap::new();
+            for (name, part) in parts {
+                let v = read_value(part).await.map_err(|e| match e {
+                    SourceError::Value { error, .. } => value(ValueError::Field {
+                        field: name.clone(),
+                        error: Box::new(error),
+                    }),
+                    other => other,
+                })?;
+                fields.insert(name.clone(), v.expose().to_string());
+            }
+            super::injected::compose(&fields).map_err(value)
+        }
+        other => super::injected::parse(&read_raw(other).await?).map_err(value),
+    }
+}
+
 /// What a file, variable or command holds, unchecked (an AWS credential
 /// set's JSON is parsed by [`super::sigv4`]).
 pub async fn read_raw(spec: &SourceSpec) -> Result<String, SourceError> {
@@ -65,6 +91,12 @@ pub async fn read_raw(spec: &SourceSpec) -> Result<String, SourceError> {
                 "{}: not a plain value source",
                 spec.describe()
             )))
+        }
+        SourceSpec::Fields(_) => {
+            return Err(SourceError::Value {
+                source_name: spec.describe(),
+                error: ValueError::NotStructured("several fields, not one value".into()),
+            })
         }
         SourceSpec::File(path) => read_file(path)?,
         SourceSpec::Env(name) => match std::env::var(name) {

@@ -4,10 +4,9 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Injection, MAX_TOKEN_BYTES};
+use crate::config::MAX_TOKEN_BYTES;
 
 /// Why a token value was refused at load.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,6 +19,17 @@ pub enum ValueError {
     TooLong(usize),
     #[error("the token cannot be sent in a header with this prefix")]
     NotAHeaderValue,
+    #[error("the token is not a JSON object of strings ({0}); `inject` names its fields")]
+    NotStructured(String),
+    #[error("the token has no field `{0}`, which `inject` takes a value from")]
+    MissingField(String),
+    #[error("the token's field `{field}`: {error}")]
+    Field {
+        field: String,
+        error: Box<ValueError>,
+    },
+    #[error("a Basic user name cannot hold `:` (RFC 7617)")]
+    ColonInUser,
 }
 
 /// A token value. Its `Debug` and `Display` never show the value.
@@ -85,54 +95,6 @@ pub fn aws_parts(secret: &Secret) -> Option<AwsParts<'_>> {
         secret_access_key: it.next()?,
         session_token: it.next(),
     })
-}
-
-/// What a request carries for one token, built once at load so that the
-/// request path only clones it (a reference-count bump, no allocation).
-#[derive(Clone)]
-pub enum Injected {
-    /// The complete header value, e.g. `Bearer abc`, marked sensitive so
-    /// that HPACK never indexes it.
-    Header(HeaderValue),
-    /// `param=percent-encoded-token`, appended to the query.
-    Query(String),
-    /// An AWS credential set, ready to sign with (built once per token:
-    /// an `Arc` inside, so a clone is a reference-count bump).
-    SigV4(aws_smithy_runtime_api::client::identity::Identity),
-}
-
-impl fmt::Debug for Injected {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Injected(..)")
-    }
-}
-
-impl Injected {
-    pub fn build(secret: &Secret, how: &Injection) -> Result<Injected, ValueError> {
-        match how {
-            Injection::Header { prefix, .. } => {
-                let mut v = HeaderValue::try_from(format!("{prefix}{}", secret.expose()))
-                    .map_err(|_| ValueError::NotAHeaderValue)?;
-                v.set_sensitive(true);
-                Ok(Injected::Header(v))
-            }
-            Injection::Query { param } => Ok(Injected::Query(format!(
-                "{param}={}",
-                percent_encode(secret.expose())
-            ))),
-            Injection::SigV4(_) => {
-                let p = aws_parts(secret).ok_or(ValueError::NotAHeaderValue)?;
-                let creds = aws_credential_types::Credentials::new(
-                    p.access_key_id,
-                    p.secret_access_key,
-                    p.session_token.map(str::to_string),
-                    None,
-                    "graceway",
-                );
-                Ok(Injected::SigV4(creds.into()))
-            }
-        }
-    }
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.

@@ -93,8 +93,16 @@ fn bad_configs(dir: &TestDir) -> Vec<(String, Vec<&'static str>)> {
     let empty = dir.write("empty", "\n");
     let crlf = dir.write("crlf", "abc\r\nX-Injected: 1\n");
     let big = dir.write("big", &"x".repeat(9000));
+    let half = dir.write("half.json", r#"{"key_id": "ok-token"}"#);
     let t = tok.display().to_string();
     vec![
+        (
+            format!(
+                "upstreams:\n  - name: a\n    url: \"http://127.0.0.1:9\"\n    credentials:\n      inject: [{{ header: X-Key, from: key_id }}, {{ header: X-Secret, from: secret }}]\n      tokens: [{{ file: \"{}\" }}]\n",
+                half.display()
+            ),
+            vec!["upstreams[0].credentials.tokens[0]", "the token has no field `secret`, which `inject` takes a value from"],
+        ),
         ("upstreams: []\n".into(), vec!["upstreams: at least one upstream is required"]),
         (
             format!("upstreams:\n  - name: a\n    url: \"http://x\"\n    tokenz: 1\n"),
@@ -135,7 +143,7 @@ fn bad_configs(dir: &TestDir) -> Vec<(String, Vec<&'static str>)> {
         ),
         (
             format!("upstreams:\n  - name: a\n    url: \"http://x\"\n    credentials:\n      tokens: [ {{ file: {t}, env: X }} ]\n"),
-            vec!["upstreams[0].credentials.tokens[0]: set exactly one of `file`, `env`, `command` or `oauth2`"],
+            vec!["upstreams[0].credentials.tokens[0]: set exactly one of `file`, `env`, `command`, `oauth2` or `fields`"],
         ),
         (
             format!("upstreams:\n  - name: a\n    url: \"http://x\"\n    credentials:\n      tokens: []\n"),

@@ -10,6 +10,7 @@ mod breaker;
 mod check;
 mod collapse;
 mod connections;
+mod credentials;
 mod demo;
 mod dns;
 mod drain;

@@ -187,8 +187,13 @@ pub(super) fn code_defaults() -> Vec<(&'static str, Code)> {
         ("upstreams[].stale.scrub_bodies", val(scrub_bodies)),
     ]);
 
-    let Injection::Header { name, prefix } = Injection::default() else {
-        panic!("the default injection is a header");
+    let default = Injection::default();
+    let [InjectValue {
+        place: Place::Header(name),
+        form: ValueForm::Plain { prefix, .. },
+    }] = default.values()
+    else {
+        panic!("the default injection is one header");
     };
     let FailoverOn { s401, s403, s429 } = FailoverOn::default();
     let failover = [(s401, 401), (s403, 403), (s429, 429)];

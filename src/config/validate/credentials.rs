@@ -3,6 +3,7 @@
 
 use super::*;
 
+mod inject;
 pub(super) mod sigv4;
 
 pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Credentials {
@@ -15,7 +16,7 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
     }
     let inject = match (&cr.sigv4, inj) {
         (Some(s), _) => sigv4::sigv4(c, at, s),
-        (None, inj) => injection(c, at, inj),
+        (None, inj) => inject::injection(c, at, inj),
     };
 
     if cr.tokens.is_empty() {
@@ -34,6 +35,7 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
             t.command.is_some(),
             t.oauth2.is_some(),
             t.aws.is_some(),
+            t.fields.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -44,12 +46,12 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
                 if signs {
                     "set exactly one of `aws`, `file` or `command` (the last two: the AWS `credential_process` JSON)"
                 } else {
-                    "set exactly one of `file`, `env`, `command` or `oauth2`"
+                    "set exactly one of `file`, `env`, `command`, `oauth2` or `fields`"
                 },
             );
             continue;
         }
-        if signs && (t.env.is_some() || t.oauth2.is_some()) {
+        if signs && (t.env.is_some() || t.oauth2.is_some() || t.fields.is_some()) {
             c.err(
                 &tat,
                 "a `sigv4` token is an AWS credential set: `aws`, or a `file` or `command` with the `credential_process` JSON",
@@ -74,6 +76,11 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
                 c.err(format!("{tat}.file"), "must not be empty");
             }
             SourceSpec::File(c.path(f))
+        } else if let Some(f) = &t.fields {
+            match inject::fields(c, &tat, f) {
+                Some(spec) => spec,
+                None => continue,
+            }
         } else if let Some(a) = &t.aws {
             match sigv4::aws(c, &tat, a) {
                 Some(spec) => SourceSpec::Aws(Box::new(spec)),
@@ -188,6 +195,7 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
         cr.suspect_after,
         defaults::SUSPECT_AFTER,
     );
+    inject::fit(c, at, &inject, &tokens);
     let (select, sticky_header, queue) = pool(c, at, cr, &inject);
     Credentials {
         failover_on,
@@ -204,64 +212,6 @@ pub(super) fn credentials(c: &mut Check, at: &str, cr: &FileCredentials) -> Cred
         ),
         probe,
         preflight,
-    }
-}
-
-/// `inject`: a header (with its prefix) or a query parameter.
-fn injection(c: &mut Check, at: &str, inj: Option<&FileInject>) -> Injection {
-    match inj {
-        Some(FileInject {
-            query: Some(q),
-            header: None,
-            prefix: None,
-        }) => {
-            if q.is_empty()
-                || !q
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
-            {
-                c.err(
-                    format!("{at}.inject.query"),
-                    format!("`{q}` is not a plain query parameter name"),
-                );
-            }
-            Injection::Query { param: q.clone() }
-        }
-        Some(FileInject { query: Some(_), .. }) => {
-            c.err(
-                format!("{at}.inject"),
-                "set either `header` (with optional `prefix`) or `query`, not both",
-            );
-            Injection::Query {
-                param: String::new(),
-            }
-        }
-        other => {
-            let name = other
-                .and_then(|i| i.header.clone())
-                .unwrap_or_else(|| defaults::INJECT_HEADER.into());
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                c.err(
-                    format!("{at}.inject.header"),
-                    format!("`{name}` is not a valid header name"),
-                );
-            } else if is_reserved_header(&name) {
-                c.err(
-                    format!("{at}.inject.header"),
-                    format!("`{name}` is a hop-by-hop or framing header and cannot carry a token"),
-                );
-            }
-            let prefix = other
-                .and_then(|i| i.prefix.clone())
-                .unwrap_or_else(|| Injection::default_prefix(&name).into());
-            if prefix.bytes().any(|b| b.is_ascii_control()) {
-                c.err(
-                    format!("{at}.inject.prefix"),
-                    "must not contain control characters",
-                );
-            }
-            Injection::Header { name, prefix }
-        }
     }
 }
 
@@ -287,8 +237,7 @@ fn pool(
     };
     let sticky_header = cr.sticky_header.as_ref().and_then(|name| {
         let path = format!("{at}.sticky_header");
-        let injected =
-            matches!(inject, Injection::Header { name: h, .. } if h.eq_ignore_ascii_case(name));
+        let injected = inject.injects_header(name);
         match http::HeaderName::from_bytes(name.as_bytes()) {
             Err(_) => c.err(path, format!("`{name}` is not a valid header name")),
             Ok(_) if is_reserved_header(name) => c.err(
@@ -299,7 +248,7 @@ fn pool(
             ),
             Ok(_) if injected => c.err(
                 path,
-                format!("`{name}` is the header the token is injected into: graceway replaces it"),
+                format!("`{name}` is a header the token is injected into: graceway replaces it"),
             ),
             Ok(h) => return Some(h),
         }

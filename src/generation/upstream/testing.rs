@@ -13,10 +13,7 @@ use crate::tokens::{Injected, Secret, Token, TokenSet};
 /// (`expiring` within an hour of it).
 pub(crate) fn token(index: usize, value: &str, expires_at: Option<SystemTime>) -> Token {
     let secret = Secret::parse(value).expect("a valid test token");
-    let how = Injection::Header {
-        name: "Authorization".into(),
-        prefix: "Bearer ".into(),
-    };
+    let how = Injection::header("Authorization", "Bearer ");
     let injected = Injected::build(&secret, &how).expect("injectable");
     Token::new(
         index,
@@ -74,10 +71,10 @@ pub(crate) fn upstream(name: &str, tokens: Option<Vec<Token>>) -> Upstream {
         resolve_now: Default::default(),
         host_header: http::HeaderValue::from_static("127.0.0.1:1"),
         allow: http::HeaderValue::from_static("GET"),
-        inject: config.credentials.as_ref().map(|_| InjectTarget::Header {
-            name: bytes::Bytes::from_static(b"authorization"),
-            lookup: http::header::AUTHORIZATION,
-        }),
+        inject: config
+            .credentials
+            .as_ref()
+            .map(|_| InjectTarget::new(&Injection::header("authorization", "Bearer "))),
         reflections: crate::tokens::reflect::Reflections::new(&tokens),
         tokens,
         auth: Breaker::new(1, h.retry_after, h.max_retry_after),

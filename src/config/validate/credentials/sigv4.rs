@@ -107,26 +107,7 @@ pub(super) fn aws(c: &mut Check, tat: &str, a: &FileAws) -> Option<AwsSource> {
             c.err(pat, "is required with the other part");
             return None;
         };
-        match (&p.file, &p.env, &p.command) {
-            (Some(f), None, None) if !f.is_empty() => Some(SourceSpec::File(c.path(f))),
-            (None, Some(e), None) if !e.is_empty() && !e.contains(['=', '\0']) => {
-                Some(SourceSpec::Env(e.clone()))
-            }
-            (None, None, Some(argv)) if argv.first().is_some_and(|p| !p.is_empty()) => {
-                Some(SourceSpec::Command {
-                    argv: argv.clone(),
-                    refresh: None,
-                    timeout: defaults::COMMAND_TIMEOUT,
-                })
-            }
-            _ => {
-                c.err(
-                    pat,
-                    "set exactly one of `file` (a path), `env` (a variable name) or `command` ([program, args...])",
-                );
-                None
-            }
-        }
+        part_source(c, &pat, p)
     };
     let access_key_id = part("access_key_id", a.access_key_id.as_ref());
     let secret_access_key = part("secret_access_key", a.secret_access_key.as_ref());
@@ -139,4 +120,29 @@ pub(super) fn aws(c: &mut Check, tat: &str, a: &FileAws) -> Option<AwsSource> {
         secret_access_key: secret_access_key?,
         session_token,
     })
+}
+
+/// One part from its own file, variable or command (an AWS credential's
+/// part, a structured token's field).
+pub(super) fn part_source(c: &mut Check, pat: &str, p: &FileAwsPart) -> Option<SourceSpec> {
+    match (&p.file, &p.env, &p.command) {
+        (Some(f), None, None) if !f.is_empty() => Some(SourceSpec::File(c.path(f))),
+        (None, Some(e), None) if !e.is_empty() && !e.contains(['=', '\0']) => {
+            Some(SourceSpec::Env(e.clone()))
+        }
+        (None, None, Some(argv)) if argv.first().is_some_and(|p| !p.is_empty()) => {
+            Some(SourceSpec::Command {
+                argv: argv.clone(),
+                refresh: None,
+                timeout: defaults::COMMAND_TIMEOUT,
+            })
+        }
+        _ => {
+            c.err(
+                pat,
+                "set exactly one of `file` (a path), `env` (a variable name) or `command` ([program, args...])",
+            );
+            None
+        }
+    }
 }

@@ -67,7 +67,7 @@ fn credentials_tokens() {
             cred("tokens: [{ file: t, env: T }]"),
             &[(
                 at,
-                "set exactly one of `file`, `env`, `command` or `oauth2`",
+                "set exactly one of `file`, `env`, `command`, `oauth2` or `fields`",
             )],
         ),
         (
@@ -196,7 +196,7 @@ fn credentials_pool_and_queue() {
             cred(&format!("{t}, sticky_header: authorization")),
             &[(
                 sticky.as_str(),
-                "`authorization` is the header the token is injected into: graceway replaces it",
+                "`authorization` is a header the token is injected into: graceway replaces it",
             )],
         ),
         (

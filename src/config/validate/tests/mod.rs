@@ -6,6 +6,7 @@
 use super::*;
 
 mod credentials;
+mod inject;
 mod upstream;
 
 /// The errors of `yaml`, or none when it is valid.
