@@ -109,16 +109,22 @@ impl ProxyHttp for Proxy {
     }
 
     /// Runs as soon as the request header is parsed: the connection's
-    /// header deadline (see [`crate::net::listener`]) no longer applies.
+    /// header deadline (see [`crate::net::listener`]) no longer applies,
+    /// and on an h2c connection this stream keeps it busy until the
+    /// request is over.
     /// Pipelined requests (sent before this one's answer was read) are
     /// answered one after another, in order (RFC 9112 §9.3.2); Pingora's
     /// default would drop them and close the connection.
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         let downstream = session.as_downstream_mut();
+        if downstream.is_http2() {
+            let figures = &self.app.listeners.proxy;
+            ctx._h2_stream = crate::net::listener::h2_stream(figures, downstream.digest());
+        }
         crate::net::listener::header_complete(downstream.stream());
         downstream.set_pipelining_enabled(true);
         Ok(())
