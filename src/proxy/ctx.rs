@@ -90,6 +90,9 @@ pub struct RequestCtx {
     /// On an h2c connection: this request is one of its streams in flight
     /// until the context is dropped (see `net::listener`).
     pub(super) _h2_stream: Option<crate::net::listener::H2Stream>,
+    /// The upstream's answer is gRPC (`application/grpc`): never kept nor
+    /// replaced, its refusals read from `grpc-status` (see `grpc`).
+    pub(super) grpc: bool,
 }
 
 impl RequestCtx {

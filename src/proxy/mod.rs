@@ -45,6 +45,7 @@ mod ctx;
 mod decide;
 mod degrade;
 mod failure;
+mod grpc;
 mod pace;
 mod record;
 mod refresh;
@@ -274,7 +275,13 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let status = resp.status.as_u16();
+        // A gRPC refusal in a trailers-only answer counts as its HTTP
+        // status from here on (see `grpc`).
+        ctx.grpc = grpc::is_grpc(&resp.headers);
+        let status = match ctx.grpc && resp.status == http::StatusCode::OK {
+            true => grpc::refusal_status(&resp.headers).unwrap_or(200),
+            false => resp.status.as_u16(),
+        };
         ctx.upstream_status = status;
         let Some(gen) = ctx.gen.clone() else {
             return Ok(());
@@ -312,7 +319,7 @@ impl ProxyHttp for Proxy {
             return Ok(());
         }
         let (reason, retry_after) = match status {
-            401 | 403 | 429 => self.weigh_refusal(session, ctx, up, resp)?,
+            401 | 403 | 429 => self.weigh_refusal(session, ctx, up, status, &resp.headers, true)?,
             _ => {
                 if let Some(t) = token {
                     record::token_answered(ctx, up, t, status);
@@ -320,8 +327,9 @@ impl ProxyHttp for Proxy {
                 (Reason::from_status(status), None)
             }
         };
+        // A gRPC answer passes as it is (see `grpc`).
         if let Some(reason) =
-            reason.filter(|r| decide::degrades(&up.config.stale.on, *r, Some(status)))
+            reason.filter(|r| !ctx.grpc && decide::degrades(&up.config.stale.on, *r, Some(status)))
         {
             // Only a degraded answer needs it: the upstream's own
             // Retry-After when the refusal gave none.
@@ -340,13 +348,24 @@ impl ProxyHttp for Proxy {
         if up.config.stale.scrub_bodies && !up.reflections.is_empty() {
             ctx.scrub = Some(Box::new(up.reflections.body_scrubber()));
         }
-        if decide::keeps(ctx.storable_request, status, ctx.stream) {
+        if !ctx.grpc && decide::keeps(ctx.storable_request, status, ctx.stream) {
             self.start_capture(session.req_header(), ctx, up, resp);
         }
         if ctx.capture.is_none() {
             // Not kept, so not shared: its waiters go themselves.
             self.land(ctx, Landing::Alone);
         }
+        Ok(())
+    }
+
+    /// A gRPC refusal in the trailers is recorded against the token.
+    fn upstream_response_trailer_filter(
+        &self,
+        session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.grpc_trailers(session, trailers, ctx);
         Ok(())
     }
 
