@@ -57,6 +57,16 @@ pub(super) fn judge(status: u16, headers: &http::HeaderMap) -> Judgement {
     }
 }
 
+/// Whether a refusal may ask for a retry: always for HTTP (a request that
+/// cannot be replayed ends in `fail_to_proxy`, answered degraded); for
+/// gRPC only when the request can be replayed (the same rule as
+/// `error_while_proxy`), else the vendor's status passes through.
+pub(super) fn may_retry(session: &Session, ctx: &RequestCtx) -> bool {
+    !ctx.grpc
+        || session.req_header().method.is_idempotent()
+        || !session.as_ref().retry_buffer_truncated()
+}
+
 impl Proxy {
     /// The trailers of an answer: a gRPC refusal there is recorded against
     /// the token the call carried (too late to retry it: the body has

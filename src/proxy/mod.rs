@@ -319,7 +319,10 @@ impl ProxyHttp for Proxy {
             return Ok(());
         }
         let (reason, retry_after) = match status {
-            401 | 403 | 429 => self.weigh_refusal(session, ctx, up, status, &resp.headers, true)?,
+            401 | 403 | 429 => {
+                let retry = grpc::may_retry(session, ctx);
+                self.weigh_refusal(session, ctx, up, status, &resp.headers, retry)?
+            }
             _ => {
                 if let Some(t) = token {
                     record::token_answered(ctx, up, t, status);

@@ -214,6 +214,23 @@ async fn a_refusal_in_the_trailers_reaches_the_client_and_moves_the_next_call() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_too_big_to_replay_gets_the_vendors_status_and_moves_the_next() {
+    let mock = GrpcMock::start(&[STANDBY]);
+    let rest = rest_mock();
+    let g = start(&mock, &rest, "");
+
+    // 100 KiB: past the 64 KiB retry buffer, so not sent again; the
+    // client gets the vendor's UNAUTHENTICATED, not graceway's JSON.
+    let r = call(g.listen, "Say", "big:102400");
+    assert_eq!(r["code"], "UNAUTHENTICATED", "{r}\n{}", g.logs());
+    assert_eq!(mock.seen(), [format!("Say Bearer {PRIMARY}")]);
+    let r = call(g.listen, "Say", "big:102400");
+    assert_eq!(r["replies"], json!([102400 + 5]), "{r}");
+    assert_eq!(mock.seen()[1], format!("Say Bearer {STANDBY}"));
+    assert_no_token_anywhere(&g).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_still_works_on_the_h2c_port() {
     let mock = GrpcMock::start(&[PRIMARY]);
     let rest = rest_mock();

@@ -21,7 +21,8 @@ messages are raw bytes (identity serializers).
   grpc_peer.py call PORT METHOD PAYLOAD [TIMEOUT]
       One call to 127.0.0.1:PORT (insecure: HTTP/2 with prior knowledge)
       with no metadata of its own; prints one JSON line: {"code": status
-      name, "details": ..., "replies": [...]} and exits 0.
+      name, "details": ..., "replies": [...]} and exits 0. A PAYLOAD of
+      "big:N" sends N bytes of "x" (replies are then their length).
 """
 
 import json
@@ -95,6 +96,9 @@ def serve(port_file, tokens_file, seen_log):
 
 def call(port, method, payload, timeout):
     path = f"/{SERVICE}/{method}"
+    big = payload.startswith("big:")
+    if big:
+        payload = "x" * int(payload[4:])
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         replies = []
         try:
@@ -108,7 +112,8 @@ def call(port, method, payload, timeout):
                 stub = channel.unary_unary(
                     path, request_serializer=identity, response_deserializer=identity
                 )
-                replies.append(stub(payload.encode(), timeout=timeout).decode())
+                reply = stub(payload.encode(), timeout=timeout)
+                replies.append(len(reply) if big else reply.decode())
             code, details = "OK", ""
         except grpc.RpcError as e:
             code, details = e.code().name, e.details()
