@@ -55,9 +55,10 @@ impl App {
                 if loaded.config.listen != old.listen
                     || loaded.config.admin.listen != old.admin.listen
                     || loaded.config.pid_file != old.pid_file
+                    || loaded.config.server.h2c != old.server.h2c
                 {
                     notes.push(
-                        "listen, admin.listen and pid_file changes apply at the next restart"
+                        "listen, admin.listen, pid_file and server.h2c changes apply at the next restart"
                             .to_string(),
                     );
                 }

@@ -50,6 +50,7 @@ impl Default for ServerSettings {
             client_body_timeout: Duration::from_secs(10),
             max_connections: None,
             upgrade_sock: upgrade_sock_beside(Path::new(PID_FILE)),
+            h2c: false,
         }
     }
 }

@@ -70,6 +70,9 @@ pub struct ServerSettings {
     /// descriptor limit at start (see `net::listener::default_max_connections`).
     pub max_connections: Option<usize>,
     pub upgrade_sock: PathBuf,
+    /// The proxy listener also accepts HTTP/2 with prior knowledge (h2c,
+    /// gRPC clients) beside HTTP/1.1 on the same port.
+    pub h2c: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -80,6 +80,7 @@ pub struct FileServer {
     pub client_body_timeout: Option<Human>,
     pub max_connections: Option<usize>,
     pub upgrade_sock: Option<String>,
+    pub h2c: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

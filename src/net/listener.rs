@@ -25,10 +25,15 @@
 //! the apps: [`header_complete`] when a header has been parsed,
 //! [`request_done`] when its answer has been written.
 //!
+//! With `server.h2c` the listener also takes HTTP/2 with prior knowledge:
+//! Pingora peeks at the first 24 bytes for the connection preface, and
+//! [`h2c`] makes that peek obey the header deadline and the cap, then
+//! counts an h2c connection's streams (see its module doc).
+//!
 //! The per-request cost is a few relaxed atomic stores and one clock read;
 //! a timer is armed only when a header does not arrive in one read. The
 //! registry of open connections is locked per connection (accept and
-//! close), never per request.
+//! close), never per request; an h2c stream looks its connection up once.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -58,6 +63,9 @@ pub(crate) const HEADER_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nConte
 /// closed to make room for a new one when the cap is reached.
 pub const EVICT_AFTER: Duration = Duration::from_secs(1);
 
+mod h2c;
+pub use h2c::{h2_stream, H2Stream};
+
 /// How far over the cap the count of open connections may go while closed
 /// ones are on their way out (each eviction admits the new connection at
 /// once; the evicted one gives its slot back a moment later).
@@ -76,6 +84,8 @@ pub struct ListenerFigures {
     pub cap: AtomicUsize,
     /// Every open connection's shared state, for eviction.
     registry: Mutex<Slab<Arc<ConnState>>>,
+    /// The h2c connections, by their socket digest (see [`h2c`]).
+    h2: Mutex<std::collections::BTreeMap<usize, Arc<ConnState>>>,
 }
 
 impl Default for ListenerFigures {
@@ -93,6 +103,7 @@ impl ListenerFigures {
             evicted: AtomicU64::new(0),
             cap: AtomicUsize::new(0),
             registry: Mutex::new(Slab::new()),
+            h2: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -117,7 +128,8 @@ impl ListenerFigures {
 /// ([`now_ms`]): the one idle longest between two requests, else the one
 /// that has been sending its request header for longest if that is
 /// [`EVICT_AFTER`] or more, else none. One already asked to close is
-/// passed over, and so is one inside a request.
+/// passed over, and so is one inside a request. An h2c connection is idle
+/// while none of its streams is open, and busy otherwise.
 fn victim<'a>(
     now: u64,
     conns: impl IntoIterator<Item = &'a Arc<ConnState>>,
@@ -131,6 +143,7 @@ fn victim<'a>(
         let since = c.since.load(Ordering::Relaxed);
         let pick = match c.phase.load(Ordering::Relaxed) {
             AWAITING => &mut idle,
+            H2 if c.streams.load(Ordering::Relaxed) == 0 => &mut idle,
             HEADER if now.saturating_sub(since) >= EVICT_AFTER.as_millis() as u64 => &mut slow,
             _ => continue,
         };
@@ -206,6 +219,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             since: AtomicU64::new(now_ms()),
             evict: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            streams: AtomicUsize::new(0),
         });
         let key = self
             .figures
@@ -221,6 +235,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             timer_armed: false,
             header_timeout: self.header_timeout,
             figures: self.figures.clone(),
+            peeked: Vec::new(),
+            h2_key: None,
         });
         self.inner.process_new(stream, shutdown).await
     }
@@ -236,6 +252,8 @@ const AWAITING: u8 = 0;
 const HEADER: u8 = 1;
 /// The header is complete: body and response, no deadline.
 const IN_REQUEST: u8 = 2;
+/// An h2c connection past its preface: its streams are counted instead.
+const H2: u8 = 3;
 
 /// What the listener and the apps share about one connection.
 #[derive(Debug)]
@@ -247,6 +265,8 @@ struct ConnState {
     evict: AtomicBool,
     /// The task reading this connection, woken on eviction.
     waker: AtomicWaker,
+    /// An h2c connection's streams in flight ([`h2_stream`]).
+    streams: AtomicUsize,
 }
 
 /// A client connection with its deadline and its place under the cap
@@ -262,6 +282,10 @@ pub struct GuardedStream {
     timer_armed: bool,
     header_timeout: Duration,
     figures: Arc<ListenerFigures>,
+    /// Bytes read by the preface peek ([`h2c`]), handed out first.
+    peeked: Vec<u8>,
+    /// The key under [`ListenerFigures::h2`] of an h2c connection.
+    h2_key: Option<usize>,
 }
 
 fn guarded(stream: Option<&Stream>) -> Option<&GuardedStream> {
@@ -293,6 +317,9 @@ impl Drop for GuardedStream {
         if let (Some(k), Ok(mut reg)) = (self.key, self.figures.registry.lock()) {
             reg.try_remove(k);
         }
+        if let (Some(k), Ok(mut h2)) = (self.h2_key, self.figures.h2.lock()) {
+            h2.remove(&k);
+        }
         self.figures.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -322,22 +349,29 @@ impl GuardedStream {
             .is_some_and(|t| t.as_mut().poll(cx).is_ready())
     }
 
-    /// Ends a request header that will not be completed: 408, then an
-    /// error for Pingora (which closes the connection).
+    /// Ends a request header that will not be completed: 408 (not to a
+    /// client that has sent part of the h2c preface: it would read HTTP/1
+    /// bytes as a broken frame), then an error for Pingora (which closes
+    /// the connection).
     fn cut_header(&mut self, cx: &mut Context<'_>, why: &'static str) -> Poll<std::io::Result<()>> {
-        let _ = Pin::new(&mut self.inner).poll_write(cx, HEADER_TIMEOUT);
+        if !h2c::partial_preface(&self.peeked) {
+            let _ = Pin::new(&mut self.inner).poll_write(cx, HEADER_TIMEOUT);
+        }
         Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why)))
     }
-}
 
-impl AsyncRead for GuardedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+    /// A read under the connection's phase: the deadline while a header
+    /// is read, eviction while idle, nothing inside a request.
+    fn guarded_read(
+        &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
+        let this = self;
         let phase = this.state.phase.load(Ordering::Relaxed);
+        if phase == H2 {
+            return h2c::read(this, cx, buf);
+        }
         if phase != IN_REQUEST && this.state.evict.load(Ordering::Relaxed) {
             return match phase {
                 // Idle: end of stream, Pingora closes it quietly.
@@ -375,6 +409,24 @@ impl AsyncRead for GuardedStream {
                 this.cut_header(cx, "request header deadline passed")
             }
         }
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if !this.peeked.is_empty() {
+            // What the preface peek read: already under the guard.
+            let n = this.peeked.len().min(buf.remaining());
+            buf.put_slice(&this.peeked[..n]);
+            this.peeked.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        this.guarded_read(cx, buf)
     }
 }
 
@@ -459,8 +511,9 @@ impl GetSocketDigest for GuardedStream {
 
 #[async_trait]
 impl Peek for GuardedStream {
+    /// Pingora's look for the h2c preface (`server.h2c`): see [`h2c`].
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
+        h2c::peek(self, buf).await
     }
 }
 

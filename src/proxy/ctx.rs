@@ -87,6 +87,12 @@ pub struct RequestCtx {
     /// Counts this request as in flight until the context is dropped (a
     /// drain waits for none to be left, see `lifecycle`).
     pub(super) _in_flight: Option<crate::app::lifecycle::InFlight>,
+    /// On an h2c connection: this request is one of its streams in flight
+    /// until the context is dropped (see `net::listener`).
+    pub(super) _h2_stream: Option<crate::net::listener::H2Stream>,
+    /// The upstream's answer is gRPC (`application/grpc`): never kept nor
+    /// replaced, its refusals read from `grpc-status` (see `grpc`).
+    pub(super) grpc: bool,
 }
 
 impl RequestCtx {

@@ -45,6 +45,7 @@ mod ctx;
 mod decide;
 mod degrade;
 mod failure;
+mod grpc;
 mod pace;
 mod record;
 mod refresh;
@@ -109,16 +110,22 @@ impl ProxyHttp for Proxy {
     }
 
     /// Runs as soon as the request header is parsed: the connection's
-    /// header deadline (see [`crate::net::listener`]) no longer applies.
+    /// header deadline (see [`crate::net::listener`]) no longer applies,
+    /// and on an h2c connection this stream keeps it busy until the
+    /// request is over.
     /// Pipelined requests (sent before this one's answer was read) are
     /// answered one after another, in order (RFC 9112 §9.3.2); Pingora's
     /// default would drop them and close the connection.
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         let downstream = session.as_downstream_mut();
+        if downstream.is_http2() {
+            let figures = &self.app.listeners.proxy;
+            ctx._h2_stream = crate::net::listener::h2_stream(figures, downstream.digest());
+        }
         crate::net::listener::header_complete(downstream.stream());
         downstream.set_pipelining_enabled(true);
         Ok(())
@@ -268,7 +275,13 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let status = resp.status.as_u16();
+        // A gRPC refusal in a trailers-only answer counts as its HTTP
+        // status from here on (see `grpc`).
+        ctx.grpc = grpc::is_grpc(&resp.headers);
+        let status = match ctx.grpc && resp.status == http::StatusCode::OK {
+            true => grpc::refusal_status(&resp.headers).unwrap_or(200),
+            false => resp.status.as_u16(),
+        };
         ctx.upstream_status = status;
         let Some(gen) = ctx.gen.clone() else {
             return Ok(());
@@ -306,7 +319,10 @@ impl ProxyHttp for Proxy {
             return Ok(());
         }
         let (reason, retry_after) = match status {
-            401 | 403 | 429 => self.weigh_refusal(session, ctx, up, resp)?,
+            401 | 403 | 429 => {
+                let retry = grpc::may_retry(session, ctx);
+                self.weigh_refusal(session, ctx, up, status, &resp.headers, retry)?
+            }
             _ => {
                 if let Some(t) = token {
                     record::token_answered(ctx, up, t, status);
@@ -314,8 +330,9 @@ impl ProxyHttp for Proxy {
                 (Reason::from_status(status), None)
             }
         };
+        // A gRPC answer passes as it is (see `grpc`).
         if let Some(reason) =
-            reason.filter(|r| decide::degrades(&up.config.stale.on, *r, Some(status)))
+            reason.filter(|r| !ctx.grpc && decide::degrades(&up.config.stale.on, *r, Some(status)))
         {
             // Only a degraded answer needs it: the upstream's own
             // Retry-After when the refusal gave none.
@@ -334,13 +351,24 @@ impl ProxyHttp for Proxy {
         if up.config.stale.scrub_bodies && !up.reflections.is_empty() {
             ctx.scrub = Some(Box::new(up.reflections.body_scrubber()));
         }
-        if decide::keeps(ctx.storable_request, status, ctx.stream) {
+        if !ctx.grpc && decide::keeps(ctx.storable_request, status, ctx.stream) {
             self.start_capture(session.req_header(), ctx, up, resp);
         }
         if ctx.capture.is_none() {
             // Not kept, so not shared: its waiters go themselves.
             self.land(ctx, Landing::Alone);
         }
+        Ok(())
+    }
+
+    /// A gRPC refusal in the trailers is recorded against the token.
+    fn upstream_response_trailer_filter(
+        &self,
+        session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.grpc_trailers(session, trailers, ctx);
         Ok(())
     }
 

@@ -109,8 +109,10 @@ impl Proxy {
     /// the probe (woken at once, see `app::probe::run`) or, without a probe, by
     /// a refusal on another path within
     /// [`crate::tokens::set::SUSPECT_WINDOW_SECS`]. Either way
-    /// this request is retried once with the next usable token; the error
-    /// returned asks Pingora for that retry.
+    /// this request is retried once with the next usable token (when
+    /// `retry`: not once the answer has started); the error returned asks
+    /// Pingora for that retry.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn token_refused(
         &self,
         ctx: &mut RequestCtx,
@@ -119,6 +121,7 @@ impl Proxy {
         status: u16,
         judged: evidence::Judgement,
         path: &str,
+        retry: bool,
     ) -> Option<Box<Error>> {
         let detail = judged
             .detail
@@ -163,22 +166,28 @@ impl Proxy {
             );
         }
         t.evidence.set_detail(detail);
+        if !retry {
+            return None;
+        }
         retry_with_next(ctx, up, next, status, failover_on(up).covers(status))
     }
 
-    /// A 401, 403 or 429: what the vendor said about the token (see
-    /// `tokens::evidence`). Returns the degradation reason (`None` when the
-    /// answer is the vendor's word on this resource, passed through) and a
-    /// `Retry-After` from the quota's reset; or the error that retries the
-    /// request with the next token.
+    /// A 401, 403 or 429 (`status`, with the answer's `headers`; a gRPC
+    /// refusal counts as its HTTP status, see `grpc`): what the vendor said
+    /// about the token (see `tokens::evidence`). Returns the degradation
+    /// reason (`None` when the answer is the vendor's word on this
+    /// resource, passed through) and a `Retry-After` from the quota's
+    /// reset; or, when `retry` (the answer has not started), the error
+    /// that retries the request with the next token.
     pub(super) fn weigh_refusal(
         &self,
         session: &Session,
         ctx: &mut RequestCtx,
         up: &Upstream,
-        resp: &ResponseHeader,
+        status: u16,
+        headers: &http::HeaderMap,
+        retry: bool,
     ) -> Result<(Option<Reason>, Option<HeaderValue>)> {
-        let status = resp.status.as_u16();
         if status != 429 {
             crate::metrics::metrics()
                 .upstream_auth_failures_total
@@ -190,9 +199,10 @@ impl Proxy {
         }
         let token = ctx.token.and_then(|i| up.tokens.tokens.get(i));
         let signs = up.inject.as_ref().is_some_and(|t| t.signing().is_some());
-        let judged = match signs {
-            true => evidence::judge_aws(status, &resp.headers),
-            false => evidence::judge(status, &resp.headers),
+        let judged = match (grpc::refusal_status(headers), signs) {
+            (Some(s), _) if s == status => grpc::judge(status, headers),
+            (_, true) => evidence::judge_aws(status, headers),
+            (_, false) => evidence::judge(status, headers),
         };
         match judged.verdict {
             // The vendor's answer for this resource: the client gets it as
@@ -200,13 +210,13 @@ impl Proxy {
             Verdict::NotAboutToken => Ok((None, None)),
             Verdict::QuotaExhausted => {
                 let (cool_secs, retry_after) = decide::quota_cool_down(
-                    resp.headers.get(http::header::RETRY_AFTER),
-                    evidence::quota(&resp.headers).and_then(|q| q.reset_in),
+                    headers.get(http::header::RETRY_AFTER),
+                    evidence::quota(headers).and_then(|q| q.reset_in),
                 );
                 if let (Some(t), true) = (token, cools_on_quota(up)) {
                     record::token_cooled(up, t, unix_now(), cool_secs, Some(status));
                 }
-                if let (Some(_), true) = (token, failover_on(up).covers(429)) {
+                if let (Some(_), true) = (token, retry && failover_on(up).covers(429)) {
                     // `failover_on` lists 429: a quota refusal (429 or 403) fails over.
                     let next = choose::token(ctx, up, choose::Attempt::Retry, SystemTime::now());
                     if let Some(retry) = retry_with_next(ctx, up, next, status, true) {
@@ -218,8 +228,9 @@ impl Proxy {
             Verdict::Rejected | Verdict::Suspect => {
                 if let Some(t) = token {
                     let path = session.req_header().uri.path();
-                    if let Some(retry) = self.token_refused(ctx, up, t, status, judged, path) {
-                        return Err(retry);
+                    if let Some(again) = self.token_refused(ctx, up, t, status, judged, path, retry)
+                    {
+                        return Err(again);
                     }
                 }
                 Ok((Some(Reason::TokenRejected), None))

@@ -113,8 +113,20 @@ pub fn build_server(app: &Arc<App>, opts: &RunOptions) -> anyhow::Result<(Server
         .unwrap_or_else(|| crate::net::listener::default_max_connections(nofile_soft));
     let header_timeout = cfg.server.request_header_timeout;
 
+    let mut proxy_http =
+        pingora::proxy::http_proxy(&server.configuration, Proxy { app: app.clone() });
+    if cfg.server.h2c {
+        // HTTP/2 with prior knowledge beside HTTP/1.1; an h2c connection
+        // with no stream open is closed after the keep-alive timeout (the
+        // value at start: Pingora reads the options per connection from
+        // this app, which is fixed once the service runs).
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        options.h2_idle_timeout = Some(cfg.server.client_keepalive_timeout);
+        proxy_http.server_options = Some(options);
+    }
     let proxy_app = crate::net::listener::Guarded::new(
-        pingora::proxy::http_proxy(&server.configuration, Proxy { app: app.clone() }),
+        proxy_http,
         app.listeners.proxy.clone(),
         max_connections,
         header_timeout,

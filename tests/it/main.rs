@@ -15,6 +15,7 @@ mod demo;
 mod dns;
 mod drain;
 mod fleet;
+mod grpc;
 mod h2;
 mod hostile;
 mod idp;

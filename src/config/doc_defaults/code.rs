@@ -69,6 +69,7 @@ pub(super) fn code_defaults() -> Vec<(&'static str, Code)> {
         client_body_timeout,
         max_connections,
         upgrade_sock: _, // beside `pid_file`: `upgrade_sock_beside`
+        h2c,
     } = ServerSettings::default();
     out.extend([
         ("server.threads", opt(threads, val).or_derived()),
@@ -93,6 +94,7 @@ pub(super) fn code_defaults() -> Vec<(&'static str, Code)> {
             opt(max_connections, val).or_derived(),
         ),
         ("server.upgrade_sock", Derived),
+        ("server.h2c", val(h2c)),
     ]);
 
     out.extend([

@@ -279,6 +279,7 @@ fn server(c: &mut Check, s: FileServer, pid_file: &Path) -> ServerSettings {
             Some(p) => c.path(p),
             None => upgrade_sock_beside(pid_file),
         },
+        h2c: s.h2c.unwrap_or(d.h2c),
     }
 }
 

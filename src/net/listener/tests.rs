@@ -33,6 +33,7 @@ fn conn(phase: u8, since: u64) -> Arc<ConnState> {
         since: AtomicU64::new(since),
         evict: AtomicBool::new(false),
         waker: AtomicWaker::new(),
+        streams: AtomicUsize::new(0),
     })
 }
 
@@ -124,4 +125,35 @@ fn the_default_cap_is_half_the_descriptors_left_within_bounds() {
     assert_eq!(default_max_connections(300), 22);
     assert_eq!(default_max_connections(280), 16, "at least 16");
     assert_eq!(default_max_connections(0), 16);
+}
+
+#[test]
+fn an_h2c_connection_is_idle_only_with_no_stream_open() {
+    let now = 100_000;
+    let conns = [
+        conn(H2, now - 900),
+        conn(AWAITING, now - 100),
+        conn(H2, now - 500),
+    ];
+    conns[0].streams.store(2, Ordering::Relaxed);
+    // The oldest h2c connection has streams in flight: the idle one that
+    // has waited longest of the others goes.
+    assert_eq!(pick(now, &conns), Some(2));
+    conns[2].streams.store(1, Ordering::Relaxed);
+    assert_eq!(pick(now, &conns), Some(1));
+    conns[1].evict.store(true, Ordering::Relaxed);
+    // Busy h2c connections are never a slow header either, however old.
+    assert_eq!(pick(now + 60_000, &conns), None);
+    conns[0].streams.store(0, Ordering::Relaxed);
+    assert_eq!(pick(now, &conns), Some(0));
+}
+
+#[test]
+fn a_partial_preface_is_only_a_start_of_it() {
+    assert!(h2c::partial_preface(b"P"));
+    assert!(h2c::partial_preface(b"PRI * HTTP/2.0\r\n"));
+    assert!(!h2c::partial_preface(b""));
+    assert!(!h2c::partial_preface(b"PO"));
+    assert!(!h2c::partial_preface(b"GET / HTTP/1.1\r\n"));
+    assert!(!h2c::partial_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
 }
