@@ -25,6 +25,8 @@ import urllib.request
 
 TOKEN = "bench-token"
 TOKEN2 = "bench-token-2"  # the rotated token of the reload storm
+AWS_KEY_ID = "AKIDBENCHEXAMPLE"  # the SigV4 row's credential set (the upstream checks the key id only)
+AWS_SECRET = "bench/secret+access+key/EXAMPLEKEY0000000000"
 BODY = ('{"name":"smile","emoji":"\\ud83d\\ude04","tags":["happy","joy","grin"],'
         '"category":"smileys","version":"15.0","description":"smiling face with open mouth and smiling eyes"}')
 CONNS = 32
@@ -227,8 +229,11 @@ def nginx_http_common(name):
 """
 
 
-def upstream_nginx(name, port):
-    """The external API: one process, answers only the expected tokens."""
+def upstream_nginx(name, port, h2_port=None):
+    """The external API: one process, answers only the expected tokens
+    (and SigV4 signatures by the bench's key id); with `h2_port`, the same
+    API over HTTP/2 with prior knowledge (h2c) there."""
+    h2 = f"    listen 127.0.0.1:{h2_port} http2;\n" if h2_port else ""
     conf = nginx_common(name) + f"""worker_processes 1;
 master_process off;
 http {{
@@ -237,11 +242,12 @@ http {{
     "Bearer {TOKEN}" ok;
     "Bearer {TOKEN2}" ok;
     "Bearer revoked-soft" soft;
+    "~^AWS4-HMAC-SHA256 Credential={AWS_KEY_ID}/" ok;
     default bad;
   }}
   server {{
     listen 127.0.0.1:{port};
-    root {W}/www;
+{h2}    root {W}/www;
     default_type application/json;
     add_header Cache-Control "max-age=60" always;
     location / {{
@@ -379,12 +385,18 @@ def varnish_backends(name, mgmt):
 
 
 def gw_config(name, port, admin, upstreams, threads=1, top=""):
+    """upstreams: (name, port, path prefix, token file[, extra]); extra
+    may hold `credentials` (the whole map, instead of the bearer token
+    file) and `http` (upstreams[].http)."""
     ups = ""
-    for uname, api, prefix, token_file in upstreams:
+    for uname, api, prefix, token_file, *extra in upstreams:
+        extra = extra[0] if extra else {}
+        creds = extra.get("credentials") or f'{{ tokens: [ {{ file: "{token_file}" }} ] }}'
+        http = f"    http: {extra['http']}\n" if "http" in extra else ""
         ups += f"""  - name: {uname}
     url: "http://127.0.0.1:{api}"
     match: {{ path_prefix: "{prefix}" }}
-    credentials: {{ tokens: [ {{ file: "{token_file}" }} ] }}
+{http}    credentials: {creds}
 """
     conf = f"""listen: "127.0.0.1:{port}"
 admin: {{ listen: "127.0.0.1:{admin}" }}
@@ -492,10 +504,11 @@ def main():
         f.write(big)
 
     (P_API, P_API2, P_NGX, P_NGXC, P_NGX2, P_HAP, P_VAR, P_VARM, P_BARE,
-     P_GW, P_GWA, P_GWS, P_GWSA, P_GWU, P_GWUA, P_GWR, P_GWRA, P_GW2, P_GW2A, P_GWM, P_GWMA, P_BARER) = free_ports(22)
+     P_GW, P_GWA, P_GWS, P_GWSA, P_GWU, P_GWUA, P_GWR, P_GWRA, P_GW2, P_GW2A, P_GWM, P_GWMA, P_BARER,
+     P_API_H2, P_GWSIG, P_GWSIGA, P_GWH2, P_GWH2A) = free_ports(27)
 
     log("starting upstreams, proxies and graceway instances")
-    api = upstream_nginx("api", P_API)            # the API everyone proxies to
+    api = upstream_nginx("api", P_API, P_API_H2)  # the API everyone proxies to (and over h2c)
     api2 = upstream_nginx("api-doomed", P_API2)   # the API of the stale rows, killed after filling
     ngx = proxy_nginx("nginx", P_NGX, P_NGXC, P_API, 1)
     ngx2 = proxy_nginx("nginx2", P_NGX2, None, P_API, 2)
@@ -517,6 +530,14 @@ def main():
     gw2 = graceway("gw2", P_GW2, P_GW2A, [("api", P_API, "/", tok["gw2"])], threads=2)
     gwm = graceway("gw-mem", P_GWM, P_GWMA, [("api", P_API, "/", tok["gw-mem"])],
                    top="cache: { memory_bytes: 64MiB }\n")
+    for part, value in (("aws_key_id", AWS_KEY_ID), ("aws_secret", AWS_SECRET)):
+        write_token(f"{W}/{part}", value)
+    sigv4 = (f'{{ sigv4: {{ region: us-east-1, service: execute-api }}, tokens: [ {{ aws: {{ '
+             f'access_key_id: {{ file: "{W}/aws_key_id" }}, secret_access_key: {{ file: "{W}/aws_secret" }} }} }} ] }}')
+    gwsig = graceway("gw-sigv4", P_GWSIG, P_GWSIGA, [("api", P_API, "/", None, {"credentials": sigv4})])
+    tok["gw-h2"] = f"{W}/gw-h2.token"
+    write_token(tok["gw-h2"], TOKEN)
+    gwh2 = graceway("gw-h2", P_GWH2, P_GWH2A, [("api", P_API_H2, "/", tok["gw-h2"], {"http": "h2"})])
     time.sleep(1)
 
     notes = []
@@ -552,6 +573,10 @@ def main():
                during=reload_storm),
         Target("gw2", "9a", "graceway, 2 threads", gw2, P_GW2),
         Target("nginx2", "9b", "nginx, 2 workers", ngx2, P_NGX2),
+        Target("gw_sigv4", "10a", "graceway signing every request with AWS SigV4 (aws-sigv4; credential set from files)",
+               gwsig, P_GWSIG),
+        Target("gw_h2", "10b", "graceway, HTTP/2 to the upstream (`http: h2`, h2c prior knowledge to nginx `http2`)",
+               gwh2, P_GWH2),
     ]
     by = {t.key: t for t in T}
 
@@ -705,7 +730,7 @@ def main():
     print()
     print("| proxy | processes | idle RSS MiB | idle PSS MiB |")
     print("|---|---|---|---|")
-    for k in ("nginx", "nginx2", "haproxy", "varnish", "bare", "gw", "gw2"):
+    for k in ("nginx", "nginx2", "haproxy", "varnish", "bare", "gw", "gw2", "gw_sigv4", "gw_h2"):
         t = by[k]
         print(f"| {t.label} | {len(descendants(t.proc.pid))} | {t.idle_rss / 1024:.1f} | {t.idle_pss / 1024:.1f} |")
     print(f"| graceway, store filled ({cache.get('entries')} entries, {cache.get('bytes', 0) / 2**20:.1f} of "
@@ -735,6 +760,11 @@ def main():
          f"{m(by['gw_stale'], 'cpu_us'):.1f} us/req", True),
         (f"reload storm: zero failed ({rl_fail}) and throughput within 5% of row 5 ({rl_ratio:.3f}x)",
          rl_fail == 0 and rl_ratio >= 0.95),
+        (f"(context) credential kinds and protocols beside the bearer row 5 ({g_cpu:.1f} us/req, "
+         f"{m(g, 'rps'):.0f} req/s): SigV4 {m(by['gw_sigv4'], 'cpu_us'):.1f} us/req "
+         f"({ratio(m(by['gw_sigv4'], 'cpu_us'), g_cpu):.2f}x), {m(by['gw_sigv4'], 'rps'):.0f} req/s; "
+         f"h2 upstream {m(by['gw_h2'], 'cpu_us'):.1f} us/req ({ratio(m(by['gw_h2'], 'cpu_us'), g_cpu):.2f}x), "
+         f"{m(by['gw_h2'], 'rps'):.0f} req/s", True),
         (f"idle RSS <= HAProxy's: {g.idle_rss / 1024:.1f} vs {by['haproxy'].idle_rss / 1024:.1f} MiB",
          g.idle_rss <= by["haproxy"].idle_rss),
         (f"RSS with the 64 MiB store full <= 80 MB: {mb:.1f} MB ({full_rss / 1024:.1f} MiB; "

@@ -9,21 +9,22 @@
 # `cargo install oha --locked`, since Debian has no wrk2), then runs
 # benches/compare.py, which starts:
 #   - the upstream: nginx, one process, `return 200` with a ~200 B JSON body
-#     only for the expected bearer tokens (401 otherwise), plus ~40 KB
+#     only for the expected bearer tokens and the SigV4 row's key id (401
+#     otherwise), on HTTP/1.1 and on a second, h2c port, plus ~40 KB
 #     answers under /big/; a second copy for the stale rows, killed after
 #     the stores are filled;
 #   - nginx (proxy_pass + proxy_set_header Authorization + keepalive, and a
 #     proxy_cache server), nginx with 2 workers, HAProxy (set-header,
 #     http-reuse always, nbthread 1), Varnish (grace, probe, sick backend),
-#     bare Pingora, and six graceway instances (pass-through, stale with the
+#     bare Pingora, and eight graceway instances (pass-through, stale with the
 #     health breaker open, stale on 401, reload storm, 2 threads, 64 MiB
-#     store);
+#     store, SigV4 signing, HTTP/2 to the upstream: the upstream's h2c port);
 # and measures each row in alternating rounds: wrk -t1 -c32 at saturation
 # (requests/s, failures, the proxy's CPU per request from /proc/PID/stat),
 # then oha at a fixed rate of half nginx's saturation rate with
 # coordinated-omission correction (p50/p99), then memory. Prints markdown.
 #
-# Runtime: about 2 x 13 x ROUNDS x SECONDS plus ~1 min of setup (and the
+# Runtime: about 2 x 16 x ROUNDS x SECONDS plus ~1 min of setup (and the
 # build); the whole measurement is cut off after twice that. Every process
 # it starts is stopped on exit.
 set -euo pipefail
