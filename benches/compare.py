@@ -124,16 +124,30 @@ def wait_port(port, timeout=30, proc=None):
     raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+class Headers(dict):
+    """Response headers by name, any case (graceway writes the names it
+    adds to a copy lower-case, as HTTP/1.1 allows)."""
+
+    def __init__(self, msg):
+        super().__init__((k.lower(), v) for k, v in msg.items())
+
+    def __contains__(self, k):
+        return super().__contains__(k.lower())
+
+    def get(self, k, default=None):
+        return super().get(k.lower(), default)
+
+
 def get(port, path, headers=None, timeout=5):
     """(status, headers, body) of one GET; status 0 on a transport error."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read()
+            return r.status, Headers(r.headers), r.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        return e.code, Headers(e.headers), e.read()
     except (OSError, urllib.error.URLError) as e:
-        return 0, {}, str(e).encode()
+        return 0, Headers({}), str(e).encode()
 
 
 def cpu_ticks(pids):
@@ -387,7 +401,13 @@ def varnish_backends(name, mgmt):
 def gw_config(name, port, admin, upstreams, threads=1, top=""):
     """upstreams: (name, port, path prefix, token file[, extra]); extra
     may hold `credentials` (the whole map, instead of the bearer token
-    file) and `http` (upstreams[].http)."""
+    file) and `http` (upstreams[].http). Collapsed forwarding is off
+    (`cache.coalesce.wait: 0s`) unless `top` sets `cache`: nginx's
+    proxy_pass sends every request too, and with 32 connections asking for
+    one path a coalescing proxy would answer most of them from the lead's
+    copy (benches/vendor_calls.py measures that)."""
+    if "cache:" not in top:
+        top = "cache: { coalesce: { wait: 0s } }\n" + top
     ups = ""
     for uname, api, prefix, token_file, *extra in upstreams:
         extra = extra[0] if extra else {}
@@ -524,12 +544,15 @@ def main():
         write_token(tok[n], TOKEN)
     gw = graceway("gw", P_GW, P_GWA, [("api", P_API, "/", tok["gw"])])
     gws = graceway("gw-stale", P_GWS, P_GWSA, [("api", P_API2, "/", tok["gw-stale"])])
-    gwu = graceway("gw-auth", P_GWU, P_GWUA, [("soft", P_API, "/soft/", tok["gw-soft"]),
+    # The soft row's token stays suspect: a bare 401 on every request
+    # would otherwise confirm the rejection after `suspect_after` of them.
+    soft = {"credentials": f'{{ suspect_after: 4000000000, tokens: [ {{ file: "{tok["gw-soft"]}" }} ] }}'}
+    gwu = graceway("gw-auth", P_GWU, P_GWUA, [("soft", P_API, "/soft/", tok["gw-soft"], soft),
                                               ("hard", P_API, "/hard/", tok["gw-hard"])])
     gwr = graceway("gw-reload", P_GWR, P_GWRA, [("api", P_API, "/", tok["gw-reload"])])
     gw2 = graceway("gw2", P_GW2, P_GW2A, [("api", P_API, "/", tok["gw2"])], threads=2)
     gwm = graceway("gw-mem", P_GWM, P_GWMA, [("api", P_API, "/", tok["gw-mem"])],
-                   top="cache: { memory_bytes: 64MiB }\n")
+                   top="cache: { memory_bytes: 64MiB, coalesce: { wait: 0s } }\n")
     for part, value in (("aws_key_id", AWS_KEY_ID), ("aws_secret", AWS_SECRET)):
         write_token(f"{W}/{part}", value)
     sigv4 = (f'{{ sigv4: {{ region: us-east-1, service: execute-api }}, tokens: [ {{ aws: {{ '

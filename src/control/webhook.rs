@@ -2,8 +2,10 @@
 //! as a JSON POST. The webhook gets a POST for each change of an
 //! upstream's state (`healthy`, `degraded`, `down`, with its reason) and
 //! of a token's state (`active`, `suspect`, `rejected`, `expiring`,
-//! `expired`, `unavailable`; `reason` carries the vendor's words), and for
-//! each new deprecation or sunset notice the vendor sends (`notice`).
+//! `expired`, `unavailable`; `reason` carries the vendor's words), of an
+//! upstream's client certificate (`client-cert`: `active`, `expiring`,
+//! `expired`, `not-yet-valid`), and for each new deprecation or sunset
+//! notice the vendor sends (`notice`).
 //!
 //! States are compared once a second, so a flap inside a second is not
 //! reported (the debounce), and the changes of one second go out in one
@@ -31,6 +33,7 @@ use tokio::sync::mpsc;
 
 use crate::generation::{Breaker, Generation, Upstream};
 use crate::metrics::metrics;
+use crate::net::client_cert::CertState;
 use crate::outcome::{Reason, UpstreamState};
 use crate::tokens::evidence::Notice;
 use crate::tokens::TokenState;
@@ -71,6 +74,8 @@ struct Observed {
     health: BreakerSeen,
     auth: BreakerSeen,
     tokens: Vec<TokenSeen>,
+    /// The client certificate's fingerprint and state (`tls.client_cert`).
+    client_cert: Option<(String, CertState)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +121,10 @@ fn observe(u: &Upstream, now: SystemTime) -> Observed {
                 notice: t.evidence.notice(),
             })
             .collect(),
+        client_cert: u
+            .client_cert
+            .as_ref()
+            .map(|c| (c.fingerprint.clone(), c.state(now))),
     }
 }
 
@@ -131,14 +140,17 @@ struct Seen {
     breakers: HashMap<(String, &'static str), bool>,
     /// (upstream, token fingerprint) -> hash of the last notice reported.
     notices: HashMap<(String, String), u64>,
+    /// (upstream, certificate fingerprint) -> state.
+    certs: HashMap<(String, String), CertState>,
 }
 
 impl Seen {
     /// The changes from the states last seen to `now`'s, stamped `at`, in
-    /// order: per upstream its state, its health and auth breakers, then
-    /// each token's state and new notice. Remembers `now`. An upstream or
-    /// breaker seen for the first time is no change; a token is, when it
-    /// first shows in a state other than active (a start or a rotation).
+    /// order: per upstream its state, its health and auth breakers, its
+    /// client certificate, then each token's state and new notice.
+    /// Remembers `now`. An upstream or breaker seen for the first time is
+    /// no change; a token or certificate is, when it first shows in a
+    /// state other than active (a start or a rotation).
     fn changes(&mut self, now: &[Observed], at: &str) -> Vec<Event> {
         let mut events = Vec::new();
         for u in now {
@@ -175,6 +187,25 @@ impl Seen {
                         at: at.to_string(),
                     }),
                     _ => {}
+                }
+            }
+            if let Some((fp, state)) = &u.client_cert {
+                let from = match self.certs.insert((name.clone(), fp.clone()), *state) {
+                    Some(prev) if prev != *state => Some(prev.as_str()),
+                    None if *state != CertState::Active => Some("new"),
+                    _ => None,
+                };
+                if let Some(from) = from {
+                    events.push(Event {
+                        kind: "client-cert",
+                        upstream: name.clone(),
+                        token: None,
+                        fingerprint: Some(fp.clone()),
+                        from: from.to_string(),
+                        to: state.as_str().to_string(),
+                        reason: None,
+                        at: at.to_string(),
+                    });
                 }
             }
             for t in &u.tokens {
@@ -274,6 +305,19 @@ fn log_line(e: &Event) -> (log::Level, String) {
             .unwrap_or_default()
     };
     match e.token {
+        None if e.kind == "client-cert" => (
+            match e.to.as_str() {
+                "active" => log::Level::Info,
+                _ => log::Level::Warn,
+            },
+            format!(
+                "upstream {}: client certificate {} is now {} (was {})",
+                e.upstream,
+                e.fingerprint.as_deref().unwrap_or("-"),
+                e.to,
+                e.from
+            ),
+        ),
         None if e.kind.ends_with("-breaker") => (
             log::Level::Info,
             format!(

@@ -214,6 +214,28 @@ async fn a_refusal_in_the_trailers_reaches_the_client_and_moves_the_next_call() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permission_denied_is_a_bare_403_and_the_client_gets_the_vendors_status() {
+    let mock = GrpcMock::start(&[PRIMARY, STANDBY]);
+    let rest = rest_mock();
+    let g = start(&mock, &rest, "");
+
+    // PERMISSION_DENIED says nothing of the credential being invalid: the
+    // token is only suspect, and the client reads the vendor's status (a
+    // gRPC client cannot read graceway's JSON 503 or a stale copy).
+    let r = call(g.listen, "Deny", "x");
+    assert_eq!(r["code"], "PERMISSION_DENIED", "{r}\n{}", g.logs());
+    let seen = mock.seen();
+    assert_eq!(seen[0], format!("Deny Bearer {PRIMARY}"), "{seen:?}");
+    let st = g.status().await;
+    let tokens = &st["upstreams"][0]["tokens"];
+    assert_ne!(tokens[0]["state"], "rejected", "{st:#}");
+    // A call the vendor allows still goes through.
+    let r = call(g.listen, "Say", "ok");
+    assert_eq!(r["replies"], json!(["echo:ok"]), "{r}");
+    assert_no_token_anywhere(&g).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_too_big_to_replay_gets_the_vendors_status_and_moves_the_next() {
     let mock = GrpcMock::start(&[STANDBY]);
     let rest = rest_mock();

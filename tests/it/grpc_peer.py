@@ -17,6 +17,9 @@ messages are raw bytes (identity serializers).
               a good one.
         Hold  unary: waits until the file named by the request exists
               (at most 30 s), then answers b"held".
+        Deny  unary: PERMISSION_DENIED to every token, before any message
+              (a trailers-only answer, no error detail a client could read
+              as a revocation).
 
   grpc_peer.py call PORT METHOD PAYLOAD [TIMEOUT]
       One call to 127.0.0.1:PORT (insecure: HTTP/2 with prior knowledge)
@@ -69,6 +72,10 @@ def serve(port_file, tokens_file, seen_log):
             time.sleep(0.02)
         return b"held"
 
+    def deny(request, context):
+        seen("Deny", context)
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, "not for this project")
+
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
         {
@@ -80,6 +87,9 @@ def serve(port_file, tokens_file, seen_log):
             ),
             "Hold": grpc.unary_unary_rpc_method_handler(
                 hold, request_deserializer=identity, response_serializer=identity
+            ),
+            "Deny": grpc.unary_unary_rpc_method_handler(
+                deny, request_deserializer=identity, response_serializer=identity
             ),
         },
     )

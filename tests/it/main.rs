@@ -18,6 +18,7 @@ mod fleet;
 mod grpc;
 mod h2;
 mod hostile;
+mod hostile_admin;
 mod idp;
 mod image;
 mod inject;

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::support::config::HEAD;
 use crate::support::mock::TlsFixture;
 use crate::support::nginx::Nginx;
-use crate::support::{client, metric_value, run_cli, wait_for_async, Graceway, TestDir};
+use crate::support::{client, metric_value, run_cli, wait_for, wait_for_async, Graceway, TestDir};
 
 /// A CA that issues client certificates.
 struct ClientCa {
@@ -417,6 +417,18 @@ async fn a_certificate_near_its_end_is_expiring_in_status_metrics_and_check() {
         ),
         Some(soon.not_after as f64)
     );
+    // The state watch says so once: the log (a WARN), the timeline and
+    // the webhook carry the same event.
+    let line = format!(
+        "upstream bank: client certificate {} is now expiring (was new)",
+        soon.fingerprint
+    );
+    wait_for(
+        "the certificate's state change in the log",
+        Duration::from_secs(10),
+        || g.logs().contains(&line).then_some(()),
+    );
+    assert_eq!(g.logs().matches(&line).count(), 1, "{}", g.logs());
 
     let config = g.config.to_str().unwrap().to_string();
     let (code, out, err) = run_cli(&["check", "-c", &config]);

@@ -18,6 +18,7 @@ fn upstream(state: UpstreamState, reason: Option<Reason>, tokens: Vec<TokenSeen>
         health: CLOSED,
         auth: CLOSED,
         tokens,
+        client_cert: None,
     }
 }
 
@@ -331,6 +332,47 @@ fn a_notice_is_sent_once_per_new_notice() {
             "no deprecation",
             None
         )]
+    );
+}
+
+#[test]
+fn a_client_certificate_is_reported_when_it_nears_its_end_and_when_rotated() {
+    let with = |fp: &str, state| Observed {
+        client_cert: Some((fp.to_string(), state)),
+        ..healthy(vec![])
+    };
+    let cert = |fp: &str, from: &str, to: &str| Event {
+        fingerprint: Some(fp.to_string()),
+        ..event("client-cert", None, from, to, None)
+    };
+    // Active at first sight: nothing; expiring first seen: reported.
+    let mut s = seen(with("sha256:c1", CertState::Active));
+    assert_eq!(s.changes(&[with("sha256:c1", CertState::Active)], AT), []);
+    assert_eq!(
+        s.changes(&[with("sha256:c1", CertState::Expiring)], AT),
+        [cert("sha256:c1", "active", "expiring")]
+    );
+    assert_eq!(s.changes(&[with("sha256:c1", CertState::Expiring)], AT), []);
+    assert_eq!(
+        s.changes(&[with("sha256:c1", CertState::Expired)], AT),
+        [cert("sha256:c1", "expiring", "expired")]
+    );
+    // A rotation to a fresh certificate is no alarm; to one already near
+    // its end is.
+    assert_eq!(s.changes(&[with("sha256:c2", CertState::Active)], AT), []);
+    assert_eq!(
+        s.changes(&[with("sha256:c3", CertState::Expiring)], AT),
+        [cert("sha256:c3", "new", "expiring")]
+    );
+    let (level, line) = log_line(&cert("sha256:c3", "new", "expiring"));
+    assert_eq!(level, log::Level::Warn);
+    assert_eq!(
+        line,
+        "upstream emoji: client certificate sha256:c3 is now expiring (was new)"
+    );
+    assert_eq!(
+        log_line(&cert("sha256:c2", "expired", "active")).0,
+        log::Level::Info
     );
 }
 
