@@ -6,6 +6,7 @@
 
 use base64::Engine;
 
+use crate::support::config::HEAD;
 use crate::support::{client, Graceway, MockReply, MockUpstream, TestDir};
 
 const KID_A: &str = "kid-primary-7f3a";
@@ -16,11 +17,7 @@ const SECRET_A2: &str = "sec-rotated-55d2e7b1";
 
 fn two_headers(port: u16) -> String {
     format!(
-        r#"
-listen: "127.0.0.1:{{listen}}"
-admin: {{ listen: "127.0.0.1:{{admin}}" }}
-pid_file: "{{dir}}/graceway.pid"
-server: {{ graceful_shutdown_timeout: 1s }}
+        r#"{HEAD}
 upstreams:
   - name: search
     url: "http://127.0.0.1:{port}"
@@ -176,10 +173,7 @@ async fn http_basic_is_sent_whole_and_never_shown() {
     let g = Graceway::start_with_token(
         PASSWORD,
         &format!(
-            r#"
-listen: "127.0.0.1:{{listen}}"
-admin: {{ listen: "127.0.0.1:{{admin}}" }}
-pid_file: "{{dir}}/graceway.pid"
+            r#"{HEAD}
 upstreams:
   - name: legacy
     url: "http://127.0.0.1:{}"
